@@ -1,0 +1,117 @@
+//! API errors: every refusal is an HTTP status with a JSON body
+//! `{"error": {"code": "...", "message": "..."}}` that names the problem.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::core::{FleetError, PlacementError};
+use crate::credentials::AuthError;
+
+/// An API refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::UnknownSession(_) | FleetError::UnknownNode(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            FleetError::SessionFull { .. } | FleetError::NodeDead(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            FleetError::DuplicateParticipant(_) | FleetError::TooManyParticipants { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
+            FleetError::Placement(PlacementError::NoParticipants) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            FleetError::Placement(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The bearer token of a request.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(AuthError::Missing))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized(AuthError::Malformed("non-ASCII header".into())))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized(AuthError::Missing))
+}
+
+/// Parses a JSON body; the error names the field that was wrong. An empty body parses as `{}`
+/// when `empty_ok`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {
+    let body: &[u8] = if empty_ok && body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            ApiError::BadRequest(format!("invalid JSON body: {}", e.inner()))
+        } else {
+            ApiError::BadRequest(format!("invalid JSON body at `{path}`: {}", e.inner()))
+        }
+    })
+}

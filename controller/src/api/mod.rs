@@ -1,0 +1,57 @@
+//! The controller's HTTP surface (axum): the signaling API for the app, the ops API for
+//! operators, Prometheus metrics and health probes.
+
+pub mod error;
+pub mod ops;
+pub mod signaling;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// All routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(signaling::create_session))
+        .route(
+            "/v1/sessions/{id}",
+            get(signaling::get_session).delete(signaling::delete_session),
+        )
+        .route("/v1/sessions/{id}/participants", post(signaling::join_session))
+        .route("/v1/nodes", get(ops::list_nodes))
+        .route("/v1/nodes/{id}/drain", post(ops::drain_node))
+        .route("/v1/nodes/{id}/undrain", post(ops::undrain_node))
+        .route("/v1/regions", get(ops::list_regions))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    crate::metrics::refresh(&state);
+    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.warmed_up() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming up: waiting for nodes to reconnect\n")
+    }
+}

@@ -1,0 +1,381 @@
+//! The signaling API the app backend and its clients call (bearer JWT):
+//! create a session, join it, look at it, end it. Each participant gets a media join token and
+//! TURN servers near *them* in the browser's `RTCIceServer` shape.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use fleet_geo::Location;
+use fleet_proto::{ParticipantId, SessionId};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, bearer, parse_json};
+use crate::core::{NewSession, Profile, SessionPlan, SessionRecord};
+use crate::credentials::{ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_join_token, turn_credential};
+use crate::state::AppState;
+
+/// A participant in a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantRequest {
+    pub id: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub location: Option<LocationRequest>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Explicit coordinates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationRequest {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    pub participants: Vec<ParticipantRequest>,
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// The browser's `RTCIceServer`.
+#[derive(Debug, Serialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+/// The media node of a session.
+#[derive(Debug, Serialize)]
+pub struct MediaEndpoint {
+    pub node_id: String,
+    pub url: String,
+}
+
+/// What one participant needs to join.
+#[derive(Debug, Serialize)]
+pub struct ParticipantGrant {
+    pub id: String,
+    pub join_token: String,
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// `201` answer of create and join.
+#[derive(Debug, Serialize)]
+pub struct SessionGrant {
+    pub session_id: String,
+    pub region: String,
+    pub media: MediaEndpoint,
+    pub participants: Vec<ParticipantGrant>,
+}
+
+/// `GET /v1/sessions/{id}`.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub session_id: String,
+    pub region: String,
+    pub state: crate::core::SessionState,
+    pub profile: Profile,
+    pub media: MediaEndpoint,
+    pub participants: Vec<ParticipantView>,
+    pub created_unix_ms: u64,
+}
+
+/// A participant in a session view.
+#[derive(Debug, Serialize)]
+pub struct ParticipantView {
+    pub id: String,
+}
+
+fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Checks the client JWT.
+fn client(state: &AppState, headers: &HeaderMap) -> Result<ClientClaims, ApiError> {
+    state
+        .auth
+        .verify_client(bearer(headers)?)
+        .map_err(ApiError::Unauthorized)
+}
+
+/// A token limited to one session may only touch that session.
+fn check_session_scope(claims: &ClientClaims, session: &str) -> Result<(), ApiError> {
+    match &claims.session {
+        Some(s) if s != session => Err(ApiError::Forbidden(
+            "token is for another session".to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(id).map_err(|e| ApiError::BadRequest(format!("invalid session id: {e}")))
+}
+
+/// Where a participant is: explicit location > region hint > GeoIP of ip > default.
+fn locate(state: &AppState, p: &ParticipantRequest, field: &str) -> Result<Location, ApiError> {
+    if let Some(l) = &p.location {
+        return Location::new(l.lat, l.lon)
+            .map_err(|e| ApiError::BadRequest(format!("{field}.location: {e}")));
+    }
+    if let Some(r) = &p.region {
+        return state
+            .catalog
+            .get(r)
+            .map(|r| r.location())
+            .ok_or_else(|| ApiError::BadRequest(format!("{field}.region: unknown region {r:?}")));
+    }
+    if let Some(ip) = &p.ip {
+        let ip: IpAddr = ip.trim().parse().map_err(|_| {
+            ApiError::BadRequest(format!("{field}.ip: not an IPv4 or IPv6 address"))
+        })?;
+        if let Some(db) = &state.geoip {
+            match db.lookup(ip) {
+                Ok(Some(found)) => return Ok(found.location),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "GeoIP lookup failed"),
+            }
+        }
+    }
+    Ok(state.default_location)
+}
+
+fn participant_id(id: &str, field: &str) -> Result<ParticipantId, ApiError> {
+    ParticipantId::parse(id).map_err(|e| ApiError::BadRequest(format!("{field}.id: {e}")))
+}
+
+fn media_url(addresses: &[String]) -> String {
+    addresses
+        .iter()
+        .find(|a| a.starts_with("http://") || a.starts_with("https://"))
+        .or(addresses.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Join token and ICE servers for one participant.
+fn grant(
+    state: &AppState,
+    session: &SessionId,
+    node: &fleet_proto::NodeId,
+    participant: &ParticipantId,
+    location: Location,
+) -> Result<ParticipantGrant, ApiError> {
+    let now = unix_now().as_secs();
+    let join_token = mint_join_token(
+        &state.config.media.join_secret,
+        &JoinClaims {
+            sid: session.to_string(),
+            pid: participant.to_string(),
+            nid: node.to_string(),
+            aud: JOIN_AUDIENCE.into(),
+            exp: now + state.config.media.join_token_ttl_secs,
+        },
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let turn = state.fleet().turn_for(location, &mut rand::rng());
+    let mut ice_servers = Vec::new();
+    if !turn.is_empty() {
+        let (username, credential) = turn_credential(
+            &state.config.turn.secret,
+            participant.as_str(),
+            now + state.config.turn.credential_ttl_secs,
+        );
+        let urls = turn
+            .iter()
+            .flat_map(|t| t.addresses.iter())
+            .filter(|a| a.starts_with("turn:") || a.starts_with("turns:"))
+            .cloned()
+            .collect();
+        ice_servers.push(IceServer {
+            urls,
+            username,
+            credential,
+        });
+    }
+    Ok(ParticipantGrant {
+        id: participant.to_string(),
+        join_token,
+        ice_servers,
+    })
+}
+
+fn session_grant(plan: &SessionPlan, participants: Vec<ParticipantGrant>) -> SessionGrant {
+    SessionGrant {
+        session_id: plan.session.to_string(),
+        region: plan.region.clone(),
+        media: MediaEndpoint {
+            node_id: plan.node.to_string(),
+            url: media_url(&plan.node_addresses),
+        },
+        participants,
+    }
+}
+
+/// `POST /v1/sessions`: place a new session.
+pub async fn create_session(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SessionGrant>), ApiError> {
+    let claims = client(&state, &headers)?;
+    if claims.session.is_some() || claims.participant.is_some() {
+        return Err(ApiError::Forbidden(
+            "a token scoped to a session or participant cannot create sessions".into(),
+        ));
+    }
+    let req: CreateSessionRequest = parse_json(&body, false)?;
+    if req.participants.is_empty() {
+        return Err(ApiError::BadRequest(
+            "participants: at least one participant is required".into(),
+        ));
+    }
+    let profile = match &req.profile {
+        None => Profile::default(),
+        Some(p) => Profile::parse(p).ok_or_else(|| {
+            ApiError::BadRequest(format!("profile: expected audio, video or hd, got {p:?}"))
+        })?,
+    };
+    let mut participants = Vec::with_capacity(req.participants.len());
+    for (i, p) in req.participants.iter().enumerate() {
+        let field = format!("participants[{i}]");
+        participants.push((participant_id(&p.id, &field)?, locate(&state, p, &field)?));
+    }
+    if !state.warmed_up() {
+        return Err(ApiError::Unavailable(
+            "controller is starting: waiting for nodes to reconnect".into(),
+        ));
+    }
+    let id = SessionId::random();
+    let now = state.now();
+    let (plan, out) = state.fleet().create_session(
+        now,
+        NewSession {
+            id,
+            participants: participants.clone(),
+            profile,
+            now_unix_ms: unix_now().as_millis() as u64,
+        },
+        &mut rand::rng(),
+    )?;
+    state.send(out);
+    let grants = participants
+        .iter()
+        .map(|(p, loc)| grant(&state, &plan.session, &plan.node, p, *loc))
+        .collect::<Result<Vec<_>, _>>()?;
+    metrics::counter!("fleet_sessions_created_total", "region" => plan.region.clone()).increment(1);
+    if plan.spilled {
+        metrics::counter!("fleet_sessions_spilled_total").increment(1);
+    }
+    Ok((StatusCode::CREATED, Json(session_grant(&plan, grants))))
+}
+
+/// `POST /v1/sessions/{id}/participants`: a participant joins an existing session.
+pub async fn join_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SessionGrant>), ApiError> {
+    let claims = client(&state, &headers)?;
+    check_session_scope(&claims, &id)?;
+    let session = parse_session_id(&id)?;
+    let p: ParticipantRequest = parse_json(&body, false)?;
+    let participant = participant_id(&p.id, "participant")?;
+    if let Some(only) = &claims.participant
+        && only != participant.as_str()
+    {
+        return Err(ApiError::Forbidden(
+            "token is for another participant".into(),
+        ));
+    }
+    let location = locate(&state, &p, "participant")?;
+    let now = state.now();
+    let (outcome, out) =
+        state
+            .fleet()
+            .join_session(now, &session, participant.clone(), location, &mut rand::rng())?;
+    state.send(out);
+    if outcome.replaced {
+        metrics::counter!("fleet_sessions_replaced_total").increment(1);
+    }
+    let g = grant(&state, &session, &outcome.plan.node, &participant, location)?;
+    Ok((StatusCode::CREATED, Json(session_grant(&outcome.plan, vec![g]))))
+}
+
+fn view(state: &AppState, r: &SessionRecord) -> SessionView {
+    let url = state
+        .fleet()
+        .registry()
+        .get(&r.node)
+        .map(|n| media_url(&n.addresses))
+        .unwrap_or_default();
+    SessionView {
+        session_id: r.id.to_string(),
+        region: r.region.clone(),
+        state: r.state,
+        profile: r.profile,
+        media: MediaEndpoint {
+            node_id: r.node.to_string(),
+            url,
+        },
+        participants: r
+            .participants
+            .iter()
+            .map(|p| ParticipantView { id: p.id.to_string() })
+            .collect(),
+        created_unix_ms: r.created_unix_ms,
+    }
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SessionView>, ApiError> {
+    let claims = client(&state, &headers)?;
+    check_session_scope(&claims, &id)?;
+    let session = parse_session_id(&id)?;
+    let record = state
+        .fleet()
+        .sessions()
+        .get(&session)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session {session}")))?;
+    Ok(Json(view(&state, &record)))
+}
+
+/// `DELETE /v1/sessions/{id}`.
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let claims = client(&state, &headers)?;
+    if claims.participant.is_some() {
+        return Err(ApiError::Forbidden(
+            "a participant token cannot end the session".into(),
+        ));
+    }
+    check_session_scope(&claims, &id)?;
+    let session = parse_session_id(&id)?;
+    let now = state.now();
+    let out = state.fleet().delete_session(now, &session)?;
+    state.send(out);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,476 @@
+//! Controller configuration: one TOML file plus environment overrides.
+//!
+//! Environment variables `FLEET__<SECTION>__<KEY>` override `[section] key` (for example
+//! `FLEET__API__LISTEN=0.0.0.0:8080`); the value is read as a TOML value when it parses as one
+//! (numbers, booleans, arrays) and as a string otherwise. Every invalid value stops start-up with
+//! an error that names the key and says what was expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleet_geo::{Location, RegionCatalog, RegionInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Strategy;
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub link: LinkConfig,
+    pub auth: AuthConfig,
+    pub media: MediaConfig,
+    pub turn: TurnConfig,
+    pub placement: PlacementSection,
+    pub registry: RegistrySection,
+    pub geoip: GeoIpConfig,
+    /// Region catalog; empty means the built-in one.
+    pub regions: Vec<RegionInfo>,
+    pub up: UpConfig,
+}
+
+/// `[api]`: the HTTP listener for the signaling and ops APIs, metrics and health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+        }
+    }
+}
+
+/// `[link]`: the QUIC listener nodes report to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate and key of the controller (nodes pin the certificate).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// When the files do not exist, create a self-signed pair there (development).
+    pub generate_dev_cert: bool,
+    /// TLS server name nodes expect.
+    pub server_name: String,
+    /// Shared secret nodes prove they know.
+    pub cluster_secret: String,
+}
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            listen: "127.0.0.1:4433".parse().expect("static address"),
+            cert_file: None,
+            key_file: None,
+            generate_dev_cert: true,
+            server_name: "fleet-controller".into(),
+            cluster_secret: String::new(),
+        }
+    }
+}
+
+/// One API signing key of the app backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub kid: String,
+    pub secret: String,
+}
+
+/// `[auth]`: client JWTs and the admin credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Expected `aud` claim of client JWTs.
+    pub audience: String,
+    /// HS256 keys by key id (`kid` header); several at once for rotation.
+    pub api_keys: Vec<ApiKey>,
+    /// Bearer token of the ops API.
+    pub admin_token: String,
+    /// Clock skew allowed when checking `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            audience: "fleet".into(),
+            api_keys: Vec::new(),
+            admin_token: String::new(),
+            leeway_secs: 5,
+        }
+    }
+}
+
+/// `[media]`: join tokens media nodes check offline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub join_secret: String,
+    pub join_token_ttl_secs: u64,
+}
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            join_secret: String::new(),
+            join_token_ttl_secs: 600,
+        }
+    }
+}
+
+/// `[turn]`: TURN REST credentials (coturn `--use-auth-secret`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// The shared secret credentials are signed with.
+    pub secret: String,
+    pub credential_ttl_secs: u64,
+}
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            secret: String::new(),
+            credential_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[placement]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementSection {
+    pub strategy: Strategy,
+    pub rtt_budget_ms: f64,
+    pub tie_ms: f64,
+    pub reservation_ttl_ms: u64,
+    pub max_participants: usize,
+    pub turn_servers_per_participant: usize,
+}
+impl Default for PlacementSection {
+    fn default() -> Self {
+        PlacementSection {
+            strategy: Strategy::Spread,
+            rtt_budget_ms: 100.0,
+            tie_ms: 5.0,
+            reservation_ttl_ms: 10_000,
+            max_participants: 6,
+            turn_servers_per_participant: 2,
+        }
+    }
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    pub dead_after_missed_reports: u32,
+    pub dead_retention_secs: u64,
+    /// After a start, how long to wait for nodes to reconnect before placing sessions.
+    pub warmup_ms: u64,
+}
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection {
+            dead_after_missed_reports: 3,
+            dead_retention_secs: 300,
+            warmup_ms: 2_500,
+        }
+    }
+}
+
+/// `[geoip]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIpConfig {
+    /// A MaxMind GeoIP2/GeoLite2-City or DB-IP/ip-location-db city `.mmdb` file.
+    pub database: Option<PathBuf>,
+    /// Where a participant is assumed to be when nothing else tells.
+    pub default_region: String,
+}
+impl Default for GeoIpConfig {
+    fn default() -> Self {
+        GeoIpConfig {
+            database: None,
+            default_region: "us-east-1".into(),
+        }
+    }
+}
+
+/// `[up]`: the local fleet `fleet up` starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpConfig {
+    pub regions: Vec<String>,
+    pub media_per_region: u32,
+    pub turn_per_region: u32,
+    pub media_capacity: u64,
+    pub turn_capacity: u64,
+    pub report_interval_ms: u64,
+    /// Working directory for certificates and node logs.
+    pub state_dir: PathBuf,
+}
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig {
+            regions: vec!["eu-west-1".into(), "us-east-1".into(), "ap-south-1".into()],
+            media_per_region: 2,
+            turn_per_region: 1,
+            media_capacity: 1000,
+            turn_capacity: 1000,
+            report_interval_ms: 1000,
+            state_dir: PathBuf::from(".fleet"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a file (when given), applies `FLEET__…` overrides from `env`, checks the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses TOML text with overrides; see [`Config::load`].
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("FLEET__") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            apply_override(&mut table, &path, &v)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges, lengths, cross references.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.link.cluster_secret.is_empty() && self.link.cluster_secret.len() < 16 {
+            return Err(invalid("link.cluster_secret", "must be at least 16 characters"));
+        }
+        if self.link.server_name.is_empty() {
+            return Err(invalid("link.server_name", "must not be empty"));
+        }
+        if !self.auth.admin_token.is_empty() && self.auth.admin_token.len() < 16 {
+            return Err(invalid("auth.admin_token", "must be at least 16 characters"));
+        }
+        if self.auth.audience.is_empty() {
+            return Err(invalid("auth.audience", "must not be empty"));
+        }
+        for (i, k) in self.auth.api_keys.iter().enumerate() {
+            if k.kid.is_empty() || k.kid.len() > 64 {
+                return Err(invalid(&format!("auth.api_keys[{i}].kid"), "must be 1..=64 characters"));
+            }
+            if k.secret.len() < 16 {
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}].secret"),
+                    "must be at least 16 characters",
+                ));
+            }
+            if self.auth.api_keys[..i].iter().any(|o| o.kid == k.kid) {
+                return Err(invalid(&format!("auth.api_keys[{i}].kid"), format!("duplicate kid {:?}", k.kid)));
+            }
+        }
+        if !self.media.join_secret.is_empty() && self.media.join_secret.len() < 16 {
+            return Err(invalid("media.join_secret", "must be at least 16 characters"));
+        }
+        if !(10..=86_400).contains(&self.media.join_token_ttl_secs) {
+            return Err(invalid("media.join_token_ttl_secs", "expected 10..=86400 seconds"));
+        }
+        if !self.turn.secret.is_empty() && self.turn.secret.len() < 16 {
+            return Err(invalid("turn.secret", "must be at least 16 characters"));
+        }
+        if !(60..=7 * 86_400).contains(&self.turn.credential_ttl_secs) {
+            return Err(invalid("turn.credential_ttl_secs", "expected 60..=604800 seconds"));
+        }
+        let p = &self.placement;
+        if !(p.rtt_budget_ms.is_finite() && p.rtt_budget_ms >= 0.0) {
+            return Err(invalid("placement.rtt_budget_ms", "expected a number >= 0"));
+        }
+        if !(p.tie_ms.is_finite() && p.tie_ms >= 0.0) {
+            return Err(invalid("placement.tie_ms", "expected a number >= 0"));
+        }
+        if !(100..=600_000).contains(&p.reservation_ttl_ms) {
+            return Err(invalid("placement.reservation_ttl_ms", "expected 100..=600000"));
+        }
+        if !(2..=64).contains(&p.max_participants) {
+            return Err(invalid("placement.max_participants", "expected 2..=64"));
+        }
+        if !(1..=8).contains(&p.turn_servers_per_participant) {
+            return Err(invalid("placement.turn_servers_per_participant", "expected 1..=8"));
+        }
+        if !(1..=100).contains(&self.registry.dead_after_missed_reports) {
+            return Err(invalid("registry.dead_after_missed_reports", "expected 1..=100"));
+        }
+        let catalog = self.catalog()?;
+        if catalog.get(&self.geoip.default_region).is_none() {
+            return Err(invalid(
+                "geoip.default_region",
+                format!("unknown region {:?}", self.geoip.default_region),
+            ));
+        }
+        for (i, r) in self.up.regions.iter().enumerate() {
+            if catalog.get(r).is_none() {
+                return Err(invalid(&format!("up.regions[{i}]"), format!("unknown region {r:?}")));
+            }
+        }
+        if !(100..=60_000).contains(&self.up.report_interval_ms) {
+            return Err(invalid("up.report_interval_ms", "expected 100..=60000"));
+        }
+        Ok(())
+    }
+
+    /// The region catalog in force.
+    pub fn catalog(&self) -> Result<RegionCatalog, ConfigError> {
+        if self.regions.is_empty() {
+            Ok(RegionCatalog::default())
+        } else {
+            RegionCatalog::new(self.regions.clone()).map_err(|e| invalid("regions", e.to_string()))
+        }
+    }
+
+    /// Where a participant with no other clue is assumed to be.
+    pub fn default_location(&self) -> Location {
+        self.catalog()
+            .ok()
+            .and_then(|c| c.get(&self.geoip.default_region).map(|r| r.location()))
+            .unwrap_or(Location { lat: 39.0, lon: -77.5 })
+    }
+}
+
+/// Sets `path` in `table` to `raw` (a TOML value, or a string).
+fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
+    let key = path.join(".");
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| invalid(&key, "empty override name"))?;
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| invalid(&key, format!("`{p}` is not a table")))?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn empty_config_is_valid_with_defaults() {
+        let c = Config::from_toml("", no_env()).unwrap();
+        assert_eq!(c.api.listen.port(), 8080);
+        assert_eq!(c.placement.max_participants, 6);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Config::from_toml("[placement]\nrtt_budget_ms = \"fast\"\n", no_env()).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("placement.rtt_budget_ms"), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = Config::from_toml("[api]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_and_range_are_rejected() {
+        let e = Config::from_toml("[api]\nlisten = \"nowhere\"\n", no_env()).unwrap_err().to_string();
+        assert!(e.contains("api.listen"), "{e}");
+        let e = Config::from_toml("[placement]\nmax_participants = 1\n", no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("placement.max_participants"), "{e}");
+        let e = Config::from_toml("[geoip]\ndefault_region = \"mars-1\"\n", no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("geoip.default_region") && e.contains("mars-1"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_typed() {
+        let env = vec![
+            ("FLEET__API__LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("FLEET__PLACEMENT__MAX_PARTICIPANTS".to_string(), "4".to_string()),
+            ("FLEET__PLACEMENT__STRATEGY".to_string(), "pack".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_toml("[api]\nlisten = \"127.0.0.1:1\"\n", env).unwrap();
+        assert_eq!(c.api.listen.port(), 9999);
+        assert_eq!(c.placement.max_participants, 4);
+        assert_eq!(c.placement.strategy, Strategy::Pack);
+        let e = Config::from_toml("", vec![("FLEET__PLACEMENT__MAX_PARTICIPANTS".into(), "many".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("placement.max_participants"), "{e}");
+    }
+
+    #[test]
+    fn short_secrets_are_rejected() {
+        let e = Config::from_toml("[auth]\nadmin_token = \"short\"\n", no_env()).unwrap_err().to_string();
+        assert!(e.contains("auth.admin_token"), "{e}");
+        let e = Config::from_toml("[[auth.api_keys]]\nkid = \"a\"\nsecret = \"x\"\n", no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.api_keys[0].secret"), "{e}");
+    }
+}

@@ -1,0 +1,497 @@
+//! The controller's whole decision state in one value: registry, sessions, placement and the
+//! unmet demand per region. Every operation takes `now` and returns the commands the shell must
+//! send to nodes ([`Outgoing`]); nothing here does I/O.
+
+use fleet_geo::Location;
+use fleet_proto::{Command, Hello, NodeId, NodeKind, ParticipantId, Report, SessionId};
+use rand::Rng;
+
+use super::placement::{Choice, PlacementConfig, PlacementError, Placer};
+use super::registry::{NodeEntry, NodeStatus, Registry, RegistryConfig, RegistryError};
+use super::sessions::{ParticipantRecord, SessionIndex, SessionRecord, SessionState};
+use super::{Millis, Profile};
+
+/// A command for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub node: NodeId,
+    pub command: Command,
+}
+
+/// A request for a new session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub participants: Vec<(ParticipantId, Location)>,
+    pub profile: Profile,
+    pub now_unix_ms: u64,
+}
+
+/// A TURN node handed to a participant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnChoice {
+    pub node: NodeId,
+    pub region: String,
+    pub addresses: Vec<String>,
+}
+
+/// Where a session went.
+#[derive(Debug, Clone)]
+pub struct SessionPlan {
+    pub session: SessionId,
+    pub region: String,
+    pub node: NodeId,
+    pub node_addresses: Vec<String>,
+    pub spilled: bool,
+    pub worse_rtt_ms: f64,
+}
+
+/// The result of a join.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    pub plan: SessionPlan,
+    /// The session moved to another node because its node died.
+    pub replaced: bool,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FleetError {
+    #[error("unknown session {0}")]
+    UnknownSession(String),
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("session {session} is full ({max} participants)")]
+    SessionFull { session: String, max: usize },
+    #[error("duplicate participant id {0}")]
+    DuplicateParticipant(String),
+    #[error("too many participants: {got} (at most {max})")]
+    TooManyParticipants { got: usize, max: usize },
+    #[error("node {0} is dead")]
+    NodeDead(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+}
+
+/// Fleet-level tuning.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub registry: RegistryConfig,
+    pub placement: PlacementConfig,
+    /// How long placement holds capacity for a session its node has not reported.
+    pub reservation_ttl_ms: Millis,
+    /// Largest session.
+    pub max_participants: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            registry: RegistryConfig::default(),
+            placement: PlacementConfig::default(),
+            reservation_ttl_ms: 10_000,
+            max_participants: 6,
+        }
+    }
+}
+
+/// Counters per region.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RegionDemand {
+    /// Capacity units of sessions that preferred this region but were placed elsewhere or
+    /// refused (the autoscaler's strongest signal).
+    pub unmet_units: u64,
+    /// Sessions that spilled out of this region.
+    pub spilled_sessions: u64,
+    /// Sessions refused for lack of capacity.
+    pub refused_sessions: u64,
+}
+
+/// All decision state.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    config: FleetConfig,
+    registry: Registry,
+    sessions: SessionIndex,
+    placer: Placer,
+    demand: Vec<RegionDemand>,
+}
+
+impl Fleet {
+    /// A fleet with no nodes over a region catalog.
+    pub fn new(config: FleetConfig, catalog: fleet_geo::RegionCatalog) -> Fleet {
+        let registry = Registry::new(config.registry.clone(), catalog);
+        let placer = Placer::new(config.placement.clone(), &registry);
+        let demand = vec![RegionDemand::default(); registry.catalog().len()];
+        Fleet {
+            config,
+            registry,
+            sessions: SessionIndex::default(),
+            placer,
+            demand,
+        }
+    }
+
+    pub fn config(&self) -> &FleetConfig {
+        &self.config
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn sessions(&self) -> &SessionIndex {
+        &self.sessions
+    }
+    pub fn placer(&self) -> &Placer {
+        &self.placer
+    }
+    /// Demand counters, indexed like the catalog's regions.
+    pub fn demand(&self) -> &[RegionDemand] {
+        &self.demand
+    }
+
+    /// A node connected and said Hello.
+    pub fn on_hello(&mut self, now: Millis, conn: u64, hello: &Hello) -> Result<(), RegistryError> {
+        self.registry.hello(now, conn, hello)
+    }
+
+    /// A node reported.
+    pub fn on_report(&mut self, now: Millis, conn: u64, node: &NodeId, report: Report) {
+        let hosted = report.sessions.clone();
+        if self.registry.report(now, conn, node, report).is_none() {
+            return;
+        }
+        let region = match self.registry.get(node) {
+            Some(n) if n.kind == NodeKind::Media => n.region.clone(),
+            _ => return,
+        };
+        self.sessions.apply_report(now, node, &region, &hosted);
+    }
+
+    /// A node's link closed.
+    pub fn on_closed(&mut self, now: Millis, conn: u64, node: &NodeId) {
+        if self.registry.closed(now, conn, node) {
+            self.sessions.node_died(node);
+        }
+    }
+
+    /// A node refused a command about `session` (e.g. it started draining before the
+    /// OpenSession arrived): release its hold and mark the session LOST so that the next join
+    /// places it again.
+    pub fn on_session_refused(&mut self, node: &NodeId, session: &SessionId) {
+        self.registry.release(node, session);
+        if let Some(r) = self.sessions.get_mut(session)
+            && &r.node == node
+            && r.state == SessionState::Pending
+        {
+            r.state = SessionState::Lost;
+        }
+    }
+
+    /// Advances the clock: dead nodes, expired reservations and pending sessions.
+    pub fn tick(&mut self, now: Millis) -> Vec<NodeId> {
+        let (died, _expired) = self.registry.tick(now);
+        for id in &died {
+            self.sessions.node_died(id);
+        }
+        let registry = &self.registry;
+        self.sessions.expire(now, |id| registry.get(id).is_some());
+        died
+    }
+
+    /// Places a new session and reserves its capacity.
+    pub fn create_session(
+        &mut self,
+        now: Millis,
+        req: NewSession,
+        rng: &mut impl Rng,
+    ) -> Result<(SessionPlan, Vec<Outgoing>), FleetError> {
+        if req.participants.len() > self.config.max_participants {
+            return Err(FleetError::TooManyParticipants {
+                got: req.participants.len(),
+                max: self.config.max_participants,
+            });
+        }
+        for (i, (p, _)) in req.participants.iter().enumerate() {
+            if req.participants[..i].iter().any(|(q, _)| q == p) {
+                return Err(FleetError::DuplicateParticipant(p.to_string()));
+            }
+        }
+        let vectors: Vec<[f64; 3]> = req
+            .participants
+            .iter()
+            .map(|(_, l)| l.unit_vector())
+            .collect();
+        let cost = req.profile.session_cost(req.participants.len());
+        let choice = self.choose(&vectors, cost, None, rng)?;
+        let participants = req
+            .participants
+            .into_iter()
+            .map(|(id, l)| ParticipantRecord {
+                id,
+                location: Some(l),
+            })
+            .collect();
+        let record = SessionRecord {
+            id: req.id,
+            node: self.registry.at(choice.node_idx).id.clone(),
+            region: String::new(),
+            profile: req.profile,
+            participants,
+            state: SessionState::Pending,
+            created_unix_ms: req.now_unix_ms,
+            pending_until_ms: now + self.config.reservation_ttl_ms,
+        };
+        Ok(self.commit(now, record, &choice, cost))
+    }
+
+    /// Records a placed session, reserves its capacity and says what to tell the node.
+    fn commit(
+        &mut self,
+        now: Millis,
+        mut record: SessionRecord,
+        choice: &Choice,
+        cost: u64,
+    ) -> (SessionPlan, Vec<Outgoing>) {
+        let node = self.registry.at(choice.node_idx);
+        record.node = node.id.clone();
+        record.region = node.region.clone();
+        record.state = SessionState::Pending;
+        record.pending_until_ms = now + self.config.reservation_ttl_ms;
+        let plan = SessionPlan {
+            session: record.id.clone(),
+            region: node.region.clone(),
+            node: node.id.clone(),
+            node_addresses: node.addresses.clone(),
+            spilled: choice.spilled(),
+            worse_rtt_ms: choice.worse_rtt_ms,
+        };
+        let out = vec![Outgoing {
+            node: node.id.clone(),
+            command: Command::OpenSession {
+                session: record.id.clone(),
+                participants: record.participants.iter().map(|p| p.id.clone()).collect(),
+                cost,
+            },
+        }];
+        self.registry.reserve(
+            choice.node_idx,
+            record.id.clone(),
+            cost,
+            now + self.config.reservation_ttl_ms,
+        );
+        self.sessions.insert(record);
+        (plan, out)
+    }
+
+    /// Placement with demand accounting.
+    fn choose(
+        &mut self,
+        vectors: &[[f64; 3]],
+        cost: u64,
+        exclude: Option<&NodeId>,
+        rng: &mut impl Rng,
+    ) -> Result<Choice, FleetError> {
+        match self
+            .placer
+            .choose_media(&self.registry, vectors, cost, exclude, rng)
+        {
+            Ok(c) => {
+                if c.spilled() {
+                    let d = &mut self.demand[c.preferred_region_idx];
+                    d.unmet_units += cost;
+                    d.spilled_sessions += 1;
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                if let PlacementError::NoCapacity {
+                    preferred_region, ..
+                } = &e
+                    && let Some(i) = self.registry.catalog().index_of(preferred_region)
+                {
+                    self.demand[i].unmet_units += cost;
+                    self.demand[i].refused_sessions += 1;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A participant joins an existing session: on the same node, or on a new node when the
+    /// session's node died (same session id).
+    pub fn join_session(
+        &mut self,
+        now: Millis,
+        session: &SessionId,
+        participant: ParticipantId,
+        location: Location,
+        rng: &mut impl Rng,
+    ) -> Result<(JoinOutcome, Vec<Outgoing>), FleetError> {
+        let record = self
+            .sessions
+            .get(session)
+            .ok_or_else(|| FleetError::UnknownSession(session.to_string()))?
+            .clone();
+        let already = record.has_participant(&participant);
+        if !already && record.participants.len() >= self.config.max_participants {
+            return Err(FleetError::SessionFull {
+                session: session.to_string(),
+                max: self.config.max_participants,
+            });
+        }
+        let node_alive = self
+            .registry
+            .get(&record.node)
+            .is_some_and(|n| n.status != NodeStatus::Dead);
+        if record.state == SessionState::Lost || !node_alive {
+            // Re-place the whole session, keeping its id, away from the dead node.
+            let mut record = record;
+            if !already {
+                record.participants.push(ParticipantRecord {
+                    id: participant.clone(),
+                    location: Some(location),
+                });
+            } else if let Some(p) = record
+                .participants
+                .iter_mut()
+                .find(|p| p.id == participant)
+            {
+                p.location = Some(location);
+            }
+            let vectors: Vec<[f64; 3]> = record
+                .participants
+                .iter()
+                .filter_map(|p| p.location.map(|l| l.unit_vector()))
+                .collect();
+            let cost = record.profile.session_cost(record.participants.len());
+            let old = record.node.clone();
+            self.registry.release(&old, session);
+            let choice = self.choose(&vectors, cost, Some(&old), rng)?;
+            let (plan, out) = self.commit(now, record, &choice, cost);
+            return Ok((
+                JoinOutcome {
+                    plan,
+                    replaced: true,
+                },
+                out,
+            ));
+        }
+        let node = self
+            .registry
+            .get(&record.node)
+            .ok_or_else(|| FleetError::NodeDead(record.node.to_string()))?;
+        let plan = SessionPlan {
+            session: session.clone(),
+            region: record.region.clone(),
+            node: node.id.clone(),
+            node_addresses: node.addresses.clone(),
+            spilled: false,
+            worse_rtt_ms: 0.0,
+        };
+        let mut out = Vec::new();
+        if !already {
+            let n = record.participants.len();
+            let extra = record.profile.session_cost(n + 1) - record.profile.session_cost(n);
+            if let Some(r) = self.sessions.get_mut(session) {
+                r.participants.push(ParticipantRecord {
+                    id: participant.clone(),
+                    location: Some(location),
+                });
+            }
+            if extra > 0
+                && let Some(idx) = self.registry.index_of(&record.node)
+            {
+                self.registry.reserve(
+                    idx,
+                    session.clone(),
+                    extra,
+                    now + self.config.reservation_ttl_ms,
+                );
+            }
+            out.push(Outgoing {
+                node: record.node.clone(),
+                command: Command::AddParticipant {
+                    session: session.clone(),
+                    participant,
+                    cost: record.profile.cost_per_participant(),
+                },
+            });
+        }
+        Ok((
+            JoinOutcome {
+                plan,
+                replaced: false,
+            },
+            out,
+        ))
+    }
+
+    /// Ends a session: forgets it and tells its node to close it.
+    pub fn delete_session(
+        &mut self,
+        now: Millis,
+        session: &SessionId,
+    ) -> Result<Vec<Outgoing>, FleetError> {
+        let record = self
+            .sessions
+            .delete(now, session)
+            .ok_or_else(|| FleetError::UnknownSession(session.to_string()))?;
+        self.registry.release(&record.node, session);
+        Ok(vec![Outgoing {
+            node: record.node,
+            command: Command::CloseSession {
+                session: session.clone(),
+            },
+        }])
+    }
+
+    /// TURN nodes near a participant.
+    pub fn turn_for(&self, location: Location, rng: &mut impl Rng) -> Vec<TurnChoice> {
+        self.placer
+            .choose_turn(&self.registry, location, rng)
+            .into_iter()
+            .map(|i| {
+                let n: &NodeEntry = self.registry.at(i);
+                TurnChoice {
+                    node: n.id.clone(),
+                    region: n.region.clone(),
+                    addresses: n.addresses.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Asks a node to drain (stop taking sessions) with a deadline.
+    pub fn drain(&mut self, node: &NodeId, deadline_unix_ms: u64) -> Result<Outgoing, FleetError> {
+        self.request(node, NodeStatus::Draining)?;
+        Ok(Outgoing {
+            node: node.clone(),
+            command: Command::Drain { deadline_unix_ms },
+        })
+    }
+
+    /// Asks a draining node to serve again.
+    pub fn undrain(&mut self, node: &NodeId) -> Result<Outgoing, FleetError> {
+        self.request(node, NodeStatus::Serving)?;
+        Ok(Outgoing {
+            node: node.clone(),
+            command: Command::Undrain,
+        })
+    }
+
+    /// A node refused a drain or undrain: its own report is the truth again.
+    pub fn on_state_refused(&mut self, node: &NodeId) {
+        self.registry.request_status(node, None);
+    }
+
+    fn request(&mut self, node: &NodeId, status: NodeStatus) -> Result<(), FleetError> {
+        match self.registry.get(node) {
+            None => Err(FleetError::UnknownNode(node.to_string())),
+            Some(n) if n.status == NodeStatus::Dead => Err(FleetError::NodeDead(node.to_string())),
+            Some(_) => {
+                self.registry.request_status(node, Some(status));
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Placement decisions (DESIGN.md "Placement"): rank regions by the worse participant's
+//! estimated RTT (ties favour headroom), then pick a SERVING node with room by
+//! power-of-two-choices with a pack or spread preference; spill to the next region within an RTT
+//! budget when the best one is full. TURN: the nearest region with healthy TURN nodes, per
+//! participant. Pure functions over the [`Registry`]; randomness comes from the caller's RNG.
+
+use fleet_geo::{Location, dot_to_km, estimate_rtt_ms};
+use fleet_proto::{NodeId, NodeKind};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::registry::{Pool, Registry};
+
+/// Which of two candidate nodes wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The emptier node: lower load per call, more room for a session to grow.
+    #[default]
+    Spread,
+    /// The fuller node that still fits: fewer machines busy, emptier ones can be scaled down.
+    Pack,
+}
+
+/// Placement tuning.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    pub strategy: Strategy,
+    /// How much worse (ms of estimated RTT) a spill region may be than the best region.
+    pub rtt_budget_ms: f64,
+    /// Regions whose estimated RTTs differ by less than this are a tie, broken by headroom.
+    pub tie_ms: f64,
+    /// TURN nodes handed to each participant.
+    pub turn_servers_per_participant: usize,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            strategy: Strategy::Spread,
+            rtt_budget_ms: 100.0,
+            tie_ms: 5.0,
+            turn_servers_per_participant: 2,
+        }
+    }
+}
+
+/// Why no node was chosen.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("a session needs at least one participant")]
+    NoParticipants,
+    #[error("no serving media node in any region")]
+    NoNodes,
+    #[error(
+        "no media node with room for the session within {budget_ms} ms of the best region ({preferred_region})"
+    )]
+    NoCapacity { preferred_region: String, budget_ms: f64 },
+}
+
+/// A chosen media node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Index of the node in the registry table.
+    pub node_idx: u32,
+    /// The region it is in.
+    pub region_idx: usize,
+    /// The best region for the participants, which may differ when full.
+    pub preferred_region_idx: usize,
+    /// Estimated RTT of the worse participant to the chosen region.
+    pub worse_rtt_ms: f64,
+}
+
+impl Choice {
+    /// Whether the session spilled out of its best region.
+    pub fn spilled(&self) -> bool {
+        self.region_idx != self.preferred_region_idx
+    }
+}
+
+/// Placement over a region catalog, with the regions' unit vectors precomputed.
+#[derive(Debug, Clone)]
+pub struct Placer {
+    config: PlacementConfig,
+    region_vectors: Vec<[f64; 3]>,
+}
+
+#[inline]
+fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+impl Placer {
+    /// A placer for the regions of `registry`'s catalog.
+    pub fn new(config: PlacementConfig, registry: &Registry) -> Placer {
+        let region_vectors = registry
+            .catalog()
+            .regions()
+            .iter()
+            .map(|r| r.location().unit_vector())
+            .collect();
+        Placer {
+            config,
+            region_vectors,
+        }
+    }
+
+    /// The tuning in force.
+    pub fn config(&self) -> &PlacementConfig {
+        &self.config
+    }
+
+    /// Regions that have SERVING nodes of `kind`, best first: by the worse participant's
+    /// estimated RTT, and by free capacity among regions within `tie_ms` of each other.
+    /// Each entry is (region index, worse RTT in ms).
+    pub fn rank_regions(
+        &self,
+        registry: &Registry,
+        kind: NodeKind,
+        participants: &[[f64; 3]],
+        out: &mut Vec<(usize, f64)>,
+    ) {
+        out.clear();
+        for (r, v) in self.region_vectors.iter().enumerate() {
+            if registry.pool(r, kind).serving.is_empty() {
+                continue;
+            }
+            let worst = participants
+                .iter()
+                .map(|p| dot(p, v))
+                .fold(f64::INFINITY, f64::min);
+            out.push((r, worst));
+        }
+        for e in out.iter_mut() {
+            e.1 = estimate_rtt_ms(dot_to_km(e.1));
+        }
+        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        // Ties favour headroom: among the leading regions within tie_ms, more free capacity first.
+        if let Some(&(_, best)) = out.first() {
+            let tied = out
+                .iter()
+                .take_while(|e| e.1 - best < self.config.tie_ms)
+                .count();
+            if tied > 1 {
+                out[..tied].sort_by(|a, b| {
+                    let fa = registry.pool(a.0, kind).free;
+                    let fb = registry.pool(b.0, kind).free;
+                    fb.cmp(&fa).then(a.1.total_cmp(&b.1))
+                });
+            }
+        }
+    }
+
+    /// Chooses a media node with room for `cost` for participants at `participants` (unit
+    /// vectors), never `exclude`.
+    pub fn choose_media(
+        &self,
+        registry: &Registry,
+        participants: &[[f64; 3]],
+        cost: u64,
+        exclude: Option<&NodeId>,
+        rng: &mut impl Rng,
+    ) -> Result<Choice, PlacementError> {
+        if participants.is_empty() {
+            return Err(PlacementError::NoParticipants);
+        }
+        let mut ranked = Vec::with_capacity(self.region_vectors.len());
+        self.rank_regions(registry, NodeKind::Media, participants, &mut ranked);
+        let Some(&(preferred, best_rtt)) = ranked.first() else {
+            return Err(PlacementError::NoNodes);
+        };
+        let exclude_idx = exclude.and_then(|id| registry.index_of(id));
+        for &(region, rtt) in &ranked {
+            if rtt > best_rtt + self.config.rtt_budget_ms {
+                break;
+            }
+            let pool = registry.pool(region, NodeKind::Media);
+            if pool.free < cost {
+                continue;
+            }
+            if let Some(node_idx) = self.pick_in_pool(registry, pool, cost, exclude_idx, rng) {
+                return Ok(Choice {
+                    node_idx,
+                    region_idx: region,
+                    preferred_region_idx: preferred,
+                    worse_rtt_ms: rtt,
+                });
+            }
+        }
+        Err(PlacementError::NoCapacity {
+            preferred_region: registry.catalog().regions()[preferred].id.clone(),
+            budget_ms: self.config.rtt_budget_ms,
+        })
+    }
+
+    /// Power-of-two-choices among a pool's nodes that fit `cost`; a full scan only when random
+    /// probes keep missing (a nearly full pool).
+    fn pick_in_pool(
+        &self,
+        registry: &Registry,
+        pool: &Pool,
+        cost: u64,
+        exclude: Option<u32>,
+        rng: &mut impl Rng,
+    ) -> Option<u32> {
+        let n = pool.serving.len();
+        let fits = |idx: u32| Some(idx) != exclude && registry.at(idx).free() >= cost;
+        let better = |a: u32, b: u32| -> u32 {
+            let (fa, fb) = (registry.at(a).free(), registry.at(b).free());
+            match self.config.strategy {
+                Strategy::Spread if fb > fa => b,
+                Strategy::Pack if fb < fa => b,
+                _ => a,
+            }
+        };
+        match n {
+            0 => return None,
+            1 => return fits(pool.serving[0]).then_some(pool.serving[0]),
+            _ => {}
+        }
+        for _ in 0..4 {
+            let i = rng.random_range(0..n);
+            let mut j = rng.random_range(0..n - 1);
+            if j >= i {
+                j += 1;
+            }
+            let (a, b) = (pool.serving[i], pool.serving[j]);
+            match (fits(a), fits(b)) {
+                (true, true) => return Some(better(a, b)),
+                (true, false) => return Some(a),
+                (false, true) => return Some(b),
+                (false, false) => {}
+            }
+        }
+        pool.serving
+            .iter()
+            .copied()
+            .filter(|&idx| fits(idx))
+            .reduce(better)
+    }
+
+    /// TURN nodes for a participant at `location`: up to `turn_servers_per_participant` SERVING
+    /// TURN nodes of the nearest region that has any, the less loaded first.
+    pub fn choose_turn(
+        &self,
+        registry: &Registry,
+        location: Location,
+        rng: &mut impl Rng,
+    ) -> Vec<u32> {
+        let p = [location.unit_vector()];
+        let mut ranked = Vec::with_capacity(self.region_vectors.len());
+        self.rank_regions(registry, NodeKind::Turn, &p, &mut ranked);
+        let Some(&(region, _)) = ranked.first() else {
+            return Vec::new();
+        };
+        let pool = registry.pool(region, NodeKind::Turn);
+        let want = self.config.turn_servers_per_participant.min(pool.serving.len());
+        let mut chosen: Vec<u32> = Vec::with_capacity(want);
+        if pool.serving.len() <= want {
+            chosen.extend_from_slice(&pool.serving);
+        } else {
+            let start = rng.random_range(0..pool.serving.len());
+            let mut candidates: Vec<u32> = pool
+                .serving
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(pool.serving.len().min(want * 2))
+                .copied()
+                .collect();
+            candidates.sort_by_key(|&i| std::cmp::Reverse(registry.at(i).free()));
+            chosen.extend(candidates.into_iter().take(want));
+        }
+        chosen.sort_by_key(|&i| std::cmp::Reverse(registry.at(i).free()));
+        chosen
+    }
+}

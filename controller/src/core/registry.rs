@@ -1,0 +1,459 @@
+//! The node registry: every node that said Hello, its life-cycle state, its last reported load and
+//! sessions, and the capacity held for it by in-flight placement reservations.
+//!
+//! States: STARTING → SERVING → DRAINING (as the node reports them) and DEAD when reports stop
+//! (`dead_after_missed` report intervals) or its link closes. DEAD nodes are kept for
+//! `dead_retention_ms` so operators can see them, then forgotten ("gone").
+//!
+//! Free capacity of a node = total − used (as reported) − reserved (placed but not yet reported).
+//! Per (region, kind) the registry keeps the list of SERVING nodes and the sum of their free
+//! capacity, so that placement decisions cost O(1) in the number of nodes.
+
+use std::collections::HashMap;
+
+use fleet_geo::RegionCatalog;
+use fleet_proto::{Hello, HostedSession, Load, NodeId, NodeKind, NodeState, Report, SessionId};
+use serde::Serialize;
+
+use super::Millis;
+
+/// Where a node is in its life cycle, as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Connected, not yet ready for sessions.
+    Starting,
+    /// Takes new sessions.
+    Serving,
+    /// Takes no new sessions; joins to its existing sessions are still allowed.
+    Draining,
+    /// Reports stopped or the link closed.
+    Dead,
+}
+
+impl From<NodeState> for NodeStatus {
+    fn from(s: NodeState) -> Self {
+        match s {
+            NodeState::Starting => NodeStatus::Starting,
+            NodeState::Serving => NodeStatus::Serving,
+            NodeState::Draining => NodeStatus::Draining,
+        }
+    }
+}
+
+/// Registry tuning.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Missed report intervals after which a silent node is DEAD.
+    pub dead_after_missed: u32,
+    /// How long a DEAD node stays visible before it is forgotten.
+    pub dead_retention_ms: Millis,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            dead_after_missed: 3,
+            dead_retention_ms: 300_000,
+        }
+    }
+}
+
+/// Capacity held on a node for a session that the node has not reported yet.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// The session the capacity is for.
+    pub session: SessionId,
+    /// Capacity units held.
+    pub cost: u64,
+    /// When the hold lapses if the node never reports the session.
+    pub expires_ms: Millis,
+}
+
+/// One node as the controller knows it.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub kind: NodeKind,
+    pub region: String,
+    pub region_idx: usize,
+    pub zone: String,
+    pub version: String,
+    pub addresses: Vec<String>,
+    pub capacity_total: u64,
+    pub status: NodeStatus,
+    pub load: Load,
+    pub hosted: Vec<HostedSession>,
+    pub report_interval_ms: Millis,
+    pub last_report_ms: Millis,
+    pub connected_ms: Millis,
+    pub dead_since_ms: Option<Millis>,
+    pub conn: Option<u64>,
+    pub reservations: Vec<Reservation>,
+    /// Sum of `reservations` costs.
+    pub reserved: u64,
+    /// Capacity used as last reported.
+    pub used: u64,
+    /// A state the controller asked for (drain, undrain) that wins over reports until a report
+    /// agrees, so a report already on its way cannot undo an operator's drain.
+    pub desired: Option<NodeStatus>,
+}
+
+impl NodeEntry {
+    /// Capacity units still free after reported use and in-flight reservations.
+    pub fn free(&self) -> u64 {
+        self.capacity_total
+            .saturating_sub(self.used)
+            .saturating_sub(self.reserved)
+    }
+
+    /// Whether the node hosts (per its last report) the session.
+    pub fn hosts(&self, session: &SessionId) -> bool {
+        self.hosted.iter().any(|s| &s.id == session)
+    }
+}
+
+/// Why a Hello was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    #[error("duplicate node id {0}: a node with this id is already connected")]
+    DuplicateNode(String),
+    #[error("unknown region {0:?}: not in the controller's region catalog")]
+    UnknownRegion(String),
+    #[error("invalid hello: {0}")]
+    InvalidHello(String),
+}
+
+/// SERVING nodes of one (region, kind) and their summed free capacity.
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    /// Indices into the registry's node table.
+    pub serving: Vec<u32>,
+    /// Sum of the serving nodes' free capacity.
+    pub free: u64,
+}
+
+/// What a report changed, for the session index.
+#[derive(Debug, Default)]
+pub struct ReportEffects {
+    /// Sessions the node reported for the first time since their reservation (or ever).
+    pub confirmed: Vec<SessionId>,
+}
+
+/// The registry of nodes.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    config: RegistryConfig,
+    catalog: RegionCatalog,
+    nodes: Vec<NodeEntry>,
+    by_id: HashMap<NodeId, usize>,
+    /// `pools[region_idx][kind_idx]`.
+    pools: Vec<[Pool; 2]>,
+}
+
+/// Index of a kind in per-kind arrays.
+pub fn kind_idx(kind: NodeKind) -> usize {
+    match kind {
+        NodeKind::Media => 0,
+        NodeKind::Turn => 1,
+    }
+}
+
+impl Registry {
+    /// An empty registry over a region catalog.
+    pub fn new(config: RegistryConfig, catalog: RegionCatalog) -> Registry {
+        let pools = vec![Default::default(); catalog.len()];
+        Registry {
+            config,
+            catalog,
+            nodes: Vec::new(),
+            by_id: HashMap::new(),
+            pools,
+        }
+    }
+
+    /// The region catalog.
+    pub fn catalog(&self) -> &RegionCatalog {
+        &self.catalog
+    }
+
+    /// All known nodes, DEAD ones included.
+    pub fn nodes(&self) -> &[NodeEntry] {
+        &self.nodes
+    }
+
+    /// One node by id.
+    pub fn get(&self, id: &NodeId) -> Option<&NodeEntry> {
+        self.by_id.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// One node by table index (as found in a [`Pool`]).
+    pub fn at(&self, idx: u32) -> &NodeEntry {
+        &self.nodes[idx as usize]
+    }
+
+    /// Table index of a node.
+    pub fn index_of(&self, id: &NodeId) -> Option<u32> {
+        self.by_id.get(id).map(|&i| i as u32)
+    }
+
+    /// The SERVING pool of a region and kind.
+    pub fn pool(&self, region_idx: usize, kind: NodeKind) -> &Pool {
+        &self.pools[region_idx][kind_idx(kind)]
+    }
+
+    /// A node said Hello on connection `conn`.
+    pub fn hello(&mut self, now: Millis, conn: u64, hello: &Hello) -> Result<(), RegistryError> {
+        let region_idx = self
+            .catalog
+            .index_of(&hello.region)
+            .ok_or_else(|| RegistryError::UnknownRegion(hello.region.clone()))?;
+        if hello.report_interval_ms == 0 || hello.report_interval_ms > 60_000 {
+            return Err(RegistryError::InvalidHello(format!(
+                "report_interval_ms must be 1..=60000, got {}",
+                hello.report_interval_ms
+            )));
+        }
+        if hello.addresses.len() > 16 || hello.addresses.iter().any(|a| a.len() > 256) {
+            return Err(RegistryError::InvalidHello(
+                "at most 16 addresses of at most 256 bytes".into(),
+            ));
+        }
+        if let Some(&i) = self.by_id.get(&hello.node_id) {
+            let old = &self.nodes[i];
+            if old.conn.is_some() && old.status != NodeStatus::Dead {
+                return Err(RegistryError::DuplicateNode(hello.node_id.to_string()));
+            }
+        }
+        let entry = NodeEntry {
+            id: hello.node_id.clone(),
+            kind: hello.kind,
+            region: hello.region.clone(),
+            region_idx,
+            zone: hello.zone.clone(),
+            version: hello.version.clone(),
+            addresses: hello.addresses.clone(),
+            capacity_total: hello.capacity_total,
+            status: NodeStatus::Starting,
+            load: Load::default(),
+            hosted: Vec::new(),
+            report_interval_ms: hello.report_interval_ms,
+            last_report_ms: now,
+            connected_ms: now,
+            dead_since_ms: None,
+            conn: Some(conn),
+            reservations: Vec::new(),
+            reserved: 0,
+            used: 0,
+            desired: None,
+        };
+        match self.by_id.get(&hello.node_id) {
+            Some(&i) => {
+                // A reconnect: keep what the node hosted and the holds for it until its report.
+                let old = std::mem::replace(&mut self.nodes[i], entry);
+                let node = &mut self.nodes[i];
+                node.hosted = old.hosted;
+                node.used = old.used;
+                node.reservations = old.reservations;
+                node.reserved = old.reserved;
+            }
+            None => {
+                self.by_id.insert(hello.node_id.clone(), self.nodes.len());
+                self.nodes.push(entry);
+            }
+        }
+        self.rebuild_pools();
+        Ok(())
+    }
+
+    /// A report arrived on connection `conn`. Reports from a connection that is no longer the
+    /// node's current one are ignored.
+    pub fn report(
+        &mut self,
+        now: Millis,
+        conn: u64,
+        id: &NodeId,
+        report: Report,
+    ) -> Option<ReportEffects> {
+        let &i = self.by_id.get(id)?;
+        let node = &mut self.nodes[i];
+        if node.conn != Some(conn) {
+            return None;
+        }
+        let old_status = node.status;
+        let old_free = node.free();
+        let reported: NodeStatus = report.state.into();
+        node.status = match node.desired {
+            Some(d) if d != reported => d,
+            _ => {
+                node.desired = None;
+                reported
+            }
+        };
+        node.dead_since_ms = None;
+        node.last_report_ms = now;
+        node.used = report.load.capacity_used;
+        node.load = report.load;
+        let mut effects = ReportEffects::default();
+        let hosted = report.sessions;
+        node.reservations.retain(|r| {
+            if hosted.iter().any(|s| s.id == r.session) {
+                effects.confirmed.push(r.session.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for s in &hosted {
+            if !node.hosted.iter().any(|h| h.id == s.id) && !effects.confirmed.contains(&s.id) {
+                effects.confirmed.push(s.id.clone());
+            }
+        }
+        node.reserved = node.reservations.iter().map(|r| r.cost).sum();
+        node.hosted = hosted;
+        let new_free = node.free();
+        let (region_idx, kind, status) = (node.region_idx, node.kind, node.status);
+        if status != old_status {
+            self.rebuild_pools();
+        } else if status == NodeStatus::Serving {
+            let pool = &mut self.pools[region_idx][kind_idx(kind)];
+            pool.free = (pool.free + new_free).saturating_sub(old_free);
+        }
+        Some(effects)
+    }
+
+    /// The link of `conn` closed: the node is DEAD (if that was its current link).
+    pub fn closed(&mut self, now: Millis, conn: u64, id: &NodeId) -> bool {
+        let Some(&i) = self.by_id.get(id) else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        if node.conn != Some(conn) {
+            return false;
+        }
+        node.conn = None;
+        if node.status != NodeStatus::Dead {
+            node.status = NodeStatus::Dead;
+            node.dead_since_ms = Some(now);
+            self.rebuild_pools();
+        }
+        true
+    }
+
+    /// Advances time: silent nodes become DEAD, long-dead nodes are forgotten, expired
+    /// reservations are released. Returns the ids of nodes that became DEAD and the sessions
+    /// whose reservations expired.
+    pub fn tick(&mut self, now: Millis) -> (Vec<NodeId>, Vec<SessionId>) {
+        let mut died = Vec::new();
+        let mut expired = Vec::new();
+        let mut changed = false;
+        for node in &mut self.nodes {
+            if node.status != NodeStatus::Dead {
+                let limit = node.report_interval_ms * self.config.dead_after_missed as u64;
+                if now.saturating_sub(node.last_report_ms) > limit {
+                    node.status = NodeStatus::Dead;
+                    node.dead_since_ms = Some(now);
+                    died.push(node.id.clone());
+                    changed = true;
+                }
+            }
+            if node.reservations.iter().any(|r| r.expires_ms <= now) {
+                node.reservations.retain(|r| {
+                    if r.expires_ms <= now {
+                        expired.push(r.session.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                node.reserved = node.reservations.iter().map(|r| r.cost).sum();
+                changed = true;
+            }
+        }
+        let retention = self.config.dead_retention_ms;
+        let before = self.nodes.len();
+        self.nodes.retain(|n| {
+            n.dead_since_ms
+                .is_none_or(|t| now.saturating_sub(t) < retention)
+        });
+        if self.nodes.len() != before {
+            self.by_id = self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id.clone(), i))
+                .collect();
+            changed = true;
+        }
+        if changed {
+            self.rebuild_pools();
+        }
+        (died, expired)
+    }
+
+    /// Holds `cost` units on node `idx` for `session` until `expires_ms` or its report.
+    pub fn reserve(&mut self, idx: u32, session: SessionId, cost: u64, expires_ms: Millis) {
+        let node = &mut self.nodes[idx as usize];
+        let old_free = node.free();
+        node.reservations.push(Reservation {
+            session,
+            cost,
+            expires_ms,
+        });
+        node.reserved += cost;
+        let new_free = node.free();
+        if node.status == NodeStatus::Serving {
+            let pool = &mut self.pools[node.region_idx][kind_idx(node.kind)];
+            pool.free = pool.free.saturating_sub(old_free - new_free);
+        }
+    }
+
+    /// The controller asked node `id` to drain (`Draining`) or undrain (`Serving`): the registry
+    /// shows that state at once. `None` withdraws the request (the node refused it).
+    pub fn request_status(&mut self, id: &NodeId, status: Option<NodeStatus>) -> bool {
+        let Some(&i) = self.by_id.get(id) else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        if node.status == NodeStatus::Dead {
+            return false;
+        }
+        node.desired = status;
+        if let Some(s) = status {
+            node.status = s;
+        }
+        self.rebuild_pools();
+        true
+    }
+
+    /// Drops any hold for `session` on node `id`.
+    pub fn release(&mut self, id: &NodeId, session: &SessionId) {
+        let Some(&i) = self.by_id.get(id) else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        let before = node.reservations.len();
+        node.reservations.retain(|r| &r.session != session);
+        if node.reservations.len() != before {
+            node.reserved = node.reservations.iter().map(|r| r.cost).sum();
+            self.rebuild_pools();
+        }
+    }
+
+    /// Recomputes the SERVING pools and their free sums (after state changes; O(nodes)).
+    fn rebuild_pools(&mut self) {
+        for p in &mut self.pools {
+            for k in p.iter_mut() {
+                k.serving.clear();
+                k.free = 0;
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.status == NodeStatus::Serving {
+                let pool = &mut self.pools[n.region_idx][kind_idx(n.kind)];
+                pool.serving.push(i as u32);
+                pool.free += n.free();
+            }
+        }
+    }
+}

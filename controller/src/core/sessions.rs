@@ -1,0 +1,221 @@
+//! The controller's index of sessions: which media node and region each session lives on, who
+//! is in it, and where each participant is (for TURN selection and for re-placing the session).
+//!
+//! Ownership (DESIGN.md "One owner per fact"): the media node owns its sessions. An entry is
+//! created by placement as PENDING; the node's report makes it LIVE; a LIVE session that
+//! disappears from its node's report has ended and is removed. After a controller restart the
+//! index is rebuilt from the nodes' reports, so no session is forgotten.
+
+use std::collections::HashMap;
+
+use fleet_geo::Location;
+use fleet_proto::{NodeId, ParticipantId, SessionId};
+use serde::Serialize;
+
+use super::{Millis, Profile};
+
+/// Life of a session as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Placed; the node has not reported it yet.
+    Pending,
+    /// The node reports it.
+    Live,
+    /// Its node is DEAD; the next join re-places it.
+    Lost,
+}
+
+/// One participant of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantRecord {
+    pub id: ParticipantId,
+    /// Where the participant is, when the controller knows (not after a controller restart).
+    pub location: Option<Location>,
+}
+
+/// One session.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub node: NodeId,
+    pub region: String,
+    pub profile: Profile,
+    pub participants: Vec<ParticipantRecord>,
+    pub state: SessionState,
+    pub created_unix_ms: u64,
+    /// When a PENDING session is dropped if its node never reports it.
+    pub pending_until_ms: Millis,
+}
+
+impl SessionRecord {
+    /// Whether `p` is a participant.
+    pub fn has_participant(&self, p: &ParticipantId) -> bool {
+        self.participants.iter().any(|r| &r.id == p)
+    }
+}
+
+/// The session index.
+#[derive(Debug, Clone, Default)]
+pub struct SessionIndex {
+    sessions: HashMap<SessionId, SessionRecord>,
+    /// Recently deleted sessions and when their tombstone lapses: a node's report that was
+    /// already on its way when the session was deleted must not bring it back.
+    tombstones: HashMap<SessionId, Millis>,
+}
+
+/// How long a deleted session's id is ignored in node reports.
+const TOMBSTONE_MS: Millis = 30_000;
+
+impl SessionIndex {
+    /// Number of known sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// One session.
+    pub fn get(&self, id: &SessionId) -> Option<&SessionRecord> {
+        self.sessions.get(id)
+    }
+
+    /// One session, mutable.
+    pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut SessionRecord> {
+        self.sessions.get_mut(id)
+    }
+
+    /// All sessions.
+    pub fn iter(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values()
+    }
+
+    /// Adds or replaces a session.
+    pub fn insert(&mut self, record: SessionRecord) {
+        self.sessions.insert(record.id.clone(), record);
+    }
+
+    /// Removes a session.
+    pub fn remove(&mut self, id: &SessionId) -> Option<SessionRecord> {
+        self.sessions.remove(id)
+    }
+
+    /// Removes a session that was deleted through the API and remembers it for a while.
+    pub fn delete(&mut self, now: Millis, id: &SessionId) -> Option<SessionRecord> {
+        self.tombstones.insert(id.clone(), now + TOMBSTONE_MS);
+        self.sessions.remove(id)
+    }
+
+    /// Applies a node's report: its hosted sessions become LIVE (created if unknown, as after a
+    /// controller restart; their participants taken from the node), and LIVE sessions of that
+    /// node that it no longer reports have ended and are removed. Returns the ended sessions.
+    pub fn apply_report(
+        &mut self,
+        now: Millis,
+        node: &NodeId,
+        region: &str,
+        hosted: &[fleet_proto::HostedSession],
+    ) -> Vec<SessionId> {
+        for h in hosted {
+            if self.tombstones.get(&h.id).is_some_and(|&t| t > now) {
+                continue;
+            }
+            match self.sessions.get_mut(&h.id) {
+                Some(rec) if &rec.node == node => {
+                    rec.state = SessionState::Live;
+                    // The node owns the participant list; keep known locations.
+                    for p in &h.participants {
+                        if !rec.has_participant(p) {
+                            rec.participants.push(ParticipantRecord {
+                                id: p.clone(),
+                                location: None,
+                            });
+                        }
+                    }
+                }
+                Some(rec) if rec.state == SessionState::Live => {
+                    // Two nodes claim one session (a re-placed session whose old node came
+                    // back). The copy the controller placed last wins; the other node's copy
+                    // ends by itself when its participants leave.
+                }
+                _ => {
+                    let participants = h
+                        .participants
+                        .iter()
+                        .map(|p| ParticipantRecord {
+                            id: p.clone(),
+                            location: None,
+                        })
+                        .collect();
+                    let profile = guess_profile(h.cost, h.participants.len());
+                    self.sessions.insert(
+                        h.id.clone(),
+                        SessionRecord {
+                            id: h.id.clone(),
+                            node: node.clone(),
+                            region: region.to_string(),
+                            profile,
+                            participants,
+                            state: SessionState::Live,
+                            created_unix_ms: h.created_unix_ms,
+                            pending_until_ms: 0,
+                        },
+                    );
+                }
+            }
+        }
+        let ended: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|r| {
+                &r.node == node
+                    && r.state == SessionState::Live
+                    && !hosted.iter().any(|h| h.id == r.id)
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &ended {
+            self.sessions.remove(id);
+        }
+        ended
+    }
+
+    /// Marks the sessions of a DEAD node as LOST.
+    pub fn node_died(&mut self, node: &NodeId) {
+        for r in self.sessions.values_mut() {
+            if &r.node == node {
+                r.state = SessionState::Lost;
+            }
+        }
+    }
+
+    /// Drops PENDING sessions whose node never reported them in time, and LOST sessions of nodes
+    /// the registry forgot. Returns the dropped ids.
+    pub fn expire(&mut self, now: Millis, node_known: impl Fn(&NodeId) -> bool) -> Vec<SessionId> {
+        self.tombstones.retain(|_, &mut t| t > now);
+        let dropped: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|r| {
+                (r.state == SessionState::Pending && r.pending_until_ms <= now)
+                    || (r.state == SessionState::Lost && !node_known(&r.node))
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &dropped {
+            self.sessions.remove(id);
+        }
+        dropped
+    }
+}
+
+/// The profile whose per-participant cost matches a reported session (after a restart).
+fn guess_profile(cost: u64, participants: usize) -> Profile {
+    [Profile::Audio, Profile::Video, Profile::Hd]
+        .into_iter()
+        .find(|p| p.session_cost(participants) == cost)
+        .unwrap_or_default()
+}

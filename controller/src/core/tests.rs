@@ -1,0 +1,384 @@
+//! Unit tests of the pure core with a virtual clock.
+
+use fleet_geo::{Location, RegionCatalog};
+use fleet_proto::{
+    Command, Hello, HostedSession, Load, NodeId, NodeKind, NodeState, ParticipantId, Report,
+    SessionId,
+};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use super::*;
+
+const KAMPALA: Location = Location { lat: 0.35, lon: 32.58 };
+const LONDON: Location = Location { lat: 51.51, lon: -0.13 };
+const NEW_YORK: Location = Location { lat: 40.71, lon: -74.0 };
+const MUMBAI: Location = Location { lat: 19.08, lon: 72.88 };
+
+fn nid(s: &str) -> NodeId {
+    NodeId::parse(s).unwrap()
+}
+fn pid(s: &str) -> ParticipantId {
+    ParticipantId::parse(s).unwrap()
+}
+
+fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
+    Hello {
+        node_id: nid(id),
+        kind,
+        region: region.into(),
+        zone: format!("{region}a"),
+        version: "test".into(),
+        addresses: vec![match kind {
+            NodeKind::Media => format!("http://{id}.test:7000"),
+            NodeKind::Turn => format!("turn:{id}.test:3478?transport=udp"),
+        }],
+        capacity_total: cap,
+        report_interval_ms: 1000,
+        auth: String::new(),
+    }
+}
+
+fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -> Report {
+    let used = sessions.iter().map(|s| s.cost).sum();
+    Report {
+        seq: 1,
+        state,
+        sessions,
+        load: Load {
+            capacity_used: used,
+            capacity_total: cap,
+            ..Load::default()
+        },
+    }
+}
+
+/// A fleet with `per_region` serving media nodes of capacity `cap` in each region, plus one TURN
+/// node per region. Connection ids are the node's position.
+fn fleet(regions: &[&str], per_region: usize, cap: u64) -> (Fleet, Vec<(NodeId, u64)>) {
+    let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
+    let mut conns = Vec::new();
+    let mut conn = 0;
+    for r in regions {
+        for i in 0..per_region {
+            conn += 1;
+            let h = hello(&format!("media-{r}-{i}"), NodeKind::Media, r, cap);
+            f.on_hello(0, conn, &h).unwrap();
+            f.on_report(0, conn, &h.node_id, report(NodeState::Serving, vec![], cap));
+            conns.push((h.node_id, conn));
+        }
+        conn += 1;
+        let h = hello(&format!("turn-{r}"), NodeKind::Turn, r, 100);
+        f.on_hello(0, conn, &h).unwrap();
+        f.on_report(0, conn, &h.node_id, report(NodeState::Serving, vec![], 100));
+        conns.push((h.node_id, conn));
+    }
+    (f, conns)
+}
+
+fn new_session(people: &[(&str, Location)]) -> NewSession {
+    NewSession {
+        id: SessionId::random(),
+        participants: people.iter().map(|(p, l)| (pid(p), *l)).collect(),
+        profile: Profile::Video,
+        now_unix_ms: 0,
+    }
+}
+
+fn rng() -> SmallRng {
+    SmallRng::seed_from_u64(7)
+}
+
+const THREE: [&str; 3] = ["eu-west-1", "us-east-1", "ap-south-1"];
+
+#[test]
+fn region_is_chosen_by_the_worse_participant() {
+    let (mut f, _) = fleet(&THREE, 2, 1000);
+    let mut r = rng();
+    let (plan, out) = f
+        .create_session(0, new_session(&[("t", LONDON), ("c", KAMPALA)]), &mut r)
+        .unwrap();
+    assert_eq!(plan.region, "eu-west-1", "Kampala-London belongs in Europe");
+    assert!(matches!(out[0].command, Command::OpenSession { .. }));
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", NEW_YORK), ("b", NEW_YORK)]), &mut r)
+        .unwrap();
+    assert_eq!(plan.region, "us-east-1");
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", MUMBAI)]), &mut r)
+        .unwrap();
+    assert_eq!(plan.region, "ap-south-1");
+}
+
+#[test]
+fn reservations_keep_every_node_within_capacity_and_spread_load() {
+    let (mut f, _) = fleet(&["eu-west-1"], 10, 100);
+    let mut r = rng();
+    let mut placed = 0;
+    while f
+        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .is_ok()
+    {
+        placed += 1;
+        assert!(placed <= 1000, "placement never stops");
+    }
+    // Cost 8 per session, 12 fit in 100 units, 10 nodes.
+    assert_eq!(placed, 120);
+    for n in f.registry().nodes().iter().filter(|n| n.kind == NodeKind::Media) {
+        assert!(n.reserved <= n.capacity_total, "{} over capacity", n.id);
+        assert_eq!(n.reservations.len(), 12, "{} got {}", n.id, n.reservations.len());
+    }
+    assert!(f.demand()[f.registry().catalog().index_of("eu-west-1").unwrap()].refused_sessions > 0);
+}
+
+#[test]
+fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
+    let (busy, busy_conn) = conns[0].clone();
+    let s = HostedSession {
+        id: SessionId::random(),
+        participants: vec![],
+        cost: 60,
+        created_unix_ms: 0,
+    };
+    f.on_report(1, busy_conn, &busy, report(NodeState::Serving, vec![s], 100));
+    let mut r = rng();
+    for _ in 0..3 {
+        let (plan, _) = f.create_session(1, new_session(&[("a", LONDON)]), &mut r).unwrap();
+        assert_ne!(plan.node, busy, "spread avoids the busier node");
+    }
+    let mut cfg = FleetConfig::default();
+    cfg.placement.strategy = Strategy::Pack;
+    let mut f = Fleet::new(cfg, RegionCatalog::default());
+    for (i, used) in [(0, 60u64), (1, 0)] {
+        let h = hello(&format!("m{i}"), NodeKind::Media, "eu-west-1", 100);
+        f.on_hello(0, i, &h).unwrap();
+        let s = HostedSession {
+            id: SessionId::random(),
+            participants: vec![],
+            cost: used,
+            created_unix_ms: 0,
+        };
+        let sessions = if used > 0 { vec![s] } else { vec![] };
+        f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
+    }
+    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    assert_eq!(plan.node, nid("m0"), "pack fills the fuller node");
+}
+
+#[test]
+fn full_region_spills_within_budget_and_counts_demand() {
+    let (mut f, _) = fleet(&["eu-west-1", "eu-west-2", "ap-south-1"], 1, 8);
+    let mut r = rng();
+    let dublin = Location { lat: 53.35, lon: -6.26 };
+    let (first, _) = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap();
+    assert_eq!(first.region, "eu-west-1");
+    assert!(!first.spilled);
+    let (second, _) = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap();
+    assert_eq!(second.region, "eu-west-2", "London is next to Dublin");
+    assert!(second.spilled);
+    // Mumbai is far beyond the RTT budget from Dublin: refuse instead.
+    let err = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap_err();
+    assert!(matches!(err, FleetError::Placement(PlacementError::NoCapacity { .. })), "{err:?}");
+    let d = &f.demand()[f.registry().catalog().index_of("eu-west-1").unwrap()];
+    assert_eq!(d.spilled_sessions, 1);
+    assert_eq!(d.refused_sessions, 1);
+    assert_eq!(d.unmet_units, 16);
+}
+
+#[test]
+fn report_confirms_a_reservation_and_expiry_releases_it() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+    let (node, conn) = conns[0].clone();
+    let mut r = rng();
+    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r).unwrap();
+    assert_eq!(f.registry().get(&node).unwrap().reserved, 8);
+    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Pending);
+    let hosted = HostedSession {
+        id: plan.session.clone(),
+        participants: vec![pid("a"), pid("b")],
+        cost: 8,
+        created_unix_ms: 0,
+    };
+    f.on_report(500, conn, &node, report(NodeState::Serving, vec![hosted], 100));
+    let n = f.registry().get(&node).unwrap();
+    assert_eq!((n.reserved, n.used, n.free()), (0, 8, 92));
+    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Live);
+    // The session ends on the node: it disappears from the index.
+    f.on_report(900, conn, &node, report(NodeState::Serving, vec![], 100));
+    assert!(f.sessions().get(&plan.session).is_none());
+
+    // A session the node never reports: its hold and record lapse with the TTL.
+    let (plan, _) = f.create_session(1000, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    f.on_report(1500, conn, &node, report(NodeState::Serving, vec![], 100));
+    f.tick(1000 + 10_000);
+    assert_eq!(f.registry().get(&node).unwrap().reserved, 0);
+    assert!(f.sessions().get(&plan.session).is_none());
+}
+
+#[test]
+fn silent_node_dies_after_three_intervals_and_sessions_move_on_rejoin() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
+    let mut r = rng();
+    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r).unwrap();
+    let (dead, dead_conn) = conns.iter().find(|(n, _)| *n == plan.node).unwrap().clone();
+    let (alive, alive_conn) = conns.iter().find(|(n, c)| *n != plan.node && *c <= 2).unwrap().clone();
+    let hosted = HostedSession {
+        id: plan.session.clone(),
+        participants: vec![pid("a"), pid("b")],
+        cost: 8,
+        created_unix_ms: 0,
+    };
+    f.on_report(1000, dead_conn, &dead, report(NodeState::Serving, vec![hosted], 100));
+    for t in [1000, 2000, 3000, 4000] {
+        f.on_report(t, alive_conn, &alive, report(NodeState::Serving, vec![], 100));
+        f.on_report(t, conns[2].1, &conns[2].0, report(NodeState::Serving, vec![], 100));
+        f.tick(t);
+    }
+    assert_eq!(f.registry().get(&dead).unwrap().status, NodeStatus::Serving, "3 s of silence is allowed");
+    f.tick(4001);
+    assert_eq!(f.registry().get(&dead).unwrap().status, NodeStatus::Dead);
+    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Lost);
+    for _ in 0..5 {
+        let (p, _) = f.create_session(4001, new_session(&[("x", LONDON)]), &mut r).unwrap();
+        assert_eq!(p.node, alive, "new sessions avoid the dead node");
+    }
+    let (join, out) = f.join_session(4002, &plan.session, pid("a"), LONDON, &mut r).unwrap();
+    assert!(join.replaced);
+    assert_eq!(join.plan.node, alive);
+    assert_eq!(join.plan.session, plan.session, "same session id");
+    assert!(matches!(&out[0].command, Command::OpenSession { participants, .. } if participants.len() == 2));
+}
+
+#[test]
+fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+    let (node, conn) = conns[0].clone();
+    let dup = hello(node.as_str(), NodeKind::Media, "eu-west-1", 100);
+    assert!(matches!(f.on_hello(10, 99, &dup), Err(RegistryError::DuplicateNode(_))));
+    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Serving, "the original is untouched");
+    f.on_closed(20, 98, &node);
+    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Serving, "a stale connection's close is ignored");
+    f.on_closed(20, conn, &node);
+    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Dead);
+    f.on_hello(30, 99, &dup).unwrap();
+    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Starting);
+    let bad = hello("m-x", NodeKind::Media, "mars-1", 100);
+    assert!(matches!(f.on_hello(30, 100, &bad), Err(RegistryError::UnknownRegion(_))));
+}
+
+#[test]
+fn drain_wins_over_a_stale_report_and_joins_still_land() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
+    let mut r = rng();
+    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let conn = conns.iter().find(|(n, _)| *n == plan.node).unwrap().1;
+    f.drain(&plan.node, 10_000).unwrap();
+    // A report sent before the node saw the drain still says SERVING.
+    f.on_report(10, conn, &plan.node, report(NodeState::Serving, vec![], 100));
+    assert_eq!(f.registry().get(&plan.node).unwrap().status, NodeStatus::Draining);
+    for _ in 0..10 {
+        let (p, _) = f.create_session(20, new_session(&[("x", LONDON)]), &mut r).unwrap();
+        assert_ne!(p.node, plan.node, "draining node takes no new sessions");
+    }
+    let (join, out) = f.join_session(30, &plan.session, pid("b"), LONDON, &mut r).unwrap();
+    assert_eq!(join.plan.node, plan.node, "joins go to the draining node");
+    assert!(matches!(out[0].command, Command::AddParticipant { .. }));
+    f.on_report(40, conn, &plan.node, report(NodeState::Draining, vec![], 100));
+    f.undrain(&plan.node).unwrap();
+    assert_eq!(f.registry().get(&plan.node).unwrap().status, NodeStatus::Serving);
+    assert!(matches!(f.drain(&nid("nope"), 1), Err(FleetError::UnknownNode(_))));
+}
+
+#[test]
+fn a_restarted_controller_rebuilds_sessions_from_reports() {
+    let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
+    let h = hello("m1", NodeKind::Media, "eu-west-1", 100);
+    f.on_hello(0, 1, &h).unwrap();
+    let sid = SessionId::random();
+    let hosted = HostedSession {
+        id: sid.clone(),
+        participants: vec![pid("a"), pid("b")],
+        cost: 8,
+        created_unix_ms: 1234,
+    };
+    f.on_report(0, 1, &h.node_id, report(NodeState::Serving, vec![hosted], 100));
+    let s = f.sessions().get(&sid).unwrap();
+    assert_eq!(s.node, h.node_id);
+    assert_eq!(s.region, "eu-west-1");
+    assert_eq!(s.participants.len(), 2);
+    assert_eq!(s.profile, Profile::Video);
+    assert_eq!(s.created_unix_ms, 1234);
+    assert_eq!(s.state, SessionState::Live);
+}
+
+#[test]
+fn deleted_session_is_not_resurrected_by_a_late_report() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+    let (node, conn) = conns[0].clone();
+    let mut r = rng();
+    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let hosted = HostedSession {
+        id: plan.session.clone(),
+        participants: vec![pid("a")],
+        cost: 8,
+        created_unix_ms: 0,
+    };
+    f.on_report(1, conn, &node, report(NodeState::Serving, vec![hosted.clone()], 100));
+    let out = f.delete_session(2, &plan.session).unwrap();
+    assert!(matches!(out[0].command, Command::CloseSession { .. }));
+    f.on_report(3, conn, &node, report(NodeState::Serving, vec![hosted], 100));
+    assert!(f.sessions().get(&plan.session).is_none());
+    assert!(matches!(f.delete_session(4, &plan.session), Err(FleetError::UnknownSession(_))));
+}
+
+#[test]
+fn ties_favour_headroom_and_turn_is_near_each_participant() {
+    let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
+    // Two regions at (nearly) the same distance from a point between them.
+    for (i, region, used) in [(1, "eu-west-2", 90u64), (2, "eu-central-1", 0)] {
+        let h = hello(&format!("m{i}"), NodeKind::Media, region, 100);
+        f.on_hello(0, i, &h).unwrap();
+        let s = HostedSession {
+            id: SessionId::random(),
+            participants: vec![],
+            cost: used,
+            created_unix_ms: 0,
+        };
+        let sessions = if used > 0 { vec![s] } else { vec![] };
+        f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
+    }
+    let mut r = rng();
+    let between = Location { lat: 51.0, lon: 4.0 }; // near both London and Frankfurt
+    let (plan, _) = f.create_session(0, new_session(&[("a", between)]), &mut r).unwrap();
+    assert_eq!(plan.region, "eu-central-1", "the emptier of two tied regions");
+
+    let (f, _) = fleet(&THREE, 1, 100);
+    let t = f.turn_for(KAMPALA, &mut r);
+    assert_eq!(t[0].region, "ap-south-1", "Mumbai is nearer to Kampala than Dublin");
+    let t = f.turn_for(LONDON, &mut r);
+    assert_eq!(t[0].region, "eu-west-1");
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn too_many_or_duplicate_participants_are_refused() {
+    let (mut f, _) = fleet(&["eu-west-1"], 1, 1000);
+    let mut r = rng();
+    let seven: Vec<(String, Location)> = (0..7).map(|i| (format!("p{i}"), LONDON)).collect();
+    let people: Vec<(&str, Location)> = seven.iter().map(|(p, l)| (p.as_str(), *l)).collect();
+    assert!(matches!(
+        f.create_session(0, new_session(&people), &mut r),
+        Err(FleetError::TooManyParticipants { got: 7, max: 6 })
+    ));
+    assert!(matches!(
+        f.create_session(0, new_session(&[("a", LONDON), ("a", LONDON)]), &mut r),
+        Err(FleetError::DuplicateParticipant(_))
+    ));
+    let (plan, _) = f.create_session(0, new_session(&people[..6]), &mut r).unwrap();
+    assert!(matches!(
+        f.join_session(0, &plan.session, pid("p9"), LONDON, &mut r),
+        Err(FleetError::SessionFull { .. })
+    ));
+    assert!(f.registry().nodes().len() == 2);
+}

@@ -1,0 +1,254 @@
+//! Credentials the controller checks and issues:
+//! - client JWTs (HS256, signed by the app backend with an API secret named by `kid`);
+//! - the admin bearer token of the ops API;
+//! - media join tokens for (session, participant, node), checked offline by the media node;
+//! - TURN REST credentials in coturn's `--use-auth-secret` form.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ApiKey, AuthConfig};
+
+/// Audience of media join tokens.
+pub const JOIN_AUDIENCE: &str = "fleet-media-join";
+
+/// Why a credential was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token (Authorization: Bearer <token>)")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("token has no `kid` header")]
+    NoKid,
+    #[error("unknown key id {0:?}")]
+    UnknownKid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("wrong token audience")]
+    WrongAudience,
+    #[error("token algorithm must be HS256")]
+    WrongAlgorithm,
+    #[error("invalid admin token")]
+    BadAdminToken,
+    #[error("token does not allow this: {0}")]
+    Forbidden(String),
+}
+
+/// Claims of a client JWT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientClaims {
+    /// Who the token was issued to (the app backend, or a participant).
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// When set, the token is only good for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When set, the token is only good for joining as this participant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+}
+
+/// Checks client JWTs and the admin token.
+pub struct ApiAuth {
+    keys: HashMap<String, DecodingKey>,
+    validation: Validation,
+    admin_token: String,
+}
+
+impl ApiAuth {
+    /// From the `[auth]` section.
+    pub fn new(config: &AuthConfig) -> ApiAuth {
+        let keys = config
+            .api_keys
+            .iter()
+            .map(|k| (k.kid.clone(), DecodingKey::from_secret(k.secret.as_bytes())))
+            .collect();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[config.audience.as_str()]);
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.leeway = config.leeway_secs;
+        validation.validate_nbf = true;
+        ApiAuth {
+            keys,
+            validation,
+            admin_token: config.admin_token.clone(),
+        }
+    }
+
+    /// Checks a client token (without the `Bearer ` prefix).
+    pub fn verify_client(&self, token: &str) -> Result<ClientClaims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::HS256 {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let kid = header.kid.ok_or(AuthError::NoKid)?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| AuthError::UnknownKid(kid.chars().take(64).collect()))?;
+        jsonwebtoken::decode::<ClientClaims>(token, key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+                _ => AuthError::Malformed(e.to_string()),
+            })
+    }
+
+    /// Checks the ops API's bearer token in constant time.
+    pub fn verify_admin(&self, token: &str) -> Result<(), AuthError> {
+        if self.admin_token.is_empty() {
+            return Err(AuthError::BadAdminToken);
+        }
+        if bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(AuthError::BadAdminToken)
+        }
+    }
+}
+
+/// Mints a client JWT (for `fleet token`, `fleet up` and tests).
+pub fn mint_client_token(key: &ApiKey, claims: &ClientClaims) -> Result<String, AuthError> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key.secret.as_bytes()))
+        .map_err(|e| AuthError::Malformed(e.to_string()))
+}
+
+/// Claims of a media join token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinClaims {
+    /// Session id.
+    pub sid: String,
+    /// Participant id.
+    pub pid: String,
+    /// Media node id the token is good for.
+    pub nid: String,
+    pub aud: String,
+    pub exp: u64,
+}
+
+/// Signs a join token the media node checks offline with the shared join secret.
+pub fn mint_join_token(secret: &str, claims: &JoinClaims) -> Result<String, AuthError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Malformed(e.to_string()))
+}
+
+/// A TURN REST credential: username `<expiry>:<participant>`, credential
+/// base64(HMAC-SHA1(secret, username)), exactly as coturn's `--use-auth-secret` checks it.
+pub fn turn_credential(secret: &str, participant: &str, expiry_unix: u64) -> (String, String) {
+    let username = format!("{expiry_unix}:{participant}");
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> (ApiAuth, ApiKey) {
+        let key = ApiKey {
+            kid: "k1".into(),
+            secret: "0123456789abcdef0123".into(),
+        };
+        let cfg = AuthConfig {
+            api_keys: vec![key.clone()],
+            admin_token: "admin-token-0123456789".into(),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        };
+        (ApiAuth::new(&cfg), key)
+    }
+
+    fn claims(exp: u64) -> ClientClaims {
+        ClientClaims {
+            sub: "backend".into(),
+            aud: "fleet".into(),
+            exp,
+            iat: None,
+            session: None,
+            participant: None,
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn valid_token_passes_and_each_defect_is_named() {
+        let (a, key) = auth();
+        let t = mint_client_token(&key, &claims(now() + 60)).unwrap();
+        assert_eq!(a.verify_client(&t).unwrap().sub, "backend");
+
+        let expired = mint_client_token(&key, &claims(now() - 60)).unwrap();
+        assert_eq!(a.verify_client(&expired), Err(AuthError::Expired));
+
+        let forged_key = ApiKey {
+            kid: "k1".into(),
+            secret: "another-secret-of-20b".into(),
+        };
+        let forged = mint_client_token(&forged_key, &claims(now() + 60)).unwrap();
+        assert_eq!(a.verify_client(&forged), Err(AuthError::BadSignature));
+
+        let mut c = claims(now() + 60);
+        c.aud = "other".into();
+        let wrong_aud = mint_client_token(&key, &c).unwrap();
+        assert_eq!(a.verify_client(&wrong_aud), Err(AuthError::WrongAudience));
+
+        let unknown = ApiKey {
+            kid: "nope".into(),
+            secret: key.secret.clone(),
+        };
+        let t = mint_client_token(&unknown, &claims(now() + 60)).unwrap();
+        assert_eq!(a.verify_client(&t), Err(AuthError::UnknownKid("nope".into())));
+
+        assert!(matches!(a.verify_client("garbage"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn admin_token_is_checked() {
+        let (a, _) = auth();
+        assert!(a.verify_admin("admin-token-0123456789").is_ok());
+        assert_eq!(a.verify_admin("admin-token-012345678X"), Err(AuthError::BadAdminToken));
+        assert_eq!(a.verify_admin(""), Err(AuthError::BadAdminToken));
+    }
+
+    #[test]
+    fn turn_credential_matches_coturn_rest_form() {
+        // Reference value computed with: printf '%s' '1700000000:alice' |
+        //   openssl dgst -sha1 -hmac 'north-secret' -binary | base64
+        let (u, c) = turn_credential("north-secret", "alice", 1_700_000_000);
+        assert_eq!(u, "1700000000:alice");
+        assert_eq!(c, "g+jb180fcj+xlpA/2mP60OdIgU0=");
+        assert_eq!(c.len(), 28);
+    }
+}

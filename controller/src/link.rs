@@ -1,0 +1,56 @@
+//! The controller's side of the node link: turns QUIC link events into calls on the pure
+//! [`Fleet`](crate::core::Fleet) and routes command results back.
+
+use std::sync::Arc;
+
+use fleet_proto::{Command, CommandSender, ConnId, Hello, LinkHandler, NodeId, Report};
+
+use crate::state::AppState;
+
+/// Feeds link events to the fleet.
+pub struct LinkShell {
+    pub state: Arc<AppState>,
+}
+
+impl LinkHandler for LinkShell {
+    fn on_hello(&self, conn: ConnId, hello: &Hello, commands: CommandSender) -> Result<(), String> {
+        let now = self.state.now();
+        self.state
+            .fleet()
+            .on_hello(now, conn, hello)
+            .map_err(|e| e.to_string())?;
+        self.state.attach(hello.node_id.clone(), conn, commands);
+        tracing::info!(node = %hello.node_id, kind = %hello.kind, region = %hello.region, "node connected");
+        metrics::counter!("fleet_link_hellos_total").increment(1);
+        Ok(())
+    }
+
+    fn on_report(&self, conn: ConnId, node: &NodeId, report: Report) {
+        let now = self.state.now();
+        self.state.fleet().on_report(now, conn, node, report);
+        metrics::counter!("fleet_link_reports_total").increment(1);
+    }
+
+    fn on_command_result(&self, _conn: ConnId, node: &NodeId, id: u64, error: Option<String>) {
+        let Some(pending) = self.state.take_pending(id) else {
+            return;
+        };
+        let Some(error) = error else {
+            return;
+        };
+        tracing::warn!(%node, %error, "node refused a command");
+        let mut fleet = self.state.fleet();
+        match pending.command {
+            Command::OpenSession { session, .. } => fleet.on_session_refused(node, &session),
+            Command::Drain { .. } | Command::Undrain => fleet.on_state_refused(node),
+            Command::AddParticipant { .. } | Command::CloseSession { .. } => {}
+        }
+    }
+
+    fn on_closed(&self, conn: ConnId, node: &NodeId, reason: &str) {
+        let now = self.state.now();
+        self.state.fleet().on_closed(now, conn, node);
+        self.state.detach(node, conn);
+        tracing::info!(%node, reason, "node link closed");
+    }
+}

@@ -1,0 +1,179 @@
+//! Starts and stops a controller: loads the link identity, binds the QUIC acceptor and the HTTP
+//! API, and runs the clock that advances the pure core (dead nodes, expired reservations).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_geo::GeoIp;
+use fleet_proto::{Acceptor, ControllerIdentity};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::core::{Fleet, FleetConfig, PlacementConfig, RegistryConfig};
+use crate::link::LinkShell;
+use crate::state::AppState;
+
+/// A running controller.
+pub struct Controller {
+    pub api_addr: SocketAddr,
+    pub link_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    acceptor: Acceptor,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Checks that the secrets a running controller needs are set.
+pub fn require_secrets(config: &Config) -> anyhow::Result<()> {
+    let missing = [
+        ("link.cluster_secret", config.link.cluster_secret.is_empty()),
+        ("auth.admin_token", config.auth.admin_token.is_empty()),
+        ("auth.api_keys", config.auth.api_keys.is_empty()),
+        ("media.join_secret", config.media.join_secret.is_empty()),
+        ("turn.secret", config.turn.secret.is_empty()),
+    ];
+    for (key, is_missing) in missing {
+        if is_missing {
+            anyhow::bail!("config key `{key}`: must be set (see fleet.example.toml)");
+        }
+    }
+    Ok(())
+}
+
+/// The controller's TLS identity: PEM files, created self-signed when allowed and missing.
+pub fn load_identity(config: &Config) -> anyhow::Result<ControllerIdentity> {
+    let names = vec![config.link.server_name.clone(), "localhost".to_string()];
+    match (&config.link.cert_file, &config.link.key_file) {
+        (Some(cert), Some(key)) if cert.exists() && key.exists() => {
+            ControllerIdentity::from_pem_files(cert, key)
+                .with_context(|| format!("config key `link.cert_file`: cannot load {}", cert.display()))
+        }
+        (Some(cert), Some(key)) if config.link.generate_dev_cert => {
+            let id = ControllerIdentity::self_signed(&names)?;
+            for (path, pem) in [(cert, id.cert_pem()), (key, id.key_pem())] {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                std::fs::write(path, pem)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            restrict_permissions(key);
+            tracing::info!(cert = %cert.display(), "created a self-signed link certificate");
+            Ok(id)
+        }
+        (Some(_), Some(_)) => anyhow::bail!(
+            "config key `link.cert_file`: file missing and `link.generate_dev_cert` is false"
+        ),
+        _ => anyhow::bail!(
+            "config keys `link.cert_file` and `link.key_file` must both be set (nodes pin the certificate)"
+        ),
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// The pure core's configuration from the file's sections.
+pub fn fleet_config(config: &Config) -> FleetConfig {
+    FleetConfig {
+        registry: RegistryConfig {
+            dead_after_missed: config.registry.dead_after_missed_reports,
+            dead_retention_ms: config.registry.dead_retention_secs * 1000,
+        },
+        placement: PlacementConfig {
+            strategy: config.placement.strategy,
+            rtt_budget_ms: config.placement.rtt_budget_ms,
+            tie_ms: config.placement.tie_ms,
+            turn_servers_per_participant: config.placement.turn_servers_per_participant,
+        },
+        reservation_ttl_ms: config.placement.reservation_ttl_ms,
+        max_participants: config.placement.max_participants,
+    }
+}
+
+impl Controller {
+    /// Starts a controller with a checked configuration.
+    pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Controller> {
+        require_secrets(&config)?;
+        let identity = load_identity(&config)?;
+        let geoip = match &config.geoip.database {
+            Some(p) => Some(
+                GeoIp::open(p).with_context(|| format!("config key `geoip.database`: {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let catalog = config.catalog()?;
+        let fleet = Fleet::new(fleet_config(&config), catalog);
+        let state = Arc::new(AppState::new(config.clone(), fleet, geoip, metrics)?);
+        let acceptor = Acceptor::bind(
+            config.link.listen,
+            &identity,
+            config.link.cluster_secret.clone(),
+            env!("CARGO_PKG_VERSION").to_string(),
+            Arc::new(LinkShell {
+                state: state.clone(),
+            }),
+        )
+        .await
+        .with_context(|| format!("config key `link.listen`: cannot bind {}", config.link.listen))?;
+        let link_addr = acceptor.local_addr();
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("config key `api.listen`: cannot bind {}", config.api.listen))?;
+        let api_addr = listener.local_addr()?;
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let tick_state = state.clone();
+        let mut tick_rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = tick_rx.changed() => break,
+                }
+                let now = tick_state.now();
+                let died = tick_state.fleet().tick(now);
+                for node in died {
+                    tracing::warn!(%node, "node missed its reports: DEAD");
+                    metrics::counter!("fleet_nodes_died_total").increment(1);
+                }
+            }
+        }));
+        let router = crate::api::router(state.clone());
+        let mut http_rx = rx;
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = http_rx.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        }));
+        tracing::info!(%api_addr, %link_addr, "controller started");
+        Ok(Controller {
+            api_addr,
+            link_addr,
+            state,
+            acceptor,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the API and the link; nodes keep their calls and reconnect to the next controller.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.state.close_links("controller shutting down");
+        self.acceptor.shutdown().await;
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}

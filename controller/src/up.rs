@@ -1,0 +1,227 @@
+//! `fleet up`: a whole fleet on one machine. Starts a controller and, through the local process
+//! provider, media and TURN node processes in several regions on loopback; prints the API
+//! address, an admin token and a client token; Ctrl-C (or SIGTERM) stops everything.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_proto::NodeKind;
+use rand::Rng;
+
+use crate::config::{ApiKey, Config};
+use crate::core::NodeStatus;
+use crate::credentials::{ClientClaims, mint_client_token};
+use crate::provider::local::{LocalNodeSpec, LocalProcessProvider};
+use crate::server::Controller;
+
+/// A random secret of 32 hex characters.
+pub fn random_secret() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// Fills in what a development fleet may generate: secrets, certificate paths.
+pub fn fill_dev_defaults(config: &mut Config, state_dir: &Path) {
+    if config.link.cluster_secret.is_empty() {
+        config.link.cluster_secret = random_secret();
+    }
+    if config.auth.admin_token.is_empty() {
+        config.auth.admin_token = random_secret();
+    }
+    if config.auth.api_keys.is_empty() {
+        config.auth.api_keys.push(ApiKey {
+            kid: "dev".into(),
+            secret: random_secret(),
+        });
+    }
+    if config.media.join_secret.is_empty() {
+        config.media.join_secret = random_secret();
+    }
+    if config.turn.secret.is_empty() {
+        config.turn.secret = random_secret();
+    }
+    if config.link.cert_file.is_none() || config.link.key_file.is_none() {
+        config.link.cert_file = Some(state_dir.join("link-cert.pem"));
+        config.link.key_file = Some(state_dir.join("link-key.pem"));
+    }
+}
+
+/// A free UDP port on loopback (for TURN nodes).
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The specs of the nodes `[up]` asks for.
+fn node_specs(config: &Config, link: std::net::SocketAddr, cert: &Path) -> anyhow::Result<Vec<LocalNodeSpec>> {
+    let mut specs = Vec::new();
+    for region in &config.up.regions {
+        let common = |prefix: &str, node_id: &str, capacity: u64| -> (Vec<String>, Vec<(String, String)>) {
+            let args = vec![
+                "--node-id".into(),
+                node_id.into(),
+                "--region".into(),
+                region.clone(),
+                "--controller".into(),
+                link.to_string(),
+                "--controller-name".into(),
+                config.link.server_name.clone(),
+                "--controller-cert".into(),
+                cert.display().to_string(),
+                "--capacity".into(),
+                capacity.to_string(),
+                "--report-interval-ms".into(),
+                config.up.report_interval_ms.to_string(),
+                "--public-ip".into(),
+                "127.0.0.1".into(),
+            ];
+            let env = vec![(format!("{prefix}_CLUSTER_SECRET"), config.link.cluster_secret.clone())];
+            (args, env)
+        };
+        for i in 1..=config.up.media_per_region {
+            let node_id = format!("media-{region}-{i}");
+            let (args, env) = common("MEDIA_NODE", &node_id, config.up.media_capacity);
+            specs.push(LocalNodeSpec {
+                kind: NodeKind::Media,
+                node_id,
+                args,
+                env,
+            });
+        }
+        for i in 1..=config.up.turn_per_region {
+            let node_id = format!("turn-{region}-{i}");
+            let (mut args, env) = common("TURN_NODE", &node_id, config.up.turn_capacity);
+            args.extend(["--turn-port".to_string(), free_udp_port()?.to_string()]);
+            specs.push(LocalNodeSpec {
+                kind: NodeKind::Turn,
+                node_id,
+                args,
+                env,
+            });
+        }
+    }
+    Ok(specs)
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs `fleet up` until a stop signal.
+pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    fill_dev_defaults(&mut config, &state_dir);
+    config.validate()?;
+    let controller = Controller::start(config.clone(), crate::metrics::install()).await?;
+    let cert = config
+        .link
+        .cert_file
+        .clone()
+        .context("link.cert_file is set by fill_dev_defaults")?;
+    let mut provider = LocalProcessProvider::self_exec(state_dir.join("logs"))?;
+    let specs = node_specs(&config, controller.link_addr, &cert)?;
+    let expected = specs.len();
+    for spec in specs {
+        provider.spawn(spec)?;
+    }
+    // Wait until every node serves (or 20 s pass), so the banner describes a working fleet.
+    let started = tokio::time::Instant::now();
+    loop {
+        let serving = controller
+            .state
+            .fleet()
+            .registry()
+            .nodes()
+            .iter()
+            .filter(|n| n.status == NodeStatus::Serving)
+            .count();
+        if serving >= expected || started.elapsed() > Duration::from_secs(20) {
+            if serving < expected {
+                tracing::warn!(serving, expected, "not every node is serving yet; see the node logs");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = &config.auth.api_keys[0];
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
+    let client_token = mint_client_token(
+        key,
+        &ClientClaims {
+            sub: "fleet-up".into(),
+            aud: config.auth.audience.clone(),
+            exp,
+            iat: None,
+            session: None,
+            participant: None,
+        },
+    )?;
+    let api = format!("http://{}", controller.api_addr);
+    let env_file = state_dir.join("fleet-up.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "FLEET_API={api}\nFLEET_ADMIN_TOKEN={}\nFLEET_CLIENT_TOKEN={client_token}\n",
+            config.auth.admin_token
+        ),
+    )?;
+    println!("FLEET_API={api}");
+    println!("FLEET_LINK={}", controller.link_addr);
+    println!();
+    println!(
+        "fleet is up: {} regions ({}), {} media and {} TURN nodes (logs in {})",
+        config.up.regions.len(),
+        config.up.regions.join(", "),
+        config.up.regions.len() as u32 * config.up.media_per_region,
+        config.up.regions.len() as u32 * config.up.turn_per_region,
+        state_dir.join("logs").display()
+    );
+    println!("  API:          {api}");
+    println!("  admin token:  {}", config.auth.admin_token);
+    println!("  client token: {client_token}   (valid 24 h)");
+    println!("  (both saved in {})", env_file.display());
+    println!();
+    println!("  try:  curl -s -H 'Authorization: Bearer {}' {api}/v1/regions", config.auth.admin_token);
+    println!(
+        "        curl -s -H 'Authorization: Bearer {client_token}' -H 'content-type: application/json' \\\n              -d '{{\"participants\":[{{\"id\":\"therapist\",\"region\":\"eu-west-1\"}},{{\"id\":\"client\",\"location\":{{\"lat\":0.35,\"lon\":32.58}}}}]}}' {api}/v1/sessions"
+    );
+    println!("Ctrl-C stops the fleet.");
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = check.tick() => {
+                // A crashed node is replaced, as a pool provider would.
+                for (spec, status) in provider.reap() {
+                    tracing::warn!(node = %spec.node_id, %status, "node process exited; starting it again");
+                    if let Err(e) = provider.spawn(spec) {
+                        tracing::error!(error = %e, "cannot restart node");
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping the fleet…");
+    provider.stop_all(Duration::from_secs(5)).await;
+    controller.shutdown().await;
+    println!("fleet stopped");
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! `fleet_geo`: where things are and how far apart.
+//!
+//! * [`Location`]: a validated latitude/longitude.
+//! * [`great_circle_km`], [`estimate_rtt_ms`], [`dot_to_km`]: distance and the RTT model used to
+//!   rank regions.
+//! * [`RegionCatalog`]: the regions, lookup by id and the nearest region to a point.
+//! * [`GeoIp`]: IP address to location through a MaxMind DB (MaxMind City or DB-IP flat schema).
+//! * [`mmdb_writer`]: a small `.mmdb` writer so tests build their own databases.
+
+mod catalog;
+mod distance;
+mod error;
+mod geoip;
+mod location;
+pub mod mmdb_writer;
+
+pub use catalog::{MAX_REGION_ID_LEN, RegionCatalog, RegionInfo};
+pub use distance::{
+    EARTH_RADIUS_KM, FIBRE_KM_PER_MS, LAST_MILE_RTT_MS, ROUTE_STRETCH, dot_to_km, estimate_rtt_ms,
+    great_circle_km,
+};
+pub use error::GeoError;
+pub use geoip::{GeoIp, IpLocation, truncate_ip};
+pub use location::Location;
+pub use mmdb_writer::{MmdbValue, MmdbWriter, flat_city_record, maxmind_city_record};

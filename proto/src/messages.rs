@@ -1,0 +1,173 @@
+//! The messages nodes and the controller exchange over the link.
+//!
+//! A node opens one bidirectional stream and sends [`NodeMessage::Hello`] first; the controller
+//! answers [`ControllerMessage::Welcome`] or [`ControllerMessage::Reject`]. After that the node
+//! sends a full [`Report`] every interval and the controller may send [`Command`]s, each answered
+//! by a [`NodeMessage::CommandResult`] with the same id.
+//!
+//! Compatibility: unknown fields are ignored (never `deny_unknown_fields`), and [`Load`] fields
+//! default to zero when absent, so either side may add fields without a version bump. Removing
+//! or renaming a field, or adding a variant the other side must understand, needs a new
+//! [`PROTOCOL_VERSION`] (carried in every frame by the codec).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, NodeKind, NodeState, ParticipantId, SessionId};
+
+/// The protocol version carried in every frame; a frame with another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The first message of every connection: who the node is and where it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node's fleet-unique id.
+    pub node_id: NodeId,
+    /// Media or TURN.
+    pub kind: NodeKind,
+    /// The region the node runs in, e.g. `eu-west-1`.
+    pub region: String,
+    /// The zone inside the region, e.g. `eu-west-1a`.
+    pub zone: String,
+    /// The node's software version.
+    pub version: String,
+    /// URLs/addresses the node serves on, e.g. "http://127.0.0.1:7001" for media,
+    /// "turn:127.0.0.1:3478?transport=udp" for turn.
+    pub addresses: Vec<String>,
+    /// Capacity units this node offers in total.
+    pub capacity_total: u64,
+    /// How often the node sends reports, in milliseconds.
+    pub report_interval_ms: u64,
+    /// Proof of the cluster secret: hex HMAC-SHA256(secret, "fleet-node-auth:v1:" + node_id).
+    /// Filled by the reporter.
+    pub auth: String,
+}
+
+/// The node's whole current state; each report replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Increases by one with every report a reporter sends (also across reconnects).
+    pub seq: u64,
+    /// The node's life-cycle state.
+    pub state: NodeState,
+    /// Every session the node hosts right now.
+    pub sessions: Vec<HostedSession>,
+    /// Resource use.
+    pub load: Load,
+}
+
+/// One session hosted by a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostedSession {
+    /// The session.
+    pub id: SessionId,
+    /// Its participants, in the order they were added.
+    pub participants: Vec<ParticipantId>,
+    /// Capacity units the session uses.
+    pub cost: u64,
+    /// When the node started hosting it (Unix time, milliseconds).
+    pub created_unix_ms: u64,
+}
+
+/// Resource use of a node. Fields that do not apply to a node kind stay zero.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Load {
+    /// CPU used by the node process, as a fraction (0..1) of the whole machine.
+    pub cpu: f32,
+    /// Resident memory of the node process.
+    pub memory_bytes: u64,
+    /// Media/relay bitrate received.
+    pub bitrate_in_bps: u64,
+    /// Media/relay bitrate sent.
+    pub bitrate_out_bps: u64,
+    /// Packets received since start.
+    pub packets_in: u64,
+    /// Packets sent since start.
+    pub packets_out: u64,
+    /// Packet loss fraction (0..1).
+    pub loss: f32,
+    /// Active TURN allocations.
+    pub allocations: u64,
+    /// Bytes relayed since start (TURN).
+    pub relayed_bytes: u64,
+    /// Capacity units in use (sum of hosted session costs).
+    pub capacity_used: u64,
+    /// Capacity units offered.
+    pub capacity_total: u64,
+}
+
+/// An instruction from the controller to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Stop taking new sessions; exit when empty or at the deadline.
+    Drain {
+        /// Unix time (ms) after which the node exits even with live sessions.
+        deadline_unix_ms: u64,
+    },
+    /// Cancel a drain: serve new sessions again.
+    Undrain,
+    /// Host a new session.
+    OpenSession {
+        /// The session to host.
+        session: SessionId,
+        /// Its initial participants.
+        participants: Vec<ParticipantId>,
+        /// Capacity units it costs.
+        cost: u64,
+    },
+    /// Add a participant to a hosted session.
+    AddParticipant {
+        /// The hosted session.
+        session: SessionId,
+        /// The participant joining.
+        participant: ParticipantId,
+        /// Extra capacity units the participant costs.
+        cost: u64,
+    },
+    /// Stop hosting a session.
+    CloseSession {
+        /// The hosted session.
+        session: SessionId,
+    },
+}
+
+/// Everything a node sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeMessage {
+    /// First message of a connection.
+    Hello(Hello),
+    /// Periodic full state.
+    Report(Report),
+    /// The outcome of a [`Command`]: `error` is `None` on success.
+    CommandResult {
+        /// The id of the [`ControllerMessage::Command`] answered.
+        id: u64,
+        /// Why the command failed, if it did.
+        error: Option<String>,
+    },
+}
+
+/// Everything the controller sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControllerMessage {
+    /// The hello was accepted.
+    Welcome {
+        /// The controller's software version.
+        controller_version: String,
+    },
+    /// The hello was refused; the controller closes the connection after this.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+    /// An instruction to carry out and answer with a `CommandResult` of the same id.
+    Command {
+        /// Correlates the result.
+        id: u64,
+        /// What to do.
+        command: Command,
+    },
+}
