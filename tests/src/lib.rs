@@ -119,12 +119,12 @@ impl Drop for Proc {
 pub fn read_line_with(child: &mut Child, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("stdout not piped")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let prefix = prefix.to_string();
+    let wanted = prefix.to_string();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if !sent && let Some(rest) = line.strip_prefix(&prefix) {
+            if !sent && let Some(rest) = line.strip_prefix(&wanted) {
                 let _ = tx.send(rest.to_string());
                 sent = true;
             }

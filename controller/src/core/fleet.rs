@@ -156,15 +156,17 @@ impl Fleet {
 
     /// A node reported.
     pub fn on_report(&mut self, now: Millis, conn: u64, node: &NodeId, report: Report) {
-        let hosted = report.sessions.clone();
-        if self.registry.report(now, conn, node, report).is_none() {
+        let Some(effects) = self.registry.report(now, conn, node, report) else {
+            return;
+        };
+        let Some(n) = self.registry.get(node) else {
+            return;
+        };
+        if n.kind != NodeKind::Media {
             return;
         }
-        let region = match self.registry.get(node) {
-            Some(n) if n.kind == NodeKind::Media => n.region.clone(),
-            _ => return,
-        };
-        self.sessions.apply_report(now, node, &region, &hosted);
+        self.sessions
+            .apply_report(now, node, &n.region, &n.hosted, &effects.ended);
     }
 
     /// A node's link closed.

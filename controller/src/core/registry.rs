@@ -9,7 +9,7 @@
 //! Per (region, kind) the registry keeps the list of SERVING nodes and the sum of their free
 //! capacity, so that placement decisions cost O(1) in the number of nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use fleet_geo::RegionCatalog;
 use fleet_proto::{Hello, HostedSession, Load, NodeId, NodeKind, NodeState, Report, SessionId};
@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::Millis;
 
 /// Where a node is in its life cycle, as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Connected, not yet ready for sessions.
@@ -136,8 +136,10 @@ pub struct Pool {
 /// What a report changed, for the session index.
 #[derive(Debug, Default)]
 pub struct ReportEffects {
-    /// Sessions the node reported for the first time since their reservation (or ever).
+    /// Sessions the node reports that its previous report did not have.
     pub confirmed: Vec<SessionId>,
+    /// Sessions its previous report had and this one does not: they ended on the node.
+    pub ended: Vec<SessionId>,
 }
 
 /// The registry of nodes.
@@ -296,19 +298,20 @@ impl Registry {
         node.load = report.load;
         let mut effects = ReportEffects::default();
         let hosted = report.sessions;
-        node.reservations.retain(|r| {
-            if hosted.iter().any(|s| s.id == r.session) {
-                effects.confirmed.push(r.session.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for s in &hosted {
-            if !node.hosted.iter().any(|h| h.id == s.id) && !effects.confirmed.contains(&s.id) {
-                effects.confirmed.push(s.id.clone());
-            }
-        }
+        let now_ids: HashSet<&SessionId> = hosted.iter().map(|s| &s.id).collect();
+        let before_ids: HashSet<&SessionId> = node.hosted.iter().map(|s| &s.id).collect();
+        node.reservations.retain(|r| !now_ids.contains(&r.session));
+        effects.confirmed = hosted
+            .iter()
+            .filter(|s| !before_ids.contains(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
+        effects.ended = node
+            .hosted
+            .iter()
+            .filter(|s| !now_ids.contains(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
         node.reserved = node.reservations.iter().map(|r| r.cost).sum();
         node.hosted = hosted;
         let new_free = node.free();

@@ -110,14 +110,16 @@ impl SessionIndex {
     }
 
     /// Applies a node's report: its hosted sessions become LIVE (created if unknown, as after a
-    /// controller restart; their participants taken from the node), and LIVE sessions of that
-    /// node that it no longer reports have ended and are removed. Returns the ended sessions.
+    /// controller restart; their participants taken from the node), and the sessions its
+    /// previous report had but this one lacks (`ended`, from the registry) are removed when they
+    /// still live on that node. Returns the removed sessions. Cost: O(hosted + ended).
     pub fn apply_report(
         &mut self,
         now: Millis,
         node: &NodeId,
         region: &str,
         hosted: &[fleet_proto::HostedSession],
+        ended: &[SessionId],
     ) -> Vec<SessionId> {
         for h in hosted {
             if self.tombstones.get(&h.id).is_some_and(|&t| t > now) {
@@ -167,15 +169,14 @@ impl SessionIndex {
                 }
             }
         }
-        let ended: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|r| {
-                &r.node == node
-                    && r.state == SessionState::Live
-                    && !hosted.iter().any(|h| h.id == r.id)
+        let ended: Vec<SessionId> = ended
+            .iter()
+            .filter(|id| {
+                self.sessions
+                    .get(*id)
+                    .is_some_and(|r| &r.node == node && r.state == SessionState::Live)
             })
-            .map(|r| r.id.clone())
+            .cloned()
             .collect();
         for id in &ended {
             self.sessions.remove(id);

@@ -210,7 +210,9 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
 
     // A session the node never reports: its hold and record lapse with the TTL.
     let (plan, _) = f.create_session(1000, new_session(&[("a", LONDON)]), &mut r).unwrap();
-    f.on_report(1500, conn, &node, report(NodeState::Serving, vec![], 100));
+    f.on_report(10_500, conn, &node, report(NodeState::Serving, vec![], 100));
+    f.tick(1000 + 9_999);
+    assert!(f.sessions().get(&plan.session).is_some(), "held until the TTL");
     f.tick(1000 + 10_000);
     assert_eq!(f.registry().get(&node).unwrap().reserved, 0);
     assert!(f.sessions().get(&plan.session).is_none());
