@@ -26,4 +26,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests start the workspace binaries: build them all first.
+cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --no-fail-fast

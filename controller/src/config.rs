@@ -286,20 +286,29 @@ impl Config {
     /// Checks values serde cannot: ranges, lengths, cross references.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.link.cluster_secret.is_empty() && self.link.cluster_secret.len() < 16 {
-            return Err(invalid("link.cluster_secret", "must be at least 16 characters"));
+            return Err(invalid(
+                "link.cluster_secret",
+                "must be at least 16 characters",
+            ));
         }
         if self.link.server_name.is_empty() {
             return Err(invalid("link.server_name", "must not be empty"));
         }
         if !self.auth.admin_token.is_empty() && self.auth.admin_token.len() < 16 {
-            return Err(invalid("auth.admin_token", "must be at least 16 characters"));
+            return Err(invalid(
+                "auth.admin_token",
+                "must be at least 16 characters",
+            ));
         }
         if self.auth.audience.is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
         }
         for (i, k) in self.auth.api_keys.iter().enumerate() {
             if k.kid.is_empty() || k.kid.len() > 64 {
-                return Err(invalid(&format!("auth.api_keys[{i}].kid"), "must be 1..=64 characters"));
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}].kid"),
+                    "must be 1..=64 characters",
+                ));
             }
             if k.secret.len() < 16 {
                 return Err(invalid(
@@ -308,20 +317,32 @@ impl Config {
                 ));
             }
             if self.auth.api_keys[..i].iter().any(|o| o.kid == k.kid) {
-                return Err(invalid(&format!("auth.api_keys[{i}].kid"), format!("duplicate kid {:?}", k.kid)));
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}].kid"),
+                    format!("duplicate kid {:?}", k.kid),
+                ));
             }
         }
         if !self.media.join_secret.is_empty() && self.media.join_secret.len() < 16 {
-            return Err(invalid("media.join_secret", "must be at least 16 characters"));
+            return Err(invalid(
+                "media.join_secret",
+                "must be at least 16 characters",
+            ));
         }
         if !(10..=86_400).contains(&self.media.join_token_ttl_secs) {
-            return Err(invalid("media.join_token_ttl_secs", "expected 10..=86400 seconds"));
+            return Err(invalid(
+                "media.join_token_ttl_secs",
+                "expected 10..=86400 seconds",
+            ));
         }
         if !self.turn.secret.is_empty() && self.turn.secret.len() < 16 {
             return Err(invalid("turn.secret", "must be at least 16 characters"));
         }
         if !(60..=7 * 86_400).contains(&self.turn.credential_ttl_secs) {
-            return Err(invalid("turn.credential_ttl_secs", "expected 60..=604800 seconds"));
+            return Err(invalid(
+                "turn.credential_ttl_secs",
+                "expected 60..=604800 seconds",
+            ));
         }
         let p = &self.placement;
         if !(p.rtt_budget_ms.is_finite() && p.rtt_budget_ms >= 0.0) {
@@ -331,16 +352,25 @@ impl Config {
             return Err(invalid("placement.tie_ms", "expected a number >= 0"));
         }
         if !(100..=600_000).contains(&p.reservation_ttl_ms) {
-            return Err(invalid("placement.reservation_ttl_ms", "expected 100..=600000"));
+            return Err(invalid(
+                "placement.reservation_ttl_ms",
+                "expected 100..=600000",
+            ));
         }
         if !(2..=64).contains(&p.max_participants) {
             return Err(invalid("placement.max_participants", "expected 2..=64"));
         }
         if !(1..=8).contains(&p.turn_servers_per_participant) {
-            return Err(invalid("placement.turn_servers_per_participant", "expected 1..=8"));
+            return Err(invalid(
+                "placement.turn_servers_per_participant",
+                "expected 1..=8",
+            ));
         }
         if !(1..=100).contains(&self.registry.dead_after_missed_reports) {
-            return Err(invalid("registry.dead_after_missed_reports", "expected 1..=100"));
+            return Err(invalid(
+                "registry.dead_after_missed_reports",
+                "expected 1..=100",
+            ));
         }
         let catalog = self.catalog()?;
         if catalog.get(&self.geoip.default_region).is_none() {
@@ -351,7 +381,10 @@ impl Config {
         }
         for (i, r) in self.up.regions.iter().enumerate() {
             if catalog.get(r).is_none() {
-                return Err(invalid(&format!("up.regions[{i}]"), format!("unknown region {r:?}")));
+                return Err(invalid(
+                    &format!("up.regions[{i}]"),
+                    format!("unknown region {r:?}"),
+                ));
             }
         }
         if !(100..=60_000).contains(&self.up.report_interval_ms) {
@@ -374,7 +407,10 @@ impl Config {
         self.catalog()
             .ok()
             .and_then(|c| c.get(&self.geoip.default_region).map(|r| r.location()))
-            .unwrap_or(Location { lat: 39.0, lon: -77.5 })
+            .unwrap_or(Location {
+                lat: 39.0,
+                lon: -77.5,
+            })
     }
 }
 
@@ -434,7 +470,9 @@ mod tests {
 
     #[test]
     fn bad_address_and_range_are_rejected() {
-        let e = Config::from_toml("[api]\nlisten = \"nowhere\"\n", no_env()).unwrap_err().to_string();
+        let e = Config::from_toml("[api]\nlisten = \"nowhere\"\n", no_env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("api.listen"), "{e}");
         let e = Config::from_toml("[placement]\nmax_participants = 1\n", no_env())
             .unwrap_err()
@@ -443,14 +481,23 @@ mod tests {
         let e = Config::from_toml("[geoip]\ndefault_region = \"mars-1\"\n", no_env())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("geoip.default_region") && e.contains("mars-1"), "{e}");
+        assert!(
+            e.contains("geoip.default_region") && e.contains("mars-1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn env_overrides_win_and_are_typed() {
         let env = vec![
-            ("FLEET__API__LISTEN".to_string(), "127.0.0.1:9999".to_string()),
-            ("FLEET__PLACEMENT__MAX_PARTICIPANTS".to_string(), "4".to_string()),
+            (
+                "FLEET__API__LISTEN".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
+            (
+                "FLEET__PLACEMENT__MAX_PARTICIPANTS".to_string(),
+                "4".to_string(),
+            ),
             ("FLEET__PLACEMENT__STRATEGY".to_string(), "pack".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
@@ -458,15 +505,28 @@ mod tests {
         assert_eq!(c.api.listen.port(), 9999);
         assert_eq!(c.placement.max_participants, 4);
         assert_eq!(c.placement.strategy, Strategy::Pack);
-        let e = Config::from_toml("", vec![("FLEET__PLACEMENT__MAX_PARTICIPANTS".into(), "many".into())])
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml(
+            "",
+            vec![("FLEET__PLACEMENT__MAX_PARTICIPANTS".into(), "many".into())],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("placement.max_participants"), "{e}");
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../fleet.example.toml");
+        let c = Config::from_toml(text, no_env()).unwrap();
+        assert_eq!(c.auth.api_keys.len(), 1);
+        assert!(!c.link.generate_dev_cert);
+    }
+
+    #[test]
     fn short_secrets_are_rejected() {
-        let e = Config::from_toml("[auth]\nadmin_token = \"short\"\n", no_env()).unwrap_err().to_string();
+        let e = Config::from_toml("[auth]\nadmin_token = \"short\"\n", no_env())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("auth.admin_token"), "{e}");
         let e = Config::from_toml("[[auth.api_keys]]\nkid = \"a\"\nsecret = \"x\"\n", no_env())
             .unwrap_err()

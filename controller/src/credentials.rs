@@ -129,8 +129,12 @@ impl ApiAuth {
 pub fn mint_client_token(key: &ApiKey, claims: &ClientClaims) -> Result<String, AuthError> {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key.secret.as_bytes()))
-        .map_err(|e| AuthError::Malformed(e.to_string()))
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_secret(key.secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Malformed(e.to_string()))
 }
 
 /// Claims of a media join token.
@@ -229,16 +233,25 @@ mod tests {
             secret: key.secret.clone(),
         };
         let t = mint_client_token(&unknown, &claims(now() + 60)).unwrap();
-        assert_eq!(a.verify_client(&t), Err(AuthError::UnknownKid("nope".into())));
+        assert_eq!(
+            a.verify_client(&t),
+            Err(AuthError::UnknownKid("nope".into()))
+        );
 
-        assert!(matches!(a.verify_client("garbage"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            a.verify_client("garbage"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
     fn admin_token_is_checked() {
         let (a, _) = auth();
         assert!(a.verify_admin("admin-token-0123456789").is_ok());
-        assert_eq!(a.verify_admin("admin-token-012345678X"), Err(AuthError::BadAdminToken));
+        assert_eq!(
+            a.verify_admin("admin-token-012345678X"),
+            Err(AuthError::BadAdminToken)
+        );
         assert_eq!(a.verify_admin(""), Err(AuthError::BadAdminToken));
     }
 

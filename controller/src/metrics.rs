@@ -38,7 +38,8 @@ pub fn refresh(state: &AppState) {
         }
     }
     for (r, d) in catalog.regions().iter().zip(fleet.demand()) {
-        metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.clone()).set(d.unmet_units as f64);
+        metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.clone())
+            .set(d.unmet_units as f64);
     }
     metrics::gauge!("fleet_sessions").set(fleet.sessions().len() as f64);
 }

@@ -47,8 +47,12 @@ pub fn load_identity(config: &Config) -> anyhow::Result<ControllerIdentity> {
     let names = vec![config.link.server_name.clone(), "localhost".to_string()];
     match (&config.link.cert_file, &config.link.key_file) {
         (Some(cert), Some(key)) if cert.exists() && key.exists() => {
-            ControllerIdentity::from_pem_files(cert, key)
-                .with_context(|| format!("config key `link.cert_file`: cannot load {}", cert.display()))
+            ControllerIdentity::from_pem_files(cert, key).with_context(|| {
+                format!(
+                    "config key `link.cert_file`: cannot load {}",
+                    cert.display()
+                )
+            })
         }
         (Some(cert), Some(key)) if config.link.generate_dev_cert => {
             let id = ControllerIdentity::self_signed(&names)?;
@@ -99,12 +103,16 @@ pub fn fleet_config(config: &Config) -> FleetConfig {
 
 impl Controller {
     /// Starts a controller with a checked configuration.
-    pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<Controller> {
+    pub async fn start(
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Controller> {
         require_secrets(&config)?;
         let identity = load_identity(&config)?;
         let geoip = match &config.geoip.database {
             Some(p) => Some(
-                GeoIp::open(p).with_context(|| format!("config key `geoip.database`: {}", p.display()))?,
+                GeoIp::open(p)
+                    .with_context(|| format!("config key `geoip.database`: {}", p.display()))?,
             ),
             None => None,
         };
@@ -121,11 +129,18 @@ impl Controller {
             }),
         )
         .await
-        .with_context(|| format!("config key `link.listen`: cannot bind {}", config.link.listen))?;
+        .with_context(|| {
+            format!(
+                "config key `link.listen`: cannot bind {}",
+                config.link.listen
+            )
+        })?;
         let link_addr = acceptor.local_addr();
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
-            .with_context(|| format!("config key `api.listen`: cannot bind {}", config.api.listen))?;
+            .with_context(|| {
+                format!("config key `api.listen`: cannot bind {}", config.api.listen)
+            })?;
         let api_addr = listener.local_addr()?;
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();

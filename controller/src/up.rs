@@ -54,31 +54,39 @@ fn free_udp_port() -> anyhow::Result<u16> {
 }
 
 /// The specs of the nodes `[up]` asks for.
-fn node_specs(config: &Config, link: std::net::SocketAddr, cert: &Path) -> anyhow::Result<Vec<LocalNodeSpec>> {
+fn node_specs(
+    config: &Config,
+    link: std::net::SocketAddr,
+    cert: &Path,
+) -> anyhow::Result<Vec<LocalNodeSpec>> {
     let mut specs = Vec::new();
     for region in &config.up.regions {
-        let common = |prefix: &str, node_id: &str, capacity: u64| -> (Vec<String>, Vec<(String, String)>) {
-            let args = vec![
-                "--node-id".into(),
-                node_id.into(),
-                "--region".into(),
-                region.clone(),
-                "--controller".into(),
-                link.to_string(),
-                "--controller-name".into(),
-                config.link.server_name.clone(),
-                "--controller-cert".into(),
-                cert.display().to_string(),
-                "--capacity".into(),
-                capacity.to_string(),
-                "--report-interval-ms".into(),
-                config.up.report_interval_ms.to_string(),
-                "--public-ip".into(),
-                "127.0.0.1".into(),
-            ];
-            let env = vec![(format!("{prefix}_CLUSTER_SECRET"), config.link.cluster_secret.clone())];
-            (args, env)
-        };
+        let common =
+            |prefix: &str, node_id: &str, capacity: u64| -> (Vec<String>, Vec<(String, String)>) {
+                let args = vec![
+                    "--node-id".into(),
+                    node_id.into(),
+                    "--region".into(),
+                    region.clone(),
+                    "--controller".into(),
+                    link.to_string(),
+                    "--controller-name".into(),
+                    config.link.server_name.clone(),
+                    "--controller-cert".into(),
+                    cert.display().to_string(),
+                    "--capacity".into(),
+                    capacity.to_string(),
+                    "--report-interval-ms".into(),
+                    config.up.report_interval_ms.to_string(),
+                    "--public-ip".into(),
+                    "127.0.0.1".into(),
+                ];
+                let env = vec![(
+                    format!("{prefix}_CLUSTER_SECRET"),
+                    config.link.cluster_secret.clone(),
+                )];
+                (args, env)
+            };
         for i in 1..=config.up.media_per_region {
             let node_id = format!("media-{region}-{i}");
             let (args, env) = common("MEDIA_NODE", &node_id, config.up.media_capacity);
@@ -148,9 +156,14 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
             .iter()
             .filter(|n| n.status == NodeStatus::Serving)
             .count();
-        if serving >= expected || started.elapsed() > Duration::from_secs(20) {
+        let ready = serving >= expected && controller.state.warmed_up();
+        if ready || started.elapsed() > Duration::from_secs(20) {
             if serving < expected {
-                tracing::warn!(serving, expected, "not every node is serving yet; see the node logs");
+                tracing::warn!(
+                    serving,
+                    expected,
+                    "not every node is serving yet; see the node logs"
+                );
             }
             break;
         }
@@ -197,7 +210,10 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     println!("  client token: {client_token}   (valid 24 h)");
     println!("  (both saved in {})", env_file.display());
     println!();
-    println!("  try:  curl -s -H 'Authorization: Bearer {}' {api}/v1/regions", config.auth.admin_token);
+    println!(
+        "  try:  curl -s -H 'Authorization: Bearer {}' {api}/v1/regions",
+        config.auth.admin_token
+    );
     println!(
         "        curl -s -H 'Authorization: Bearer {client_token}' -H 'content-type: application/json' \\\n              -d '{{\"participants\":[{{\"id\":\"therapist\",\"region\":\"eu-west-1\"}},{{\"id\":\"client\",\"location\":{{\"lat\":0.35,\"lon\":32.58}}}}]}}' {api}/v1/sessions"
     );

@@ -2,8 +2,8 @@
 //! `ParticipantId`) and the small enums that name a node's kind and life-cycle state.
 //!
 //! Every id is 1..=64 characters of `[A-Za-z0-9._:-]`. Ids serialize as plain JSON strings
-//! (serde `into`/`try_from` String, equivalent to `transparent`) and are validated again when deserialized, so a malformed id on the wire is a decode error, never
-//! a value that reaches the rest of the code.
+//! (serde `into`/`try_from` String: the wire form of `transparent`, but validated), so a
+//! malformed id on the wire is a decode error, never a value that reaches the rest of the code.
 
 use std::fmt;
 use std::str::FromStr;

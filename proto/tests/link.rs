@@ -157,23 +157,23 @@ struct Reporter {
 
 impl Reporter {
     fn start(controller: SocketAddr, id: &ControllerIdentity, node: &str, secret: &str) -> Self {
-        let pinned = id.cert_chain[0].clone();
-        Self::start_pinned(controller, pinned, node, secret)
+        Self::start_every(controller, id, node, secret, Duration::from_millis(100))
     }
 
-    fn start_pinned(
+    fn start_every(
         controller: SocketAddr,
-        pinned: rustls::pki_types::CertificateDer<'static>,
+        id: &ControllerIdentity,
         node: &str,
         secret: &str,
+        interval: Duration,
     ) -> Self {
         let config = ReporterConfig {
             controller,
             server_name: "fleet-controller".into(),
-            pinned_cert: pinned,
+            pinned_cert: id.cert_chain[0].clone(),
             cluster_secret: secret.into(),
             hello: hello(node),
-            interval: Duration::from_millis(100),
+            interval,
         };
         let source = Arc::new(TestSource {
             commands: Mutex::new(Vec::new()),
@@ -367,7 +367,8 @@ async fn reporter_reconnects_and_resends_state_after_controller_restart() {
     let (handler, mut events) = TestHandler::new();
     let acceptor = bind(localhost(), &id, handler).await;
     let addr = acceptor.local_addr();
-    let mut reporter = Reporter::start(addr, &id, "media-d", SECRET);
+    // A long interval: reports seen within a few seconds are the ones sent on (re)connect.
+    let mut reporter = Reporter::start_every(addr, &id, "media-d", SECRET, Duration::from_secs(60));
     reporter.wait_status(|s| *s == LinkStatus::Connected).await;
     let before = next(&mut events, |e| match e {
         Event::Report(_, _, r) => Some(r.seq),
@@ -404,11 +405,15 @@ async fn reporter_reconnects_and_resends_state_after_controller_restart() {
     })
     .await;
     assert_eq!(node.as_str(), "media-d");
-    let report = next(&mut events2, |e| match e {
-        Event::Report(_, _, r) => Some(r),
-        _ => None,
-    })
-    .await;
+    let report = tokio::time::timeout(
+        Duration::from_secs(3),
+        next(&mut events2, |e| match e {
+            Event::Report(_, _, r) => Some(r),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("state re-sent right after the reconnect");
     assert!(report.seq > before, "seq {} after {before}", report.seq);
     assert_eq!(report.sessions[0].id.as_str(), "s_kept");
     reporter.wait_status(|s| *s == LinkStatus::Connected).await;
@@ -568,4 +573,26 @@ async fn wrong_version_and_bad_frames_close_only_that_connection() {
     assert_eq!(*healthy.status.borrow(), LinkStatus::Connected);
     healthy.stop().await;
     acceptor.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_hello_timeout() {
+    let id = identity();
+    let (handler, mut events) = TestHandler::new();
+    let acceptor = bind(localhost(), &id, handler).await;
+    let (_ep, conn, _send, _recv) = raw_connect(acceptor.local_addr(), &id).await;
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed by the controller");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if &c.reason[..] == b"no hello within 5 s"),
+        "{closed:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(events.try_recv().is_err());
 }

@@ -206,11 +206,18 @@ async fn node_serves_obeys_commands_and_exits_when_drained() {
         participants: vec![p("a"), p("b")],
         cost,
     };
-    assert_eq!(command(&s.ctl, &mut s.events, 1, open("s1", 600)).await, None);
-    assert_eq!(command(&s.ctl, &mut s.events, 2, open("s1", 600)).await, None);
+    assert_eq!(
+        command(&s.ctl, &mut s.events, 1, open("s1", 600)).await,
+        None
+    );
+    assert_eq!(
+        command(&s.ctl, &mut s.events, 2, open("s1", 600)).await,
+        None
+    );
     let over = command(&s.ctl, &mut s.events, 3, open("s2", 600)).await;
     assert!(
-        over.as_deref().is_some_and(|e| e.starts_with("over capacity")),
+        over.as_deref()
+            .is_some_and(|e| e.starts_with("over capacity")),
         "{over:?}"
     );
     let report = next(&mut s.events, |e| match e {
@@ -315,7 +322,10 @@ async fn undrain_cancels_and_deadline_forces_exit() {
         deadline_unix_ms: now_unix_ms() + ms,
     };
     assert_eq!(command(&s.ctl, &mut s.events, 2, drain(400)).await, None);
-    assert_eq!(command(&s.ctl, &mut s.events, 3, Command::Undrain).await, None);
+    assert_eq!(
+        command(&s.ctl, &mut s.events, 3, Command::Undrain).await,
+        None
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!run.is_finished(), "exited although undrained");
 
@@ -353,10 +363,15 @@ async fn not_ready_without_controller() {
 #[tokio::test]
 async fn bind_reports_bad_configuration() {
     let s = setup().await;
-    let mut cfg = config(s.acceptor.local_addr(), Path::new("/nonexistent/cert.pem"), "m");
+    let mut cfg = config(
+        s.acceptor.local_addr(),
+        Path::new("/nonexistent/cert.pem"),
+        "m",
+    );
     let err = Node::bind(cfg.clone()).await.err().map(|e| e.to_string());
     assert!(
-        err.as_deref().is_some_and(|e| e.contains("/nonexistent/cert.pem")),
+        err.as_deref()
+            .is_some_and(|e| e.contains("/nonexistent/cert.pem")),
         "{err:?}"
     );
     cfg.controller_cert = s.cert.clone();

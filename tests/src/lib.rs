@@ -58,14 +58,30 @@ pub fn free_udp_port() -> u16 {
 pub fn write_geoip(path: &Path) {
     let mut w = MmdbWriter::new("Fleet-Test-City");
     let net = |s: &str| s.parse().expect("test network");
-    w.insert(net("198.51.100.0"), 24, maxmind_city_record(51.51, -0.13, "GB", "London"))
-        .unwrap();
-    w.insert(net("192.0.2.0"), 24, maxmind_city_record(40.71, -74.0, "US", "New York"))
-        .unwrap();
-    w.insert(net("203.0.113.0"), 24, flat_city_record(0.35, 32.58, "UG", "Kampala"))
-        .unwrap();
-    w.insert(net("2001:db8:91::"), 48, flat_city_record(19.08, 72.88, "IN", "Mumbai"))
-        .unwrap();
+    w.insert(
+        net("198.51.100.0"),
+        24,
+        maxmind_city_record(51.51, -0.13, "GB", "London"),
+    )
+    .unwrap();
+    w.insert(
+        net("192.0.2.0"),
+        24,
+        maxmind_city_record(40.71, -74.0, "US", "New York"),
+    )
+    .unwrap();
+    w.insert(
+        net("203.0.113.0"),
+        24,
+        flat_city_record(0.35, 32.58, "UG", "Kampala"),
+    )
+    .unwrap();
+    w.insert(
+        net("2001:db8:91::"),
+        48,
+        flat_city_record(19.08, 72.88, "IN", "Mumbai"),
+    )
+    .unwrap();
     w.write_to(path).unwrap();
 }
 
@@ -116,7 +132,11 @@ impl Drop for Proc {
 
 /// Reads stdout lines until one starts with `prefix`; returns the rest of that line. Further
 /// output is drained in a thread so the child never blocks on a full pipe.
-pub fn read_line_with(child: &mut Child, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+pub fn read_line_with(
+    child: &mut Child,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("stdout not piped")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let wanted = prefix.to_string();
@@ -132,6 +152,31 @@ pub fn read_line_with(child: &mut Child, prefix: &str, timeout: Duration) -> any
     });
     rx.recv_timeout(timeout)
         .with_context(|| format!("no `{prefix}` line on stdout within {timeout:?}"))
+}
+
+/// Waits until `GET /readyz` answers 200 (the controller's warm-up is over).
+pub fn wait_ready(api: &str, timeout: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + timeout;
+    let addr = api.trim_start_matches("http://").to_string();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(
+                s,
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > end {
+            bail!("controller at {api} not ready within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Options of a test controller.
@@ -231,6 +276,7 @@ impl Controller {
         };
         let api = api?;
         let link = SocketAddr::from(([127, 0, 0, 1], opts.link_port));
+        wait_ready(&api, Duration::from_secs(10))?;
         Ok(Controller {
             proc,
             api,
@@ -255,7 +301,11 @@ impl Controller {
         secret: &str,
         interval_ms: u64,
     ) -> anyhow::Result<Proc> {
-        let env_prefix = if kind == "media-node" { "MEDIA_NODE" } else { "TURN_NODE" };
+        let env_prefix = if kind == "media-node" {
+            "MEDIA_NODE"
+        } else {
+            "TURN_NODE"
+        };
         let mut cmd = Command::new(bin(kind));
         cmd.args(["--node-id", id, "--region", region])
             .arg("--controller")
@@ -307,13 +357,21 @@ impl Controller {
 
     /// State of one node ("serving", "dead", …) or None when unknown.
     pub async fn node_state(&self, id: &str) -> Option<String> {
-        self.nodes().await.ok()?.iter().find(|n| n["id"] == id).map(|n| {
-            n["state"].as_str().unwrap_or_default().to_string()
-        })
+        self.nodes()
+            .await
+            .ok()?
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().unwrap_or_default().to_string())
     }
 
     /// Waits until every id is in `state`.
-    pub async fn wait_nodes(&self, ids: &[&str], state: &str, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_nodes(
+        &self,
+        ids: &[&str],
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let end = Instant::now() + timeout;
         loop {
             let mut all = true;
@@ -326,7 +384,10 @@ impl Controller {
                 return Ok(());
             }
             if Instant::now() > end {
-                bail!("nodes {ids:?} not all {state} within {timeout:?}: {:?}", self.nodes().await);
+                bail!(
+                    "nodes {ids:?} not all {state} within {timeout:?}: {:?}",
+                    self.nodes().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -346,19 +407,30 @@ impl Controller {
 }
 
 /// A client JWT.
-pub fn client_token_with(kid: &str, secret: &str, aud: &str, ttl_secs: i64, session: Option<&str>) -> String {
+pub fn client_token_with(
+    kid: &str,
+    secret: &str,
+    aud: &str,
+    ttl_secs: i64,
+    session: Option<&str>,
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let mut claims = serde_json::json!({"sub": "backend", "aud": aud, "exp": now + ttl_secs, "iat": now});
+    let mut claims =
+        serde_json::json!({"sub": "backend", "aud": aud, "exp": now + ttl_secs, "iat": now});
     if let Some(s) = session {
         claims["session"] = s.into();
     }
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(kid.to_string());
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap()
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A shared HTTP client.

@@ -31,13 +31,21 @@ async fn get_session(c: &Controller, id: &str) -> (u16, Value) {
 async fn killed_media_node_is_dead_within_3s_and_new_sessions_avoid_it() {
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let mut a = c.node_with("media-node", "k1", "eu-west-1", 1000, CLUSTER_SECRET, 1000).unwrap();
-    let _b = c.node_with("media-node", "k2", "eu-west-1", 1000, CLUSTER_SECRET, 1000).unwrap();
-    c.wait_nodes(&["k1", "k2"], "serving", Duration::from_secs(20)).await.unwrap();
+    let mut a = c
+        .node_with("media-node", "k1", "eu-west-1", 1000, CLUSTER_SECRET, 1000)
+        .unwrap();
+    let _b = c
+        .node_with("media-node", "k2", "eu-west-1", 1000, CLUSTER_SECRET, 1000)
+        .unwrap();
+    c.wait_nodes(&["k1", "k2"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
 
     a.kill();
     let killed = Instant::now();
-    c.wait_nodes(&["k1"], "dead", Duration::from_secs(3)).await.expect("DEAD within 3 s");
+    c.wait_nodes(&["k1"], "dead", Duration::from_secs(3))
+        .await
+        .expect("DEAD within 3 s");
     eprintln!("k1 dead after {:?}", killed.elapsed());
     assert_eq!(c.node_state("k2").await.as_deref(), Some("serving"));
     for i in 0..10 {
@@ -55,13 +63,17 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
         c.node("media-node", "d2", "eu-west-1", 1000).unwrap(),
         c.node("media-node", "d3", "eu-west-1", 1000).unwrap(),
     ];
-    c.wait_nodes(&["d1", "d2", "d3"], "serving", Duration::from_secs(20)).await.unwrap();
+    c.wait_nodes(&["d1", "d2", "d3"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
     let s = create(&c, "therapist").await;
     let home = s["media"]["node_id"].as_str().unwrap().to_string();
     let sid = s["session_id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(5), || async { (get_session(&c, &sid).await.1["state"] == "live").then_some(()) })
-        .await
-        .expect("session live");
+    eventually(Duration::from_secs(5), || async {
+        (get_session(&c, &sid).await.1["state"] == "live").then_some(())
+    })
+    .await
+    .expect("session live");
 
     let r = http()
         .post(format!("{}/v1/nodes/{home}/drain", c.api))
@@ -73,7 +85,11 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
     assert_eq!(r.status().as_u16(), 202);
     for i in 0..12 {
         let n = create(&c, &format!("n{i}")).await;
-        assert_ne!(n["media"]["node_id"], home.as_str(), "no new session on a draining node");
+        assert_ne!(
+            n["media"]["node_id"],
+            home.as_str(),
+            "no new session on a draining node"
+        );
     }
     // A participant joins the existing session on the draining node.
     let r = http()
@@ -88,7 +104,9 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
     assert_eq!(joined["media"]["node_id"], home.as_str());
     assert_eq!(joined["participants"][0]["id"], "supervisor");
     // The node itself reports DRAINING, and stays up because it still hosts the session.
-    c.wait_nodes(&[home.as_str()], "draining", Duration::from_secs(3)).await.unwrap();
+    c.wait_nodes(&[home.as_str()], "draining", Duration::from_secs(3))
+        .await
+        .unwrap();
     let live = eventually(Duration::from_secs(5), || async {
         let v = get_session(&c, &sid).await.1;
         (v["participants"].as_array().map(|p| p.len()) == Some(3)).then_some(v)
@@ -103,7 +121,9 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    c.wait_nodes(&[home.as_str()], "serving", Duration::from_secs(3)).await.unwrap();
+    c.wait_nodes(&[home.as_str()], "serving", Duration::from_secs(3))
+        .await
+        .unwrap();
     let mut landed = false;
     for i in 0..20 {
         let n = create(&c, &format!("u{i}")).await;
@@ -120,7 +140,9 @@ async fn drained_empty_node_exits_and_sigterm_drains() {
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
     let mut e1 = c.node("media-node", "e1", "eu-west-1", 1000).unwrap();
     let mut e2 = c.node("turn-node", "e2", "eu-west-1", 1000).unwrap();
-    c.wait_nodes(&["e1", "e2"], "serving", Duration::from_secs(20)).await.unwrap();
+    c.wait_nodes(&["e1", "e2"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
     let r = http()
         .post(format!("{}/v1/nodes/e1/drain", c.api))
         .bearer_auth(ADMIN_TOKEN)
@@ -128,12 +150,18 @@ async fn drained_empty_node_exits_and_sigterm_drains() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let status = e1.wait_exit(Duration::from_secs(5)).expect("drained empty node exits");
+    let status = e1
+        .wait_exit(Duration::from_secs(5))
+        .expect("drained empty node exits");
     assert!(status.success(), "{status:?}");
     e2.signal(libc::SIGTERM);
-    let status = e2.wait_exit(Duration::from_secs(5)).expect("SIGTERM drains an empty node, which exits");
+    let status = e2
+        .wait_exit(Duration::from_secs(5))
+        .expect("SIGTERM drains an empty node, which exits");
     assert!(status.success(), "{status:?}");
-    c.wait_nodes(&["e1", "e2"], "dead", Duration::from_secs(5)).await.unwrap();
+    c.wait_nodes(&["e1", "e2"], "dead", Duration::from_secs(5))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +173,9 @@ async fn restarted_controller_rebuilds_nodes_and_sessions_from_reports() {
         c.node("media-node", "r1", "eu-west-1", 1000).unwrap(),
         c.node("media-node", "r2", "us-east-1", 1000).unwrap(),
     ];
-    c.wait_nodes(&["r1", "r2"], "serving", Duration::from_secs(20)).await.unwrap();
+    c.wait_nodes(&["r1", "r2"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
     let mut sessions = Vec::new();
     for (i, ip) in [IP_LONDON, IP_NEW_YORK, IP_LONDON].iter().enumerate() {
         let (status, body) = c
@@ -153,18 +183,25 @@ async fn restarted_controller_rebuilds_nodes_and_sessions_from_reports() {
             .await
             .unwrap();
         assert_eq!(status, 201);
-        sessions.push((body["session_id"].as_str().unwrap().to_string(), body["media"]["node_id"].clone()));
+        sessions.push((
+            body["session_id"].as_str().unwrap().to_string(),
+            body["media"]["node_id"].clone(),
+        ));
     }
     for (id, _) in &sessions {
-        eventually(Duration::from_secs(5), || async { (get_session(&c, id).await.1["state"] == "live").then_some(()) })
-            .await
-            .expect("live before restart");
+        eventually(Duration::from_secs(5), || async {
+            (get_session(&c, id).await.1["state"] == "live").then_some(())
+        })
+        .await
+        .expect("live before restart");
     }
 
     c.proc.kill();
     let restarted = Instant::now();
     c = Controller::start(dir.path(), opts).unwrap();
-    c.wait_nodes(&["r1", "r2"], "serving", Duration::from_secs(10)).await.unwrap();
+    c.wait_nodes(&["r1", "r2"], "serving", Duration::from_secs(10))
+        .await
+        .unwrap();
     for (id, node) in &sessions {
         let v = eventually(Duration::from_secs(5), || async {
             let (status, v) = get_session(&c, id).await;
@@ -175,7 +212,10 @@ async fn restarted_controller_rebuilds_nodes_and_sessions_from_reports() {
         assert_eq!(&v["media"]["node_id"], node);
         assert_eq!(v["participants"].as_array().unwrap().len(), 2);
     }
-    eprintln!("nodes and sessions back {:?} after the restart", restarted.elapsed());
+    eprintln!(
+        "nodes and sessions back {:?} after the restart",
+        restarted.elapsed()
+    );
     // And the rebuilt controller places new sessions.
     let s = create(&c, "after").await;
     assert_eq!(s["region"], "eu-west-1");

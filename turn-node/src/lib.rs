@@ -1,1 +1,191 @@
-//! placeholder
+//! The TURN node: for now a real process that registers with the controller, reports its load
+//! and obeys drains. Its data plane, the TURN relay (RFC 8656) on the `turn` crate, comes in a
+//! later issue: this stub advertises `turn:<public-ip>:<turn-port>?transport=udp` and
+//! `?transport=tcp` but does not listen on the TURN port yet.
+//!
+//! Everything it shares with the media node (session state, drain rules, HTTP health/metrics,
+//! the controller link) lives in `fleet_proto::node`; this crate maps its command line onto it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_proto::ids::{NodeId, NodeKind};
+use fleet_proto::node::{Node, NodeConfig, default_node_id};
+
+/// Command line of `turn-node` (every flag also from `TURN_NODE_<FLAG>`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "turn-node",
+    version,
+    about = "Fleet TURN node (TURN relay; data plane pending)"
+)]
+pub struct Args {
+    /// Fleet-unique node id [default: turn-<region>-<6 random hex>].
+    #[arg(long, env = "TURN_NODE_NODE_ID", value_parser = NodeId::parse)]
+    pub node_id: Option<NodeId>,
+    /// Region the node runs in, e.g. eu-west-1.
+    #[arg(long, env = "TURN_NODE_REGION")]
+    pub region: String,
+    /// Zone inside the region [default: <region>a].
+    #[arg(long, env = "TURN_NODE_ZONE")]
+    pub zone: Option<String>,
+    /// Controller link address, host:port (QUIC).
+    #[arg(long, env = "TURN_NODE_CONTROLLER")]
+    pub controller: String,
+    /// TLS server name sent to the controller.
+    #[arg(
+        long,
+        env = "TURN_NODE_CONTROLLER_NAME",
+        default_value = "fleet-controller"
+    )]
+    pub controller_name: String,
+    /// PEM file with the controller certificate to pin.
+    #[arg(long, env = "TURN_NODE_CONTROLLER_CERT")]
+    pub controller_cert: PathBuf,
+    /// Shared cluster secret proving this node belongs to the fleet.
+    #[arg(long, env = "TURN_NODE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    /// Capacity units this node offers.
+    #[arg(long, env = "TURN_NODE_CAPACITY", default_value_t = 1000)]
+    pub capacity: u64,
+    /// Where the HTTP server (health, metrics, status) listens.
+    #[arg(long, env = "TURN_NODE_HTTP_LISTEN", default_value = "127.0.0.1:0")]
+    pub http_listen: SocketAddr,
+    /// IP address advertised to the controller and clients.
+    #[arg(long, env = "TURN_NODE_PUBLIC_IP", default_value = "127.0.0.1")]
+    pub public_ip: IpAddr,
+    /// Milliseconds between reports to the controller (at least 100).
+    #[arg(long, env = "TURN_NODE_REPORT_INTERVAL_MS", default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(100..))]
+    pub report_interval_ms: u64,
+    /// TURN port advertised to clients (UDP and TCP; not listened on by this stub yet).
+    #[arg(long, env = "TURN_NODE_TURN_PORT", default_value_t = 3478)]
+    pub turn_port: u16,
+    /// Seconds a SIGTERM/SIGINT drain may last before remaining sessions are cut.
+    #[arg(long, env = "TURN_NODE_DRAIN_GRACE_SECS", default_value_t = 600)]
+    pub drain_grace_secs: u64,
+    /// Seconds after which a session without activity is dropped.
+    #[arg(long, env = "TURN_NODE_SESSION_IDLE_SECS", default_value_t = 3600)]
+    pub session_idle_secs: u64,
+}
+
+impl Args {
+    /// The shared node configuration these arguments describe.
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let node_id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => default_node_id(NodeKind::Turn, &self.region)
+                .context("cannot make a node id from --region")?,
+        };
+        Ok(NodeConfig {
+            kind: NodeKind::Turn,
+            node_id,
+            region: self.region.clone(),
+            zone: self
+                .zone
+                .clone()
+                .unwrap_or_else(|| format!("{}a", self.region)),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            controller: self.controller.clone(),
+            controller_name: self.controller_name.clone(),
+            controller_cert: self.controller_cert.clone(),
+            cluster_secret: self.cluster_secret.clone(),
+            capacity: self.capacity,
+            http_listen: self.http_listen,
+            report_interval: Duration::from_millis(self.report_interval_ms),
+            drain_grace: Duration::from_secs(self.drain_grace_secs),
+            session_idle: Duration::from_secs(self.session_idle_secs),
+        })
+    }
+
+    /// The TURN URLs this node advertises.
+    pub fn addresses(&self) -> Vec<String> {
+        let turn = SocketAddr::new(self.public_ip, self.turn_port);
+        vec![
+            format!("turn:{turn}?transport=udp"),
+            format!("turn:{turn}?transport=tcp"),
+        ]
+    }
+}
+
+/// Runs the TURN node until it has drained (or a second signal); prints `LISTENING http=<addr>`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.node_config()?;
+    let node = Node::bind(config).await?;
+    let exit = node.run(args.addresses(), axum::Router::new()).await?;
+    tracing::info!(?exit, "turn node stopped");
+    Ok(())
+}
+
+/// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`); a second
+/// call, or a subscriber installed by someone else, is left alone.
+pub fn init_process() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_follow_the_region() {
+        let args = Args::try_parse_from([
+            "turn-node",
+            "--region",
+            "eu-west-1",
+            "--controller",
+            "127.0.0.1:7000",
+            "--controller-cert",
+            "c.pem",
+            "--cluster-secret",
+            "s",
+        ])
+        .expect("parse");
+        let config = args.node_config().expect("config");
+        assert!(config.node_id.as_str().starts_with("turn-eu-west-1-"));
+        assert_eq!(config.zone, "eu-west-1a");
+        assert_eq!(config.capacity, 1000);
+        assert_eq!(config.report_interval, Duration::from_secs(1));
+        assert_eq!(config.drain_grace, Duration::from_secs(600));
+        assert_eq!(config.controller_name, "fleet-controller");
+        assert_eq!(
+            args.addresses(),
+            vec![
+                "turn:127.0.0.1:3478?transport=udp".to_owned(),
+                "turn:127.0.0.1:3478?transport=tcp".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let base = [
+            "turn-node",
+            "--region",
+            "r",
+            "--controller",
+            "c:1",
+            "--controller-cert",
+            "c.pem",
+            "--cluster-secret",
+            "s",
+        ];
+        let with = |extra: &[&str]| {
+            Args::try_parse_from(base.iter().copied().chain(extra.iter().copied())).is_ok()
+        };
+        assert!(with(&[]));
+        assert!(!with(&["--report-interval-ms", "99"]));
+        assert!(with(&["--report-interval-ms", "100"]));
+        assert!(!with(&["--node-id", "bad id"]));
+        assert!(!with(&["--public-ip", "nope"]));
+        assert!(!with(&["--turn-port", "70000"]));
+    }
+}

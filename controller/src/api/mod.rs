@@ -26,7 +26,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/sessions/{id}",
             get(signaling::get_session).delete(signaling::delete_session),
         )
-        .route("/v1/sessions/{id}/participants", post(signaling::join_session))
+        .route(
+            "/v1/sessions/{id}/participants",
+            post(signaling::join_session),
+        )
         .route("/v1/nodes", get(ops::list_nodes))
         .route("/v1/nodes/{id}/drain", post(ops::drain_node))
         .route("/v1/nodes/{id}/undrain", post(ops::undrain_node))
@@ -41,9 +44,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     crate::metrics::refresh(&state);
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         body,
     )
 }
@@ -52,6 +62,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.warmed_up() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "warming up: waiting for nodes to reconnect\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "warming up: waiting for nodes to reconnect\n",
+        )
     }
 }

@@ -172,7 +172,8 @@ pub async fn list_regions(
         }
     }
     regions.retain(|r| {
-        let has = |p: &PoolView| p.nodes.starting + p.nodes.serving + p.nodes.draining + p.nodes.dead > 0;
+        let has =
+            |p: &PoolView| p.nodes.starting + p.nodes.serving + p.nodes.draining + p.nodes.dead > 0;
         has(&r.media) || has(&r.turn) || r.demand.unmet_units > 0
     });
     Ok(Json(serde_json::json!({ "regions": regions })))
@@ -217,7 +218,9 @@ pub async fn drain_node(
     tracing::info!(%node, secs, "drain requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"node_id": node.to_string(), "state": "draining", "deadline_unix_ms": deadline_unix_ms})),
+        Json(
+            serde_json::json!({"node_id": node.to_string(), "state": "draining", "deadline_unix_ms": deadline_unix_ms}),
+        ),
     ))
 }
 

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
 use crate::core::{NewSession, Profile, SessionPlan, SessionRecord};
-use crate::credentials::{ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_join_token, turn_credential};
+use crate::credentials::{
+    ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_join_token, turn_credential,
+};
 use crate::state::AppState;
 
 /// A participant in a request.
@@ -305,16 +307,22 @@ pub async fn join_session(
     }
     let location = locate(&state, &p, "participant")?;
     let now = state.now();
-    let (outcome, out) =
-        state
-            .fleet()
-            .join_session(now, &session, participant.clone(), location, &mut rand::rng())?;
+    let (outcome, out) = state.fleet().join_session(
+        now,
+        &session,
+        participant.clone(),
+        location,
+        &mut rand::rng(),
+    )?;
     state.send(out);
     if outcome.replaced {
         metrics::counter!("fleet_sessions_replaced_total").increment(1);
     }
     let g = grant(&state, &session, &outcome.plan.node, &participant, location)?;
-    Ok((StatusCode::CREATED, Json(session_grant(&outcome.plan, vec![g]))))
+    Ok((
+        StatusCode::CREATED,
+        Json(session_grant(&outcome.plan, vec![g])),
+    ))
 }
 
 fn view(state: &AppState, r: &SessionRecord) -> SessionView {
@@ -336,7 +344,9 @@ fn view(state: &AppState, r: &SessionRecord) -> SessionView {
         participants: r
             .participants
             .iter()
-            .map(|p| ParticipantView { id: p.id.to_string() })
+            .map(|p| ParticipantView {
+                id: p.id.to_string(),
+            })
             .collect(),
         created_unix_ms: r.created_unix_ms,
     }

@@ -353,11 +353,7 @@ impl Fleet {
                     id: participant.clone(),
                     location: Some(location),
                 });
-            } else if let Some(p) = record
-                .participants
-                .iter_mut()
-                .find(|p| p.id == participant)
-            {
+            } else if let Some(p) = record.participants.iter_mut().find(|p| p.id == participant) {
                 p.location = Some(location);
             }
             let vectors: Vec<[f64; 3]> = record

@@ -20,7 +20,9 @@ pub use sessions::{ParticipantRecord, SessionRecord, SessionState};
 pub type Millis = u64;
 
 /// What a session costs on a media node, in capacity units per participant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// Audio only.

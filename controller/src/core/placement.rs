@@ -55,7 +55,10 @@ pub enum PlacementError {
     #[error(
         "no media node with room for the session within {budget_ms} ms of the best region ({preferred_region})"
     )]
-    NoCapacity { preferred_region: String, budget_ms: f64 },
+    NoCapacity {
+        preferred_region: String,
+        budget_ms: f64,
+    },
 }
 
 /// A chosen media node.
@@ -254,7 +257,10 @@ impl Placer {
             return Vec::new();
         };
         let pool = registry.pool(region, NodeKind::Turn);
-        let want = self.config.turn_servers_per_participant.min(pool.serving.len());
+        let want = self
+            .config
+            .turn_servers_per_participant
+            .min(pool.serving.len());
         let mut chosen: Vec<u32> = Vec::with_capacity(want);
         if pool.serving.len() <= want {
             chosen.extend_from_slice(&pool.serving);

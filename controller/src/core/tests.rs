@@ -10,10 +10,22 @@ use rand::rngs::SmallRng;
 
 use super::*;
 
-const KAMPALA: Location = Location { lat: 0.35, lon: 32.58 };
-const LONDON: Location = Location { lat: 51.51, lon: -0.13 };
-const NEW_YORK: Location = Location { lat: 40.71, lon: -74.0 };
-const MUMBAI: Location = Location { lat: 19.08, lon: 72.88 };
+const KAMPALA: Location = Location {
+    lat: 0.35,
+    lon: 32.58,
+};
+const LONDON: Location = Location {
+    lat: 51.51,
+    lon: -0.13,
+};
+const NEW_YORK: Location = Location {
+    lat: 40.71,
+    lon: -74.0,
+};
+const MUMBAI: Location = Location {
+    lat: 19.08,
+    lon: 72.88,
+};
 
 fn nid(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
@@ -124,9 +136,20 @@ fn reservations_keep_every_node_within_capacity_and_spread_load() {
     }
     // Cost 8 per session, 12 fit in 100 units, 10 nodes.
     assert_eq!(placed, 120);
-    for n in f.registry().nodes().iter().filter(|n| n.kind == NodeKind::Media) {
+    for n in f
+        .registry()
+        .nodes()
+        .iter()
+        .filter(|n| n.kind == NodeKind::Media)
+    {
         assert!(n.reserved <= n.capacity_total, "{} over capacity", n.id);
-        assert_eq!(n.reservations.len(), 12, "{} got {}", n.id, n.reservations.len());
+        assert_eq!(
+            n.reservations.len(),
+            12,
+            "{} got {}",
+            n.id,
+            n.reservations.len()
+        );
     }
     assert!(f.demand()[f.registry().catalog().index_of("eu-west-1").unwrap()].refused_sessions > 0);
 }
@@ -141,10 +164,17 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
         cost: 60,
         created_unix_ms: 0,
     };
-    f.on_report(1, busy_conn, &busy, report(NodeState::Serving, vec![s], 100));
+    f.on_report(
+        1,
+        busy_conn,
+        &busy,
+        report(NodeState::Serving, vec![s], 100),
+    );
     let mut r = rng();
     for _ in 0..3 {
-        let (plan, _) = f.create_session(1, new_session(&[("a", LONDON)]), &mut r).unwrap();
+        let (plan, _) = f
+            .create_session(1, new_session(&[("a", LONDON)]), &mut r)
+            .unwrap();
         assert_ne!(plan.node, busy, "spread avoids the busier node");
     }
     let mut cfg = FleetConfig::default();
@@ -162,7 +192,9 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
         let sessions = if used > 0 { vec![s] } else { vec![] };
         f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
     }
-    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .unwrap();
     assert_eq!(plan.node, nid("m0"), "pack fills the fuller node");
 }
 
@@ -170,16 +202,31 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
 fn full_region_spills_within_budget_and_counts_demand() {
     let (mut f, _) = fleet(&["eu-west-1", "eu-west-2", "ap-south-1"], 1, 8);
     let mut r = rng();
-    let dublin = Location { lat: 53.35, lon: -6.26 };
-    let (first, _) = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap();
+    let dublin = Location {
+        lat: 53.35,
+        lon: -6.26,
+    };
+    let (first, _) = f
+        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .unwrap();
     assert_eq!(first.region, "eu-west-1");
     assert!(!first.spilled);
-    let (second, _) = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap();
+    let (second, _) = f
+        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .unwrap();
     assert_eq!(second.region, "eu-west-2", "London is next to Dublin");
     assert!(second.spilled);
     // Mumbai is far beyond the RTT budget from Dublin: refuse instead.
-    let err = f.create_session(0, new_session(&[("a", dublin)]), &mut r).unwrap_err();
-    assert!(matches!(err, FleetError::Placement(PlacementError::NoCapacity { .. })), "{err:?}");
+    let err = f
+        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FleetError::Placement(PlacementError::NoCapacity { .. })
+        ),
+        "{err:?}"
+    );
     let d = &f.demand()[f.registry().catalog().index_of("eu-west-1").unwrap()];
     assert_eq!(d.spilled_sessions, 1);
     assert_eq!(d.refused_sessions, 1);
@@ -191,28 +238,46 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
     let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
     let (node, conn) = conns[0].clone();
     let mut r = rng();
-    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .unwrap();
     assert_eq!(f.registry().get(&node).unwrap().reserved, 8);
-    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Pending);
+    assert_eq!(
+        f.sessions().get(&plan.session).unwrap().state,
+        SessionState::Pending
+    );
     let hosted = HostedSession {
         id: plan.session.clone(),
         participants: vec![pid("a"), pid("b")],
         cost: 8,
         created_unix_ms: 0,
     };
-    f.on_report(500, conn, &node, report(NodeState::Serving, vec![hosted], 100));
+    f.on_report(
+        500,
+        conn,
+        &node,
+        report(NodeState::Serving, vec![hosted], 100),
+    );
     let n = f.registry().get(&node).unwrap();
     assert_eq!((n.reserved, n.used, n.free()), (0, 8, 92));
-    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Live);
+    assert_eq!(
+        f.sessions().get(&plan.session).unwrap().state,
+        SessionState::Live
+    );
     // The session ends on the node: it disappears from the index.
     f.on_report(900, conn, &node, report(NodeState::Serving, vec![], 100));
     assert!(f.sessions().get(&plan.session).is_none());
 
     // A session the node never reports: its hold and record lapse with the TTL.
-    let (plan, _) = f.create_session(1000, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(1000, new_session(&[("a", LONDON)]), &mut r)
+        .unwrap();
     f.on_report(10_500, conn, &node, report(NodeState::Serving, vec![], 100));
     f.tick(1000 + 9_999);
-    assert!(f.sessions().get(&plan.session).is_some(), "held until the TTL");
+    assert!(
+        f.sessions().get(&plan.session).is_some(),
+        "held until the TTL"
+    );
     f.tick(1000 + 10_000);
     assert_eq!(f.registry().get(&node).unwrap().reserved, 0);
     assert!(f.sessions().get(&plan.session).is_none());
@@ -222,34 +287,68 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
 fn silent_node_dies_after_three_intervals_and_sessions_move_on_rejoin() {
     let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
     let mut r = rng();
-    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .unwrap();
     let (dead, dead_conn) = conns.iter().find(|(n, _)| *n == plan.node).unwrap().clone();
-    let (alive, alive_conn) = conns.iter().find(|(n, c)| *n != plan.node && *c <= 2).unwrap().clone();
+    let (alive, alive_conn) = conns
+        .iter()
+        .find(|(n, c)| *n != plan.node && *c <= 2)
+        .unwrap()
+        .clone();
     let hosted = HostedSession {
         id: plan.session.clone(),
         participants: vec![pid("a"), pid("b")],
         cost: 8,
         created_unix_ms: 0,
     };
-    f.on_report(1000, dead_conn, &dead, report(NodeState::Serving, vec![hosted], 100));
+    f.on_report(
+        1000,
+        dead_conn,
+        &dead,
+        report(NodeState::Serving, vec![hosted], 100),
+    );
     for t in [1000, 2000, 3000, 4000] {
-        f.on_report(t, alive_conn, &alive, report(NodeState::Serving, vec![], 100));
-        f.on_report(t, conns[2].1, &conns[2].0, report(NodeState::Serving, vec![], 100));
+        f.on_report(
+            t,
+            alive_conn,
+            &alive,
+            report(NodeState::Serving, vec![], 100),
+        );
+        f.on_report(
+            t,
+            conns[2].1,
+            &conns[2].0,
+            report(NodeState::Serving, vec![], 100),
+        );
         f.tick(t);
     }
-    assert_eq!(f.registry().get(&dead).unwrap().status, NodeStatus::Serving, "3 s of silence is allowed");
+    assert_eq!(
+        f.registry().get(&dead).unwrap().status,
+        NodeStatus::Serving,
+        "3 s of silence is allowed"
+    );
     f.tick(4001);
     assert_eq!(f.registry().get(&dead).unwrap().status, NodeStatus::Dead);
-    assert_eq!(f.sessions().get(&plan.session).unwrap().state, SessionState::Lost);
+    assert_eq!(
+        f.sessions().get(&plan.session).unwrap().state,
+        SessionState::Lost
+    );
     for _ in 0..5 {
-        let (p, _) = f.create_session(4001, new_session(&[("x", LONDON)]), &mut r).unwrap();
+        let (p, _) = f
+            .create_session(4001, new_session(&[("x", LONDON)]), &mut r)
+            .unwrap();
         assert_eq!(p.node, alive, "new sessions avoid the dead node");
     }
-    let (join, out) = f.join_session(4002, &plan.session, pid("a"), LONDON, &mut r).unwrap();
+    let (join, out) = f
+        .join_session(4002, &plan.session, pid("a"), LONDON, &mut r)
+        .unwrap();
     assert!(join.replaced);
     assert_eq!(join.plan.node, alive);
     assert_eq!(join.plan.session, plan.session, "same session id");
-    assert!(matches!(&out[0].command, Command::OpenSession { participants, .. } if participants.len() == 2));
+    assert!(
+        matches!(&out[0].command, Command::OpenSession { participants, .. } if participants.len() == 2)
+    );
 }
 
 #[test]
@@ -257,39 +356,81 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
     let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
     let (node, conn) = conns[0].clone();
     let dup = hello(node.as_str(), NodeKind::Media, "eu-west-1", 100);
-    assert!(matches!(f.on_hello(10, 99, &dup), Err(RegistryError::DuplicateNode(_))));
-    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Serving, "the original is untouched");
+    assert!(matches!(
+        f.on_hello(10, 99, &dup),
+        Err(RegistryError::DuplicateNode(_))
+    ));
+    assert_eq!(
+        f.registry().get(&node).unwrap().status,
+        NodeStatus::Serving,
+        "the original is untouched"
+    );
     f.on_closed(20, 98, &node);
-    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Serving, "a stale connection's close is ignored");
+    assert_eq!(
+        f.registry().get(&node).unwrap().status,
+        NodeStatus::Serving,
+        "a stale connection's close is ignored"
+    );
     f.on_closed(20, conn, &node);
     assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Dead);
     f.on_hello(30, 99, &dup).unwrap();
-    assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Starting);
+    assert_eq!(
+        f.registry().get(&node).unwrap().status,
+        NodeStatus::Starting
+    );
     let bad = hello("m-x", NodeKind::Media, "mars-1", 100);
-    assert!(matches!(f.on_hello(30, 100, &bad), Err(RegistryError::UnknownRegion(_))));
+    assert!(matches!(
+        f.on_hello(30, 100, &bad),
+        Err(RegistryError::UnknownRegion(_))
+    ));
 }
 
 #[test]
 fn drain_wins_over_a_stale_report_and_joins_still_land() {
     let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
     let mut r = rng();
-    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .unwrap();
     let conn = conns.iter().find(|(n, _)| *n == plan.node).unwrap().1;
     f.drain(&plan.node, 10_000).unwrap();
     // A report sent before the node saw the drain still says SERVING.
-    f.on_report(10, conn, &plan.node, report(NodeState::Serving, vec![], 100));
-    assert_eq!(f.registry().get(&plan.node).unwrap().status, NodeStatus::Draining);
+    f.on_report(
+        10,
+        conn,
+        &plan.node,
+        report(NodeState::Serving, vec![], 100),
+    );
+    assert_eq!(
+        f.registry().get(&plan.node).unwrap().status,
+        NodeStatus::Draining
+    );
     for _ in 0..10 {
-        let (p, _) = f.create_session(20, new_session(&[("x", LONDON)]), &mut r).unwrap();
+        let (p, _) = f
+            .create_session(20, new_session(&[("x", LONDON)]), &mut r)
+            .unwrap();
         assert_ne!(p.node, plan.node, "draining node takes no new sessions");
     }
-    let (join, out) = f.join_session(30, &plan.session, pid("b"), LONDON, &mut r).unwrap();
+    let (join, out) = f
+        .join_session(30, &plan.session, pid("b"), LONDON, &mut r)
+        .unwrap();
     assert_eq!(join.plan.node, plan.node, "joins go to the draining node");
     assert!(matches!(out[0].command, Command::AddParticipant { .. }));
-    f.on_report(40, conn, &plan.node, report(NodeState::Draining, vec![], 100));
+    f.on_report(
+        40,
+        conn,
+        &plan.node,
+        report(NodeState::Draining, vec![], 100),
+    );
     f.undrain(&plan.node).unwrap();
-    assert_eq!(f.registry().get(&plan.node).unwrap().status, NodeStatus::Serving);
-    assert!(matches!(f.drain(&nid("nope"), 1), Err(FleetError::UnknownNode(_))));
+    assert_eq!(
+        f.registry().get(&plan.node).unwrap().status,
+        NodeStatus::Serving
+    );
+    assert!(matches!(
+        f.drain(&nid("nope"), 1),
+        Err(FleetError::UnknownNode(_))
+    ));
 }
 
 #[test]
@@ -304,7 +445,12 @@ fn a_restarted_controller_rebuilds_sessions_from_reports() {
         cost: 8,
         created_unix_ms: 1234,
     };
-    f.on_report(0, 1, &h.node_id, report(NodeState::Serving, vec![hosted], 100));
+    f.on_report(
+        0,
+        1,
+        &h.node_id,
+        report(NodeState::Serving, vec![hosted], 100),
+    );
     let s = f.sessions().get(&sid).unwrap();
     assert_eq!(s.node, h.node_id);
     assert_eq!(s.region, "eu-west-1");
@@ -319,19 +465,34 @@ fn deleted_session_is_not_resurrected_by_a_late_report() {
     let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
     let (node, conn) = conns[0].clone();
     let mut r = rng();
-    let (plan, _) = f.create_session(0, new_session(&[("a", LONDON)]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .unwrap();
     let hosted = HostedSession {
         id: plan.session.clone(),
         participants: vec![pid("a")],
         cost: 8,
         created_unix_ms: 0,
     };
-    f.on_report(1, conn, &node, report(NodeState::Serving, vec![hosted.clone()], 100));
+    f.on_report(
+        1,
+        conn,
+        &node,
+        report(NodeState::Serving, vec![hosted.clone()], 100),
+    );
     let out = f.delete_session(2, &plan.session).unwrap();
     assert!(matches!(out[0].command, Command::CloseSession { .. }));
-    f.on_report(3, conn, &node, report(NodeState::Serving, vec![hosted], 100));
+    f.on_report(
+        3,
+        conn,
+        &node,
+        report(NodeState::Serving, vec![hosted], 100),
+    );
     assert!(f.sessions().get(&plan.session).is_none());
-    assert!(matches!(f.delete_session(4, &plan.session), Err(FleetError::UnknownSession(_))));
+    assert!(matches!(
+        f.delete_session(4, &plan.session),
+        Err(FleetError::UnknownSession(_))
+    ));
 }
 
 #[test]
@@ -351,13 +512,24 @@ fn ties_favour_headroom_and_turn_is_near_each_participant() {
         f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
     }
     let mut r = rng();
-    let between = Location { lat: 51.0, lon: 4.0 }; // near both London and Frankfurt
-    let (plan, _) = f.create_session(0, new_session(&[("a", between)]), &mut r).unwrap();
-    assert_eq!(plan.region, "eu-central-1", "the emptier of two tied regions");
+    let between = Location {
+        lat: 51.0,
+        lon: 4.0,
+    }; // near both London and Frankfurt
+    let (plan, _) = f
+        .create_session(0, new_session(&[("a", between)]), &mut r)
+        .unwrap();
+    assert_eq!(
+        plan.region, "eu-central-1",
+        "the emptier of two tied regions"
+    );
 
     let (f, _) = fleet(&THREE, 1, 100);
     let t = f.turn_for(KAMPALA, &mut r);
-    assert_eq!(t[0].region, "ap-south-1", "Mumbai is nearer to Kampala than Dublin");
+    assert_eq!(
+        t[0].region, "ap-south-1",
+        "Mumbai is nearer to Kampala than Dublin"
+    );
     let t = f.turn_for(LONDON, &mut r);
     assert_eq!(t[0].region, "eu-west-1");
     assert_eq!(t.len(), 1);
@@ -377,7 +549,9 @@ fn too_many_or_duplicate_participants_are_refused() {
         f.create_session(0, new_session(&[("a", LONDON), ("a", LONDON)]), &mut r),
         Err(FleetError::DuplicateParticipant(_))
     ));
-    let (plan, _) = f.create_session(0, new_session(&people[..6]), &mut r).unwrap();
+    let (plan, _) = f
+        .create_session(0, new_session(&people[..6]), &mut r)
+        .unwrap();
     assert!(matches!(
         f.join_session(0, &plan.session, pid("p9"), LONDON, &mut r),
         Err(FleetError::SessionFull { .. })

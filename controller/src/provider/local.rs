@@ -83,7 +83,8 @@ impl LocalProcessProvider {
             .with_context(|| format!("cannot start {}", spec.node_id))?;
         let pid = child.id().unwrap_or(0);
         tracing::info!(node = %spec.node_id, pid, log = %log_path.display(), "started node process");
-        self.nodes.insert(spec.node_id.clone(), Running { spec, child });
+        self.nodes
+            .insert(spec.node_id.clone(), Running { spec, child });
         Ok(pid)
     }
 

@@ -2,8 +2,10 @@
 //!
 //! One connection per node, one bidirectional stream opened by the node, carrying codec frames:
 //! node `Hello` → controller `Welcome`/`Reject`, then node `Report`s every interval and
-//! controller `Command`s answered by `CommandResult`s. Idle timeout 3 s, keep-alive 500 ms, so a
-//! dead peer is noticed within about 3 s on both sides.
+//! controller `Command`s answered by `CommandResult`s. Idle timeout 2 s, keep-alive 400 ms (five
+//! keep-alives may be lost before a live peer is given up), so a killed peer is noticed within
+//! 2 s on both sides, whatever the report interval; the controller's registry separately marks a
+//! node DEAD after 3 missed report intervals.
 //!
 //! - [`Acceptor`] (controller side) checks version and cluster secret, then hands each node's
 //!   messages to a [`LinkHandler`] and gives it a [`CommandSender`].
@@ -39,9 +41,9 @@ pub mod close_code {
 }
 
 /// Time a connection may stay silent before it is considered dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Interval of QUIC keep-alive packets.
-pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
+pub const KEEP_ALIVE: Duration = Duration::from_millis(400);
 /// Time a node has to open its stream and send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 

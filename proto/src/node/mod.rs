@@ -6,7 +6,7 @@
 //! extra HTTP routes.
 
 pub mod core;
-pub mod http;
+mod http;
 pub mod process;
 pub mod runtime;
 pub mod state;
@@ -38,7 +38,7 @@ pub struct NodeConfig {
     pub zone: String,
     /// The node's software version.
     pub version: String,
-    /// The controller's link address, `host:port`.
+    /// The controller's link address, `host:port` (resolved once, at [`Node::bind`]).
     pub controller: String,
     /// TLS server name to send to the controller.
     pub controller_name: String,

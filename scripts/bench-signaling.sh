@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Benchmark: POST /v1/sessions requests per second and latency on loopback.
+# Fixed load: wrk, 1 thread, 32 connections, 15 s, three kinds of 1:1 sessions (Europe,
+# Americas, Asia) with a valid client JWT, against a release `fleet serve` with 4 media nodes
+# and 1 TURN node in each of 3 regions (real processes reporting over QUIC; they end each session
+# after 2 s idle, so the fleet churns as a real one does). Prints wrk's summary: requests/s and
+# the latency distribution (p50/p75/p90/p99).
+#
+# Usage: scripts/bench-signaling.sh [duration_secs] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-15}"
+CONNS="${2:-32}"
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
+cargo build --release --workspace --bins --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+LINK_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+SECRET=bench-cluster-secret-0123456789
+API_SECRET=bench-api-secret-0123456789
+cat > "$WORK/fleet.toml" <<TOML
+[api]
+listen = "127.0.0.1:0"
+[link]
+listen = "127.0.0.1:$LINK_PORT"
+cert_file = "$WORK/cert.pem"
+key_file = "$WORK/key.pem"
+cluster_secret = "$SECRET"
+[auth]
+admin_token = "bench-admin-token-0123456789"
+[[auth.api_keys]]
+kid = "bench"
+secret = "$API_SECRET"
+[media]
+join_secret = "bench-join-secret-0123456789"
+[turn]
+secret = "bench-turn-secret-0123456789"
+[registry]
+warmup_ms = 500
+TOML
+RUST_LOG=warn "$BIN/fleet" serve --config "$WORK/fleet.toml" > "$WORK/fleet.out" 2> "$WORK/fleet.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q FLEET_API= "$WORK/fleet.out" 2>/dev/null && break; sleep 0.1; done
+API=$(sed -n 's/^FLEET_API=//p' "$WORK/fleet.out")
+[ -n "$API" ] || { cat "$WORK/fleet.err"; exit 1; }
+for region in eu-west-1 us-east-1 ap-south-1; do
+  for i in 1 2 3 4; do
+    MEDIA_NODE_CLUSTER_SECRET=$SECRET RUST_LOG=warn "$BIN/media-node" --node-id "m-$region-$i" --region "$region" \
+      --controller "127.0.0.1:$LINK_PORT" --controller-cert "$WORK/cert.pem" --capacity 1000000000 \
+      --session-idle-secs 2 > /dev/null 2>> "$WORK/nodes.err" &
+    PIDS+=($!)
+  done
+  TURN_NODE_CLUSTER_SECRET=$SECRET RUST_LOG=warn "$BIN/turn-node" --node-id "t-$region" --region "$region" \
+    --controller "127.0.0.1:$LINK_PORT" --controller-cert "$WORK/cert.pem" > /dev/null 2>> "$WORK/nodes.err" &
+  PIDS+=($!)
+done
+TOKEN=$("$BIN/fleet" token --config "$WORK/fleet.toml" --ttl-secs 3600)
+ADMIN=bench-admin-token-0123456789
+for _ in $(seq 100); do
+  n=$(curl -s -H "Authorization: Bearer $ADMIN" "$API/v1/nodes" | grep -o '"state":"serving"' | wc -l)
+  [ "$n" -ge 15 ] && break; sleep 0.2
+done
+echo "fleet: $n serving nodes; controller at $API"
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+local bodies = {
+  '{"participants":[{"id":"t","location":{"lat":51.5,"lon":-0.1}},{"id":"c","location":{"lat":0.35,"lon":32.58}}]}',
+  '{"participants":[{"id":"t","location":{"lat":40.7,"lon":-74.0}},{"id":"c","location":{"lat":41.9,"lon":-87.6}}]}',
+  '{"participants":[{"id":"t","location":{"lat":19.1,"lon":72.9}},{"id":"c","location":{"lat":28.6,"lon":77.2}}]}'
+}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, "/v1/sessions", nil, bodies[(i % 3) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d rps=%.0f p50_ms=%.2f p99_ms=%.2f\n",
+    summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+  io.write(string.format("RESULT non_2xx=%d socket_errors=%d\n", summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+# Warm up, then the measured run.
+wrk -t1 -c"$CONNS" -d3s -s "$WORK/post.lua" "$API" > /dev/null
+wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API"
+echo "controller CPU seconds (utime+stime): $(awk '{print ($14+$15)/100}' /proc/${PIDS[0]}/stat)"
