@@ -61,12 +61,7 @@ enum Cmd {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    fleet_proto::node::init_tracing();
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {

@@ -122,12 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`); a second
 /// call, or a subscriber installed by someone else, is left alone.
 pub fn init_process() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    fleet_proto::node::init_tracing();
 }
 
 #[cfg(test)]

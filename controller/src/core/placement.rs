@@ -88,6 +88,24 @@ pub struct Placer {
     region_vectors: Vec<[f64; 3]>,
 }
 
+thread_local! {
+    /// Scratch space for region ranking, so a decision allocates nothing.
+    static RANKED: std::cell::RefCell<Vec<(usize, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The dot product of unit vectors whose estimated RTT is `rtt_ms` (inverse of
+/// `estimate_rtt_ms(dot_to_km(d))`), slightly loosened so rounding never drops a boundary region.
+fn rtt_to_dot(rtt_ms: f64) -> f64 {
+    let km =
+        (rtt_ms - estimate_rtt_ms(0.0)).max(0.0) / (estimate_rtt_ms(1.0) - estimate_rtt_ms(0.0));
+    let angle = km / fleet_geo::EARTH_RADIUS_KM;
+    if angle >= std::f64::consts::PI {
+        -1.0
+    } else {
+        angle.cos() - 1e-9
+    }
+}
+
 #[inline]
 fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
@@ -114,13 +132,16 @@ impl Placer {
     }
 
     /// Regions that have SERVING nodes of `kind`, best first: by the worse participant's
-    /// estimated RTT, and by free capacity among regions within `tie_ms` of each other.
-    /// Each entry is (region index, worse RTT in ms).
+    /// estimated RTT, and by free capacity among regions within `tie_ms` of each other. Each
+    /// entry is (region index, worse RTT in ms). Regions more than `horizon_ms` worse than the
+    /// best are left out (they are never used), which keeps the cost to one dot product per
+    /// region and participant plus a few `acos`.
     pub fn rank_regions(
         &self,
         registry: &Registry,
         kind: NodeKind,
         participants: &[[f64; 3]],
+        horizon_ms: f64,
         out: &mut Vec<(usize, f64)>,
     ) {
         out.clear();
@@ -134,23 +155,30 @@ impl Placer {
                 .fold(f64::INFINITY, f64::min);
             out.push((r, worst));
         }
+        // A larger dot product of unit vectors is a shorter great circle. Find the best, turn
+        // the horizon into a dot-product threshold, and sort only the regions within it.
+        let Some(max_dot) = out.iter().map(|e| e.1).reduce(f64::max) else {
+            return;
+        };
+        let best = estimate_rtt_ms(dot_to_km(max_dot));
+        let horizon = horizon_ms.max(self.config.tie_ms);
+        let threshold = rtt_to_dot(best + horizon);
+        out.retain(|e| e.1 >= threshold);
         for e in out.iter_mut() {
             e.1 = estimate_rtt_ms(dot_to_km(e.1));
         }
-        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        out.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
         // Ties favour headroom: among the leading regions within tie_ms, more free capacity first.
-        if let Some(&(_, best)) = out.first() {
-            let tied = out
-                .iter()
-                .take_while(|e| e.1 - best < self.config.tie_ms)
-                .count();
-            if tied > 1 {
-                out[..tied].sort_by(|a, b| {
-                    let fa = registry.pool(a.0, kind).free;
-                    let fb = registry.pool(b.0, kind).free;
-                    fb.cmp(&fa).then(a.1.total_cmp(&b.1))
-                });
-            }
+        let tied = out
+            .iter()
+            .take_while(|e| e.1 - best < self.config.tie_ms)
+            .count();
+        if tied > 1 {
+            out[..tied].sort_by(|a, b| {
+                let fa = registry.pool(a.0, kind).free;
+                let fb = registry.pool(b.0, kind).free;
+                fb.cmp(&fa).then(a.1.total_cmp(&b.1))
+            });
         }
     }
 
@@ -167,32 +195,34 @@ impl Placer {
         if participants.is_empty() {
             return Err(PlacementError::NoParticipants);
         }
-        let mut ranked = Vec::with_capacity(self.region_vectors.len());
-        self.rank_regions(registry, NodeKind::Media, participants, &mut ranked);
-        let Some(&(preferred, best_rtt)) = ranked.first() else {
-            return Err(PlacementError::NoNodes);
-        };
-        let exclude_idx = exclude.and_then(|id| registry.index_of(id));
-        for &(region, rtt) in &ranked {
-            if rtt > best_rtt + self.config.rtt_budget_ms {
-                break;
+        RANKED.with_borrow_mut(|ranked| {
+            let budget = self.config.rtt_budget_ms;
+            self.rank_regions(registry, NodeKind::Media, participants, budget, ranked);
+            let Some(&(preferred, best_rtt)) = ranked.first() else {
+                return Err(PlacementError::NoNodes);
+            };
+            let exclude_idx = exclude.and_then(|id| registry.index_of(id));
+            for &(region, rtt) in ranked.iter() {
+                if rtt > best_rtt + budget {
+                    break;
+                }
+                let pool = registry.pool(region, NodeKind::Media);
+                if pool.free < cost {
+                    continue;
+                }
+                if let Some(node_idx) = self.pick_in_pool(pool, cost, exclude_idx, rng) {
+                    return Ok(Choice {
+                        node_idx,
+                        region_idx: region,
+                        preferred_region_idx: preferred,
+                        worse_rtt_ms: rtt,
+                    });
+                }
             }
-            let pool = registry.pool(region, NodeKind::Media);
-            if pool.free < cost {
-                continue;
-            }
-            if let Some(node_idx) = self.pick_in_pool(registry, pool, cost, exclude_idx, rng) {
-                return Ok(Choice {
-                    node_idx,
-                    region_idx: region,
-                    preferred_region_idx: preferred,
-                    worse_rtt_ms: rtt,
-                });
-            }
-        }
-        Err(PlacementError::NoCapacity {
-            preferred_region: registry.catalog().regions()[preferred].id.clone(),
-            budget_ms: self.config.rtt_budget_ms,
+            Err(PlacementError::NoCapacity {
+                preferred_region: registry.catalog().regions()[preferred].id.clone(),
+                budget_ms: budget,
+            })
         })
     }
 
@@ -200,16 +230,15 @@ impl Placer {
     /// probes keep missing (a nearly full pool).
     fn pick_in_pool(
         &self,
-        registry: &Registry,
         pool: &Pool,
         cost: u64,
         exclude: Option<u32>,
         rng: &mut impl Rng,
     ) -> Option<u32> {
         let n = pool.serving.len();
-        let fits = |idx: u32| Some(idx) != exclude && registry.at(idx).free() >= cost;
-        let better = |a: u32, b: u32| -> u32 {
-            let (fa, fb) = (registry.at(a).free(), registry.at(b).free());
+        let fits = |pos: usize| pool.node_free[pos] >= cost && Some(pool.serving[pos]) != exclude;
+        let better = |a: usize, b: usize| -> usize {
+            let (fa, fb) = (pool.node_free[a], pool.node_free[b]);
             match self.config.strategy {
                 Strategy::Spread if fb > fa => b,
                 Strategy::Pack if fb < fa => b,
@@ -218,7 +247,7 @@ impl Placer {
         };
         match n {
             0 => return None,
-            1 => return fits(pool.serving[0]).then_some(pool.serving[0]),
+            1 => return fits(0).then_some(pool.serving[0]),
             _ => {}
         }
         for _ in 0..4 {
@@ -227,19 +256,17 @@ impl Placer {
             if j >= i {
                 j += 1;
             }
-            let (a, b) = (pool.serving[i], pool.serving[j]);
-            match (fits(a), fits(b)) {
-                (true, true) => return Some(better(a, b)),
-                (true, false) => return Some(a),
-                (false, true) => return Some(b),
+            match (fits(i), fits(j)) {
+                (true, true) => return Some(pool.serving[better(i, j)]),
+                (true, false) => return Some(pool.serving[i]),
+                (false, true) => return Some(pool.serving[j]),
                 (false, false) => {}
             }
         }
-        pool.serving
-            .iter()
-            .copied()
-            .filter(|&idx| fits(idx))
+        (0..n)
+            .filter(|&pos| fits(pos))
             .reduce(better)
+            .map(|pos| pool.serving[pos])
     }
 
     /// TURN nodes for a participant at `location`: up to `turn_servers_per_participant` SERVING
@@ -251,9 +278,10 @@ impl Placer {
         rng: &mut impl Rng,
     ) -> Vec<u32> {
         let p = [location.unit_vector()];
-        let mut ranked = Vec::with_capacity(self.region_vectors.len());
-        self.rank_regions(registry, NodeKind::Turn, &p, &mut ranked);
-        let Some(&(region, _)) = ranked.first() else {
+        let Some(region) = RANKED.with_borrow_mut(|ranked| {
+            self.rank_regions(registry, NodeKind::Turn, &p, 0.0, ranked);
+            ranked.first().map(|e| e.0)
+        }) else {
             return Vec::new();
         };
         let pool = registry.pool(region, NodeKind::Turn);

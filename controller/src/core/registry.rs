@@ -94,6 +94,8 @@ pub struct NodeEntry {
     pub reserved: u64,
     /// Capacity used as last reported.
     pub used: u64,
+    /// Position of the node in its pool's `serving` list (when SERVING).
+    pub pool_pos: u32,
     /// A state the controller asked for (drain, undrain) that wins over reports until a report
     /// agrees, so a report already on its way cannot undo an operator's drain.
     pub desired: Option<NodeStatus>,
@@ -129,6 +131,9 @@ pub enum RegistryError {
 pub struct Pool {
     /// Indices into the registry's node table.
     pub serving: Vec<u32>,
+    /// Free capacity of each serving node, parallel to `serving`: dense, so placement's random
+    /// probes stay in cache with thousands of nodes.
+    pub node_free: Vec<u64>,
     /// Sum of the serving nodes' free capacity.
     pub free: u64,
 }
@@ -247,12 +252,15 @@ impl Registry {
             reservations: Vec::new(),
             reserved: 0,
             used: 0,
+            pool_pos: 0,
             desired: None,
         };
+        let mut was_serving = false;
         match self.by_id.get(&hello.node_id) {
             Some(&i) => {
                 // A reconnect: keep what the node hosted and the holds for it until its report.
                 let old = std::mem::replace(&mut self.nodes[i], entry);
+                was_serving = old.status == NodeStatus::Serving;
                 let node = &mut self.nodes[i];
                 node.hosted = old.hosted;
                 node.used = old.used;
@@ -264,7 +272,10 @@ impl Registry {
                 self.nodes.push(entry);
             }
         }
-        self.rebuild_pools();
+        // A new node starts outside the pools (STARTING); only a replaced SERVING one leaves them.
+        if was_serving {
+            self.rebuild_pools();
+        }
         Ok(())
     }
 
@@ -314,13 +325,10 @@ impl Registry {
             .collect();
         node.reserved = node.reservations.iter().map(|r| r.cost).sum();
         node.hosted = hosted;
-        let new_free = node.free();
-        let (region_idx, kind, status) = (node.region_idx, node.kind, node.status);
-        if status != old_status {
+        if node.status != old_status {
             self.rebuild_pools();
-        } else if status == NodeStatus::Serving {
-            let pool = &mut self.pools[region_idx][kind_idx(kind)];
-            pool.free = (pool.free + new_free).saturating_sub(old_free);
+        } else {
+            self.free_changed(i, old_free);
         }
         Some(effects)
     }
@@ -404,10 +412,20 @@ impl Registry {
             expires_ms,
         });
         node.reserved += cost;
-        let new_free = node.free();
+        self.free_changed(idx as usize, old_free);
+    }
+
+    /// Keeps the pool's free sum in step after node `i`'s free capacity changed from
+    /// `old_free` (its status unchanged). O(1).
+    fn free_changed(&mut self, i: usize, old_free: u64) {
+        let node = &self.nodes[i];
         if node.status == NodeStatus::Serving {
+            let new_free = node.free();
             let pool = &mut self.pools[node.region_idx][kind_idx(node.kind)];
-            pool.free = pool.free.saturating_sub(old_free - new_free);
+            pool.free = (pool.free + new_free).saturating_sub(old_free);
+            if let Some(f) = pool.node_free.get_mut(node.pool_pos as usize) {
+                *f = new_free;
+            }
         }
     }
 
@@ -435,11 +453,12 @@ impl Registry {
             return;
         };
         let node = &mut self.nodes[i];
+        let old_free = node.free();
         let before = node.reservations.len();
         node.reservations.retain(|r| &r.session != session);
         if node.reservations.len() != before {
             node.reserved = node.reservations.iter().map(|r| r.cost).sum();
-            self.rebuild_pools();
+            self.free_changed(i, old_free);
         }
     }
 
@@ -448,13 +467,16 @@ impl Registry {
         for p in &mut self.pools {
             for k in p.iter_mut() {
                 k.serving.clear();
+                k.node_free.clear();
                 k.free = 0;
             }
         }
-        for (i, n) in self.nodes.iter().enumerate() {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
             if n.status == NodeStatus::Serving {
                 let pool = &mut self.pools[n.region_idx][kind_idx(n.kind)];
+                n.pool_pos = pool.serving.len() as u32;
                 pool.serving.push(i as u32);
+                pool.node_free.push(n.free());
                 pool.free += n.free();
             }
         }

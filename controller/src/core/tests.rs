@@ -558,3 +558,68 @@ fn too_many_or_duplicate_participants_are_refused() {
     ));
     assert!(f.registry().nodes().len() == 2);
 }
+
+/// The pools' cached free capacity always equals what the nodes say, whatever the order of
+/// placements, reports, deletes, drains and deaths.
+#[test]
+fn pool_free_sums_stay_exact_under_random_operations() {
+    use rand::Rng;
+    let (mut f, conns) = fleet(&["eu-west-1", "eu-west-2"], 4, 200);
+    let mut r = rng();
+    let mut live: Vec<SessionId> = Vec::new();
+    for step in 0..2000u64 {
+        let now = step;
+        match r.random_range(0..10) {
+            0..=4 => {
+                if let Ok((p, _)) = f.create_session(now, new_session(&[("a", LONDON)]), &mut r) {
+                    live.push(p.session);
+                }
+            }
+            5 | 6 => {
+                // A node reports a random subset of the sessions placed on it.
+                let (node, conn) = conns[r.random_range(0..conns.len())].clone();
+                let hosted: Vec<HostedSession> = f
+                    .sessions()
+                    .iter()
+                    .filter(|s| s.node == node)
+                    .filter(|_| r.random_bool(0.7))
+                    .map(|s| HostedSession {
+                        id: s.id.clone(),
+                        participants: vec![],
+                        cost: 8,
+                        created_unix_ms: 0,
+                    })
+                    .collect();
+                let state = if r.random_bool(0.1) {
+                    NodeState::Draining
+                } else {
+                    NodeState::Serving
+                };
+                f.on_report(now, conn, &node, report(state, hosted, 200));
+            }
+            7 if !live.is_empty() => {
+                let id = live.swap_remove(r.random_range(0..live.len()));
+                let _ = f.delete_session(now, &id);
+            }
+            8 => {
+                let (node, _) = &conns[r.random_range(0..conns.len())];
+                let _ = f.drain(node, 1);
+                let _ = f.undrain(node);
+            }
+            _ => {
+                f.tick(now);
+            }
+        }
+        let reg = f.registry();
+        for region in 0..reg.catalog().len() {
+            for kind in [NodeKind::Media, NodeKind::Turn] {
+                let pool = reg.pool(region, kind);
+                let sum: u64 = pool.serving.iter().map(|&i| reg.at(i).free()).sum();
+                assert_eq!(pool.free, sum, "step {step}");
+                for (pos, &i) in pool.serving.iter().enumerate() {
+                    assert_eq!(pool.node_free[pos], reg.at(i).free(), "step {step}");
+                }
+            }
+        }
+    }
+}

@@ -25,6 +25,17 @@ pub use state::now_unix_ms;
 use crate::ids::{IdError, NodeId, NodeKind};
 use crate::tls::TlsError;
 
+/// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`) for every
+/// fleet binary; a second call, or a subscriber installed by someone else, is left alone.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Everything a node needs to run, already parsed.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
