@@ -18,6 +18,8 @@ WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+# Nodes killed at the end are expected; keep the shell quiet about them.
+set +m
 
 LINK_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 SECRET=bench-cluster-secret-0123456789
@@ -89,5 +91,10 @@ end
 LUA
 # Warm up, then the measured run.
 wrk -t1 -c"$CONNS" -d3s -s "$WORK/post.lua" "$API" > /dev/null
+if [ -n "${PERF_OUT:-}" ]; then
+  # Optional profile of the controller during the measured run (perf from linux-perf).
+  perf record -F 999 -g -p "${PIDS[0]}" -o "$PERF_OUT" -- sleep $((DURATION - 2)) > /dev/null 2>&1 &
+fi
 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API"
+wait
 echo "controller CPU seconds (utime+stime): $(awk '{print ($14+$15)/100}' /proc/${PIDS[0]}/stat)"
