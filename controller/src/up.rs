@@ -99,7 +99,11 @@ fn node_specs(
         }
         for i in 1..=config.up.turn_per_region {
             let node_id = format!("turn-{region}-{i}");
-            let (mut args, env) = common("TURN_NODE", &node_id, config.up.turn_capacity);
+            let (mut args, mut env) = common("TURN_NODE", &node_id, config.up.turn_capacity);
+            env.push(("TURN_NODE_AUTH_SECRET".into(), config.turn.secret.clone()));
+            // Everything runs on loopback here, so the relay must be allowed to reach it
+            // (production TURN nodes refuse loopback and private peers).
+            env.push(("TURN_NODE_ALLOW_PEER".into(), "127.0.0.0/8".into()));
             args.extend(["--turn-port".to_string(), free_udp_port()?.to_string()]);
             specs.push(LocalNodeSpec {
                 kind: NodeKind::Turn,

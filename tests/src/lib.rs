@@ -320,7 +320,8 @@ impl Controller {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if kind == "turn-node" {
-            cmd.args(["--turn-port", &free_udp_port().to_string()]);
+            cmd.args(["--turn-port", &free_udp_port().to_string()])
+                .env("TURN_NODE_AUTH_SECRET", TURN_SECRET);
         }
         let child = cmd.spawn().with_context(|| format!("start {kind}"))?;
         Ok(Proc {
