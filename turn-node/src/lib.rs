@@ -1,25 +1,71 @@
-//! The TURN node: for now a real process that registers with the controller, reports its load
-//! and obeys drains. Its data plane, the TURN relay (RFC 8656) on the `turn` crate, comes in a
-//! later issue: this stub advertises `turn:<public-ip>:<turn-port>?transport=udp` and
-//! `?transport=tcp` but does not listen on the TURN port yet.
+//! The TURN node: a TURN relay (RFC 8656) on the `turn` crate that registers with the
+//! controller, reports its allocations and traffic, and obeys drains.
 //!
-//! Everything it shares with the media node (session state, drain rules, HTTP health/metrics,
-//! the controller link) lives in `fleet_proto::node`; this crate maps its command line onto it.
+//! It listens for TURN on UDP and TCP (same port) and optionally TLS (`turns:`), accepts only
+//! coturn-style REST credentials ([`auth`]), enforces per-user and total allocation quotas
+//! ([`quota`]) and refuses to relay into private, loopback, link-local and metadata addresses
+//! ([`policy`]). The [`gate`] in front of each listener adds all that to the crate's server;
+//! [`relay`] wires listeners, gates and servers together and is the node's data plane.
+//! Everything it shares with the media node (drain rules, HTTP health/metrics, the controller
+//! link) lives in `fleet_proto::node`.
+//!
+//! Start-up prints `LISTENING http=<addr>` and then `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`.
+//! The crate's own logs (full client addresses, one line per bad packet) are off unless
+//! `RUST_LOG` asks for them (e.g. `RUST_LOG=info,turn=debug`; `turn_node=debug` shows the
+//! gate's decisions with addresses cut to /24 or /48).
+
+pub mod auth;
+pub mod framing;
+pub mod gate;
+pub mod inspect;
+pub mod policy;
+pub mod quota;
+pub mod ratelimit;
+pub mod redact;
+pub mod relay;
+pub mod stats;
+pub mod stream;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use fleet_proto::ids::{NodeId, NodeKind};
 use fleet_proto::node::{Node, NodeConfig, default_node_id};
+use ipnet::IpNet;
+
+use crate::auth::Secrets;
+use crate::policy::PeerPolicy;
+use crate::relay::{Relay, RelayConfig};
+
+/// Default log filter: ours at info, the `turn` crate's silent. (A bare `turn` directive would
+/// also match `turn_node`: filter targets match by prefix.)
+const DEFAULT_LOG_FILTER: &str = "info,turn::server=off,turn::allocation=off,turn::relay=off,\
+    turn::client=off,turn::auth=off,turn::proto=off";
+
+fn parse_secrets(s: &str) -> Result<Secrets, String> {
+    Secrets::parse(s).map_err(|e| e.to_string())
+}
+
+/// The `--allow-peer` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList(pub Vec<IpNet>);
+
+fn parse_allow_list(s: &str) -> Result<AllowList, String> {
+    PeerPolicy::parse_allow_list(s)
+        .map(AllowList)
+        .map_err(|e| e.to_string())
+}
 
 /// Command line of `turn-node` (every flag also from `TURN_NODE_<FLAG>`).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "turn-node",
     version,
-    about = "Fleet TURN node (TURN relay; data plane pending)"
+    about = "Fleet TURN node (TURN relay with REST credentials, quotas and a peer policy)"
 )]
 pub struct Args {
     /// Fleet-unique node id [default: turn-<region>-<6 random hex>].
@@ -60,9 +106,51 @@ pub struct Args {
     #[arg(long, env = "TURN_NODE_REPORT_INTERVAL_MS", default_value_t = 1000,
         value_parser = clap::value_parser!(u64).range(100..))]
     pub report_interval_ms: u64,
-    /// TURN port advertised to clients (UDP and TCP; not listened on by this stub yet).
+    /// TURN port, UDP and TCP (0: any free port, the same for both).
     #[arg(long, env = "TURN_NODE_TURN_PORT", default_value_t = 3478)]
     pub turn_port: u16,
+    /// TURN-over-TLS port (`turns:`); needs --tls-cert and --tls-key.
+    #[arg(long, env = "TURN_NODE_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain for TURN over TLS.
+    #[arg(long, env = "TURN_NODE_TLS_CERT", requires = "tls_port")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TURN over TLS.
+    #[arg(long, env = "TURN_NODE_TLS_KEY", requires = "tls_port")]
+    pub tls_key: Option<PathBuf>,
+    /// IPv4 address the TURN listeners and relay sockets bind to (0.0.0.0 on a server).
+    #[arg(long, env = "TURN_NODE_LISTEN_IP", default_value = "127.0.0.1")]
+    pub listen_ip: IpAddr,
+    /// Relay address told to clients (the public IP behind a 1:1 NAT) [default: --public-ip].
+    #[arg(long, env = "TURN_NODE_RELAY_IP")]
+    pub relay_ip: Option<IpAddr>,
+    /// Lowest relay port.
+    #[arg(long, env = "TURN_NODE_RELAY_MIN_PORT", default_value_t = 49152,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub relay_min_port: u16,
+    /// Highest relay port.
+    #[arg(long, env = "TURN_NODE_RELAY_MAX_PORT", default_value_t = 65535,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub relay_max_port: u16,
+    /// TURN realm.
+    #[arg(long, env = "TURN_NODE_REALM", default_value = "fleet")]
+    pub realm: String,
+    /// TURN REST shared secrets, comma-separated; every one is accepted (for rotation).
+    #[arg(long, env = "TURN_NODE_AUTH_SECRET", hide_env_values = true,
+        value_parser = parse_secrets)]
+    pub auth_secret: Secrets,
+    /// Live allocations one user may hold.
+    #[arg(long, env = "TURN_NODE_USER_QUOTA", default_value_t = 12,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub user_quota: u64,
+    /// Live allocations the node holds at most.
+    #[arg(long, env = "TURN_NODE_TOTAL_QUOTA", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub total_quota: u64,
+    /// Peer networks allowed although denied by default, comma-separated CIDRs
+    /// (e.g. 127.0.0.0/8 for tests).
+    #[arg(long, env = "TURN_NODE_ALLOW_PEER", default_value = "", value_parser = parse_allow_list)]
+    pub allow_peer: AllowList,
     /// Seconds a SIGTERM/SIGINT drain may last before remaining sessions are cut.
     #[arg(long, env = "TURN_NODE_DRAIN_GRACE_SECS", default_value_t = 600)]
     pub drain_grace_secs: u64,
@@ -100,29 +188,81 @@ impl Args {
         })
     }
 
-    /// The TURN URLs this node advertises.
+    /// The TURN URLs this node advertises, for the configured ports.
     pub fn addresses(&self) -> Vec<String> {
-        let turn = SocketAddr::new(self.public_ip, self.turn_port);
-        vec![
+        self.addresses_for(self.turn_port, self.tls_port)
+    }
+
+    /// The TURN URLs for these (bound) ports: UDP and TCP on `turn_port`, TLS on `tls_port`.
+    pub fn addresses_for(&self, turn_port: u16, tls_port: Option<u16>) -> Vec<String> {
+        let turn = SocketAddr::new(self.public_ip, turn_port);
+        let mut urls = vec![
             format!("turn:{turn}?transport=udp"),
             format!("turn:{turn}?transport=tcp"),
-        ]
+        ];
+        if let Some(port) = tls_port {
+            urls.push(format!(
+                "turns:{}?transport=tcp",
+                SocketAddr::new(self.public_ip, port)
+            ));
+        }
+        urls
+    }
+
+    /// The relay configuration these arguments describe (loads the TLS certificate).
+    pub fn relay_config(&self) -> anyhow::Result<RelayConfig> {
+        anyhow::ensure!(
+            self.relay_min_port <= self.relay_max_port,
+            "--relay-min-port {} is above --relay-max-port {}",
+            self.relay_min_port,
+            self.relay_max_port
+        );
+        let tls = match (self.tls_port, &self.tls_cert, &self.tls_key) {
+            (Some(port), Some(cert), Some(key)) => Some((
+                port,
+                tls::acceptor(cert, key).context("--tls-cert/--tls-key")?,
+            )),
+            (None, None, None) => None,
+            _ => anyhow::bail!("--tls-port, --tls-cert and --tls-key go together"),
+        };
+        Ok(RelayConfig {
+            listen_ip: self.listen_ip,
+            relay_ip: self.relay_ip.unwrap_or(self.public_ip),
+            turn_port: self.turn_port,
+            tls,
+            relay_ports: (self.relay_min_port, self.relay_max_port),
+            realm: self.realm.clone(),
+            secrets: self.auth_secret.clone(),
+            user_quota: usize::try_from(self.user_quota).unwrap_or(usize::MAX),
+            total_quota: usize::try_from(self.total_quota).unwrap_or(usize::MAX),
+            policy: PeerPolicy::new(self.allow_peer.0.clone()),
+        })
     }
 }
 
-/// Runs the TURN node until it has drained (or a second signal); prints `LISTENING http=<addr>`.
+/// Runs the TURN node until it has drained (or a second signal); prints `LISTENING http=<addr>`
+/// and `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.node_config()?;
+    let relay_config = args.relay_config()?;
     let node = Node::bind(config).await?;
-    let exit = node.run(args.addresses(), axum::Router::new()).await?;
+    let relay = Relay::start(relay_config).await?;
+    let addresses = args.addresses_for(relay.udp_addr().port(), relay.tls_addr().map(|a| a.port()));
+    let result = node
+        .run_with(addresses, axum::Router::new(), relay.clone() as Arc<_>)
+        .await;
+    relay.shutdown().await;
+    let exit = result?;
     tracing::info!(?exit, "turn node stopped");
     Ok(())
 }
 
-/// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`); a second
-/// call, or a subscriber installed by someone else, is left alone.
+/// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info` with the
+/// `turn` crate's own per-packet logs off) and the ring TLS provider; a second call, or a
+/// subscriber or provider installed by someone else, is left alone.
 pub fn init_process() {
-    fleet_proto::node::init_tracing();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    fleet_proto::node::init_tracing_with_default(DEFAULT_LOG_FILTER);
 }
 
 #[cfg(test)]
@@ -142,6 +282,8 @@ mod tests {
             "c.pem",
             "--cluster-secret",
             "s",
+            "--auth-secret",
+            "a",
         ])
         .expect("parse");
         let config = args.node_config().expect("config");
@@ -151,6 +293,16 @@ mod tests {
         assert_eq!(config.report_interval, Duration::from_secs(1));
         assert_eq!(config.drain_grace, Duration::from_secs(600));
         assert_eq!(config.controller_name, "fleet-controller");
+        let relay = args.relay_config().expect("relay config");
+        assert_eq!(relay.turn_port, 3478);
+        assert_eq!(relay.relay_ports, (49152, 65535));
+        assert_eq!(relay.realm, "fleet");
+        assert_eq!(relay.user_quota, 12);
+        assert_eq!(relay.total_quota, 10_000);
+        assert_eq!(relay.relay_ip, args.public_ip);
+        assert_eq!(relay.listen_ip.to_string(), "127.0.0.1");
+        assert!(relay.tls.is_none());
+        assert!(relay.policy.allow_list().is_empty());
         assert_eq!(
             args.addresses(),
             vec![
@@ -172,6 +324,8 @@ mod tests {
             "c.pem",
             "--cluster-secret",
             "s",
+            "--auth-secret",
+            "a,b",
         ];
         let with = |extra: &[&str]| {
             Args::try_parse_from(base.iter().copied().chain(extra.iter().copied())).is_ok()
@@ -182,5 +336,70 @@ mod tests {
         assert!(!with(&["--node-id", "bad id"]));
         assert!(!with(&["--public-ip", "nope"]));
         assert!(!with(&["--turn-port", "70000"]));
+        assert!(with(&["--allow-peer", "127.0.0.0/8,::1"]));
+        assert!(!with(&["--allow-peer", "localhost"]));
+        assert!(!with(&["--auth-secret", " , "]));
+        assert!(!with(&["--user-quota", "0"]));
+        assert!(!with(&["--relay-min-port", "0"]));
+        assert!(!with(&["--tls-port", "5349"]), "TLS needs a certificate");
+        assert!(
+            !with(&["--tls-cert", "c.pem"]),
+            "a certificate needs a port"
+        );
+        assert!(with(&[
+            "--tls-port",
+            "5349",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ]));
+        // --auth-secret is required.
+        assert!(Args::try_parse_from(base.iter().copied().take(base.len() - 2)).is_err());
+        let args = Args::try_parse_from(base.iter().copied().chain([
+            "--relay-min-port",
+            "6000",
+            "--relay-max-port",
+            "5000",
+        ]))
+        .expect("parses");
+        assert!(args.relay_config().is_err(), "inverted relay range");
+    }
+
+    #[test]
+    fn advertises_tls_when_configured() {
+        let args = Args::try_parse_from([
+            "turn-node",
+            "--region",
+            "r",
+            "--controller",
+            "c:1",
+            "--controller-cert",
+            "c.pem",
+            "--cluster-secret",
+            "s",
+            "--auth-secret",
+            "a",
+            "--public-ip",
+            "203.0.113.9",
+            "--turn-port",
+            "3478",
+            "--tls-port",
+            "5349",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .expect("parse");
+        assert_eq!(
+            args.addresses(),
+            vec![
+                "turn:203.0.113.9:3478?transport=udp".to_owned(),
+                "turn:203.0.113.9:3478?transport=tcp".to_owned(),
+                "turns:203.0.113.9:5349?transport=tcp".to_owned(),
+            ]
+        );
+        assert_eq!(args.addresses_for(4000, None).len(), 2);
     }
 }

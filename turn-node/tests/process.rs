@@ -1,6 +1,6 @@
 //! Runs the real `turn-node` binary configured only through `TURN_NODE_*` environment
-//! variables: it registers with its TURN addresses, is ready once connected, and exits 0 on
-//! SIGTERM when it hosts nothing.
+//! variables: it prints its HTTP and TURN addresses, registers with its TURN URLs (on the
+//! bound port), is ready once connected, and exits 0 on SIGTERM when it relays nothing.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -64,7 +64,8 @@ async fn configured_by_env_registers_and_exits_on_sigterm() {
         .env("TURN_NODE_CONTROLLER_CERT", &cert)
         .env("TURN_NODE_CLUSTER_SECRET", "turn-secret")
         .env("TURN_NODE_CAPACITY", "77")
-        .env("TURN_NODE_TURN_PORT", "3479")
+        .env("TURN_NODE_TURN_PORT", "0")
+        .env("TURN_NODE_AUTH_SECRET", "rest-secret")
         .env("TURN_NODE_PUBLIC_IP", "198.51.100.4")
         .env("TURN_NODE_REPORT_INTERVAL_MS", "100")
         .stdout(Stdio::piped())
@@ -73,15 +74,29 @@ async fn configured_by_env_registers_and_exits_on_sigterm() {
         .spawn()
         .expect("spawn turn-node");
     let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::time::timeout(WAIT, BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("line in time")
-        .expect("read")
-        .expect("a line");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("line in time")
+            .expect("read")
+            .expect("a line")
+    };
+    let line = next_line().await;
     let http = line
         .strip_prefix("LISTENING http=")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    let line = next_line().await;
+    let rest = line
+        .strip_prefix("TURN udp=127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+    let (port, tcp) = rest.split_once(' ').expect("two addresses");
+    assert_eq!(
+        tcp,
+        format!("tcp=127.0.0.1:{port}"),
+        "UDP and TCP share the port"
+    );
 
     let hello = tokio::time::timeout(WAIT, hellos.recv())
         .await
@@ -98,8 +113,8 @@ async fn configured_by_env_registers_and_exits_on_sigterm() {
     assert_eq!(
         hello.addresses,
         vec![
-            "turn:198.51.100.4:3479?transport=udp".to_owned(),
-            "turn:198.51.100.4:3479?transport=tcp".to_owned()
+            format!("turn:198.51.100.4:{port}?transport=udp"),
+            format!("turn:198.51.100.4:{port}?transport=tcp")
         ]
     );
     let ready = tokio::time::timeout(WAIT, async {

@@ -3,9 +3,10 @@
 //!
 //! A node binary maps its command line into a [`NodeConfig`], calls [`Node::bind`], builds its
 //! advertised addresses from the bound HTTP port, and calls [`Node::run`] with its data plane's
-//! extra HTTP routes.
+//! extra HTTP routes ([`Node::run_with`] also takes a [`DataPlane`] hook).
 
 pub mod core;
+pub mod data_plane;
 mod http;
 pub mod process;
 pub mod runtime;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rand::Rng;
 
 pub use self::core::{CommandError, ExitReason, NodeCore};
+pub use data_plane::{DataPlane, NoDataPlane};
 pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 
@@ -28,8 +30,14 @@ use crate::tls::TlsError;
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`) for every
 /// fleet binary; a second call, or a subscriber installed by someone else, is left alone.
 pub fn init_tracing() {
+    init_tracing_with_default("info");
+}
+
+/// Like [`init_tracing`], with `default_filter` (an `EnvFilter` directive such as
+/// `info,turn=off`) used when `RUST_LOG` is unset.
+pub fn init_tracing_with_default(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

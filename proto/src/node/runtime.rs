@@ -3,8 +3,9 @@
 //! Life: [`Node::bind`] loads the pinned certificate, resolves the controller and binds the HTTP
 //! listener (so the caller learns the port for its advertised addresses); [`Node::run`] prints
 //! `LISTENING http=<addr>`, reports to the controller until the node should exit, and returns:
-//! when draining with no sessions, when the drain deadline passes, or at a second SIGTERM/SIGINT
-//! (the first one starts a drain with deadline now + drain grace).
+//! when draining with no sessions (and no live data-plane work, see [`DataPlane::active`]), when
+//! the drain deadline passes, or at a second SIGTERM/SIGINT (the first one starts a drain with
+//! deadline now + drain grace).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::core::{ExitReason, NodeCore};
+use super::data_plane::{DataPlane, NoDataPlane};
 use super::http::router;
 use super::state::{NodeShared, now_unix_ms};
 use super::{NodeConfig, NodeError};
@@ -92,6 +94,18 @@ impl Node {
     /// Runs the node until it should exit. `addresses` go into the hello; `routes` are merged
     /// into the HTTP server (a data plane's own endpoints).
     pub async fn run(self, addresses: Vec<String>, routes: Router) -> Result<NodeExit, NodeError> {
+        self.run_with(addresses, routes, Arc::new(NoDataPlane))
+            .await
+    }
+
+    /// [`Node::run`] with a data plane: its figures go into every report, it learns about drains
+    /// at once, and a draining node waits for its live work to end (or the deadline).
+    pub async fn run_with(
+        self,
+        addresses: Vec<String>,
+        routes: Router,
+        data_plane: Arc<dyn DataPlane>,
+    ) -> Result<NodeExit, NodeError> {
         let Node {
             config,
             listener,
@@ -111,6 +125,7 @@ impl Node {
             config.zone.clone(),
             core,
             status_rx,
+            data_plane.clone(),
         ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
@@ -127,7 +142,7 @@ impl Node {
                 .with_graceful_shutdown(stopped())
                 .into_future(),
         );
-        announce(http_addr);
+        announce(http_addr, &data_plane.announce());
         tracing::info!(node = %config.node_id, kind = %config.kind, http = %http_addr,
             controller = %controller, "node started");
 
@@ -172,7 +187,9 @@ impl Node {
                     for session in expired {
                         tracing::info!(%session, "dropped idle session");
                     }
+                    shared.sync_data_plane();
                     match exit {
+                        Some(ExitReason::Drained) if data_plane.active() > 0 => continue,
                         Some(ExitReason::Drained) => break NodeExit::Drained,
                         Some(ExitReason::DeadlinePassed) => break NodeExit::DeadlinePassed,
                         None => continue,
@@ -186,10 +203,16 @@ impl Node {
             let deadline = now_unix_ms()
                 .saturating_add(u64::try_from(config.drain_grace.as_millis()).unwrap_or(u64::MAX));
             shared.with_core(|core| core.drain(deadline));
+            shared.sync_data_plane();
             tracing::info!(deadline_unix_ms = deadline, "signal: draining");
         };
         let sessions = shared.with_core(|core| core.session_count());
-        tracing::info!(?exit, sessions, "node exiting");
+        tracing::info!(
+            ?exit,
+            sessions,
+            active = data_plane.active(),
+            "node exiting"
+        );
 
         let _ = stop_tx.send(true);
         if tokio::time::timeout(STOP_GRACE, reporter).await.is_err() {
@@ -205,10 +228,13 @@ impl Node {
     }
 }
 
-/// Prints the line process supervisors and tests wait for.
-fn announce(http_addr: SocketAddr) {
+/// Prints the line process supervisors and tests wait for, then the data plane's own lines.
+fn announce(http_addr: SocketAddr, extra: &[String]) {
     let mut out = std::io::stdout().lock();
     // If stdout is closed nobody is waiting for the line; the node still runs.
     let _ = writeln!(out, "LISTENING http={http_addr}");
+    for line in extra {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = out.flush();
 }

@@ -1,12 +1,13 @@
 //! The state a running node shares between its link reporter, HTTP server and main loop.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::core::NodeCore;
+use super::data_plane::DataPlane;
 use super::process::ProcessSampler;
 use super::telemetry::NodeMetrics;
 use crate::ids::{NodeId, NodeKind, NodeState};
@@ -56,6 +57,7 @@ pub struct NodeShared {
     sampler: Mutex<ProcessSampler>,
     link: watch::Receiver<LinkStatus>,
     pub(crate) metrics: NodeMetrics,
+    data_plane: Arc<dyn DataPlane>,
 }
 
 /// Locks `m`, recovering the data if a panicking thread poisoned it.
@@ -71,6 +73,7 @@ impl NodeShared {
         zone: String,
         core: NodeCore,
         link: watch::Receiver<LinkStatus>,
+        data_plane: Arc<dyn DataPlane>,
     ) -> Self {
         let metrics = NodeMetrics::new(&node_id, kind);
         Self {
@@ -82,7 +85,19 @@ impl NodeShared {
             sampler: Mutex::new(ProcessSampler::new()),
             link,
             metrics,
+            data_plane,
         }
+    }
+
+    /// The data plane hook.
+    pub fn data_plane(&self) -> &dyn DataPlane {
+        self.data_plane.as_ref()
+    }
+
+    /// Tells the data plane whether the node is draining now.
+    pub fn sync_data_plane(&self) {
+        let draining = self.with_core(|core| core.state() == NodeState::Draining);
+        self.data_plane.set_draining(draining);
     }
 
     /// Runs `f` on the node core under its lock.
@@ -124,6 +139,8 @@ impl NodeShared {
             )
         });
         let connected = self.connected();
+        let mut load = Load::default();
+        self.data_plane.fill_load(&mut load);
         self.metrics.record(|| {
             let state_value = match state {
                 NodeState::Starting => 0.0,
@@ -138,6 +155,10 @@ impl NodeShared {
             metrics::gauge!("fleet_node_link_connected").set(if connected { 1.0 } else { 0.0 });
             metrics::gauge!("fleet_node_cpu_ratio").set(f64::from(usage.cpu));
             metrics::gauge!("fleet_node_memory_bytes").set(usage.memory_bytes as f64);
+            metrics::gauge!("fleet_node_allocations").set(load.allocations as f64);
+            metrics::gauge!("fleet_node_relayed_bytes").set(load.relayed_bytes as f64);
+            metrics::gauge!("fleet_node_packets_in").set(load.packets_in as f64);
+            metrics::gauge!("fleet_node_packets_out").set(load.packets_out as f64);
         });
         self.metrics.render()
     }
@@ -156,7 +177,7 @@ fn command_name(command: &Command) -> &'static str {
 impl ReportSource for NodeShared {
     fn report(&self) -> Report {
         let usage = lock(&self.sampler).sample();
-        self.with_core(|core| Report {
+        let mut report = self.with_core(|core| Report {
             seq: 0,
             state: core.state(),
             sessions: core.sessions(),
@@ -167,7 +188,9 @@ impl ReportSource for NodeShared {
                 capacity_total: core.capacity_total(),
                 ..Load::default()
             },
-        })
+        });
+        self.data_plane.fill_load(&mut report.load);
+        report
     }
 
     fn on_command(&self, command: Command) -> Result<(), String> {
@@ -175,6 +198,7 @@ impl ReportSource for NodeShared {
         let result = self
             .with_core(|core| core.apply(command, now_unix_ms()))
             .map_err(|e| e.to_string());
+        self.sync_data_plane();
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         self.metrics.record(|| {
             metrics::counter!("fleet_node_commands_total", "command" => name, "result" => outcome)

@@ -1,0 +1,664 @@
+//! The gate: the `webrtc_util::Conn` the `turn` server reads from and writes to, standing
+//! between it and one listener (the UDP socket, or the TCP/TLS [`StreamHub`]). The `turn` crate
+//! has no quotas, no peer filter and no drain, and logs every bad packet; the gate adds them:
+//!
+//! - drops garbage (neither STUN nor ChannelData, undecodable STUN, responses, unknown methods)
+//!   before the server sees it;
+//! - rate-limits requests that make the server mint a nonce (unauthenticated or failing
+//!   authentication), per source and in total;
+//! - verifies MESSAGE-INTEGRITY against every REST secret ([`Credentials::verify`]) so the
+//!   server's auth handler can hand back the key that matched;
+//! - answers itself, with MESSAGE-INTEGRITY when the request authenticated: 403 to Allocate
+//!   while draining, 486/508 past the user/total quota, 403 to CreatePermission/ChannelBind
+//!   for a denied peer, 420 for unknown comprehension-required attributes; drops Send
+//!   indications to denied peers;
+//! - counts packets and relayed bytes, and learns of new allocations from the Allocate success
+//!   responses going out (and, on streams, deletes a connection's allocation when it closes,
+//!   with a Refresh of lifetime 0 authenticated like the client's last request).
+//!
+//! The server calls `close()` on its listener conn whenever an allocation ends, so `close` does
+//! nothing here; the server's own `close()` stops its loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use stun::attributes::ATTR_MESSAGE_INTEGRITY;
+use stun::message::{
+    CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
+};
+use tokio::net::UdpSocket;
+use webrtc_util::Conn;
+
+use crate::auth::{Credentials, Verified, now_unix};
+use crate::inspect::{
+    ALLOCATE_ERROR, ALLOCATE_SUCCESS, DATA_INDICATION, Packet, classify, data_len, decode,
+    error_response, peer_addresses, refresh_zero, transaction_id, unknown_required,
+};
+use crate::policy::PeerPolicy;
+use crate::quota::{Allocations, Transport};
+use crate::ratelimit::{Limits, RateLimiter};
+use crate::redact::masked;
+use crate::stats::Stats;
+use crate::stream::{Inbound, Sent, StreamHub};
+
+/// Allocate requests awaiting their response, per gate, before the table is reset.
+const MAX_PENDING: usize = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// State every gate of the node shares.
+pub struct GateShared {
+    credentials: Arc<Credentials>,
+    policy: PeerPolicy,
+    allocations: Mutex<Allocations>,
+    limiter: Mutex<RateLimiter>,
+    draining: AtomicBool,
+    stats: Stats,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for GateShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateShared")
+            .field("policy", &self.policy)
+            .field("draining", &self.draining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GateShared {
+    /// Shared gate state with these credentials, peer policy and quotas.
+    pub fn new(
+        credentials: Arc<Credentials>,
+        policy: PeerPolicy,
+        user_quota: usize,
+        total_quota: usize,
+    ) -> Self {
+        Self {
+            credentials,
+            policy,
+            allocations: Mutex::new(Allocations::new(user_quota, total_quota)),
+            limiter: Mutex::new(RateLimiter::new(Limits::default(), 0.0)),
+            draining: AtomicBool::new(false),
+            stats: Stats::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Sets the drain flag; returns the previous value.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        self.draining.swap(draining, Ordering::Relaxed)
+    }
+
+    /// Whether new allocations are refused.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The live allocations.
+    pub fn allocations(&self) -> MutexGuard<'_, Allocations> {
+        lock(&self.allocations)
+    }
+
+    /// The traffic counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    fn allow_nonce_request(&self, src: SocketAddr) -> bool {
+        let now = self.epoch.elapsed().as_secs_f64();
+        lock(&self.limiter).allow(src.ip(), now)
+    }
+}
+
+/// The socket or hub under a gate.
+#[derive(Debug)]
+pub enum Listener {
+    /// A UDP socket.
+    Udp(UdpSocket),
+    /// TCP or TLS connections.
+    Stream(Arc<StreamHub>),
+}
+
+/// What to do with a packet from a client.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop(&'static str),
+    Reply(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Pending {
+    transaction_id: [u8; 12],
+    user: String,
+}
+
+/// One listener's gate (see the module docs).
+pub struct Gate {
+    listener: Listener,
+    transport: Transport,
+    local: SocketAddr,
+    shared: Arc<GateShared>,
+    pending: Mutex<HashMap<SocketAddr, Pending>>,
+    stream_auth: Mutex<HashMap<SocketAddr, Verified>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("transport", &self.transport)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// A gate over `listener`.
+    pub fn new(listener: Listener, shared: Arc<GateShared>) -> io::Result<Self> {
+        let (transport, local) = match &listener {
+            Listener::Udp(socket) => (Transport::Udp, socket.local_addr()?),
+            Listener::Stream(hub) => (hub.transport(), hub.local_addr()),
+        };
+        Ok(Self {
+            listener,
+            transport,
+            local,
+            shared,
+            pending: Mutex::new(HashMap::new()),
+            stream_auth: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The transport this gate serves.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Sends to a client; false if it was dropped.
+    async fn transmit(&self, buf: &[u8], to: SocketAddr) -> bool {
+        let sent = match &self.listener {
+            Listener::Udp(socket) => match socket.send_to(buf, to).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(client = %masked(to), error = %e, "UDP send failed");
+                    false
+                }
+            },
+            Listener::Stream(hub) => hub.send(buf, to) == Sent::Queued,
+        };
+        if sent {
+            self.shared.stats.sent(buf.len());
+        } else {
+            self.shared.stats.dropped();
+        }
+        sent
+    }
+
+    /// Decides about one packet from a client.
+    fn inspect(&self, buf: &[u8], src: SocketAddr) -> Verdict {
+        match classify(buf) {
+            Packet::ChannelData { payload_len, .. } => {
+                self.shared.stats.relayed(payload_len);
+                Verdict::Pass
+            }
+            Packet::Garbage => Verdict::Drop("not STUN or ChannelData"),
+            Packet::Stun { .. } => {
+                let Some(m) = decode(buf) else {
+                    return Verdict::Drop("malformed STUN");
+                };
+                match (m.typ.class, m.typ.method) {
+                    (CLASS_INDICATION, METHOD_SEND) => self.inspect_send(&m, buf),
+                    (CLASS_REQUEST, METHOD_BINDING) => Verdict::Pass,
+                    (
+                        CLASS_REQUEST,
+                        METHOD_ALLOCATE
+                        | METHOD_REFRESH
+                        | METHOD_CREATE_PERMISSION
+                        | METHOD_CHANNEL_BIND,
+                    ) => self.inspect_request(&m, src),
+                    _ => Verdict::Drop("unexpected STUN class or method"),
+                }
+            }
+        }
+    }
+
+    fn inspect_send(&self, m: &Message, raw: &[u8]) -> Verdict {
+        let peers = peer_addresses(m);
+        if peers.is_empty() {
+            return Verdict::Drop("Send indication without peer");
+        }
+        for peer in peers {
+            match peer {
+                None => return Verdict::Drop("undecodable XOR-PEER-ADDRESS"),
+                Some(peer) if self.shared.policy.check(peer.ip()).is_err() => {
+                    return Verdict::Drop("Send indication to a denied peer");
+                }
+                Some(_) => {}
+            }
+        }
+        self.shared.stats.relayed(data_len(raw).unwrap_or(0));
+        Verdict::Pass
+    }
+
+    fn refuse(m: &Message, code: u16, reason: &str, key: Option<&[u8]>) -> Verdict {
+        match error_response(m, code, reason, &[], key) {
+            Some(raw) => Verdict::Reply(raw),
+            None => Verdict::Drop("cannot build the error response"),
+        }
+    }
+
+    fn inspect_request(&self, m: &Message, src: SocketAddr) -> Verdict {
+        let allocate = m.typ.method == METHOD_ALLOCATE;
+        let draining = self.shared.draining();
+        let verified = if m.contains(ATTR_MESSAGE_INTEGRITY) {
+            self.shared.credentials.verify(m, now_unix())
+        } else {
+            Err(crate::auth::AuthError::Missing("MESSAGE-INTEGRITY"))
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                if allocate && draining {
+                    return Self::refuse(m, 403, "Forbidden: draining", None);
+                }
+                // The server answers 401/438 with a fresh nonce (kept forever), or 400.
+                if !self.shared.allow_nonce_request(src) {
+                    return Verdict::Drop("unauthenticated request rate limit");
+                }
+                tracing::trace!(client = %masked(src), reason = %e, "unauthenticated request");
+                return Verdict::Pass;
+            }
+        };
+        let key = Some(verified.key.as_slice());
+        let unknown = unknown_required(m);
+        if !unknown.is_empty() {
+            return match error_response(m, 420, "Unknown Attribute", &unknown, key) {
+                Some(raw) => Verdict::Reply(raw),
+                None => Verdict::Drop("cannot build the error response"),
+            };
+        }
+        match m.typ.method {
+            METHOD_ALLOCATE => {
+                if draining {
+                    tracing::debug!(client = %masked(src), "Allocate refused: draining");
+                    return Self::refuse(m, 403, "Forbidden: draining", key);
+                }
+                let allocation = (self.transport, src);
+                if let Err(e) = self.shared.allocations().check(&allocation, &verified.user) {
+                    tracing::debug!(client = %masked(src), error = %e, "Allocate refused");
+                    let reason = match e.code() {
+                        486 => "Allocation Quota Reached",
+                        _ => "Insufficient Capacity",
+                    };
+                    return Self::refuse(m, e.code(), reason, key);
+                }
+                let mut pending = lock(&self.pending);
+                if pending.len() >= MAX_PENDING {
+                    pending.clear();
+                }
+                pending.insert(
+                    src,
+                    Pending {
+                        transaction_id: m.transaction_id.0,
+                        user: verified.user.clone(),
+                    },
+                );
+            }
+            METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
+                for peer in peer_addresses(m) {
+                    let Some(peer) = peer else {
+                        return Self::refuse(m, 400, "Bad Request", key);
+                    };
+                    if let Err(denied) = self.shared.policy.check(peer.ip()) {
+                        tracing::debug!(client = %masked(src), peer = %masked(peer),
+                            range = denied.as_str(), "peer refused");
+                        return Self::refuse(m, 403, "Forbidden", key);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.transport != Transport::Udp {
+            lock(&self.stream_auth).insert(src, verified);
+        }
+        Verdict::Pass
+    }
+
+    /// Watches what the server sends: relayed bytes, and Allocate responses.
+    fn observe_outgoing(&self, buf: &[u8], to: SocketAddr) {
+        match classify(buf) {
+            Packet::ChannelData { payload_len, .. } => self.shared.stats.relayed(payload_len),
+            Packet::Stun {
+                typ: DATA_INDICATION,
+            } => self.shared.stats.relayed(data_len(buf).unwrap_or(0)),
+            Packet::Stun {
+                typ: typ @ (ALLOCATE_SUCCESS | ALLOCATE_ERROR),
+            } => {
+                let pending = {
+                    let mut pending = lock(&self.pending);
+                    match pending.get(&to) {
+                        Some(p) if Some(p.transaction_id) == transaction_id(buf) => {
+                            pending.remove(&to)
+                        }
+                        _ => None,
+                    }
+                };
+                if let (ALLOCATE_SUCCESS, Some(p)) = (typ, pending) {
+                    let total = {
+                        let mut allocations = self.shared.allocations();
+                        allocations.insert((self.transport, to), &p.user);
+                        allocations.len()
+                    };
+                    tracing::debug!(transport = self.transport.as_str(), client = %masked(to),
+                        allocations = total, "allocation created");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A stream connection ended: the Refresh(0) that deletes its allocation, if it has one.
+    fn on_closed(&self, src: SocketAddr) -> Option<Vec<u8>> {
+        lock(&self.pending).remove(&src);
+        let auth = lock(&self.stream_auth).remove(&src)?;
+        if !self.shared.allocations().contains(&(self.transport, src)) {
+            return None;
+        }
+        refresh_zero(&auth.username, &auth.realm, &auth.nonce, &auth.key)
+    }
+}
+
+fn unsupported() -> webrtc_util::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "not supported by the TURN gate").into()
+}
+
+#[async_trait]
+impl Conn for Gate {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(unsupported())
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(unsupported())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, src) = match &self.listener {
+                Listener::Udp(socket) => match socket.recv_from(buf).await {
+                    Ok(received) => received,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                },
+                Listener::Stream(hub) => match hub.recv().await {
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            "stream listener stopped",
+                        )
+                        .into());
+                    }
+                    Some(Inbound::Frame(frame, src)) => {
+                        let Some(dst) = buf.get_mut(..frame.len()) else {
+                            self.shared.stats.dropped();
+                            continue;
+                        };
+                        dst.copy_from_slice(&frame);
+                        (frame.len(), src)
+                    }
+                    Some(Inbound::Closed(src)) => {
+                        if let Some(refresh) = self.on_closed(src)
+                            && let Some(dst) = buf.get_mut(..refresh.len())
+                        {
+                            dst.copy_from_slice(&refresh);
+                            tracing::debug!(transport = self.transport.as_str(),
+                                client = %masked(src), "connection closed: deleting its allocation");
+                            return Ok((refresh.len(), src));
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some(packet) = buf.get(..n) else {
+                continue;
+            };
+            self.shared.stats.received(n);
+            match self.inspect(packet, src) {
+                Verdict::Pass => return Ok((n, src)),
+                Verdict::Drop(why) => {
+                    self.shared.stats.dropped();
+                    tracing::trace!(client = %masked(src), why, "dropped");
+                }
+                Verdict::Reply(response) => {
+                    self.shared.stats.refused();
+                    self.transmit(&response, src).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(unsupported())
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.observe_outgoing(buf, target);
+        self.transmit(buf, target).await;
+        // A dropped packet is not the server's problem (it would only log it per packet).
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        // Called by the server every time an allocation ends: the listener stays open.
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Secrets, long_term_key, rest_credentials};
+    use stun::agent::TransactionId;
+    use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+    use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+    use stun::fingerprint::FINGERPRINT;
+    use stun::integrity::MessageIntegrity;
+    use stun::message::{Getter, MessageType, Setter};
+    use stun::textattrs::TextAttribute;
+    use turn::proto::peeraddr::PeerAddress;
+    use turn::proto::reqtrans::RequestedTransport;
+
+    const SECRET: &str = "s3cret";
+
+    async fn gate(allow: &str, user_quota: usize, total_quota: usize) -> Gate {
+        let creds = Arc::new(Credentials::new(
+            Secrets::parse(SECRET).expect("secret"),
+            "fleet".into(),
+        ));
+        let policy = PeerPolicy::new(PeerPolicy::parse_allow_list(allow).expect("allow"));
+        let shared = Arc::new(GateShared::new(creds, policy, user_quota, total_quota));
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        Gate::new(Listener::Udp(socket), shared).expect("gate")
+    }
+
+    fn request(method: stun::message::Method, user: &str, extra: Vec<Box<dyn Setter>>) -> Vec<u8> {
+        let (username, password) = rest_credentials(SECRET, user, now_unix() + 600);
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        setters.extend(extra);
+        setters.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            username.clone(),
+        )));
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, "fleet".into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, "n".into())));
+        setters.push(Box::new(MessageIntegrity(long_term_key(
+            &username, "fleet", &password,
+        ))));
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters).expect("build");
+        m.raw
+    }
+
+    fn error_code(v: &Verdict) -> Option<u16> {
+        let Verdict::Reply(raw) = v else {
+            return None;
+        };
+        let m = decode(raw)?;
+        let mut code = ErrorCodeAttribute::default();
+        code.get_from(&m).ok()?;
+        let ErrorCode(c) = code.code;
+        Some(c)
+    }
+
+    fn client(port: u16) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, 7], port))
+    }
+
+    #[tokio::test]
+    async fn allocate_quota_and_drain() {
+        let g = gate("", 1, 2).await;
+        let transport: Vec<Box<dyn Setter>> = vec![Box::new(RequestedTransport::default())];
+        let alloc = request(METHOD_ALLOCATE, "alice", transport);
+        assert_eq!(g.inspect(&alloc, client(1)), Verdict::Pass);
+        // The success response going out makes the allocation live.
+        let tid = transaction_id(&alloc).expect("tid");
+        let mut ok = Message::new();
+        ok.build(&[
+            Box::new(stun::agent::TransactionId(tid)) as Box<dyn Setter>,
+            Box::new(MessageType::new(
+                METHOD_ALLOCATE,
+                stun::message::CLASS_SUCCESS_RESPONSE,
+            )),
+        ])
+        .expect("build");
+        g.observe_outgoing(&ok.raw, client(1));
+        assert_eq!(g.shared.allocations().len(), 1);
+        // Alice's quota of one is used; Bob still fits; then the node is full.
+        let again = request(METHOD_ALLOCATE, "alice", vec![]);
+        assert_eq!(error_code(&g.inspect(&again, client(2))), Some(486));
+        g.shared
+            .allocations()
+            .insert((Transport::Udp, client(3)), "bob");
+        let carol = request(METHOD_ALLOCATE, "carol", vec![]);
+        assert_eq!(error_code(&g.inspect(&carol, client(4))), Some(508));
+        // Draining: 403 even unauthenticated, Refresh still passes.
+        g.shared.set_draining(true);
+        assert_eq!(error_code(&g.inspect(&carol, client(4))), Some(403));
+        let mut bare = Message::new();
+        bare.build(&[
+            Box::new(TransactionId::new()) as Box<dyn Setter>,
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ])
+        .expect("build");
+        assert_eq!(error_code(&g.inspect(&bare.raw, client(5))), Some(403));
+        let refresh = request(METHOD_REFRESH, "alice", vec![]);
+        assert_eq!(g.inspect(&refresh, client(1)), Verdict::Pass);
+        g.shared.set_draining(false);
+        assert_eq!(g.inspect(&bare.raw, client(5)), Verdict::Pass);
+    }
+
+    #[tokio::test]
+    async fn denied_peers_get_403_unless_allowed() {
+        let peer = |ip: &str| -> Vec<Box<dyn Setter>> {
+            vec![Box::new(PeerAddress {
+                ip: ip.parse().expect("ip"),
+                port: 9,
+            })]
+        };
+        let strict = gate("", 10, 10).await;
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.8",
+            "169.254.169.254",
+            "::ffff:192.168.1.1",
+        ] {
+            for method in [METHOD_CREATE_PERMISSION, METHOD_CHANNEL_BIND] {
+                let r = request(method, "u", peer(ip));
+                assert_eq!(
+                    error_code(&strict.inspect(&r, client(1))),
+                    Some(403),
+                    "{ip}"
+                );
+            }
+        }
+        let r = request(METHOD_CREATE_PERMISSION, "u", peer("8.8.8.8"));
+        assert_eq!(strict.inspect(&r, client(1)), Verdict::Pass);
+        // A denied address after an allowed one is still caught.
+        let mut two = peer("8.8.8.8");
+        two.extend(peer("127.0.0.1"));
+        let r = request(METHOD_CREATE_PERMISSION, "u", two);
+        assert_eq!(error_code(&strict.inspect(&r, client(1))), Some(403));
+        let open = gate("127.0.0.0/8", 10, 10).await;
+        let r = request(METHOD_CREATE_PERMISSION, "u", peer("127.0.0.1"));
+        assert_eq!(open.inspect(&r, client(1)), Verdict::Pass);
+        let r = request(METHOD_CHANNEL_BIND, "u", peer("10.0.0.1"));
+        assert_eq!(error_code(&open.inspect(&r, client(1))), Some(403));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_unknown_attributes() {
+        let g = gate("", 10, 10).await;
+        assert!(matches!(g.inspect(b"hello", client(1)), Verdict::Drop(_)));
+        assert!(matches!(g.inspect(&[0; 20], client(1)), Verdict::Drop(_)));
+        let unknown: Vec<Box<dyn Setter>> = vec![Box::new(stun::attributes::RawAttribute {
+            typ: stun::attributes::AttrType(0x7001),
+            length: 4,
+            value: vec![0; 4],
+        })];
+        let r = request(METHOD_ALLOCATE, "u", unknown);
+        assert_eq!(error_code(&g.inspect(&r, client(1))), Some(420));
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_floods_are_cut() {
+        let g = gate("", 10, 10).await;
+        let mut bare = Message::new();
+        bare.build(&[
+            Box::new(TransactionId::new()) as Box<dyn Setter>,
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ])
+        .expect("build");
+        let passed = (0..500)
+            .filter(|_| g.inspect(&bare.raw, client(1)) == Verdict::Pass)
+            .count();
+        assert!((50..100).contains(&passed), "{passed}");
+        // Another source is not affected.
+        assert_eq!(
+            g.inspect(&bare.raw, SocketAddr::from(([203, 0, 113, 1], 1))),
+            Verdict::Pass
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Looking at TURN packets without trusting them: cheap classification of what arrives (STUN
+//! message, ChannelData, or garbage to drop before the server logs it), the XOR-PEER-ADDRESSes
+//! of a request (all of them, not just the first), the DATA length of an indication, and the
+//! error responses and synthetic requests the gate builds itself. Nothing here panics on any
+//! input.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS, AttrType};
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_REFRESH, Message, MessageType, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
+use turn::proto::lifetime::Lifetime;
+
+/// The STUN magic cookie.
+pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// STUN header size.
+pub const STUN_HEADER: usize = 20;
+/// ChannelData header size.
+pub const CHANNEL_HEADER: usize = 4;
+/// Allocate success response type.
+pub const ALLOCATE_SUCCESS: u16 = 0x0103;
+/// Allocate error response type.
+pub const ALLOCATE_ERROR: u16 = 0x0113;
+/// Data indication type.
+pub const DATA_INDICATION: u16 = 0x0017;
+/// DATA attribute type.
+const ATTR_DATA: u16 = 0x0013;
+
+/// What a datagram (or stream frame) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet {
+    /// ChannelData with this many payload bytes.
+    ChannelData {
+        /// Channel number (0x4000..=0x7FFF).
+        number: u16,
+        /// Payload length (padding excluded).
+        payload_len: usize,
+    },
+    /// A STUN message whose header is consistent with its size.
+    Stun {
+        /// The message type field.
+        typ: u16,
+    },
+    /// Anything else.
+    Garbage,
+}
+
+/// Classifies a whole datagram or frame.
+pub fn classify(buf: &[u8]) -> Packet {
+    let Some(&[b0, b1, b2, b3]) = buf.get(..4) else {
+        return Packet::Garbage;
+    };
+    let first = u16::from_be_bytes([b0, b1]);
+    let len = usize::from(u16::from_be_bytes([b2, b3]));
+    match b0 >> 6 {
+        0 => {
+            let cookie_ok = buf
+                .get(4..8)
+                .is_some_and(|c| c == MAGIC_COOKIE.to_be_bytes());
+            if cookie_ok && len.is_multiple_of(4) && buf.len() == STUN_HEADER + len {
+                Packet::Stun { typ: first }
+            } else {
+                Packet::Garbage
+            }
+        }
+        1 if len <= buf.len() - CHANNEL_HEADER => Packet::ChannelData {
+            number: first,
+            payload_len: len,
+        },
+        _ => Packet::Garbage,
+    }
+}
+
+/// The transaction id of a STUN message.
+pub fn transaction_id(buf: &[u8]) -> Option<[u8; 12]> {
+    buf.get(8..20)?.try_into().ok()
+}
+
+/// Decodes an XOR-PEER-ADDRESS (or any XOR address) attribute value.
+pub fn decode_xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
+    let family = u16::from_be_bytes([*value.first()?, *value.get(1)?]);
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let mut pad = [0u8; 16];
+    pad[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    pad[4..].copy_from_slice(transaction_id);
+    let ip = match (family, value.len()) {
+        (1, 8) => {
+            let mut o = [0u8; 4];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = value[4 + i] ^ pad[i];
+            }
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        (2, 20) => {
+            let mut o = [0u8; 16];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = value[4 + i] ^ pad[i];
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Every XOR-PEER-ADDRESS in a decoded message, in order; `None` for one that does not decode.
+pub fn peer_addresses(m: &Message) -> Vec<Option<SocketAddr>> {
+    m.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        .map(|a| decode_xor_address(&a.value, &m.transaction_id.0))
+        .collect()
+}
+
+/// Comprehension-required attributes (type below 0x8000) this relay understands in requests.
+const KNOWN_REQUIRED: &[u16] = &[
+    0x0001, // MAPPED-ADDRESS
+    0x0003, // CHANGE-REQUEST
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x000C, // CHANNEL-NUMBER
+    0x000D, // LIFETIME
+    0x0012, // XOR-PEER-ADDRESS
+    0x0013, // DATA
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x0016, // XOR-RELAYED-ADDRESS
+    0x0017, // REQUESTED-ADDRESS-FAMILY
+    0x0018, // EVEN-PORT
+    0x0019, // REQUESTED-TRANSPORT
+    0x001A, // DONT-FRAGMENT (the server answers 420 itself)
+    0x0020, // XOR-MAPPED-ADDRESS
+    0x0022, // RESERVATION-TOKEN
+    0x0024, // PRIORITY
+    0x0025, // USE-CANDIDATE
+    0x0026, // PADDING
+    0x0027, // RESPONSE-PORT
+];
+
+/// The comprehension-required attributes of `m` this relay does not understand.
+pub fn unknown_required(m: &Message) -> Vec<AttrType> {
+    let mut unknown: Vec<AttrType> = m
+        .attributes
+        .0
+        .iter()
+        .map(|a| a.typ)
+        .filter(|t| t.0 < 0x8000 && !KNOWN_REQUIRED.contains(&t.0))
+        .collect();
+    unknown.dedup();
+    unknown
+}
+
+/// The DATA attribute's length in a raw STUN message (walks the attributes; no allocation).
+pub fn data_len(buf: &[u8]) -> Option<usize> {
+    let mut rest = buf.get(STUN_HEADER..)?;
+    while let Some(&[t0, t1, l0, l1]) = rest.get(..4) {
+        let typ = u16::from_be_bytes([t0, t1]);
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if typ == ATTR_DATA {
+            return (rest.len() >= 4 + len).then_some(len);
+        }
+        let padded = len.div_ceil(4) * 4;
+        rest = rest.get(4 + padded..)?;
+    }
+    None
+}
+
+/// An error response to request `m`: ERROR-CODE (and UNKNOWN-ATTRIBUTES for 420), then
+/// MESSAGE-INTEGRITY with `key` when the request was authenticated with it, then FINGERPRINT.
+pub fn error_response(
+    m: &Message,
+    code: u16,
+    reason: &str,
+    unknown: &[AttrType],
+    key: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(m.transaction_id),
+        Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: ErrorCode(code),
+            reason: reason.as_bytes().to_vec(),
+        }),
+    ];
+    if !unknown.is_empty() {
+        setters.push(Box::new(UnknownAttributes(unknown.to_vec())));
+    }
+    if let Some(key) = key {
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    setters.push(Box::new(FINGERPRINT));
+    let mut r = Message::new();
+    r.build(&setters).ok()?;
+    Some(r.raw)
+}
+
+/// A Refresh request with LIFETIME 0 (deletes the sender's allocation), authenticated like a
+/// client request with `username`, `realm`, `nonce` and `key`.
+pub fn refresh_zero(username: &str, realm: &str, nonce: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_REFRESH, CLASS_REQUEST)),
+        Box::new(Lifetime(Duration::ZERO)),
+        Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+        Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())),
+        Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())),
+        Box::new(MessageIntegrity(key.to_vec())),
+        Box::new(FINGERPRINT),
+    ];
+    let mut r = Message::new();
+    r.build(&setters).ok()?;
+    Some(r.raw)
+}
+
+/// Decodes a STUN message (already classified as one).
+pub fn decode(buf: &[u8]) -> Option<Message> {
+    let mut m = Message::new();
+    m.raw = buf.to_vec();
+    m.decode().ok()?;
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use stun::message::{CLASS_INDICATION, METHOD_ALLOCATE, METHOD_SEND};
+    use turn::proto::chandata::ChannelData;
+    use turn::proto::channum::ChannelNumber;
+    use turn::proto::data::Data;
+    use turn::proto::peeraddr::PeerAddress;
+
+    fn build(setters: Vec<Box<dyn Setter>>) -> Message {
+        let mut m = Message::new();
+        m.build(&setters).expect("build");
+        decode(&m.raw).expect("decodes")
+    }
+
+    #[test]
+    fn classifies() {
+        let m = build(vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ]);
+        assert_eq!(classify(&m.raw), Packet::Stun { typ: 0x0003 });
+        // Trailing bytes or a wrong cookie make it garbage.
+        let mut longer = m.raw.clone();
+        longer.extend_from_slice(&[0; 4]);
+        assert_eq!(classify(&longer), Packet::Garbage);
+        let mut bad_cookie = m.raw.clone();
+        bad_cookie[4] ^= 1;
+        assert_eq!(classify(&bad_cookie), Packet::Garbage);
+
+        let mut c = ChannelData {
+            number: ChannelNumber(0x4001),
+            data: vec![1, 2, 3],
+            raw: vec![],
+        };
+        c.encode();
+        assert_eq!(
+            classify(&c.raw),
+            Packet::ChannelData {
+                number: 0x4001,
+                payload_len: 3
+            }
+        );
+        assert_eq!(classify(&c.raw[..6]), Packet::Garbage, "truncated");
+        assert_eq!(classify(&[0x80, 0, 0, 0, 1]), Packet::Garbage, "RTP-like");
+        assert_eq!(classify(&[]), Packet::Garbage);
+        assert_eq!(classify(&[0x40]), Packet::Garbage);
+    }
+
+    #[test]
+    fn reads_every_peer_address() {
+        let peers: Vec<SocketAddr> = vec![
+            "8.8.8.8:53".parse().expect("a"),
+            "127.0.0.1:9".parse().expect("b"),
+            "[2001:db8::5]:443".parse().expect("c"),
+        ];
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+        ];
+        for p in &peers {
+            setters.push(Box::new(PeerAddress {
+                ip: p.ip(),
+                port: p.port(),
+            }));
+        }
+        setters.push(Box::new(Data(vec![7; 33])));
+        let m = build(setters);
+        assert_eq!(
+            peer_addresses(&m),
+            peers.iter().copied().map(Some).collect::<Vec<_>>()
+        );
+        assert_eq!(data_len(&m.raw), Some(33));
+        assert_eq!(data_len(&m.raw[..m.raw.len() - 8]), None, "cut short");
+        assert_eq!(decode_xor_address(&[0, 1, 0, 0, 1, 2, 3], &[0; 12]), None);
+        assert_eq!(
+            decode_xor_address(&[0, 3, 0, 0, 1, 2, 3, 4], &[0; 12]),
+            None
+        );
+        assert_eq!(decode_xor_address(&[], &[0; 12]), None);
+    }
+
+    #[test]
+    fn error_responses_carry_integrity_when_asked() {
+        let req = build(vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ]);
+        let key = vec![9u8; 16];
+        let raw =
+            error_response(&req, 486, "Allocation Quota Reached", &[], Some(&key)).expect("built");
+        let mut resp = decode(&raw).expect("decodes");
+        assert_eq!(resp.transaction_id, req.transaction_id);
+        assert_eq!(
+            resp.typ,
+            MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE)
+        );
+        let mut code = ErrorCodeAttribute::default();
+        stun::message::Getter::get_from(&mut code, &resp).expect("code");
+        assert_eq!(code.code.0, 486);
+        assert!(MessageIntegrity(key).check(&mut resp).is_ok());
+        let plain =
+            error_response(&req, 403, "Forbidden", &[AttrType(0x7777)], None).expect("built");
+        let plain = decode(&plain).expect("decodes");
+        assert!(!plain.contains(stun::attributes::ATTR_MESSAGE_INTEGRITY));
+        assert!(plain.contains(stun::attributes::ATTR_UNKNOWN_ATTRIBUTES));
+    }
+
+    #[test]
+    fn spots_unknown_required_attributes() {
+        let m = build(vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(stun::attributes::RawAttribute {
+                typ: AttrType(0x7777),
+                length: 4,
+                value: vec![0; 4],
+            }),
+            Box::new(stun::attributes::RawAttribute {
+                typ: AttrType(0xC001),
+                length: 4,
+                value: vec![0; 4],
+            }),
+            Box::new(TextAttribute::new(ATTR_USERNAME, "1:u".into())),
+        ]);
+        assert_eq!(unknown_required(&m), vec![AttrType(0x7777)]);
+    }
+
+    #[test]
+    fn refresh_zero_is_a_refresh_with_lifetime_zero() {
+        let raw = refresh_zero("1:u", "fleet", "nonce", &[1; 16]).expect("built");
+        let m = decode(&raw).expect("decodes");
+        assert_eq!(m.typ, MessageType::new(METHOD_REFRESH, CLASS_REQUEST));
+        let mut lifetime = Lifetime::default();
+        stun::message::Getter::get_from(&mut lifetime, &m).expect("lifetime");
+        assert_eq!(lifetime.0, Duration::ZERO);
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let seed = build(vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            Box::new(PeerAddress {
+                ip: "1.2.3.4".parse().expect("ip"),
+                port: 5,
+            }),
+            Box::new(Data(vec![1; 20])),
+        ])
+        .raw;
+        for round in 0..20_000 {
+            let buf: Vec<u8> = if round % 2 == 0 {
+                let n = rng.random_range(0..80);
+                (0..n).map(|_| rng.random()).collect()
+            } else {
+                let mut b = seed.clone();
+                for _ in 0..rng.random_range(1..6) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                b.truncate(rng.random_range(0..=b.len()));
+                b
+            };
+            let _ = classify(&buf);
+            let _ = data_len(&buf);
+            let _ = transaction_id(&buf);
+            if let Some(m) = decode(&buf) {
+                let _ = peer_addresses(&m);
+                let _ = unknown_required(&m);
+                let _ = error_response(&m, 400, "Bad Request", &[], Some(&[0; 16]));
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The real `turn-node` binary, started with only the required flags plus ports, under a stub
+//! controller: its reports carry allocations and relayed traffic; a controller `Drain` makes new
+//! Allocates fail with 403 while a live relay keeps working; `Undrain` lifts it; after SIGTERM
+//! the process stays up while an allocation is live and exits 0 once it ends.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::ids::NodeId;
+use fleet_proto::link::{Acceptor, CommandSender, ConnId, LinkHandler};
+use fleet_proto::messages::{Command, Hello, Load, Report};
+use fleet_proto::tls::ControllerIdentity;
+use stun::message::{CLASS_REQUEST, Getter, METHOD_ALLOCATE, Message, MessageType, Setter};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UdpSocket;
+use tokio::process::Command as Process;
+use turn::client::{Client, ClientConfig};
+use turn_node::auth::{now_unix, rest_credentials};
+use webrtc_util::Conn;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Ctl {
+    commands: Mutex<Option<CommandSender>>,
+    last_load: Mutex<Option<Load>>,
+    results: Mutex<Vec<(u64, Option<String>)>>,
+}
+
+impl LinkHandler for Ctl {
+    fn on_hello(&self, _: ConnId, _: &Hello, commands: CommandSender) -> Result<(), String> {
+        *self.commands.lock().expect("lock") = Some(commands);
+        Ok(())
+    }
+    fn on_report(&self, _: ConnId, _: &NodeId, report: Report) {
+        *self.last_load.lock().expect("lock") = Some(report.load);
+    }
+    fn on_command_result(&self, _: ConnId, _: &NodeId, id: u64, error: Option<String>) {
+        self.results.lock().expect("lock").push((id, error));
+    }
+    fn on_closed(&self, _: ConnId, _: &NodeId, _: &str) {}
+}
+
+impl Ctl {
+    fn load(&self) -> Option<Load> {
+        self.last_load.lock().expect("lock").clone()
+    }
+
+    async fn command(&self, id: u64, command: Command) {
+        let sender = self
+            .commands
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("connected");
+        assert!(sender.send(id, command));
+        wait_until("the command result", || {
+            self.results
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(i, e)| *i == id && e.is_none())
+        })
+        .await;
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn client(server: SocketAddr, user: &str) -> Client {
+    let (username, password) = rest_credentials("rest-secret", user, now_unix() + 600);
+    let c = Client::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username,
+        password,
+        realm: "fleet".into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind")),
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    c.listen().await.expect("listen");
+    c
+}
+
+/// The error code the node answers an unauthenticated Allocate with.
+async fn allocate_error(server: SocketAddr) -> Option<u16> {
+    let mut m = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        Box::new(turn::proto::reqtrans::RequestedTransport::default()),
+    ];
+    m.build(&setters).ok()?;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    socket.send_to(&m.raw, server).await.ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let mut r = Message::new();
+    r.raw = buf[..n].to_vec();
+    r.decode().ok()?;
+    let mut code = stun::error_code::ErrorCodeAttribute::default();
+    code.get_from(&r).ok()?;
+    Some(code.code.0)
+}
+
+/// Sends from `a` to `b` until it arrives.
+async fn relay_once(a: &(dyn Conn + Send + Sync), b: &(dyn Conn + Send + Sync)) -> bool {
+    let a_addr = a.local_addr().expect("a");
+    let b_addr = b.local_addr().expect("b");
+    let _ = b.send_to(b"permit", a_addr).await;
+    for _ in 0..50 {
+        let _ = a.send_to(b"data", b_addr).await;
+        let mut buf = [0u8; 64];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(100), b.recv_from(&mut buf)).await
+            && &buf[..n] == b"data"
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn reports_relays_and_drains_with_live_allocations() {
+    let id = ControllerIdentity::self_signed(&["fleet-controller".to_owned()]).expect("id");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("ctl.pem");
+    std::fs::write(&cert, id.cert_pem()).expect("write cert");
+    let ctl = Arc::new(Ctl::default());
+    let acceptor = Acceptor::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &id,
+        "cluster".into(),
+        "t".into(),
+        ctl.clone(),
+    )
+    .await
+    .expect("acceptor");
+
+    let mut child = Process::new(env!("CARGO_BIN_EXE_turn-node"))
+        .args(["--region", "eu-west-1"])
+        .arg("--controller")
+        .arg(acceptor.local_addr().to_string())
+        .arg("--controller-cert")
+        .arg(&cert)
+        .args(["--cluster-secret", "cluster"])
+        .args(["--auth-secret", "rest-secret"])
+        .args(["--turn-port", "0"])
+        .args(["--allow-peer", "127.0.0.0/8"])
+        .args(["--report-interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn turn-node");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut turn_line = None;
+    for _ in 0..2 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("in time")
+            .expect("read")
+            .expect("line");
+        if let Some(rest) = line.strip_prefix("TURN udp=") {
+            turn_line = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    let server: SocketAddr = turn_line.expect("TURN line").parse().expect("udp addr");
+    wait_until("connected", || ctl.commands.lock().expect("lock").is_some()).await;
+
+    let alice = client(server, "alice").await;
+    let bob = client(server, "bob").await;
+    let a = alice.allocate().await.expect("alice allocates");
+    let b = bob.allocate().await.expect("bob allocates");
+    assert!(relay_once(&a, &b).await, "relays");
+    wait_until("a report with two allocations and traffic", || {
+        ctl.load().is_some_and(|l| {
+            l.allocations == 2 && l.capacity_used == 2 && l.relayed_bytes > 0 && l.packets_in > 0
+        })
+    })
+    .await;
+
+    // Controller drain: new allocations refused at once, the live relay keeps working.
+    let deadline_unix_ms = (now_unix() + 600) * 1000;
+    ctl.command(1, Command::Drain { deadline_unix_ms }).await;
+    assert_eq!(allocate_error(server).await, Some(403));
+    assert!(relay_once(&a, &b).await, "relays while draining");
+    ctl.command(2, Command::Undrain).await;
+    assert_eq!(allocate_error(server).await, Some(401));
+
+    // SIGTERM drains; the node waits for its allocations.
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: kill only sends a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(allocate_error(server).await, Some(403));
+    assert!(child.try_wait().expect("wait").is_none(), "still relaying");
+    a.close().await.expect("close a");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "one allocation left"
+    );
+    b.close().await.expect("close b");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits once empty")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
