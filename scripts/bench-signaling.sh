@@ -94,7 +94,12 @@ wrk -t1 -c"$CONNS" -d3s -s "$WORK/post.lua" "$API" > /dev/null
 if [ -n "${PERF_OUT:-}" ]; then
   # Optional profile of the controller during the measured run (perf from linux-perf).
   perf record -F 999 -g -p "${PIDS[0]}" -o "$PERF_OUT" -- sleep $((DURATION - 2)) > /dev/null 2>&1 &
+  PERF_PID=$!
 fi
-wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API"
-wait
-echo "controller CPU seconds (utime+stime): $(awk '{print ($14+$15)/100}' /proc/${PIDS[0]}/stat)"
+CPU0=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
+wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API" | tee "$WORK/wrk.out"
+CPU1=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
+[ -n "${PERF_PID:-}" ] && wait "$PERF_PID"
+REQS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WORK/wrk.out")
+awk -v a="$CPU0" -v b="$CPU1" -v n="$REQS" 'BEGIN { printf "RESULT controller_cpu_s=%.2f cpu_us_per_request=%.1f\n", (b-a)/100, (b-a)*1e4/n }'
+

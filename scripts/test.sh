@@ -12,9 +12,23 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v wrk >/dev/null || need_apt+=(wrk)
+# coturn: turnutils_uclient and turnutils_peer drive turn-node in tests/tests/turn.rs, and
+# turnserver is the reference in scripts/bench-turn.sh.
+{ command -v turnutils_uclient && command -v turnutils_peer && command -v turnserver; } >/dev/null ||
+  need_apt+=(coturn)
+# Chromium and its driver: the browser test in tests/tests/browser_relay.rs; unshare (util-linux)
+# and ip (iproute2) give it a loopback-only network namespace.
+{ [ -x /usr/bin/chromium ] && command -v chromedriver; } >/dev/null || need_apt+=(chromium chromium-driver)
+command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+# Under systemd the package starts a system-wide turnserver on port 3478: the tests and the
+# bench start their own on loopback, so keep that one off.
+if command -v systemctl >/dev/null && systemctl is-enabled --quiet coturn 2>/dev/null; then
+  $SUDO systemctl disable --now coturn || true
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2

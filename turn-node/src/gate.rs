@@ -275,7 +275,19 @@ impl Gate {
                 if allocate && draining {
                     return Self::refuse(m, 403, "Forbidden: draining", None);
                 }
-                // The server answers 401/438 with a fresh nonce (kept forever), or 400.
+                // A credential that does not verify gets 401 with the request's nonce, as
+                // coturn answers (the crate would say 400). This mints no nonce and is no
+                // bigger than the request, so it needs no rate limit (clients such as
+                // turnutils_uclient retry a few dozen times before giving up).
+                if m.contains(ATTR_MESSAGE_INTEGRITY)
+                    && let Some(raw) =
+                        crate::inspect::unauthorized_response(m, self.shared.credentials.realm())
+                {
+                    tracing::trace!(client = %masked(src), reason = %e, "credential refused");
+                    return Verdict::Reply(raw);
+                }
+                // Otherwise the server answers 401/438 with a fresh nonce (kept forever), or
+                // 400: limited per source, since the crate never forgets a nonce.
                 if !self.shared.allow_nonce_request(src) {
                     return Verdict::Drop("unauthenticated request rate limit");
                 }

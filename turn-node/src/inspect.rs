@@ -13,7 +13,7 @@ use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_REFRESH, Message, MessageType, Setter,
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, Getter, METHOD_REFRESH, Message, MessageType, Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -200,6 +200,29 @@ pub fn error_response(
         setters.push(Box::new(MessageIntegrity(key.to_vec())));
     }
     setters.push(Box::new(FINGERPRINT));
+    let mut r = Message::new();
+    r.build(&setters).ok()?;
+    Some(r.raw)
+}
+
+/// A 401 Unauthorized answer to a request whose MESSAGE-INTEGRITY did not verify (wrong or
+/// expired credential), as coturn and RFC 8489 §9.2.4 give it: REALM and the request's own
+/// (still valid) NONCE, no integrity. `None` when the request carries no NONCE (then the
+/// server's 400 is the right answer).
+pub fn unauthorized_response(m: &Message, realm: &str) -> Option<Vec<u8>> {
+    let mut nonce = TextAttribute::new(ATTR_NONCE, String::new());
+    nonce.get_from(m).ok()?;
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(m.transaction_id),
+        Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: ErrorCode(401),
+            reason: b"Unauthorized".to_vec(),
+        }),
+        Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())),
+        Box::new(nonce),
+        Box::new(FINGERPRINT),
+    ];
     let mut r = Message::new();
     r.build(&setters).ok()?;
     Some(r.raw)
