@@ -56,7 +56,7 @@ for region in eu-west-1 us-east-1 ap-south-1; do
       --session-idle-secs 2 > /dev/null 2>> "$WORK/nodes.err" &
     PIDS+=($!)
   done
-  TURN_NODE_CLUSTER_SECRET=$SECRET TURN_NODE_AUTH_SECRET=bench-turn-secret-0123456789 RUST_LOG=warn "$BIN/turn-node" --node-id "t-$region" --region "$region" \
+  TURN_NODE_CLUSTER_SECRET=$SECRET TURN_NODE_AUTH_SECRET=bench-turn-secret-0123456789 RUST_LOG=warn "$BIN/turn-node" --node-id "t-$region" --region "$region" --turn-port 0 \
     --controller "127.0.0.1:$LINK_PORT" --controller-cert "$WORK/cert.pem" > /dev/null 2>> "$WORK/nodes.err" &
   PIDS+=($!)
 done
