@@ -89,7 +89,11 @@ fn node_specs(
             };
         for i in 1..=config.up.media_per_region {
             let node_id = format!("media-{region}-{i}");
-            let (args, env) = common("MEDIA_NODE", &node_id, config.up.media_capacity);
+            let (args, mut env) = common("MEDIA_NODE", &node_id, config.up.media_capacity);
+            env.push((
+                "MEDIA_NODE_JOIN_SECRET".into(),
+                config.media.join_secret.clone(),
+            ));
             specs.push(LocalNodeSpec {
                 kind: NodeKind::Media,
                 node_id,

@@ -1,7 +1,8 @@
-//! The media node: for now a real process that registers with the controller, reports its
-//! hosted sessions and load, and obeys drains. Its data plane, the WebRTC SFU (see the library
-//! notes in `DESIGN.md` for the `webrtc`/`rtc` choice, to be made by measurement), comes in a
-//! later issue; until then sessions exist only as the controller's `OpenSession` commands.
+//! The media node: a WebRTC SFU ([`sfu`], on `webrtc` 0.17.2 for its ICE UDP mux: all media on
+//! one UDP port) with WHIP-style signaling ([`signaling`]) guarded by the controller's join
+//! tokens ([`token`], checked offline), that registers with the controller, reports its load
+//! and obeys drains (a draining node refuses joins to new sessions, admits joins to existing
+//! ones and exits when its last peer connection ends).
 //!
 //! Everything it shares with the TURN node (session state, drain rules, HTTP health/metrics,
 //! the controller link) lives in `fleet_proto::node`; this crate maps its command line onto
@@ -9,19 +10,21 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use fleet_proto::ids::{NodeId, NodeKind};
 use fleet_proto::node::{Node, NodeConfig, default_node_id};
 
+pub mod offer;
+pub mod sfu;
+pub mod signaling;
+pub mod token;
+
 /// Command line of `media-node` (every flag also from `MEDIA_NODE_<FLAG>`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "media-node",
-    version,
-    about = "Fleet media node (WebRTC SFU; data plane pending)"
-)]
+#[command(name = "media-node", version, about = "Fleet media node (WebRTC SFU)")]
 pub struct Args {
     /// Fleet-unique node id [default: media-<region>-<6 random hex>].
     #[arg(long, env = "MEDIA_NODE_NODE_ID", value_parser = NodeId::parse)]
@@ -67,6 +70,21 @@ pub struct Args {
     /// Seconds after which a session without activity is dropped.
     #[arg(long, env = "MEDIA_NODE_SESSION_IDLE_SECS", default_value_t = 3600)]
     pub session_idle_secs: u64,
+    /// Shared secret the controller signs join tokens with (`[media] join_secret`).
+    #[arg(
+        long,
+        env = "MEDIA_NODE_JOIN_SECRET",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub join_secret: String,
+    /// UDP port carrying all media (ICE UDP mux); 0 picks a free one.
+    #[arg(long, env = "MEDIA_NODE_MEDIA_PORT", default_value_t = 0)]
+    pub media_port: u16,
+    /// Most participants in one session.
+    #[arg(long, env = "MEDIA_NODE_MAX_PARTICIPANTS", default_value_t = 6,
+        value_parser = clap::value_parser!(u64).range(2..=64))]
+    pub max_participants: u64,
 }
 
 impl Args {
@@ -99,13 +117,28 @@ impl Args {
     }
 }
 
-/// Runs the media node until it has drained (or a second signal); prints `LISTENING http=<addr>`.
+/// Runs the media node until it has drained (or a second signal); prints `LISTENING http=<addr>`
+/// and then `MEDIA udp=<advertised addr>`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.node_config()?;
+    let sfu = sfu::Sfu::start(sfu::SfuConfig {
+        node_id: config.node_id.as_str().to_owned(),
+        join_secret: args.join_secret.clone(),
+        max_participants: usize::try_from(args.max_participants).unwrap_or(6),
+        public_ip: args.public_ip,
+        media_port: args.media_port,
+    })
+    .await?;
     let node = Node::bind(config).await?;
     let advertised = SocketAddr::new(args.public_ip, node.http_addr().port());
     let addresses = vec![format!("http://{advertised}")];
-    let exit = node.run(addresses, axum::Router::new()).await?;
+    let exit = node
+        .run_with(
+            addresses,
+            signaling::routes(sfu.clone()),
+            sfu.clone() as Arc<_>,
+        )
+        .await?;
     tracing::info!(?exit, "media node stopped");
     Ok(())
 }
@@ -133,6 +166,8 @@ mod tests {
             "c.pem",
             "--cluster-secret",
             "s",
+            "--join-secret",
+            "j",
         ])
         .expect("parse");
         let config = args.node_config().expect("config");
@@ -156,6 +191,8 @@ mod tests {
             "c.pem",
             "--cluster-secret",
             "s",
+            "--join-secret",
+            "j",
         ];
         let with = |extra: &[&str]| {
             Args::try_parse_from(base.iter().copied().chain(extra.iter().copied())).is_ok()
@@ -165,5 +202,7 @@ mod tests {
         assert!(with(&["--report-interval-ms", "100"]));
         assert!(!with(&["--node-id", "bad id"]));
         assert!(!with(&["--public-ip", "nope"]));
+        assert!(!with(&["--max-participants", "1"]));
+        assert!(with(&["--media-port", "40000"]));
     }
 }

@@ -97,6 +97,7 @@ async fn start(node_id: &str) -> Harness {
         .arg(&cert)
         .args(["--cluster-secret", SECRET, "--report-interval-ms", "100"])
         .args(["--public-ip", "192.0.2.7"])
+        .env("MEDIA_NODE_JOIN_SECRET", "test-join-secret")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -323,6 +323,9 @@ impl Controller {
             cmd.args(["--turn-port", &free_udp_port().to_string()])
                 .env("TURN_NODE_AUTH_SECRET", TURN_SECRET);
         }
+        if kind == "media-node" {
+            cmd.env("MEDIA_NODE_JOIN_SECRET", JOIN_SECRET);
+        }
         let child = cmd.spawn().with_context(|| format!("start {kind}"))?;
         Ok(Proc {
             child,

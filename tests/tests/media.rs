@@ -1,0 +1,482 @@
+//! The SFU through the real binaries: a controller places a 1:1 session on a real media node;
+//! two peers built on the `webrtc` 0.17 crate join with the controller's join tokens, each sends
+//! 200 synthetic Opus and 200 VP8 RTP packets with a recognizable payload, and each receives the
+//! other's packets; the controller sees the session live with two participants. Bad tokens and
+//! bad SDP are refused with clear 4xx errors.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_e2e::*;
+use serde_json::{Value, json};
+use webrtc::api::APIBuilder;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtp::header::Header;
+use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::track::track_local::TrackLocalWriter;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+const PACKETS: u16 = 200;
+
+/// (kind, payload) of every RTP packet a peer received.
+type Received = Arc<Mutex<Vec<(RTPCodecType, Vec<u8>)>>>;
+
+/// A test peer: one connection, an Opus and a VP8 track, and what it received.
+struct Peer {
+    pc: Arc<RTCPeerConnection>,
+    audio: Arc<TrackLocalStaticRTP>,
+    video: Arc<TrackLocalStaticRTP>,
+    /// (kind, payload) of every RTP packet received.
+    received: Received,
+}
+
+impl Peer {
+    async fn new() -> Peer {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let mut settings = SettingEngine::default();
+        settings.set_include_loopback_candidate(true);
+        settings.set_network_types(vec![NetworkType::Udp4]);
+        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .build();
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .unwrap(),
+        );
+        let track = |mime: &str, rate: u32, channels: u16, id: &str| {
+            Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: mime.into(),
+                    clock_rate: rate,
+                    channels,
+                    ..Default::default()
+                },
+                id.into(),
+                "peer".into(),
+            ))
+        };
+        let audio = track(MIME_TYPE_OPUS, 48000, 2, "audio");
+        let video = track(MIME_TYPE_VP8, 90000, 0, "video");
+        for t in [audio.clone(), video.clone()] {
+            let sender = pc.add_track(t as Arc<_>).await.unwrap();
+            tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
+        }
+        let received: Received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        pc.on_track(Box::new(move |track, _, _| {
+            let sink = sink.clone();
+            Box::pin(async move {
+                tokio::spawn(async move {
+                    let kind = track.kind();
+                    while let Ok((p, _)) = track.read_rtp().await {
+                        sink.lock().unwrap().push((kind, p.payload.to_vec()));
+                    }
+                });
+            })
+        }));
+        Peer {
+            pc,
+            audio,
+            video,
+            received,
+        }
+    }
+
+    async fn offer(&self) -> String {
+        self.offer_with(None).await
+    }
+
+    async fn offer_with(&self, options: Option<RTCOfferOptions>) -> String {
+        let offer = self.pc.create_offer(options).await.unwrap();
+        let mut gathered = self.pc.gathering_complete_promise().await;
+        self.pc.set_local_description(offer).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        self.pc.local_description().await.unwrap().sdp
+    }
+
+    async fn join(&self, url: &str, token: &str) {
+        let sdp = self.offer().await;
+        let r = post_offer(url, Some(token), "application/sdp", sdp).await;
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let answer = r.text().await.unwrap();
+        assert_eq!(status, 201, "{answer}");
+        assert!(location.is_some_and(|l| url.ends_with(&l)));
+        assert_eq!(content_type.as_deref(), Some("application/sdp"));
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+    }
+
+    async fn wait_connected(&self) {
+        let pc = self.pc.clone();
+        eventually(Duration::from_secs(15), || {
+            let pc = pc.clone();
+            async move { (pc.connection_state() == RTCPeerConnectionState::Connected).then_some(()) }
+        })
+        .await
+        .expect("peer connected to the media node");
+    }
+
+    /// Sends round `round` of packets (sequence numbers continue from earlier rounds: SRTP
+    /// drops replayed indexes).
+    async fn send(&self, tag: u8, round: u16) {
+        for seq in 0..PACKETS {
+            for (track, kind, pt) in [(&self.audio, b'A', 111u8), (&self.video, b'V', 96u8)] {
+                let mut payload = vec![tag, kind, (seq >> 8) as u8, seq as u8];
+                payload.extend(std::iter::repeat_n(tag, 100));
+                let packet = Packet {
+                    header: Header {
+                        version: 2,
+                        payload_type: pt,
+                        sequence_number: (round * PACKETS + seq).wrapping_add(1000),
+                        timestamp: u32::from(round * PACKETS + seq) * 960,
+                        marker: kind == b'V',
+                        ssrc: 1,
+                        ..Default::default()
+                    },
+                    payload: payload.into(),
+                };
+                track.write_rtp(&packet).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    }
+
+    /// (audio, video) packets received carrying `tag`; panics on a foreign payload.
+    fn counts(&self, tag: u8) -> (usize, usize) {
+        let received = self.received.lock().unwrap();
+        let mut counts = (0, 0);
+        for (kind, payload) in received.iter() {
+            assert!(payload.len() == 104, "unexpected payload length");
+            assert_eq!(payload[0], tag, "payload from the other peer");
+            assert!(payload[4..].iter().all(|b| *b == tag), "payload intact");
+            match (kind, payload[1]) {
+                (RTPCodecType::Audio, b'A') => counts.0 += 1,
+                (RTPCodecType::Video, b'V') => counts.1 += 1,
+                other => panic!("packet on the wrong track: {other:?}"),
+            }
+        }
+        counts
+    }
+}
+
+async fn post_offer(
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    let mut request = http()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+fn join_token(secret: &str, sid: &str, pid: &str, nid: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sid": sid, "pid": pid, "nid": nid, "aud": "fleet-media-join", "exp": now + exp_offset}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_exchange_audio_and_video_through_the_media_node() {
+    tokio::time::timeout(Duration::from_secs(90), call())
+        .await
+        .expect("call test finished in time");
+}
+
+async fn call() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
+    let _node = c.node("media-node", "m-sfu", "eu-west-1", 1000).unwrap();
+    c.wait_nodes(&["m-sfu"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (status, session) = c
+        .create_session(json!({"participants": [
+            {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{session}");
+    let sid = session["session_id"].as_str().unwrap().to_owned();
+    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    assert_eq!(session["media"]["node_id"], "m-sfu");
+    let url = |pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
+    let token = |i: usize| {
+        session["participants"][i]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (pid_a, pid_b) = (
+        session["participants"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        session["participants"][1]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+
+    // Refusals first: they must not disturb the call that follows.
+    let offer = Peer::new().await.offer().await;
+    let cases = [
+        (None, "missing_token", 401),
+        (
+            Some(join_token(
+                "forged-secret-0123456789",
+                &sid,
+                &pid_a,
+                "m-sfu",
+                60,
+            )),
+            "invalid_token",
+            401,
+        ),
+        (
+            Some(join_token(JOIN_SECRET, &sid, &pid_a, "m-sfu", -300)),
+            "token_expired",
+            401,
+        ),
+        (
+            Some(join_token(JOIN_SECRET, &sid, &pid_a, "m-other", 60)),
+            "wrong_node",
+            403,
+        ),
+        (
+            Some(join_token(
+                JOIN_SECRET,
+                "other-session",
+                &pid_a,
+                "m-sfu",
+                60,
+            )),
+            "wrong_session",
+            403,
+        ),
+        (Some(token(1)), "wrong_participant", 403),
+    ];
+    for (t, code, status) in cases {
+        let r = post_offer(&url(&pid_a), t.as_deref(), "application/sdp", offer.clone()).await;
+        assert_eq!(error_code(r).await, (status, code.to_owned()));
+    }
+    for (body, code) in [
+        ("garbage".to_owned(), "malformed_sdp"),
+        (String::new(), "empty_offer"),
+        ("v=".to_owned() + &"x".repeat(70 * 1024), "offer_too_large"),
+        (
+            offer
+                .replace("opus/", "G722/")
+                .replace("VP8/", "XYZ/")
+                .replace("H264/", "XYZ/"),
+            "unsupported_media",
+        ),
+    ] {
+        let r = post_offer(&url(&pid_a), Some(&token(0)), "application/sdp", body).await;
+        assert_eq!(error_code(r).await, (400, code.to_owned()));
+    }
+    let r = post_offer(&url(&pid_a), Some(&token(0)), "text/plain", offer).await;
+    assert_eq!(r.status().as_u16(), 415);
+
+    // The call.
+    let a = Peer::new().await;
+    let b = Peer::new().await;
+    a.join(&url(&pid_a), &token(0)).await;
+    b.join(&url(&pid_b), &token(1)).await;
+    a.wait_connected().await;
+    b.wait_connected().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::join!(a.send(b'a', 0), b.send(b'b', 0));
+    let want = usize::from(PACKETS) * 95 / 100;
+    let done = eventually(Duration::from_secs(10), || {
+        let (ca, cb) = (a.counts(b'b'), b.counts(b'a'));
+        async move { (ca.0 >= want && ca.1 >= want && cb.0 >= want && cb.1 >= want).then_some(()) }
+    })
+    .await;
+    eprintln!(
+        "a received (audio, video) {:?}, b received {:?}",
+        a.counts(b'b'),
+        b.counts(b'a')
+    );
+    assert!(done.is_some(), "each peer receives the other's packets");
+
+    // ICE restart: a new offer with new ICE credentials on A's connection (PATCH), then media
+    // from B still reaches A.
+    let restart = a
+        .offer_with(Some(RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        }))
+        .await;
+    let r = http()
+        .patch(url(&pid_a))
+        .bearer_auth(token(0))
+        .header("content-type", "application/sdp")
+        .body(restart)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let answer = r.text().await.unwrap();
+    a.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    let before = a.counts(b'b');
+    b.send(b'b', 1).await;
+    let after = eventually(Duration::from_secs(10), || {
+        let n = a.counts(b'b');
+        async move { (n.0 >= before.0 + want && n.1 >= before.1 + want).then_some(n) }
+    })
+    .await;
+    eprintln!("after the ICE restart a received {:?}", a.counts(b'b'));
+    assert!(after.is_some(), "media flows after an ICE restart");
+
+    // The controller sees the session live on the node with both participants.
+    let live = eventually(Duration::from_secs(10), || {
+        let url = format!("{}/v1/sessions/{sid}", c.api);
+        let token = c.client_token();
+        async move {
+            let r = http().get(url).bearer_auth(token).send().await.ok()?;
+            let body: Value = r.json().await.ok()?;
+            (body["state"] == "live" && body["participants"].as_array()?.len() == 2).then_some(body)
+        }
+    })
+    .await;
+    assert!(
+        live.is_some(),
+        "controller shows the session live with two participants"
+    );
+
+    // Leaving: DELETE with the token, then the participant is gone.
+    let r = http()
+        .delete(url(&pid_a))
+        .bearer_auth(token(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = http()
+        .delete(url(&pid_a))
+        .bearer_auth(token(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "unknown_participant".to_owned()));
+    let _ = a.pc.close().await;
+    let _ = b.pc.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_node_refuses_new_sessions_but_admits_joins_to_live_ones() {
+    tokio::time::timeout(Duration::from_secs(90), drain())
+        .await
+        .expect("drain test finished in time");
+}
+
+async fn drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
+    let _node = c.node("media-node", "m-drain", "eu-west-1", 1000).unwrap();
+    c.wait_nodes(&["m-drain"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (status, session) = c
+        .create_session(json!({"participants": [
+            {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{session}");
+    let sid = session["session_id"].as_str().unwrap().to_owned();
+    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    let url = |sid: &str, pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
+    let token = |i: usize| {
+        session["participants"][i]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let a = Peer::new().await;
+    a.join(&url(&sid, "therapist-1"), &token(0)).await;
+    a.wait_connected().await;
+
+    assert!((200..300).contains(&c.drain("m-drain", 600).await.unwrap()));
+    c.wait_nodes(&["m-drain"], "draining", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A valid token for a session the node does not host: refused while draining.
+    let fresh = join_token(JOIN_SECRET, "s-fresh", "p-1", "m-drain", 60);
+    let offer = Peer::new().await.offer().await;
+    let refused = eventually(Duration::from_secs(5), || {
+        let (url, fresh, offer) = (url("s-fresh", "p-1"), fresh.clone(), offer.clone());
+        async move {
+            let r = post_offer(&url, Some(&fresh), "application/sdp", offer).await;
+            let (status, code) = error_code(r).await;
+            (status == 403 && code == "draining").then_some(())
+        }
+    })
+    .await;
+    assert!(refused.is_some(), "a draining node refuses new sessions");
+
+    // The second participant of the live session still gets in, and media flows.
+    let b = Peer::new().await;
+    b.join(&url(&sid, "client-9"), &token(1)).await;
+    b.wait_connected().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send(b'b', 0).await;
+    let got = eventually(Duration::from_secs(10), || {
+        let n = a.counts(b'b');
+        async move { (n.0 > 0 && n.1 > 0).then_some(n) }
+    })
+    .await;
+    assert!(got.is_some(), "media flows on a draining node");
+    let _ = a.pc.close().await;
+    let _ = b.pc.close().await;
+}
