@@ -156,7 +156,7 @@ impl Fleet {
 
     /// A node reported.
     pub fn on_report(&mut self, now: Millis, conn: u64, node: &NodeId, report: Report) {
-        let Some(effects) = self.registry.report(now, conn, node, report) else {
+        let Some(ended) = self.registry.report(now, conn, node, report) else {
             return;
         };
         let Some(n) = self.registry.get(node) else {
@@ -166,7 +166,7 @@ impl Fleet {
             return;
         }
         self.sessions
-            .apply_report(now, node, &n.region, &n.hosted, &effects.ended);
+            .apply_report(now, node, &n.region, &n.hosted, &ended);
     }
 
     /// A node's link closed.
@@ -191,7 +191,7 @@ impl Fleet {
 
     /// Advances the clock: dead nodes, expired reservations and pending sessions.
     pub fn tick(&mut self, now: Millis) -> Vec<NodeId> {
-        let (died, _expired) = self.registry.tick(now);
+        let died = self.registry.tick(now);
         for id in &died {
             self.sessions.node_died(id);
         }

@@ -138,15 +138,6 @@ pub struct Pool {
     pub free: u64,
 }
 
-/// What a report changed, for the session index.
-#[derive(Debug, Default)]
-pub struct ReportEffects {
-    /// Sessions the node reports that its previous report did not have.
-    pub confirmed: Vec<SessionId>,
-    /// Sessions its previous report had and this one does not: they ended on the node.
-    pub ended: Vec<SessionId>,
-}
-
 /// The registry of nodes.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -279,15 +270,16 @@ impl Registry {
         Ok(())
     }
 
-    /// A report arrived on connection `conn`. Reports from a connection that is no longer the
-    /// node's current one are ignored.
+    /// A report arrived on connection `conn`. Returns the sessions its previous report had and
+    /// this one does not (they ended on the node); `None` when the report was ignored because
+    /// `conn` is no longer the node's current connection.
     pub fn report(
         &mut self,
         now: Millis,
         conn: u64,
         id: &NodeId,
         report: Report,
-    ) -> Option<ReportEffects> {
+    ) -> Option<Vec<SessionId>> {
         let &i = self.by_id.get(id)?;
         let node = &mut self.nodes[i];
         if node.conn != Some(conn) {
@@ -307,17 +299,10 @@ impl Registry {
         node.last_report_ms = now;
         node.used = report.load.capacity_used;
         node.load = report.load;
-        let mut effects = ReportEffects::default();
         let hosted = report.sessions;
         let now_ids: HashSet<&SessionId> = hosted.iter().map(|s| &s.id).collect();
-        let before_ids: HashSet<&SessionId> = node.hosted.iter().map(|s| &s.id).collect();
         node.reservations.retain(|r| !now_ids.contains(&r.session));
-        effects.confirmed = hosted
-            .iter()
-            .filter(|s| !before_ids.contains(&s.id))
-            .map(|s| s.id.clone())
-            .collect();
-        effects.ended = node
+        let ended = node
             .hosted
             .iter()
             .filter(|s| !now_ids.contains(&s.id))
@@ -330,7 +315,7 @@ impl Registry {
         } else {
             self.free_changed(i, old_free);
         }
-        Some(effects)
+        Some(ended)
     }
 
     /// The link of `conn` closed: the node is DEAD (if that was its current link).
@@ -352,11 +337,9 @@ impl Registry {
     }
 
     /// Advances time: silent nodes become DEAD, long-dead nodes are forgotten, expired
-    /// reservations are released. Returns the ids of nodes that became DEAD and the sessions
-    /// whose reservations expired.
-    pub fn tick(&mut self, now: Millis) -> (Vec<NodeId>, Vec<SessionId>) {
+    /// reservations are released. Returns the ids of nodes that became DEAD.
+    pub fn tick(&mut self, now: Millis) -> Vec<NodeId> {
         let mut died = Vec::new();
-        let mut expired = Vec::new();
         let mut changed = false;
         for node in &mut self.nodes {
             if node.status != NodeStatus::Dead {
@@ -369,14 +352,7 @@ impl Registry {
                 }
             }
             if node.reservations.iter().any(|r| r.expires_ms <= now) {
-                node.reservations.retain(|r| {
-                    if r.expires_ms <= now {
-                        expired.push(r.session.clone());
-                        false
-                    } else {
-                        true
-                    }
-                });
+                node.reservations.retain(|r| r.expires_ms > now);
                 node.reserved = node.reservations.iter().map(|r| r.cost).sum();
                 changed = true;
             }
@@ -399,7 +375,7 @@ impl Registry {
         if changed {
             self.rebuild_pools();
         }
-        (died, expired)
+        died
     }
 
     /// Holds `cost` units on node `idx` for `session` until `expires_ms` or its report.
