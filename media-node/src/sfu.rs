@@ -11,9 +11,13 @@
 //! it; PLI/FIR read from a slot's sender is sent to the publisher as a PLI for its video SSRC.
 //! NACK/retransmission and receiver reports come from the crate's default interceptors.
 //!
-//! Limits (to do): a slot's video codec is VP8 when the subscriber offered it (else H.264) and
-//! is not matched to the publisher's; token joins are not (yet) written into the node core's
-//! hosted-session list, which only the controller's commands fill; no ICE-TCP.
+//! The node core learns the live sessions through [`DataPlane::live_sessions`]: a session ends
+//! on the node (and so at the controller) when its last participant leaves or its connection
+//! fails (ICE failed after 15 s without traffic).
+//!
+//! Limits: a slot's video codec is VP8 when the subscriber offered it (else H.264) and is not
+//! matched to the publisher's; no ICE-TCP (webrtc-ice 0.17 has no TCP candidates; TCP-only
+//! clients reach the node through TURN over TCP/TLS).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,8 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use fleet_proto::ids::{ParticipantId, SessionId};
 use fleet_proto::messages::Load;
-use fleet_proto::node::DataPlane;
+use fleet_proto::node::{DataPlane, LiveSession};
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
@@ -48,6 +53,14 @@ use crate::token::{JoinVerifier, TokenError};
 
 /// How long the answer waits for ICE gathering (local host candidates on the mux: fast).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No traffic from a participant for this long: ICE disconnected.
+const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
+/// No traffic for this long: ICE failed, and the participant is removed.
+const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(15);
+/// STUN keep-alives towards each participant.
+const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Offers (joins and renegotiations) handled at once; more get 503 `busy`.
+const MAX_CONCURRENT_OFFERS: usize = 32;
 /// At most one PLI per slot in this interval.
 const PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -87,6 +100,9 @@ pub enum JoinError {
     /// The WebRTC stack refused the offer.
     #[error("offer refused by the WebRTC stack: {0}")]
     Rejected(String),
+    /// Too many offers are being handled at once.
+    #[error("media node is busy with other offers: retry in a second")]
+    Busy,
     /// Something failed inside the node.
     #[error("internal error: {0}")]
     Internal(String),
@@ -100,6 +116,7 @@ impl JoinError {
             JoinError::Offer(_) | JoinError::Rejected(_) => 400,
             JoinError::Draining | JoinError::Full(_) => 403,
             JoinError::NotFound => 404,
+            JoinError::Busy => 503,
             JoinError::Internal(_) => 500,
         }
     }
@@ -113,6 +130,7 @@ impl JoinError {
             JoinError::Full(_) => "session_full",
             JoinError::NotFound => "unknown_participant",
             JoinError::Rejected(_) => "offer_rejected",
+            JoinError::Busy => "busy",
             JoinError::Internal(_) => "internal",
         }
     }
@@ -129,6 +147,50 @@ struct Stats {
     packets_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Packets the publishers' sequence numbers say were sent (for loss).
+    packets_expected: AtomicU64,
+    /// Remote tracks being read now.
+    tracks: AtomicU64,
+}
+
+/// Counts the packets a publisher's RTP sequence numbers say were sent: the extended highest
+/// sequence number's advance (RFC 3550 A.3, without the probation rules).
+#[derive(Debug, Default)]
+struct SeqTracker {
+    highest: Option<u64>,
+}
+
+impl SeqTracker {
+    /// Records `seq`; returns how many packets it adds to the expected count.
+    fn observe(&mut self, seq: u16) -> u64 {
+        let Some(highest) = self.highest else {
+            self.highest = Some(u64::from(seq) + (1 << 16));
+            return 1;
+        };
+        let cycle = highest & !0xffff;
+        // The candidate nearest to the highest so far, in this cycle or a neighbouring one.
+        let candidates = [cycle.saturating_sub(1 << 16), cycle, cycle + (1 << 16)];
+        let ext = candidates
+            .iter()
+            .map(|c| c + u64::from(seq))
+            .min_by_key(|e| e.abs_diff(highest))
+            .unwrap_or(highest);
+        if ext > highest {
+            self.highest = Some(ext);
+            ext - highest
+        } else {
+            0
+        }
+    }
+}
+
+/// Decrements the live track count when a track's reader ends.
+struct TrackGuard(Arc<Stats>);
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        self.0.tracks.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A forwarding slot: tracks sent to a subscriber, bound to one other participant.
@@ -208,7 +270,19 @@ pub struct Sfu {
     stats: Arc<Stats>,
     generation: AtomicU64,
     udp_addr: SocketAddr,
-    rates: Mutex<(Instant, u64, u64)>,
+    rates: Mutex<RateMark>,
+    /// Bounds the offers handled at once (each costs a peer connection and ICE gathering).
+    offers: tokio::sync::Semaphore,
+}
+
+/// The counters at the previous report, for rates and loss over the interval.
+#[derive(Debug)]
+struct RateMark {
+    at: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+    packets_in: u64,
+    expected: u64,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -253,6 +327,12 @@ impl Sfu {
             NetworkType::Udp4
         }]);
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // A participant that vanishes without leaving is dropped once ICE fails.
+        settings.set_ice_timeouts(
+            Some(ICE_DISCONNECTED_TIMEOUT),
+            Some(ICE_FAILED_TIMEOUT),
+            Some(ICE_KEEPALIVE_INTERVAL),
+        );
 
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
@@ -271,7 +351,14 @@ impl Sfu {
             stats: Arc::new(Stats::default()),
             generation: AtomicU64::new(0),
             udp_addr: SocketAddr::new(config.public_ip, port),
-            rates: Mutex::new((Instant::now(), 0, 0)),
+            offers: tokio::sync::Semaphore::new(MAX_CONCURRENT_OFFERS),
+            rates: Mutex::new(RateMark {
+                at: Instant::now(),
+                bytes_in: 0,
+                bytes_out: 0,
+                packets_in: 0,
+                expected: 0,
+            }),
         }))
     }
 
@@ -346,6 +433,7 @@ impl Sfu {
     ) -> Result<String, JoinError> {
         self.authorize(token, sid, pid)?;
         let (offer, summary) = check_offer(body)?;
+        let _permit = self.offers.try_acquire().map_err(|_| JoinError::Busy)?;
         let session = self.session_for_join(sid, pid)?;
         let result = self.connect(&session, sid, pid, offer, summary).await;
         if result.is_err() {
@@ -451,10 +539,17 @@ impl Sfu {
                     p.video_ssrc.store(track.ssrc(), Ordering::Relaxed);
                 }
                 tokio::spawn(async move {
+                    stats.tracks.fetch_add(1, Ordering::Relaxed);
+                    let _guard = TrackGuard(stats.clone());
+                    let mut seq = SeqTracker::default();
                     while let Ok((packet, _)) = track.read_rtp().await {
                         let size = packet.payload.len() as u64 + 12;
                         stats.packets_in.fetch_add(1, Ordering::Relaxed);
                         stats.bytes_in.fetch_add(size, Ordering::Relaxed);
+                        let expected = seq.observe(packet.header.sequence_number);
+                        stats
+                            .packets_expected
+                            .fetch_add(expected, Ordering::Relaxed);
                         let Some(p) = weak_p.upgrade() else { break };
                         let sinks = if video {
                             p.video_sinks
@@ -546,6 +641,7 @@ impl Sfu {
     ) -> Result<String, JoinError> {
         self.authorize(token, sid, pid)?;
         let (offer, _) = check_offer(body)?;
+        let _permit = self.offers.try_acquire().map_err(|_| JoinError::Busy)?;
         let session = lock(&self.sessions).get(sid).cloned();
         let participant = session
             .and_then(|s| lock(&s.participants).get(pid).cloned())
@@ -652,17 +748,50 @@ impl DataPlane for Sfu {
         let packets_out = self.stats.packets_out.load(Ordering::Relaxed);
         let bytes_in = self.stats.bytes_in.load(Ordering::Relaxed);
         let bytes_out = self.stats.bytes_out.load(Ordering::Relaxed);
+        let expected = self.stats.packets_expected.load(Ordering::Relaxed);
         let mut rates = lock(&self.rates);
-        let elapsed = rates.0.elapsed().as_secs_f64();
+        let elapsed = rates.at.elapsed().as_secs_f64();
         if elapsed > 0.0 {
             let bps =
                 |now: u64, before: u64| (now.saturating_sub(before) as f64 * 8.0 / elapsed) as u64;
-            load.bitrate_in_bps = bps(bytes_in, rates.1);
-            load.bitrate_out_bps = bps(bytes_out, rates.2);
+            load.bitrate_in_bps = bps(bytes_in, rates.bytes_in);
+            load.bitrate_out_bps = bps(bytes_out, rates.bytes_out);
         }
-        *rates = (Instant::now(), bytes_in, bytes_out);
+        let expected_delta = expected.saturating_sub(rates.expected);
+        let received_delta = packets_in.saturating_sub(rates.packets_in);
+        load.loss = if expected_delta == 0 {
+            0.0
+        } else {
+            (expected_delta.saturating_sub(received_delta) as f64 / expected_delta as f64) as f32
+        };
+        *rates = RateMark {
+            at: Instant::now(),
+            bytes_in,
+            bytes_out,
+            packets_in,
+            expected,
+        };
         load.packets_in = packets_in;
         load.packets_out = packets_out;
+        load.participants = self.participant_count() as u64;
+        load.tracks = self.stats.tracks.load(Ordering::Relaxed);
+    }
+
+    fn live_sessions(&self) -> Option<Vec<LiveSession>> {
+        let live = self
+            .sessions()
+            .into_iter()
+            .filter_map(|(id, participants)| {
+                Some(LiveSession {
+                    id: SessionId::parse(&id).ok()?,
+                    participants: participants
+                        .iter()
+                        .filter_map(|p| ParticipantId::parse(p).ok())
+                        .collect(),
+                })
+            })
+            .collect();
+        Some(live)
     }
 
     fn active(&self) -> usize {
@@ -681,5 +810,27 @@ impl DataPlane for Sfu {
 
     fn announce(&self) -> Vec<String> {
         vec![format!("MEDIA udp={}", self.udp_addr)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqTracker;
+
+    #[test]
+    fn expected_packets_follow_sequence_numbers() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(10), 1);
+        assert_eq!(t.observe(11), 1);
+        // Two lost, then a late duplicate/reordered packet adds nothing.
+        assert_eq!(t.observe(14), 3);
+        assert_eq!(t.observe(12), 0);
+        // Wrap-around.
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(65_534), 1);
+        assert_eq!(t.observe(65_535), 1);
+        assert_eq!(t.observe(1), 2);
+        assert_eq!(t.observe(65_535), 0);
+        assert_eq!(t.observe(2), 1);
     }
 }

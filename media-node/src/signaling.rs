@@ -8,7 +8,8 @@
 //!   → `200` and the new answer on the participant's existing connection.
 //! - `DELETE` on that location (same token) → `204`: the participant leaves.
 //!
-//! Errors are `{"error":{"code","message"}}`. CORS is open (`*`): the token is the credential.
+//! Errors are `{"error":{"code","message"}}`; too many offers at once get `503 busy` with
+//! `Retry-After`. CORS is open (`*`): the token is the credential.
 
 use std::sync::Arc;
 
@@ -63,7 +64,13 @@ fn error(status: u16, code: &str, message: &str) -> Response {
 }
 
 fn join_error(e: &JoinError) -> Response {
-    error(e.status(), e.code(), &e.to_string())
+    let mut response = error(e.status(), e.code(), &e.to_string());
+    if matches!(e, JoinError::Busy) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// The token check and content-type check every offer-carrying request shares.

@@ -84,8 +84,12 @@ pub struct Load {
     pub packets_in: u64,
     /// Packets sent since start.
     pub packets_out: u64,
-    /// Packet loss fraction (0..1).
+    /// Packet loss fraction (0..1) of the media received since the previous report.
     pub loss: f32,
+    /// Participants with a live media connection (media nodes).
+    pub participants: u64,
+    /// Media tracks received from participants (media nodes).
+    pub tracks: u64,
     /// Active TURN allocations.
     pub allocations: u64,
     /// Bytes relayed since start (TURN).

@@ -44,6 +44,8 @@ fn report() -> Report {
             packets_in: 3,
             packets_out: 4,
             loss: 0.5,
+            participants: 2,
+            tracks: 4,
             allocations: 5,
             relayed_bytes: 6,
             capacity_used: 20,

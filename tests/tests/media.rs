@@ -1,8 +1,10 @@
 //! The SFU through the real binaries: a controller places a 1:1 session on a real media node;
 //! two peers built on the `webrtc` 0.17 crate join with the controller's join tokens, each sends
 //! 200 synthetic Opus and 200 VP8 RTP packets with a recognizable payload, and each receives the
-//! other's packets; the controller sees the session live with two participants. Bad tokens and
-//! bad SDP are refused with clear 4xx errors.
+//! other's packets; the controller sees the session live with two participants, and the session
+//! ends when both have left. Bad tokens and bad SDP are refused with clear 4xx errors. A
+//! draining node keeps a live call until it ends, then exits; when a node dies mid-call, the
+//! rejoin places the same session id on another node.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -393,6 +395,20 @@ async fn call() {
         live.is_some(),
         "controller shows the session live with two participants"
     );
+    // ... and the node's report carries the connected participants and received tracks.
+    let load = eventually(Duration::from_secs(10), || async {
+        let nodes = c.nodes().await.ok()?;
+        let node = nodes.iter().find(|n| n["id"] == "m-sfu")?.clone();
+        let load = node["load"].clone();
+        (load["participants"] == 2 && load["tracks"] == 4 && load["packets_in"].as_u64()? > 0)
+            .then_some(load)
+    })
+    .await;
+    assert!(
+        load.is_some(),
+        "node reports 2 participants and 4 tracks: {:?}",
+        c.nodes().await
+    );
 
     // Leaving: DELETE with the token, then the participant is gone.
     let r = http()
@@ -409,8 +425,46 @@ async fn call() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (404, "unknown_participant".to_owned()));
+    let r = http()
+        .delete(url(&pid_b))
+        .bearer_auth(token(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
     let _ = a.pc.close().await;
     let _ = b.pc.close().await;
+    // The last participant left: the session ends on the node and so at the controller.
+    assert!(
+        session_gone(&c, &sid).await,
+        "the session ends when its last participant leaves"
+    );
+}
+
+/// Waits (10 s) until the controller no longer knows session `sid`.
+async fn session_gone(c: &Controller, sid: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        let url = format!("{}/v1/sessions/{sid}", c.api);
+        let token = c.client_token();
+        async move {
+            let r = http().get(url).bearer_auth(token).send().await.ok()?;
+            (r.status().as_u16() == 404).then_some(())
+        }
+    })
+    .await
+    .is_some()
+}
+
+/// `DELETE` of a participant with its join token; the status.
+async fn leave(url: &str, token: &str) -> u16 {
+    http()
+        .delete(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +477,7 @@ async fn draining_node_refuses_new_sessions_but_admits_joins_to_live_ones() {
 async fn drain() {
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let _node = c.node("media-node", "m-drain", "eu-west-1", 1000).unwrap();
+    let mut node = c.node("media-node", "m-drain", "eu-west-1", 1000).unwrap();
     c.wait_nodes(&["m-drain"], "serving", Duration::from_secs(20))
         .await
         .unwrap();
@@ -477,6 +531,127 @@ async fn drain() {
     })
     .await;
     assert!(got.is_some(), "media flows on a draining node");
+    // The call keeps flowing for as long as it lasts.
+    for round in 1..4 {
+        let before = a.counts(b'b');
+        b.send(b'b', round).await;
+        let more = eventually(Duration::from_secs(10), || {
+            let n = a.counts(b'b');
+            async move { (n.0 > before.0 && n.1 > before.1).then_some(n) }
+        })
+        .await;
+        assert!(
+            more.is_some(),
+            "media still flows in round {round} of the drain"
+        );
+        assert!(
+            node.running(),
+            "a draining node with a live call keeps running"
+        );
+    }
+
+    // Both leave: the drained node exits by itself, and the session is gone.
+    assert_eq!(leave(&url(&sid, "therapist-1"), &token(0)).await, 204);
+    assert!(node.running(), "one participant is still in the call");
+    assert_eq!(leave(&url(&sid, "client-9"), &token(1)).await, 204);
+    let status = tokio::task::block_in_place(|| node.wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the drained media node exits 0 once its call ended: {status:?}"
+    );
+    assert!(session_gone(&c, &sid).await, "the ended session is gone");
     let _ = a.pc.close().await;
     let _ = b.pc.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_during_a_call_rejoin_is_placed_on_another_node() {
+    tokio::time::timeout(Duration::from_secs(90), killed())
+        .await
+        .expect("killed-node test finished in time");
+}
+
+async fn killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
+    let mut first = c.node("media-node", "m-k1", "eu-west-1", 1000).unwrap();
+    c.wait_nodes(&["m-k1"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let participants = json!({"participants": [
+        {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]});
+    let (status, session) = c.create_session(participants).await.unwrap();
+    assert_eq!(status, 201, "{session}");
+    assert_eq!(session["media"]["node_id"], "m-k1");
+    let sid = session["session_id"].as_str().unwrap().to_owned();
+    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    let a = Peer::new().await;
+    let join_token = session["participants"][0]["join_token"].as_str().unwrap();
+    a.join(
+        &format!("{base}/v1/sessions/{sid}/participants/therapist-1"),
+        join_token,
+    )
+    .await;
+    a.wait_connected().await;
+
+    // A second node comes up; the first dies mid-call.
+    let _second = c.node("media-node", "m-k2", "eu-west-1", 1000).unwrap();
+    c.wait_nodes(&["m-k2"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    first.kill();
+    c.wait_nodes(&["m-k1"], "dead", Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // Both rejoin the same session id: it is placed on the live node, and the call resumes.
+    let rejoin = |pid: &'static str| {
+        let url = format!("{}/v1/sessions/{sid}/participants", c.api);
+        let token = c.client_token();
+        async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"id": pid, "ip": IP_LONDON}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, grant_a) = rejoin("therapist-1").await;
+    assert_eq!(status, 201, "{grant_a}");
+    assert_eq!(grant_a["session_id"], sid.as_str());
+    assert_eq!(grant_a["media"]["node_id"], "m-k2", "{grant_a}");
+    let (status, grant_b) = rejoin("client-9").await;
+    assert_eq!(status, 201, "{grant_b}");
+    assert_eq!(grant_b["media"]["node_id"], "m-k2", "{grant_b}");
+    let base = grant_a["media"]["url"].as_str().unwrap().to_owned();
+    let a2 = Peer::new().await;
+    let b2 = Peer::new().await;
+    for (peer, pid, grant) in [(&a2, "therapist-1", &grant_a), (&b2, "client-9", &grant_b)] {
+        let token = grant["participants"][0]["join_token"].as_str().unwrap();
+        peer.join(
+            &format!("{base}/v1/sessions/{sid}/participants/{pid}"),
+            token,
+        )
+        .await;
+    }
+    a2.wait_connected().await;
+    b2.wait_connected().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b2.send(b'b', 0).await;
+    let got = eventually(Duration::from_secs(10), || {
+        let n = a2.counts(b'b');
+        async move { (n.0 > 0 && n.1 > 0).then_some(n) }
+    })
+    .await;
+    assert!(
+        got.is_some(),
+        "media flows on the node the session moved to"
+    );
+    for p in [&a, &a2, &b2] {
+        let _ = p.pc.close().await;
+    }
 }

@@ -203,7 +203,7 @@ async fn serve_connection(incoming: quinn::Incoming, conn_id: ConnId, shared: Ar
                     break reason;
                 }
                 Some(Ok(None)) | None => {
-                    let reason = "node closed its stream".to_owned();
+                    let reason = "node shutting down: it finished its stream".to_owned();
                     connection.close(close_code::NORMAL, reason.as_bytes());
                     break reason;
                 }

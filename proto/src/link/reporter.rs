@@ -65,11 +65,13 @@ pub enum LinkStatus {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping reporter waits for its last report to be delivered.
+const FINAL_REPORT_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// Runs until `shutdown` resolves: connect, send Hello, wait for Welcome (or Reject: log it with
 /// the reason, then retry with backoff; keep running), send a Report immediately and then every
 /// interval, answer commands; on any failure reconnect with exponential backoff 100 ms .. 5 s
-/// with jitter.
+/// with jitter. At shutdown a connected link sends one last Report before it closes.
 pub async fn run_reporter(
     config: ReporterConfig,
     source: Arc<dyn ReportSource>,
@@ -84,6 +86,7 @@ pub async fn run_reporter(
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let mut endpoint: Option<quinn::Endpoint> = None;
+    let (stopping_tx, stopping) = watch::channel(false);
     let work = async {
         let client_config = match client_config(config.pinned_cert.clone()) {
             Ok(c) => c,
@@ -118,9 +121,13 @@ pub async fn run_reporter(
                 status: &status,
                 seq: &mut seq,
                 welcomed: false,
+                stopping: stopping.clone(),
             };
             let result = session.run(&ep, client_config.clone()).await;
             let welcomed = session.welcomed;
+            if *stopping.borrow() {
+                return;
+            }
             match result {
                 Err(LinkError::Rejected(reason)) => {
                     tracing::warn!(controller = %config.controller, %reason, "controller rejected this node");
@@ -140,9 +147,17 @@ pub async fn run_reporter(
             sleep_backoff(&mut backoff).await;
         }
     };
-    tokio::select! {
-        () = shutdown => {}
-        () = work => {}
+    {
+        tokio::pin!(work);
+        tokio::select! {
+            () = shutdown => {
+                // A connected link sends its last report (e.g. "no sessions left" from a node
+                // that drained) before it closes.
+                stopping_tx.send_replace(true);
+                let _ = tokio::time::timeout(FINAL_REPORT_TIMEOUT, &mut work).await;
+            }
+            () = &mut work => {}
+        }
     }
     status.send_replace(LinkStatus::Connecting);
     if let Some(ep) = endpoint {
@@ -175,6 +190,8 @@ struct Session<'a> {
     status: &'a watch::Sender<LinkStatus>,
     seq: &'a mut u64,
     welcomed: bool,
+    /// Becomes true when the reporter stops: send a last report and end.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Session<'_> {
@@ -233,9 +250,16 @@ impl Session<'_> {
         let start = tokio::time::Instant::now() + self.config.interval;
         let mut ticker = tokio::time::interval_at(start, self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = self.stopping.clone();
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.send_report(&mut send, connection).await?,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    self.send_report(&mut send, connection).await?;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    return Ok(());
+                }
                 item = rx.recv() => match next_message(item, connection)? {
                     ControllerMessage::Command { id, command } => {
                         tracing::info!(id, ?command, "command from controller");

@@ -15,10 +15,15 @@
 //! - `CloseSession`: idempotent (closing an unknown session succeeds).
 //! - A draining node should exit when it hosts no sessions or its deadline has passed.
 //! - A session without activity for `session_idle` is dropped.
+//! - When the data plane tracks sessions ([`NodeCore::sync_live`]): its live sessions are
+//!   hosted (added with cost 0 if no controller opened them; a later `OpenSession` sets the
+//!   cost), a session ends when it was live and its last participant has left, and a session
+//!   nobody joined within the join grace is dropped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::data_plane::LiveSession;
 use crate::ids::{NodeState, ParticipantId, SessionId};
 use crate::messages::{Command, HostedSession};
 
@@ -61,6 +66,8 @@ struct Hosted {
     cost: u64,
     created_unix_ms: u64,
     last_activity_unix_ms: u64,
+    /// Whether the data plane has carried this session (someone joined it).
+    joined: bool,
 }
 
 /// Sessions, capacity and life-cycle state of one node.
@@ -193,6 +200,11 @@ impl NodeCore {
                 }
             }
             existing.last_activity_unix_ms = now_unix_ms;
+            // Joined before the controller's command arrived: the session now costs what the
+            // controller reserved for it.
+            if existing.cost == 0 {
+                existing.cost = cost;
+            }
             return Ok(());
         }
         match self.state {
@@ -221,6 +233,7 @@ impl NodeCore {
                 cost,
                 created_unix_ms: now_unix_ms,
                 last_activity_unix_ms: now_unix_ms,
+                joined: false,
             },
         );
         Ok(())
@@ -254,6 +267,51 @@ impl NodeCore {
             }
             None => false,
         }
+    }
+
+    /// Merges the data plane's live sessions (see the module rules) and returns the ids of the
+    /// sessions that ended: live before, no participant now, or never joined within
+    /// `join_grace_ms` of being opened.
+    pub fn sync_live(
+        &mut self,
+        live: Vec<LiveSession>,
+        join_grace_ms: u64,
+        now_unix_ms: u64,
+    ) -> Vec<SessionId> {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in live {
+            if l.participants.is_empty() {
+                continue;
+            }
+            seen.insert(l.id.clone());
+            let hosted = self.sessions.entry(l.id).or_insert_with(|| Hosted {
+                participants: Vec::new(),
+                cost: 0,
+                created_unix_ms: now_unix_ms,
+                last_activity_unix_ms: now_unix_ms,
+                joined: true,
+            });
+            hosted.joined = true;
+            hosted.last_activity_unix_ms = hosted.last_activity_unix_ms.max(now_unix_ms);
+            for p in l.participants {
+                if !hosted.participants.contains(&p) {
+                    hosted.participants.push(p);
+                }
+            }
+        }
+        let ended: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                !seen.contains(*id)
+                    && (s.joined || now_unix_ms.saturating_sub(s.created_unix_ms) > join_grace_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            self.sessions.remove(id);
+        }
+        ended
     }
 
     /// Drops the sessions idle for longer than the idle limit and returns their ids.
@@ -451,5 +509,62 @@ mod tests {
         assert_eq!(core.expire_idle(101), vec![sid("s1")]);
         assert_eq!(core.expire_idle(181), vec![sid("s2")]);
         assert_eq!(core.session_count(), 0);
+    }
+
+    fn live(s: &str, ps: &[&str]) -> LiveSession {
+        LiveSession {
+            id: sid(s),
+            participants: ps.iter().map(|p| pid(p)).collect(),
+        }
+    }
+
+    #[test]
+    fn live_sessions_are_merged_and_end_when_empty() {
+        let mut core = serving(10);
+        core.apply(open("s1", 4), 0).expect("open");
+        // Opened, nobody joined yet: kept within the join grace, dropped after it.
+        assert!(core.sync_live(vec![], 1_000, 500).is_empty());
+        assert_eq!(core.session_count(), 1);
+        // Joined: participants merged; a session no controller opened is hosted at cost 0.
+        let ended = core.sync_live(
+            vec![live("s1", &["a", "c"]), live("s2", &["x"])],
+            1_000,
+            600,
+        );
+        assert!(ended.is_empty());
+        let sessions = core.sessions();
+        assert_eq!(sessions[0].participants, vec![pid("a"), pid("b"), pid("c")]);
+        assert_eq!(sessions[1].id, sid("s2"));
+        assert_eq!(sessions[1].cost, 0);
+        assert_eq!(core.capacity_used(), 4);
+        // The controller's (late) open of s2 sets its cost, even while draining.
+        core.drain(10_000);
+        assert_eq!(core.apply(open("s2", 3), 700), Ok(()));
+        assert_eq!(core.capacity_used(), 7);
+        // Live sessions are not dropped as unjoined, however long they last.
+        assert!(
+            core.sync_live(vec![live("s1", &["a"]), live("s2", &["x"])], 1_000, 5_000)
+                .is_empty()
+        );
+        // The last participant of s1 left: it ends; then s2 ends and the drained node may exit.
+        assert_eq!(
+            core.sync_live(vec![live("s2", &["x"])], 1_000, 5_100),
+            vec![sid("s1")]
+        );
+        assert_eq!(core.exit_reason(5_100), None);
+        assert_eq!(
+            core.sync_live(vec![live("s2", &[])], 1_000, 5_200),
+            vec![sid("s2")]
+        );
+        assert_eq!(core.exit_reason(5_200), Some(ExitReason::Drained));
+    }
+
+    #[test]
+    fn unjoined_sessions_expire_after_the_join_grace() {
+        let mut core = serving(10);
+        core.apply(open("s1", 4), 100).expect("open");
+        assert!(core.sync_live(vec![], 1_000, 1_100).is_empty());
+        assert_eq!(core.sync_live(vec![], 1_000, 1_101), vec![sid("s1")]);
+        assert_eq!(core.capacity_used(), 0);
     }
 }

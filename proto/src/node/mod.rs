@@ -20,7 +20,7 @@ use std::time::Duration;
 use rand::Rng;
 
 pub use self::core::{CommandError, ExitReason, NodeCore};
-pub use data_plane::{DataPlane, NoDataPlane};
+pub use data_plane::{DataPlane, LiveSession, NoDataPlane};
 pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 

@@ -29,6 +29,9 @@ use crate::tls::load_pinned_cert;
 
 /// How often the exit rule and idle sessions are checked.
 const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a session the controller opened may wait for its first participant (on a data
+/// plane that tracks sessions) before it is dropped; `session_idle` when shorter.
+const JOIN_GRACE: Duration = Duration::from_secs(120);
 /// How long shutdown waits for the reporter and HTTP server to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -172,6 +175,8 @@ impl Node {
             stopped(),
         ));
 
+        let join_grace_ms =
+            u64::try_from(config.session_idle.min(JOIN_GRACE).as_millis()).unwrap_or(u64::MAX);
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut signals_seen = 0u32;
@@ -181,9 +186,16 @@ impl Node {
                 _ = int.recv() => signals_seen += 1,
                 _ = check.tick() => {
                     let now = now_unix_ms();
-                    let (expired, exit) = shared.with_core(|core| {
-                        (core.expire_idle(now), core.exit_reason(now))
+                    let live = data_plane.live_sessions();
+                    let (ended, expired, exit) = shared.with_core(|core| {
+                        let ended = live
+                            .map(|live| core.sync_live(live, join_grace_ms, now))
+                            .unwrap_or_default();
+                        (ended, core.expire_idle(now), core.exit_reason(now))
                     });
+                    for session in ended {
+                        tracing::info!(%session, "session ended");
+                    }
                     for session in expired {
                         tracing::info!(%session, "dropped idle session");
                     }
