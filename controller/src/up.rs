@@ -195,10 +195,12 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     let api = format!("http://{}", controller.api_addr);
     let env_file = state_dir.join("fleet-up.env");
+    let call_url = format!("{api}/call#token={client_token}");
     std::fs::write(
         &env_file,
         format!(
-            "FLEET_API={api}\nFLEET_ADMIN_TOKEN={}\nFLEET_CLIENT_TOKEN={client_token}\n",
+            "FLEET_API={api}\nFLEET_ADMIN_TOKEN={}\nFLEET_CLIENT_TOKEN={client_token}\n\
+             FLEET_CALL_URL={call_url}\n",
             config.auth.admin_token
         ),
     )?;
@@ -217,6 +219,11 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     println!("  admin token:  {}", config.auth.admin_token);
     println!("  client token: {client_token}   (valid 24 h)");
     println!("  (both saved in {})", env_file.display());
+    println!();
+    println!(
+        "  demo call: open this in a browser tab, start a call, open its room link in another:"
+    );
+    println!("        {call_url}");
     println!();
     println!(
         "  try:  curl -s -H 'Authorization: Bearer {}' {api}/v1/regions",

@@ -378,6 +378,43 @@ impl Controller {
         }
     }
 
+    /// `GET /v1/sessions/{sid}` with the client token; (status, body).
+    pub async fn get_session(&self, sid: &str) -> anyhow::Result<(u16, Value)> {
+        let r = http()
+            .get(format!("{}/v1/sessions/{sid}", self.api))
+            .bearer_auth(self.client_token())
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Waits until the controller shows session `sid` live with `participants` participants;
+    /// its view, or None at the timeout.
+    pub async fn wait_session_live(
+        &self,
+        sid: &str,
+        participants: usize,
+        timeout: Duration,
+    ) -> Option<Value> {
+        eventually(timeout, || async {
+            let (_, body) = self.get_session(sid).await.ok()?;
+            (body["state"] == "live" && body["participants"].as_array()?.len() == participants)
+                .then_some(body)
+        })
+        .await
+    }
+
+    /// Waits until the controller no longer knows session `sid` (404); false at the timeout.
+    pub async fn wait_session_gone(&self, sid: &str, timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            let (status, _) = self.get_session(sid).await.ok()?;
+            (status == 404).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// `POST /v1/sessions` with the client token; (status, body).
     pub async fn create_session(&self, body: Value) -> anyhow::Result<(u16, Value)> {
         let r = http()
@@ -503,5 +540,6 @@ pub fn http_get_sync(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Strin
     Ok((status, body))
 }
 
+pub mod browser;
 pub mod turn;
 pub use turn::*;

@@ -294,3 +294,77 @@ async fn wrong_cluster_secret_and_duplicate_node_ids_are_refused() {
     // Refused nodes keep retrying (an operator fixes the config); they do not crash.
     assert!(bad.running() && dup.running() && unknown_region.running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_are_scoped_to_their_session_and_cannot_end_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _p) = fleet(dir.path()).await;
+    let client = c.client_token();
+    let (status, s1) = post(&c, "/v1/sessions", Some(&client), GOOD).await;
+    assert_eq!(status, 201, "{s1}");
+    let (_, s2) = post(&c, "/v1/sessions", Some(&client), GOOD).await;
+    let (sid1, sid2) = (
+        s1["session_id"].as_str().unwrap(),
+        s2["session_id"].as_str().unwrap(),
+    );
+
+    // Refusals: unknown session, malformed id, no token, a token scoped to another session.
+    let (status, body) = post(&c, "/v1/sessions/s-nope/invite", Some(&client), "").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(message(&body).contains("unknown session"), "{body}");
+    let (status, _) = post(&c, "/v1/sessions/bad%20id/invite", Some(&client), "").await;
+    assert_eq!(status, 400);
+    let (status, _) = post(&c, &format!("/v1/sessions/{sid1}/invite"), None, "").await;
+    assert_eq!(status, 401);
+    let other = client_token_with(API_KID, API_SECRET, "fleet", 60, Some(sid2));
+    let (status, body) = post(&c, &format!("/v1/sessions/{sid1}/invite"), Some(&other), "").await;
+    assert_eq!(status, 403, "{body}");
+
+    // The invite joins its own session only, and cannot end it.
+    let (status, invite) = post(
+        &c,
+        &format!("/v1/sessions/{sid1}/invite"),
+        Some(&client),
+        "",
+    )
+    .await;
+    assert_eq!(status, 201, "{invite}");
+    assert_eq!(invite["session_id"], sid1);
+    let token = invite["token"].as_str().unwrap();
+    let join = r#"{"id":"guest-1"}"#;
+    let (status, grant) = post(
+        &c,
+        &format!("/v1/sessions/{sid1}/participants"),
+        Some(token),
+        join,
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(grant["participants"][0]["id"], "guest-1");
+    let (status, _) = post(
+        &c,
+        &format!("/v1/sessions/{sid2}/participants"),
+        Some(token),
+        join,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let r = http()
+        .delete(format!("{}/v1/sessions/{sid1}", c.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = http()
+        .get(format!("{}/v1/sessions/{sid1}", c.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "the invite may look at its session"
+    );
+}

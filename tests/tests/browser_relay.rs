@@ -15,41 +15,27 @@
 //! `--allow-loopback-in-peer-connection` to use `lo` (the namespace's only interface) at all,
 //! and turn-node needs `--allow-peer 127.0.0.0/8` to relay between two loopback relay addresses.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use fleet_e2e::browser::{Browser, chromedriver, in_netns};
 use fleet_e2e::*;
 use serde_json::{Value, json};
 
-/// Set in the re-executed test process that runs inside the network namespace.
-const IN_NETNS: &str = "FLEET_IN_NETNS";
 /// Bound on the whole re-executed run.
 const NETNS_RUN: Duration = Duration::from_secs(240);
 /// Bound on each wait for the browser to reach a state.
 const BROWSER_WAIT: Duration = Duration::from_secs(40);
 const PAGE: &str = include_str!("../assets/relay.html");
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// The page's state of one call (both peer connections).
+const SNAPSHOT: &str = "return snapshot(arguments[0]);";
 
 #[test]
 fn browser_relay_chromium_peers_connect_through_turn_node_with_controller_credentials() {
     const NAME: &str =
         "browser_relay_chromium_peers_connect_through_turn_node_with_controller_credentials";
-    if std::env::var_os(IN_NETNS).is_none() {
-        run_in_netns(NAME);
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(browser_call_through_relay());
+    in_netns(NAME, NETNS_RUN, browser_call_through_relay);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -58,13 +44,7 @@ fn browser_relay_chromium_peers_connect_through_turn_node_with_controller_creden
 
 async fn browser_call_through_relay() {
     let started = Instant::now();
-    let chromedriver = which("chromedriver").unwrap_or_else(|| {
-        panic!("`chromedriver` not found on PATH: install the Debian package `chromium-driver`")
-    });
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} not found: install the Debian package `chromium`"
-    );
+    let chromedriver = chromedriver();
 
     // A controller, a media node (sessions are placed on one) and a turn-node, all SERVING.
     let dir = tempfile::tempdir().unwrap();
@@ -127,7 +107,7 @@ async fn browser_call_through_relay() {
         .await
         .unwrap();
     let snap = browser
-        .wait_for("bad", BROWSER_WAIT, |s| {
+        .wait_for(SNAPSHOT, json!(["bad"]), BROWSER_WAIT, |s| {
             both(s, |p| p["iceGatheringState"] == "complete")
         })
         .await
@@ -173,7 +153,7 @@ async fn browser_call_through_relay() {
         .await
         .unwrap();
     let snap = browser
-        .wait_for("good", BROWSER_WAIT, |s| {
+        .wait_for(SNAPSHOT, json!(["good"]), BROWSER_WAIT, |s| {
             both(s, |p| {
                 p["connectionState"] == "connected"
                     && !p["selectedPair"].is_null()
@@ -218,7 +198,7 @@ async fn browser_call_through_relay() {
     let frames = |s: &Value| s["pc2"]["video"]["framesDecoded"].as_u64().unwrap_or(0);
     let before = frames(&snap);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let later = browser.snapshot("good").await.unwrap();
+    let later = browser.exec(SNAPSHOT, json!(["good"])).await.unwrap();
     assert!(
         frames(&later) > before,
         "framesDecoded rises over a second ({before} then {}): {later:#}",
@@ -290,277 +270,4 @@ fn serve_page() -> SocketAddr {
         }
     });
     addr
-}
-
-// ---------------------------------------------------------------------------------------------
-// Chromium through chromedriver's W3C WebDriver HTTP API.
-// ---------------------------------------------------------------------------------------------
-
-/// A chromedriver process in its own process group with one browser session; the group is
-/// killed on drop (and the PID namespace takes Chromium down with the test in any case).
-struct Browser {
-    driver: Child,
-    base: String,
-    session: String,
-    http: reqwest::Client,
-    log: PathBuf,
-}
-
-impl Browser {
-    async fn start(chromedriver: &Path, profile: &Path) -> anyhow::Result<Browser> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = profile.with_extension("chromedriver.log");
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("start chromedriver")?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let mut b = Browser {
-            driver,
-            base: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            http,
-            log,
-        };
-        // Ready?
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = b.http.get(format!("{}/status", b.base)).send().await
-                && let Ok(v) = r.json::<Value>().await
-                && v["value"]["ready"] == true
-            {
-                break;
-            }
-            if Instant::now() > end {
-                bail!("chromedriver not ready within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    format!("--user-data-dir={}", profile.display()),
-                    "--use-fake-ui-for-media-stream",
-                    "--use-fake-device-for-media-stream",
-                    "--allow-loopback-in-peer-connection",
-                ],
-            },
-        }}});
-        let v = b.call(reqwest::Method::POST, "/session", caps).await?;
-        b.session = v["sessionId"]
-            .as_str()
-            .with_context(|| format!("no sessionId in {v}"))?
-            .to_string();
-        b.session_call(
-            reqwest::Method::POST,
-            "/timeouts",
-            json!({"script": 30_000, "pageLoad": 30_000}),
-        )
-        .await?;
-        Ok(b)
-    }
-
-    /// One WebDriver command; its `value`.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
-        if method != reqwest::Method::GET && method != reqwest::Method::DELETE {
-            req = req.json(&body);
-        }
-        let r = req
-            .send()
-            .await
-            .with_context(|| format!("WebDriver {method} {path}"))?;
-        let status = r.status();
-        let v: Value = r
-            .json()
-            .await
-            .with_context(|| format!("WebDriver {method} {path}: {status}, no JSON"))?;
-        if !status.is_success() || v["value"]["error"].is_string() {
-            bail!(
-                "WebDriver {method} {path}: {status} {}\nchromedriver log tail:\n{}",
-                v["value"],
-                self.log_tail()
-            );
-        }
-        Ok(v["value"].clone())
-    }
-
-    async fn session_call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        self.call(method, &format!("/session/{}{path}", self.session), body)
-            .await
-    }
-
-    async fn navigate(&self, url: &str) -> anyhow::Result<()> {
-        self.session_call(reqwest::Method::POST, "/url", json!({ "url": url }))
-            .await?;
-        Ok(())
-    }
-
-    /// Runs `script` (a function body; a returned promise is awaited) with `args`.
-    async fn exec(&self, script: &str, args: Value) -> anyhow::Result<Value> {
-        self.session_call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            json!({ "script": script, "args": args }),
-        )
-        .await
-    }
-
-    async fn snapshot(&self, call: &str) -> anyhow::Result<Value> {
-        self.exec("return snapshot(arguments[0]);", json!([call]))
-            .await
-    }
-
-    /// Polls the snapshot of `call` until `pred` holds; the last snapshot otherwise.
-    async fn wait_for(
-        &self,
-        call: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value, Value> {
-        let end = Instant::now() + timeout;
-        loop {
-            let last = match self.snapshot(call).await {
-                Ok(s) if pred(&s) => return Ok(s),
-                Ok(s) => s,
-                Err(e) => json!({ "error": format!("{e:#}") }),
-            };
-            if Instant::now() > end {
-                return Err(last);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Ends the browser session (Chromium exits); best effort.
-    async fn quit(&self) {
-        let _ = self
-            .session_call(reqwest::Method::DELETE, "", Value::Null)
-            .await;
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group of our own child.
-        unsafe {
-            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.driver.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Re-execution in a fresh network (and PID) namespace.
-// ---------------------------------------------------------------------------------------------
-
-/// Runs test `name` of this binary again inside `unshare --net --pid --fork --kill-child` with
-/// `lo` up and [`IN_NETNS`] set, forwards its output and asserts it passed.
-fn run_in_netns(name: &str) {
-    let unshare = which("unshare")
-        .unwrap_or_else(|| panic!("`unshare` not found on PATH (Debian package util-linux)"));
-    let exe = std::env::current_exe().expect("test executable");
-    let started = Instant::now();
-    let mut child = Command::new(unshare)
-        .args(["--net", "--pid", "--fork", "--kill-child", "--"])
-        .args(["sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
-        .arg(&exe)
-        .args(["--exact", name, "--nocapture"])
-        .env(IN_NETNS, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start unshare");
-    let output = Arc::new(Mutex::new(String::new()));
-    let mut readers = Vec::new();
-    let pipes: Vec<(Box<dyn Read + Send>, bool)> = vec![
-        (Box::new(child.stdout.take().unwrap()), false),
-        (Box::new(child.stderr.take().unwrap()), true),
-    ];
-    for (pipe, is_err) in pipes {
-        let out = output.clone();
-        readers.push(std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if is_err {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
-                }
-                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-                o.push_str(&line);
-                o.push('\n');
-            }
-        }));
-    }
-    let end = Instant::now() + NETNS_RUN;
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break Some(s);
-        }
-        if Instant::now() > end {
-            // --kill-child: unshare's death takes the namespace's processes with it.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for r in readers {
-        let _ = r.join();
-    }
-    let output = output.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let refused = output
-        .lines()
-        .any(|l| l.starts_with("unshare:") && l.contains("Operation not permitted"));
-    if refused {
-        panic!(
-            "cannot create a network namespace (`unshare --net --pid`): this test must run as \
-             root or with CAP_SYS_ADMIN (DESIGN.md runs Chromium in a loopback-only namespace)"
-        );
-    }
-    let status = status.unwrap_or_else(|| panic!("the namespaced run took over {NETNS_RUN:?}"));
-    assert!(
-        status.success(),
-        "the test inside the network namespace failed ({status}) after {:?}",
-        started.elapsed()
-    );
-    eprintln!("namespaced run passed in {:?}", started.elapsed());
 }

@@ -103,6 +103,37 @@ async fn fleet_up_runs_three_regions_and_ctrl_c_leaves_no_orphans() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["region"], "eu-west-1");
 
+    // The demo call page is served, and a session as the page creates it (one participant, no
+    // location) is placed on a media node with its ICE servers.
+    let call_url = get("FLEET_CALL_URL");
+    assert_eq!(call_url, format!("{api}/call#token={client}"));
+    let page = http().get(format!("{api}/call")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("Fleet demo call"));
+    let r = http()
+        .post(format!("{api}/v1/sessions"))
+        .bearer_auth(&client)
+        .json(&json!({"participants": [{"id": "p-0123456789abcdef"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["media"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://"),
+        "{body}"
+    );
+    assert!(
+        !body["participants"][0]["ice_servers"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{body}"
+    );
+
     // Node processes are real child processes.
     let kids = descendants(fleet.child.id());
     assert!(kids.len() >= 9, "expected 9 node processes, found {kids:?}");

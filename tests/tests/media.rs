@@ -381,18 +381,10 @@ async fn call() {
     assert!(after.is_some(), "media flows after an ICE restart");
 
     // The controller sees the session live on the node with both participants.
-    let live = eventually(Duration::from_secs(10), || {
-        let url = format!("{}/v1/sessions/{sid}", c.api);
-        let token = c.client_token();
-        async move {
-            let r = http().get(url).bearer_auth(token).send().await.ok()?;
-            let body: Value = r.json().await.ok()?;
-            (body["state"] == "live" && body["participants"].as_array()?.len() == 2).then_some(body)
-        }
-    })
-    .await;
     assert!(
-        live.is_some(),
+        c.wait_session_live(&sid, 2, Duration::from_secs(10))
+            .await
+            .is_some(),
         "controller shows the session live with two participants"
     );
     // ... and the node's report carries the connected participants and received tracks.
@@ -436,23 +428,9 @@ async fn call() {
     let _ = b.pc.close().await;
     // The last participant left: the session ends on the node and so at the controller.
     assert!(
-        session_gone(&c, &sid).await,
+        c.wait_session_gone(&sid, Duration::from_secs(10)).await,
         "the session ends when its last participant leaves"
     );
-}
-
-/// Waits (10 s) until the controller no longer knows session `sid`.
-async fn session_gone(c: &Controller, sid: &str) -> bool {
-    eventually(Duration::from_secs(10), || {
-        let url = format!("{}/v1/sessions/{sid}", c.api);
-        let token = c.client_token();
-        async move {
-            let r = http().get(url).bearer_auth(token).send().await.ok()?;
-            (r.status().as_u16() == 404).then_some(())
-        }
-    })
-    .await
-    .is_some()
 }
 
 /// `DELETE` of a participant with its join token; the status.
@@ -559,7 +537,10 @@ async fn drain() {
         status.is_some_and(|s| s.success()),
         "the drained media node exits 0 once its call ended: {status:?}"
     );
-    assert!(session_gone(&c, &sid).await, "the ended session is gone");
+    assert!(
+        c.wait_session_gone(&sid, Duration::from_secs(10)).await,
+        "the ended session is gone"
+    );
     let _ = a.pc.close().await;
     let _ = b.pc.close().await;
 }

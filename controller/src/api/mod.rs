@@ -1,6 +1,7 @@
 //! The controller's HTTP surface (axum): the signaling API for the app, the ops API for
-//! operators, Prometheus metrics and health probes.
+//! operators, the demo call page, Prometheus metrics and health probes.
 
+pub mod demo;
 pub mod error;
 pub mod ops;
 pub mod signaling;
@@ -30,6 +31,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/sessions/{id}/participants",
             post(signaling::join_session),
         )
+        .route("/v1/sessions/{id}/invite", post(signaling::create_invite))
+        .route("/call", get(demo::call_page))
+        .route("/", get(demo::root))
         .route("/v1/nodes", get(ops::list_nodes))
         .route("/v1/nodes/{id}/drain", post(ops::drain_node))
         .route("/v1/nodes/{id}/undrain", post(ops::undrain_node))

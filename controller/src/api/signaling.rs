@@ -1,5 +1,5 @@
 //! The signaling API the app backend and its clients call (bearer JWT):
-//! create a session, join it, look at it, end it. Each participant gets a media join token and
+//! create a session, join it, invite to it, look at it, end it. Each participant gets a media join token and
 //! TURN servers near *them* in the browser's `RTCIceServer` shape.
 
 use std::net::IpAddr;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, bearer, parse_json};
 use crate::core::{NewSession, Profile, SessionPlan, SessionRecord};
 use crate::credentials::{
-    ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_join_token, turn_credential,
+    ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_client_token, mint_join_token, turn_credential,
 };
 use crate::state::AppState;
 
@@ -325,6 +325,66 @@ pub async fn join_session(
     ))
 }
 
+/// `sub` of invite tokens (they may join and look at their session, not end it).
+const INVITE_SUBJECT: &str = "invite";
+/// Longest life of an invite token.
+const INVITE_TTL_SECS: u64 = 4 * 3600;
+
+/// `201` answer of an invite.
+#[derive(Debug, Serialize)]
+pub struct Invite {
+    pub session_id: String,
+    /// A client JWT good only for this session (join it, look at it).
+    pub token: String,
+    pub expires_unix: u64,
+}
+
+/// `POST /v1/sessions/{id}/invite`: a client token scoped to this session, for a room link
+/// (signed with the first API key; it expires with the caller's token, at most 4 h from now).
+pub async fn create_invite(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Invite>), ApiError> {
+    let claims = client(&state, &headers)?;
+    if claims.participant.is_some() {
+        return Err(ApiError::Forbidden(
+            "a participant token cannot invite others".into(),
+        ));
+    }
+    check_session_scope(&claims, &id)?;
+    let session = parse_session_id(&id)?;
+    if state.fleet().sessions().get(&session).is_none() {
+        return Err(ApiError::NotFound(format!("unknown session {session}")));
+    }
+    let key =
+        state.config.auth.api_keys.first().ok_or_else(|| {
+            ApiError::Internal("no API key configured to sign invites".to_string())
+        })?;
+    let now = unix_now().as_secs();
+    let exp = claims.exp.min(now + INVITE_TTL_SECS);
+    let token = mint_client_token(
+        key,
+        &ClientClaims {
+            sub: INVITE_SUBJECT.to_string(),
+            aud: state.config.auth.audience.clone(),
+            exp,
+            iat: Some(now),
+            session: Some(session.to_string()),
+            participant: None,
+        },
+    )
+    .map_err(|e| ApiError::Internal(format!("cannot sign the invite: {e}")))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Invite {
+            session_id: session.to_string(),
+            token,
+            expires_unix: exp,
+        }),
+    ))
+}
+
 fn view(state: &AppState, r: &SessionRecord) -> SessionView {
     let url = state
         .fleet()
@@ -377,9 +437,9 @@ pub async fn delete_session(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let claims = client(&state, &headers)?;
-    if claims.participant.is_some() {
+    if claims.participant.is_some() || claims.sub == INVITE_SUBJECT {
         return Err(ApiError::Forbidden(
-            "a participant token cannot end the session".into(),
+            "a participant or invite token cannot end the session".into(),
         ));
     }
     check_session_scope(&claims, &id)?;

@@ -1,0 +1,27 @@
+//! The demo call page (`GET /call`, and `/` redirects there): a static page that places a call
+//! through the public signaling API only (create or join a session, then the SDP offer to the
+//! media node with the join token and the TURN servers the controller returned). A room link
+//! carries the session id and an invite token in its URL fragment, which browsers never send
+//! to a server.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect};
+
+const CALL_PAGE: &str = include_str!("../../assets/call.html");
+
+/// `GET /call`.
+pub async fn call_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        CALL_PAGE,
+    )
+}
+
+/// `GET /`.
+pub async fn root() -> Redirect {
+    Redirect::to("/call")
+}
