@@ -59,6 +59,8 @@ const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
 const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(15);
 /// STUN keep-alives towards each participant.
 const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest interval bitrates and loss are computed over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Offers (joins and renegotiations) handled at once; more get 503 `busy`.
 const MAX_CONCURRENT_OFFERS: usize = 32;
 /// At most one PLI per slot in this interval.
@@ -275,7 +277,7 @@ pub struct Sfu {
     offers: tokio::sync::Semaphore,
 }
 
-/// The counters at the previous report, for rates and loss over the interval.
+/// The counters when the rates were last computed, and those rates.
 #[derive(Debug)]
 struct RateMark {
     at: Instant,
@@ -283,6 +285,9 @@ struct RateMark {
     bytes_out: u64,
     packets_in: u64,
     expected: u64,
+    bitrate_in_bps: u64,
+    bitrate_out_bps: u64,
+    loss: f32,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -358,6 +363,9 @@ impl Sfu {
                 bytes_out: 0,
                 packets_in: 0,
                 expected: 0,
+                bitrate_in_bps: 0,
+                bitrate_out_bps: 0,
+                loss: 0.0,
             }),
         }))
     }
@@ -750,27 +758,34 @@ impl DataPlane for Sfu {
         let bytes_out = self.stats.bytes_out.load(Ordering::Relaxed);
         let expected = self.stats.packets_expected.load(Ordering::Relaxed);
         let mut rates = lock(&self.rates);
-        let elapsed = rates.at.elapsed().as_secs_f64();
-        if elapsed > 0.0 {
+        // Rates cover at least RATE_WINDOW, whoever asks (reports, /metrics scrapes).
+        let elapsed = rates.at.elapsed();
+        if elapsed >= RATE_WINDOW {
+            let secs = elapsed.as_secs_f64();
             let bps =
-                |now: u64, before: u64| (now.saturating_sub(before) as f64 * 8.0 / elapsed) as u64;
-            load.bitrate_in_bps = bps(bytes_in, rates.bytes_in);
-            load.bitrate_out_bps = bps(bytes_out, rates.bytes_out);
+                |now: u64, before: u64| (now.saturating_sub(before) as f64 * 8.0 / secs) as u64;
+            let expected_delta = expected.saturating_sub(rates.expected);
+            let received_delta = packets_in.saturating_sub(rates.packets_in);
+            *rates = RateMark {
+                at: Instant::now(),
+                bytes_in,
+                bytes_out,
+                packets_in,
+                expected,
+                bitrate_in_bps: bps(bytes_in, rates.bytes_in),
+                bitrate_out_bps: bps(bytes_out, rates.bytes_out),
+                loss: if expected_delta == 0 {
+                    0.0
+                } else {
+                    (expected_delta.saturating_sub(received_delta) as f64 / expected_delta as f64)
+                        as f32
+                },
+            };
         }
-        let expected_delta = expected.saturating_sub(rates.expected);
-        let received_delta = packets_in.saturating_sub(rates.packets_in);
-        load.loss = if expected_delta == 0 {
-            0.0
-        } else {
-            (expected_delta.saturating_sub(received_delta) as f64 / expected_delta as f64) as f32
-        };
-        *rates = RateMark {
-            at: Instant::now(),
-            bytes_in,
-            bytes_out,
-            packets_in,
-            expected,
-        };
+        load.bitrate_in_bps = rates.bitrate_in_bps;
+        load.bitrate_out_bps = rates.bitrate_out_bps;
+        load.loss = rates.loss;
+        drop(rates);
         load.packets_in = packets_in;
         load.packets_out = packets_out;
         load.participants = self.participant_count() as u64;

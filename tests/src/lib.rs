@@ -541,5 +541,6 @@ pub fn http_get_sync(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Strin
 }
 
 pub mod browser;
+pub mod rtc_peer;
 pub mod turn;
 pub use turn::*;

@@ -6,203 +6,13 @@
 //! draining node keeps a live call until it ends, then exits; when a node dies mid-call, the
 //! rejoin places the same session id on another node.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_e2e::rtc_peer::{PACKETS, Peer, post_offer};
 use fleet_e2e::*;
 use serde_json::{Value, json};
-use webrtc::api::APIBuilder;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
-use webrtc::api::setting_engine::SettingEngine;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
-use webrtc::interceptor::registry::Registry;
-use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::rtp::header::Header;
-use webrtc::rtp::packet::Packet;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
-use webrtc::track::track_local::TrackLocalWriter;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
-
-const PACKETS: u16 = 200;
-
-/// (kind, payload) of every RTP packet a peer received.
-type Received = Arc<Mutex<Vec<(RTPCodecType, Vec<u8>)>>>;
-
-/// A test peer: one connection, an Opus and a VP8 track, and what it received.
-struct Peer {
-    pc: Arc<RTCPeerConnection>,
-    audio: Arc<TrackLocalStaticRTP>,
-    video: Arc<TrackLocalStaticRTP>,
-    /// (kind, payload) of every RTP packet received.
-    received: Received,
-}
-
-impl Peer {
-    async fn new() -> Peer {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-        let mut settings = SettingEngine::default();
-        settings.set_include_loopback_candidate(true);
-        settings.set_network_types(vec![NetworkType::Udp4]);
-        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        let api = APIBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(settings)
-            .build();
-        let pc = Arc::new(
-            api.new_peer_connection(RTCConfiguration::default())
-                .await
-                .unwrap(),
-        );
-        let track = |mime: &str, rate: u32, channels: u16, id: &str| {
-            Arc::new(TrackLocalStaticRTP::new(
-                RTCRtpCodecCapability {
-                    mime_type: mime.into(),
-                    clock_rate: rate,
-                    channels,
-                    ..Default::default()
-                },
-                id.into(),
-                "peer".into(),
-            ))
-        };
-        let audio = track(MIME_TYPE_OPUS, 48000, 2, "audio");
-        let video = track(MIME_TYPE_VP8, 90000, 0, "video");
-        for t in [audio.clone(), video.clone()] {
-            let sender = pc.add_track(t as Arc<_>).await.unwrap();
-            tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
-        }
-        let received: Received = Arc::new(Mutex::new(Vec::new()));
-        let sink = received.clone();
-        pc.on_track(Box::new(move |track, _, _| {
-            let sink = sink.clone();
-            Box::pin(async move {
-                tokio::spawn(async move {
-                    let kind = track.kind();
-                    while let Ok((p, _)) = track.read_rtp().await {
-                        sink.lock().unwrap().push((kind, p.payload.to_vec()));
-                    }
-                });
-            })
-        }));
-        Peer {
-            pc,
-            audio,
-            video,
-            received,
-        }
-    }
-
-    async fn offer(&self) -> String {
-        self.offer_with(None).await
-    }
-
-    async fn offer_with(&self, options: Option<RTCOfferOptions>) -> String {
-        let offer = self.pc.create_offer(options).await.unwrap();
-        let mut gathered = self.pc.gathering_complete_promise().await;
-        self.pc.set_local_description(offer).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
-        self.pc.local_description().await.unwrap().sdp
-    }
-
-    async fn join(&self, url: &str, token: &str) {
-        let sdp = self.offer().await;
-        let r = post_offer(url, Some(token), "application/sdp", sdp).await;
-        let status = r.status().as_u16();
-        let location = r
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let answer = r.text().await.unwrap();
-        assert_eq!(status, 201, "{answer}");
-        assert!(location.is_some_and(|l| url.ends_with(&l)));
-        assert_eq!(content_type.as_deref(), Some("application/sdp"));
-        self.pc
-            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-            .await
-            .unwrap();
-    }
-
-    async fn wait_connected(&self) {
-        let pc = self.pc.clone();
-        eventually(Duration::from_secs(15), || {
-            let pc = pc.clone();
-            async move { (pc.connection_state() == RTCPeerConnectionState::Connected).then_some(()) }
-        })
-        .await
-        .expect("peer connected to the media node");
-    }
-
-    /// Sends round `round` of packets (sequence numbers continue from earlier rounds: SRTP
-    /// drops replayed indexes).
-    async fn send(&self, tag: u8, round: u16) {
-        for seq in 0..PACKETS {
-            for (track, kind, pt) in [(&self.audio, b'A', 111u8), (&self.video, b'V', 96u8)] {
-                let mut payload = vec![tag, kind, (seq >> 8) as u8, seq as u8];
-                payload.extend(std::iter::repeat_n(tag, 100));
-                let packet = Packet {
-                    header: Header {
-                        version: 2,
-                        payload_type: pt,
-                        sequence_number: (round * PACKETS + seq).wrapping_add(1000),
-                        timestamp: u32::from(round * PACKETS + seq) * 960,
-                        marker: kind == b'V',
-                        ssrc: 1,
-                        ..Default::default()
-                    },
-                    payload: payload.into(),
-                };
-                track.write_rtp(&packet).await.unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(4)).await;
-        }
-    }
-
-    /// (audio, video) packets received carrying `tag`; panics on a foreign payload.
-    fn counts(&self, tag: u8) -> (usize, usize) {
-        let received = self.received.lock().unwrap();
-        let mut counts = (0, 0);
-        for (kind, payload) in received.iter() {
-            assert!(payload.len() == 104, "unexpected payload length");
-            assert_eq!(payload[0], tag, "payload from the other peer");
-            assert!(payload[4..].iter().all(|b| *b == tag), "payload intact");
-            match (kind, payload[1]) {
-                (RTPCodecType::Audio, b'A') => counts.0 += 1,
-                (RTPCodecType::Video, b'V') => counts.1 += 1,
-                other => panic!("packet on the wrong track: {other:?}"),
-            }
-        }
-        counts
-    }
-}
-
-async fn post_offer(
-    url: &str,
-    token: Option<&str>,
-    content_type: &str,
-    body: String,
-) -> reqwest::Response {
-    let mut request = http()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request.send().await.unwrap()
-}
 
 fn join_token(secret: &str, sid: &str, pid: &str, nid: &str, exp_offset: i64) -> String {
     let now = std::time::SystemTime::now()
@@ -334,6 +144,17 @@ async fn call() {
     b.join(&url(&pid_b), &token(1)).await;
     a.wait_connected().await;
     b.wait_connected().await;
+    // The answer offers the RTCP feedback browsers rely on: NACK, PLI, and transport-cc (so a
+    // publisher's congestion control adapts its bitrate).
+    let answer = a.pc.remote_description().await.unwrap().sdp;
+    for feedback in ["nack pli", "nack", "transport-cc"] {
+        assert!(
+            answer
+                .lines()
+                .any(|l| l.starts_with("a=rtcp-fb:") && l.ends_with(&format!(" {feedback}"))),
+            "answer offers {feedback}: {answer}"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::join!(a.send(b'a', 0), b.send(b'b', 0));
     let want = usize::from(PACKETS) * 95 / 100;
