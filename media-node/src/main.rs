@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// mimalloc, as in `fleet` (which runs the same node as `fleet media-node`): the SFU allocates
+/// per packet (RTP buffers, interceptor and channel items). Measured with the forwarding bench
+/// (16 calls): glibc malloc/free were about 12% of the profile, yet the switch moved the CPU
+/// per forwarded packet only within noise (41.3 → 40.8 µs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = media_node::Args::parse();

@@ -21,7 +21,9 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
@@ -68,15 +70,21 @@ pub struct Peer {
 impl Peer {
     /// A peer that records every payload it receives.
     pub async fn new() -> Peer {
-        Peer::build(true).await
+        Peer::build(true, 0).await
+    }
+
+    /// A recording peer that also offers `extra` recvonly audio+video pairs, to receive from
+    /// `extra + 1` other participants (a group call).
+    pub async fn with_receive_slots(extra: usize) -> Peer {
+        Peer::build(true, extra).await
     }
 
     /// A peer that only counts what it receives (for load).
     pub async fn counting() -> Peer {
-        Peer::build(false).await
+        Peer::build(false, 0).await
     }
 
-    async fn build(record: bool) -> Peer {
+    async fn build(record: bool, extra: usize) -> Peer {
         let mut media = MediaEngine::default();
         media.register_default_codecs().expect("codecs");
         let registry =
@@ -112,6 +120,17 @@ impl Peer {
         for t in [audio.clone(), video.clone()] {
             let sender = pc.add_track(t as Arc<_>).await.expect("add track");
             tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
+        }
+        for _ in 0..extra {
+            for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: Vec::new(),
+                };
+                pc.add_transceiver_from_kind(kind, Some(init))
+                    .await
+                    .expect("recvonly transceiver");
+            }
         }
         let received: Received = Arc::new(Mutex::new(Vec::new()));
         let packets_received = Arc::new(AtomicU64::new(0));
@@ -251,6 +270,24 @@ impl Peer {
             }
         }
         sent
+    }
+
+    /// (audio, video) packets received per sender tag (payloads checked intact).
+    pub fn counts_by_tag(&self) -> std::collections::BTreeMap<u8, (usize, usize)> {
+        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = std::collections::BTreeMap::new();
+        for (kind, payload) in received.iter() {
+            assert!(payload.len() == 104, "unexpected payload length");
+            let tag = payload[0];
+            assert!(payload[4..].iter().all(|b| *b == tag), "payload intact");
+            let entry: &mut (usize, usize) = counts.entry(tag).or_default();
+            match (kind, payload[1]) {
+                (RTPCodecType::Audio, b'A') => entry.0 += 1,
+                (RTPCodecType::Video, b'V') => entry.1 += 1,
+                other => panic!("packet on the wrong track: {other:?}"),
+            }
+        }
+        counts
     }
 
     /// (audio, video) packets received carrying `tag`; panics on a foreign payload.

@@ -457,3 +457,88 @@ async fn killed() {
         let _ = p.pc.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_call_of_three_each_receives_both_others() {
+    tokio::time::timeout(Duration::from_secs(90), group())
+        .await
+        .expect("group test finished in time");
+}
+
+async fn group() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
+    let _node = c.node("media-node", "m-group", "eu-west-1", 1000).unwrap();
+    c.wait_nodes(&["m-group"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (status, session) = c
+        .create_session(json!({"participants": [
+            {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{session}");
+    let sid = session["session_id"].as_str().unwrap().to_owned();
+    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    // A third participant (e.g. an interpreter) joins through the controller.
+    let r = http()
+        .post(format!("{}/v1/sessions/{sid}/participants", c.api))
+        .bearer_auth(c.client_token())
+        .json(&json!({"id": "interpreter-2", "ip": IP_LONDON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let third: Value = r.json().await.unwrap();
+    assert_eq!(third["media"]["node_id"], "m-group");
+    let grants = [
+        ("therapist-1", session["participants"][0].clone(), b'a'),
+        ("client-9", session["participants"][1].clone(), b'b'),
+        ("interpreter-2", third["participants"][0].clone(), b'c'),
+    ];
+    let mut peers = Vec::new();
+    for (pid, grant, tag) in &grants {
+        let peer = Peer::with_receive_slots(1).await;
+        peer.join(
+            &format!("{base}/v1/sessions/{sid}/participants/{pid}"),
+            grant["join_token"].as_str().unwrap(),
+        )
+        .await;
+        peers.push((peer, *tag));
+    }
+    for (p, _) in &peers {
+        p.wait_connected().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (p0, p1, p2) = (&peers[0], &peers[1], &peers[2]);
+    tokio::join!(p0.0.send(p0.1, 0), p1.0.send(p1.1, 0), p2.0.send(p2.1, 0));
+    let want = usize::from(PACKETS) * 95 / 100;
+    let all = eventually(Duration::from_secs(10), || {
+        let ok = peers.iter().all(|(p, own)| {
+            let counts = p.counts_by_tag();
+            !counts.contains_key(own)
+                && peers
+                    .iter()
+                    .filter(|(_, t)| t != own)
+                    .all(|(_, t)| counts.get(t).is_some_and(|c| c.0 >= want && c.1 >= want))
+        });
+        async move { ok.then_some(()) }
+    })
+    .await;
+    for (p, own) in &peers {
+        eprintln!("peer {} received {:?}", *own as char, p.counts_by_tag());
+    }
+    assert!(
+        all.is_some(),
+        "each of the three receives the two others' audio and video, never its own"
+    );
+    assert!(
+        c.wait_session_live(&sid, 3, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "controller shows three participants"
+    );
+    for (p, _) in &peers {
+        let _ = p.pc.close().await;
+    }
+}

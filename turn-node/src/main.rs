@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the relay allocates per packet, as the media node does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = turn_node::Args::parse();
