@@ -272,6 +272,16 @@ impl Controller {
         self.node_with(kind, id, region, capacity, CLUSTER_SECRET, 300)
     }
 
+    /// A media node with extra command-line flags (e.g. `--max-participants 2`).
+    pub fn media_node_with_args(
+        &self,
+        id: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
+        self.spawn_node("media-node", id, region, 1000, CLUSTER_SECRET, 300, extra)
+    }
+
     /// A node with a given cluster secret and report interval.
     pub fn node_with(
         &self,
@@ -281,6 +291,20 @@ impl Controller {
         capacity: u64,
         secret: &str,
         interval_ms: u64,
+    ) -> anyhow::Result<Proc> {
+        self.spawn_node(kind, id, region, capacity, secret, interval_ms, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_node(
+        &self,
+        kind: &str,
+        id: &str,
+        region: &str,
+        capacity: u64,
+        secret: &str,
+        interval_ms: u64,
+        extra: &[&str],
     ) -> anyhow::Result<Proc> {
         let env_prefix = if kind == "media-node" {
             "MEDIA_NODE"
@@ -307,6 +331,7 @@ impl Controller {
         if kind == "media-node" {
             cmd.env("MEDIA_NODE_JOIN_SECRET", JOIN_SECRET);
         }
+        cmd.args(extra);
         let child = cmd.spawn().with_context(|| format!("start {kind}"))?;
         Ok(Proc {
             child,

@@ -459,7 +459,7 @@ async fn killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_call_of_three_each_receives_both_others() {
+async fn group_call_of_three_each_receives_both_others_and_a_fourth_is_refused() {
     tokio::time::timeout(Duration::from_secs(90), group())
         .await
         .expect("group test finished in time");
@@ -468,7 +468,9 @@ async fn group_call_of_three_each_receives_both_others() {
 async fn group() {
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let _node = c.node("media-node", "m-group", "eu-west-1", 1000).unwrap();
+    let _node = c
+        .media_node_with_args("m-group", "eu-west-1", &["--max-participants", "3"])
+        .unwrap();
     c.wait_nodes(&["m-group"], "serving", Duration::from_secs(20))
         .await
         .unwrap();
@@ -538,6 +540,39 @@ async fn group() {
             .is_some(),
         "controller shows three participants"
     );
+
+    // A fourth participant is one more than this node allows per session: refused, and the
+    // call goes on.
+    let r = http()
+        .post(format!("{}/v1/sessions/{sid}/participants", c.api))
+        .bearer_auth(c.client_token())
+        .json(&json!({"id": "guest-4", "ip": IP_LONDON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let fourth: Value = r.json().await.unwrap();
+    let token = fourth["participants"][0]["join_token"].as_str().unwrap();
+    let offer = Peer::new().await.offer().await;
+    let r = post_offer(
+        &format!("{base}/v1/sessions/{sid}/participants/guest-4"),
+        Some(token),
+        "application/sdp",
+        offer,
+    )
+    .await;
+    let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("session_full"), "{body}");
+    let before = p0.0.counts_by_tag();
+    p1.0.send(p1.1, 1).await;
+    let more = eventually(Duration::from_secs(10), || {
+        let now = p0.0.counts_by_tag();
+        let grew = now.get(&p1.1).map(|c| c.1) > before.get(&p1.1).map(|c| c.1);
+        async move { grew.then_some(()) }
+    })
+    .await;
+    assert!(more.is_some(), "the call goes on after the refused join");
     for (p, _) in &peers {
         let _ = p.pc.close().await;
     }
