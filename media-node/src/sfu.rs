@@ -308,9 +308,10 @@ impl Sfu {
         } else {
             IpAddr::from([0u8; 4])
         };
-        let socket = bind_media_socket(SocketAddr::new(bind_ip, config.media_port)).map_err(|e| {
-            anyhow::anyhow!("cannot bind media UDP port {}: {e}", config.media_port)
-        })?;
+        let socket =
+            bind_media_socket(SocketAddr::new(bind_ip, config.media_port)).map_err(|e| {
+                anyhow::anyhow!("cannot bind media UDP port {}: {e}", config.media_port)
+            })?;
         let port = socket.local_addr()?.port();
         let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
 
