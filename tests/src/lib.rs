@@ -403,41 +403,32 @@ impl Controller {
         }
     }
 
-    /// `GET /v1/sessions/{sid}` with the client token; (status, body).
-    pub async fn get_session(&self, sid: &str) -> anyhow::Result<(u16, Value)> {
-        let r = http()
-            .get(format!("{}/v1/sessions/{sid}", self.api))
-            .bearer_auth(self.client_token())
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    /// The signaling API with the client token.
+    pub fn sessions(&self) -> SessionsApi {
+        SessionsApi {
+            api: self.api.clone(),
+            token: self.client_token(),
+        }
     }
 
-    /// Waits until the controller shows session `sid` live with `participants` participants;
-    /// its view, or None at the timeout.
+    /// `GET /v1/sessions/{sid}` with the client token; (status, body).
+    pub async fn get_session(&self, sid: &str) -> anyhow::Result<(u16, Value)> {
+        self.sessions().get(sid).await
+    }
+
+    /// See [`SessionsApi::wait_live`].
     pub async fn wait_session_live(
         &self,
         sid: &str,
         participants: usize,
         timeout: Duration,
     ) -> Option<Value> {
-        eventually(timeout, || async {
-            let (_, body) = self.get_session(sid).await.ok()?;
-            (body["state"] == "live" && body["participants"].as_array()?.len() == participants)
-                .then_some(body)
-        })
-        .await
+        self.sessions().wait_live(sid, participants, timeout).await
     }
 
-    /// Waits until the controller no longer knows session `sid` (404); false at the timeout.
+    /// See [`SessionsApi::wait_gone`].
     pub async fn wait_session_gone(&self, sid: &str, timeout: Duration) -> bool {
-        eventually(timeout, || async {
-            let (status, _) = self.get_session(sid).await.ok()?;
-            (status == 404).then_some(())
-        })
-        .await
-        .is_some()
+        self.sessions().wait_gone(sid, timeout).await
     }
 
     /// `POST /v1/sessions` with the client token; (status, body).
@@ -450,6 +441,144 @@ impl Controller {
             .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+/// Session look-ups on a controller's signaling API with one client token.
+pub struct SessionsApi {
+    api: String,
+    token: String,
+}
+
+impl SessionsApi {
+    /// `GET /v1/sessions/{sid}`; (status, body).
+    pub async fn get(&self, sid: &str) -> anyhow::Result<(u16, Value)> {
+        let r = http()
+            .get(format!("{}/v1/sessions/{sid}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Waits until session `sid` is live with `participants` participants; its view, or None
+    /// at the timeout.
+    pub async fn wait_live(
+        &self,
+        sid: &str,
+        participants: usize,
+        timeout: Duration,
+    ) -> Option<Value> {
+        eventually(timeout, || async {
+            let (_, body) = self.get(sid).await.ok()?;
+            (body["state"] == "live" && body["participants"].as_array()?.len() == participants)
+                .then_some(body)
+        })
+        .await
+    }
+
+    /// Waits until the controller no longer knows session `sid` (404); false at the timeout.
+    pub async fn wait_gone(&self, sid: &str, timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            let (status, _) = self.get(sid).await.ok()?;
+            (status == 404).then_some(())
+        })
+        .await
+        .is_some()
+    }
+}
+
+/// `fleet up` as a newcomer runs it (API on a free loopback port), with what it saved in its
+/// `fleet-up.env`. Dropping it kills the process group's leader; send SIGINT for a clean stop.
+pub struct FleetUp {
+    /// The `fleet up` process.
+    pub proc: Proc,
+    /// `FLEET_API`.
+    pub api: String,
+    /// `FLEET_ADMIN_TOKEN`.
+    pub admin: String,
+    /// `FLEET_CLIENT_TOKEN`.
+    pub client: String,
+    /// `FLEET_CALL_URL`: the demo call page with the client token.
+    pub call_url: String,
+}
+
+impl FleetUp {
+    /// Starts `fleet up --state-dir dir` (reports every 300 ms) and waits for its banner.
+    pub fn start(dir: &Path) -> anyhow::Result<FleetUp> {
+        let mut child = Command::new(bin("fleet"))
+            .arg("up")
+            .arg("--state-dir")
+            .arg(dir)
+            .env("FLEET__API__LISTEN", "127.0.0.1:0")
+            .env(
+                "FLEET__LINK__LISTEN",
+                format!("127.0.0.1:{}", free_udp_port()),
+            )
+            .env("FLEET__UP__REPORT_INTERVAL_MS", "300")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start fleet up")?;
+        let api = read_line_with(&mut child, "FLEET_API=", Duration::from_secs(40));
+        let proc = Proc {
+            child,
+            name: "fleet up".into(),
+        };
+        let api = api?;
+        let env = std::fs::read_to_string(dir.join("fleet-up.env")).context("fleet-up.env")?;
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(str::to_owned)
+                .with_context(|| format!("{k} in fleet-up.env"))
+        };
+        anyhow::ensure!(
+            get("FLEET_API")? == api,
+            "FLEET_API differs in fleet-up.env"
+        );
+        Ok(FleetUp {
+            admin: get("FLEET_ADMIN_TOKEN")?,
+            client: get("FLEET_CLIENT_TOKEN")?,
+            call_url: get("FLEET_CALL_URL")?,
+            api,
+            proc,
+        })
+    }
+
+    /// `GET path` on the ops API with the admin token; the JSON body.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(http()
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.admin)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Waits until every region of `fleet up` has `media` media and `turn` TURN nodes serving.
+    pub async fn wait_serving(&self, media: u64, turn: u64, timeout: Duration) -> Option<Value> {
+        eventually(timeout, || async {
+            let body = self.admin_get("/v1/regions").await.ok()?;
+            let regions = body["regions"].as_array()?;
+            (!regions.is_empty()
+                && regions.iter().all(|r| {
+                    r["media"]["nodes"]["serving"] == media && r["turn"]["nodes"]["serving"] == turn
+                }))
+            .then_some(body)
+        })
+        .await
+    }
+
+    /// The signaling API with the client token.
+    pub fn sessions(&self) -> SessionsApi {
+        SessionsApi {
+            api: self.api.clone(),
+            token: self.client.clone(),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! A real browser call on the controller's demo page: headless Chromium with a fake camera and
-//! microphone (inside a loopback-only network namespace, see `fleet_e2e::browser`) opens
-//! `GET /call` in one tab and starts a call, which creates a session through the signaling API
+//! A real browser call through `fleet up`, as a newcomer would try it: headless Chromium with a
+//! fake camera and microphone (inside a loopback-only network namespace, see
+//! `fleet_e2e::browser`) opens the call page URL `fleet up` printed in one tab and starts a call, which creates a session through the signaling API
 //! and a room link with an invite token; a second tab opens the room link and joins. Both tabs
 //! connect to the media node the controller chose and decode each other's video and audio
 //! (`getStats`: `framesDecoded` and audio `packetsReceived` rising), the controller sees the
@@ -21,8 +21,8 @@ const BROWSER_WAIT: Duration = Duration::from_secs(40);
 const STATS: &str = "return window.demo.stats();";
 
 #[test]
-fn browser_call_two_tabs_talk_through_the_media_node_on_the_demo_page() {
-    const NAME: &str = "browser_call_two_tabs_talk_through_the_media_node_on_the_demo_page";
+fn browser_call_two_tabs_talk_through_fleet_up_on_the_demo_page() {
+    const NAME: &str = "browser_call_two_tabs_talk_through_fleet_up_on_the_demo_page";
     in_netns(NAME, NETNS_RUN, two_tab_call);
 }
 
@@ -37,21 +37,19 @@ fn hearing_and_seeing(s: &Value) -> bool {
 async fn two_tab_call() {
     let started = Instant::now();
     let chromedriver = chromedriver();
+    // The fleet exactly as a newcomer starts it: `fleet up` (3 regions, 6 media nodes, 3 TURN
+    // relays), and the call page URL it printed and saved.
     let dir = tempfile::tempdir().unwrap();
-    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let _media = c.node("media-node", "m-call", "eu-west-1", 1000).unwrap();
-    let _turn = c
-        .turn_node("t-call", "eu-west-1", &["--allow-peer", "127.0.0.0/8"])
-        .unwrap();
-    c.wait_nodes(&["m-call", "t-call"], "serving", Duration::from_secs(20))
+    let up = FleetUp::start(dir.path()).unwrap();
+    up.wait_serving(2, 1, Duration::from_secs(30))
         .await
-        .unwrap();
+        .expect("fleet up serving in every region");
+    eprintln!("fleet up: {:?}", started.elapsed());
 
     let profile = tempfile::tempdir().unwrap();
     let browser = Browser::start(&chromedriver, profile.path()).await.unwrap();
     let first = browser.current_tab().await.unwrap();
-    let page = format!("{}/call#token={}", c.api, c.client_token());
-    browser.navigate(&page).await.unwrap();
+    browser.navigate(&up.call_url).await.unwrap();
     eprintln!("browser up on the demo page: {:?}", started.elapsed());
 
     // Tab 1 starts a call: a new session and a room link.
@@ -70,7 +68,7 @@ async fn two_tab_call() {
     };
     let (sid, invite) = (field("session"), field("token"));
     assert!(
-        link.starts_with(&format!("{}/call#", c.api)) && !sid.is_empty() && !invite.is_empty(),
+        link.starts_with(&format!("{}/call#", up.api)) && !sid.is_empty() && !invite.is_empty(),
         "room link with session and invite token: {link}"
     );
 
@@ -123,11 +121,21 @@ async fn two_tab_call() {
     }
 
     // The controller's view: live, two (opaque) participants, on the node that carries them.
-    let session = c
-        .wait_session_live(&sid, 2, Duration::from_secs(10))
+    let session = up
+        .sessions()
+        .wait_live(&sid, 2, Duration::from_secs(10))
         .await
         .expect("controller shows the session live with two participants");
-    assert_eq!(session["media"]["node_id"], "m-call");
+    let node_id = session["media"]["node_id"].as_str().unwrap().to_owned();
+    let nodes = up.admin_get("/v1/nodes").await.unwrap();
+    let node = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == node_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{node_id} among the nodes: {nodes}"));
+    assert_eq!(node["kind"], "media", "{node}");
     for p in session["participants"].as_array().unwrap() {
         let id = p["id"].as_str().unwrap();
         assert!(id.starts_with("p-") && id.len() == 18, "opaque id: {id}");
@@ -135,7 +143,7 @@ async fn two_tab_call() {
 
     // The invite token joins, but cannot end the session.
     let r = http()
-        .delete(format!("{}/v1/sessions/{sid}", c.api))
+        .delete(format!("{}/v1/sessions/{sid}", up.api))
         .bearer_auth(&invite)
         .send()
         .await
@@ -150,7 +158,7 @@ async fn two_tab_call() {
             .await
             .unwrap();
     }
-    let gone = c.wait_session_gone(&sid, Duration::from_secs(10)).await;
+    let gone = up.sessions().wait_gone(&sid, Duration::from_secs(10)).await;
     assert!(gone, "the session ends when both tabs have left");
     browser.quit().await;
     eprintln!("total in the namespace: {:?}", started.elapsed());

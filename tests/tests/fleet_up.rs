@@ -1,7 +1,6 @@
 //! `fleet up`, as a newcomer runs it: a controller plus media and TURN node processes in three
 //! regions; the banner's tokens work; Ctrl-C stops everything and leaves no orphan process.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleet_e2e::*;
@@ -43,47 +42,16 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_up_runs_three_regions_and_ctrl_c_leaves_no_orphans() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin("fleet"))
-        .arg("up")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .env("FLEET__API__LISTEN", "127.0.0.1:0")
-        .env(
-            "FLEET__LINK__LISTEN",
-            format!("127.0.0.1:{}", free_udp_port()),
-        )
-        .env("FLEET__UP__REPORT_INTERVAL_MS", "300")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let api = read_line_with(&mut child, "FLEET_API=", Duration::from_secs(40));
-    let mut fleet = Proc {
-        child,
-        name: "fleet up".into(),
-    };
-    let api = api.unwrap();
-    let env = std::fs::read_to_string(dir.path().join("fleet-up.env")).unwrap();
-    let get = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap()
-            .to_string()
-    };
-    let admin = get("FLEET_ADMIN_TOKEN");
-    let client = get("FLEET_CLIENT_TOKEN");
-    assert_eq!(get("FLEET_API"), api);
+    let up = FleetUp::start(dir.path()).unwrap();
+    let regions = up.admin_get("/v1/regions").await.unwrap();
+    let FleetUp {
+        proc: mut fleet,
+        api,
+        client,
+        call_url,
+        ..
+    } = up;
 
-    let regions: serde_json::Value = http()
-        .get(format!("{api}/v1/regions"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let regions = regions["regions"].as_array().unwrap().clone();
     let ids: Vec<&str> = regions.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(regions.len(), 3, "{ids:?}");
@@ -105,7 +73,6 @@ async fn fleet_up_runs_three_regions_and_ctrl_c_leaves_no_orphans() {
 
     // The demo call page is served, and a session as the page creates it (one participant, no
     // location) is placed on a media node with its ICE servers.
-    let call_url = get("FLEET_CALL_URL");
     assert_eq!(call_url, format!("{api}/call#token={client}"));
     let page = http().get(format!("{api}/call")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
