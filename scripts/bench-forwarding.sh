@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins --quiet
-cargo bench --workspace --bench forwarding --no-run --quiet 2>/dev/null
+# Build first, so compiler errors reach the terminal and only the run's logs go to $LOG.
+cargo bench --workspace --bench forwarding --no-run --quiet
 LOG="${LOG:-$(mktemp --suffix=.forwarding.log)}"
 echo "logs: $LOG" >&2
 cargo bench --workspace --bench forwarding --quiet -- --secs "${SECS:-10}" "$@" 2>"$LOG"

@@ -292,19 +292,12 @@ impl Peer {
 
     /// (audio, video) packets received carrying `tag`; panics on a foreign payload.
     pub fn counts(&self, tag: u8) -> (usize, usize) {
-        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        let mut counts = (0, 0);
-        for (kind, payload) in received.iter() {
-            assert!(payload.len() == 104, "unexpected payload length");
-            assert_eq!(payload[0], tag, "payload from the other peer");
-            assert!(payload[4..].iter().all(|b| *b == tag), "payload intact");
-            match (kind, payload[1]) {
-                (RTPCodecType::Audio, b'A') => counts.0 += 1,
-                (RTPCodecType::Video, b'V') => counts.1 += 1,
-                other => panic!("packet on the wrong track: {other:?}"),
-            }
-        }
-        counts
+        let by_tag = self.counts_by_tag();
+        assert!(
+            by_tag.keys().all(|t| *t == tag),
+            "payload from the other peer only: {by_tag:?}"
+        );
+        by_tag.get(&tag).copied().unwrap_or_default()
     }
 }
 

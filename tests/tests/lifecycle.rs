@@ -17,16 +17,6 @@ async fn create(c: &Controller, id: &str) -> Value {
     body
 }
 
-async fn get_session(c: &Controller, id: &str) -> (u16, Value) {
-    let r = http()
-        .get(format!("{}/v1/sessions/{id}", c.api))
-        .bearer_auth(c.client_token())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_media_node_is_dead_within_3s_and_new_sessions_avoid_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +60,7 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
     let home = s["media"]["node_id"].as_str().unwrap().to_string();
     let sid = s["session_id"].as_str().unwrap().to_string();
     eventually(Duration::from_secs(5), || async {
-        (get_session(&c, &sid).await.1["state"] == "live").then_some(())
+        (c.get_session(&sid).await.unwrap().1["state"] == "live").then_some(())
     })
     .await
     .expect("session live");
@@ -108,7 +98,7 @@ async fn drain_stops_new_sessions_but_admits_joins_and_undrain_restores() {
         .await
         .unwrap();
     let live = eventually(Duration::from_secs(5), || async {
-        let v = get_session(&c, &sid).await.1;
+        let v = c.get_session(&sid).await.unwrap().1;
         (v["participants"].as_array().map(|p| p.len()) == Some(3)).then_some(v)
     })
     .await;
@@ -190,7 +180,7 @@ async fn restarted_controller_rebuilds_nodes_and_sessions_from_reports() {
     }
     for (id, _) in &sessions {
         eventually(Duration::from_secs(5), || async {
-            (get_session(&c, id).await.1["state"] == "live").then_some(())
+            (c.get_session(id).await.unwrap().1["state"] == "live").then_some(())
         })
         .await
         .expect("live before restart");
@@ -204,7 +194,7 @@ async fn restarted_controller_rebuilds_nodes_and_sessions_from_reports() {
         .unwrap();
     for (id, node) in &sessions {
         let v = eventually(Duration::from_secs(5), || async {
-            let (status, v) = get_session(&c, id).await;
+            let (status, v) = c.get_session(id).await.unwrap();
             (status == 200).then_some(v)
         })
         .await

@@ -36,18 +36,22 @@ async fn error_code(r: reqwest::Response) -> (u16, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_peers_exchange_audio_and_video_through_the_media_node() {
-    tokio::time::timeout(Duration::from_secs(90), call())
-        .await
-        .expect("call test finished in time");
+/// A controller, one serving media node (`node_id`, started with `flags`), and a 1:1 session
+/// of therapist-1 and client-9 (both in London) that the controller placed on that node.
+struct PlacedCall {
+    _dir: tempfile::TempDir,
+    c: Controller,
+    node: Proc,
+    session: Value,
+    sid: String,
+    base: String,
 }
 
-async fn call() {
+async fn placed_call(node_id: &str, flags: &[&str]) -> PlacedCall {
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let _node = c.node("media-node", "m-sfu", "eu-west-1", 1000).unwrap();
-    c.wait_nodes(&["m-sfu"], "serving", Duration::from_secs(20))
+    let node = c.media_node_with_args(node_id, "eu-west-1", flags).unwrap();
+    c.wait_nodes(&[node_id], "serving", Duration::from_secs(20))
         .await
         .unwrap();
     let (status, session) = c
@@ -56,10 +60,56 @@ async fn call() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{session}");
+    assert_eq!(session["media"]["node_id"], node_id);
     let sid = session["session_id"].as_str().unwrap().to_owned();
     let base = session["media"]["url"].as_str().unwrap().to_owned();
-    assert_eq!(session["media"]["node_id"], "m-sfu");
-    let url = |pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
+    PlacedCall {
+        _dir: dir,
+        c,
+        node,
+        session,
+        sid,
+        base,
+    }
+}
+
+/// A participant's signaling URL on the media node at `base`.
+fn participant_url(base: &str, sid: &str, pid: &str) -> String {
+    format!("{base}/v1/sessions/{sid}/participants/{pid}")
+}
+
+/// `POST /v1/sessions/{sid}/participants` for `pid` (in London): the controller's grant.
+async fn join_via_controller(c: &Controller, sid: &str, pid: &str) -> Value {
+    let r = http()
+        .post(format!("{}/v1/sessions/{sid}/participants", c.api))
+        .bearer_auth(c.client_token())
+        .json(&json!({"id": pid, "ip": IP_LONDON}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let grant: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{grant}");
+    grant
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_exchange_audio_and_video_through_the_media_node() {
+    tokio::time::timeout(Duration::from_secs(90), call())
+        .await
+        .expect("call test finished in time");
+}
+
+async fn call() {
+    let PlacedCall {
+        _dir,
+        c,
+        node: _node,
+        session,
+        sid,
+        base,
+    } = placed_call("m-sfu", &[]).await;
+    let url = |pid: &str| participant_url(&base, &sid, pid);
     let token = |i: usize| {
         session["participants"][i]["join_token"]
             .as_str()
@@ -274,21 +324,15 @@ async fn draining_node_refuses_new_sessions_but_admits_joins_to_live_ones() {
 }
 
 async fn drain() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let mut node = c.node("media-node", "m-drain", "eu-west-1", 1000).unwrap();
-    c.wait_nodes(&["m-drain"], "serving", Duration::from_secs(20))
-        .await
-        .unwrap();
-    let (status, session) = c
-        .create_session(json!({"participants": [
-            {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]}))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{session}");
-    let sid = session["session_id"].as_str().unwrap().to_owned();
-    let base = session["media"]["url"].as_str().unwrap().to_owned();
-    let url = |sid: &str, pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
+    let PlacedCall {
+        _dir,
+        c,
+        mut node,
+        session,
+        sid,
+        base,
+    } = placed_call("m-drain", &[]).await;
+    let url = |sid: &str, pid: &str| participant_url(&base, sid, pid);
     let token = |i: usize| {
         session["participants"][i]["join_token"]
             .as_str()
@@ -374,26 +418,18 @@ async fn node_killed_during_a_call_rejoin_is_placed_on_another_node() {
 }
 
 async fn killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let mut first = c.node("media-node", "m-k1", "eu-west-1", 1000).unwrap();
-    c.wait_nodes(&["m-k1"], "serving", Duration::from_secs(20))
-        .await
-        .unwrap();
-    let participants = json!({"participants": [
-        {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]});
-    let (status, session) = c.create_session(participants).await.unwrap();
-    assert_eq!(status, 201, "{session}");
-    assert_eq!(session["media"]["node_id"], "m-k1");
-    let sid = session["session_id"].as_str().unwrap().to_owned();
-    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    let PlacedCall {
+        _dir,
+        c,
+        node: mut first,
+        session,
+        sid,
+        base,
+    } = placed_call("m-k1", &[]).await;
     let a = Peer::new().await;
     let join_token = session["participants"][0]["join_token"].as_str().unwrap();
-    a.join(
-        &format!("{base}/v1/sessions/{sid}/participants/therapist-1"),
-        join_token,
-    )
-    .await;
+    a.join(&participant_url(&base, &sid, "therapist-1"), join_token)
+        .await;
     a.wait_connected().await;
 
     // A second node comes up; the first dies mid-call.
@@ -407,38 +443,17 @@ async fn killed() {
         .unwrap();
 
     // Both rejoin the same session id: it is placed on the live node, and the call resumes.
-    let rejoin = |pid: &'static str| {
-        let url = format!("{}/v1/sessions/{sid}/participants", c.api);
-        let token = c.client_token();
-        async move {
-            let r = http()
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"id": pid, "ip": IP_LONDON}))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
-    };
-    let (status, grant_a) = rejoin("therapist-1").await;
-    assert_eq!(status, 201, "{grant_a}");
+    let grant_a = join_via_controller(&c, &sid, "therapist-1").await;
     assert_eq!(grant_a["session_id"], sid.as_str());
     assert_eq!(grant_a["media"]["node_id"], "m-k2", "{grant_a}");
-    let (status, grant_b) = rejoin("client-9").await;
-    assert_eq!(status, 201, "{grant_b}");
+    let grant_b = join_via_controller(&c, &sid, "client-9").await;
     assert_eq!(grant_b["media"]["node_id"], "m-k2", "{grant_b}");
     let base = grant_a["media"]["url"].as_str().unwrap().to_owned();
     let a2 = Peer::new().await;
     let b2 = Peer::new().await;
     for (peer, pid, grant) in [(&a2, "therapist-1", &grant_a), (&b2, "client-9", &grant_b)] {
         let token = grant["participants"][0]["join_token"].as_str().unwrap();
-        peer.join(
-            &format!("{base}/v1/sessions/{sid}/participants/{pid}"),
-            token,
-        )
-        .await;
+        peer.join(&participant_url(&base, &sid, pid), token).await;
     }
     a2.wait_connected().await;
     b2.wait_connected().await;
@@ -466,32 +481,16 @@ async fn group_call_of_three_each_receives_both_others_and_a_fourth_is_refused()
 }
 
 async fn group() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
-    let _node = c
-        .media_node_with_args("m-group", "eu-west-1", &["--max-participants", "3"])
-        .unwrap();
-    c.wait_nodes(&["m-group"], "serving", Duration::from_secs(20))
-        .await
-        .unwrap();
-    let (status, session) = c
-        .create_session(json!({"participants": [
-            {"id": "therapist-1", "ip": IP_LONDON}, {"id": "client-9", "ip": IP_LONDON}]}))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{session}");
-    let sid = session["session_id"].as_str().unwrap().to_owned();
-    let base = session["media"]["url"].as_str().unwrap().to_owned();
+    let PlacedCall {
+        _dir,
+        c,
+        node: _node,
+        session,
+        sid,
+        base,
+    } = placed_call("m-group", &["--max-participants", "3"]).await;
     // A third participant (e.g. an interpreter) joins through the controller.
-    let r = http()
-        .post(format!("{}/v1/sessions/{sid}/participants", c.api))
-        .bearer_auth(c.client_token())
-        .json(&json!({"id": "interpreter-2", "ip": IP_LONDON}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let third: Value = r.json().await.unwrap();
+    let third = join_via_controller(&c, &sid, "interpreter-2").await;
     assert_eq!(third["media"]["node_id"], "m-group");
     let grants = [
         ("therapist-1", session["participants"][0].clone(), b'a'),
@@ -502,7 +501,7 @@ async fn group() {
     for (pid, grant, tag) in &grants {
         let peer = Peer::with_receive_slots(1).await;
         peer.join(
-            &format!("{base}/v1/sessions/{sid}/participants/{pid}"),
+            &participant_url(&base, &sid, pid),
             grant["join_token"].as_str().unwrap(),
         )
         .await;
@@ -543,19 +542,11 @@ async fn group() {
 
     // A fourth participant is one more than this node allows per session: refused, and the
     // call goes on.
-    let r = http()
-        .post(format!("{}/v1/sessions/{sid}/participants", c.api))
-        .bearer_auth(c.client_token())
-        .json(&json!({"id": "guest-4", "ip": IP_LONDON}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let fourth: Value = r.json().await.unwrap();
+    let fourth = join_via_controller(&c, &sid, "guest-4").await;
     let token = fourth["participants"][0]["join_token"].as_str().unwrap();
     let offer = Peer::new().await.offer().await;
     let r = post_offer(
-        &format!("{base}/v1/sessions/{sid}/participants/guest-4"),
+        &participant_url(&base, &sid, "guest-4"),
         Some(token),
         "application/sdp",
         offer,
