@@ -325,7 +325,9 @@ impl Controller {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if kind == "turn-node" {
-            cmd.args(["--turn-port", &free_udp_port().to_string()])
+            // Port 0: turn-node itself finds one free for both UDP and TCP. A port only checked
+            // free for UDP here can be taken on TCP by a sibling's ephemeral bind meanwhile.
+            cmd.args(["--turn-port", "0"])
                 .env("TURN_NODE_AUTH_SECRET", TURN_SECRET);
         }
         if kind == "media-node" {
