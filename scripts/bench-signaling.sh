@@ -6,6 +6,10 @@
 # after 2 s idle, so the fleet churns as a real one does). Prints wrk's summary: requests/s and
 # the latency distribution (p50/p75/p90/p99).
 #
+# Fails (exit 1, with the reason) when the fleet is not serving all 15 nodes, or when any request
+# of the warm-up or the measured run failed (non-2xx status or socket error): a throughput
+# measured over refusals is not a throughput. The failure counts are always printed.
+#
 # Usage: scripts/bench-signaling.sh [duration_secs] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +55,7 @@ API=$(sed -n 's/^FLEET_API=//p' "$WORK/fleet.out")
 [ -n "$API" ] || { cat "$WORK/fleet.err"; exit 1; }
 for region in eu-west-1 us-east-1 ap-south-1; do
   for i in 1 2 3 4; do
-    MEDIA_NODE_CLUSTER_SECRET=$SECRET RUST_LOG=warn "$BIN/media-node" --node-id "m-$region-$i" --region "$region" \
+    MEDIA_NODE_CLUSTER_SECRET=$SECRET MEDIA_NODE_JOIN_SECRET=bench-join-secret-0123456789 RUST_LOG=warn "$BIN/media-node" --node-id "m-$region-$i" --region "$region" \
       --controller "127.0.0.1:$LINK_PORT" --controller-cert "$WORK/cert.pem" --capacity 1000000000 \
       --session-idle-secs 2 > /dev/null 2>> "$WORK/nodes.err" &
     PIDS+=($!)
@@ -67,6 +71,11 @@ for _ in $(seq 100); do
   [ "$n" -ge 15 ] && break; sleep 0.2
 done
 echo "fleet: $n serving nodes; controller at $API"
+if [ "$n" -lt 15 ]; then
+  echo "FAIL: only $n of 15 nodes are serving; node errors:" >&2
+  tail -n 20 "$WORK/nodes.err" >&2
+  exit 1
+fi
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -89,8 +98,23 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
+# Fails the bench when a wrk run met any failed request.
+check_failures() {
+  local what=$1 out=$2 non2xx errs
+  non2xx=$(sed -n 's/^RESULT non_2xx=\([0-9]*\).*/\1/p' "$out")
+  errs=$(sed -n 's/^RESULT .*socket_errors=\([0-9]*\).*/\1/p' "$out")
+  echo "RESULT $what failures: non_2xx=${non2xx:-?} socket_errors=${errs:-?}"
+  if [ "${non2xx:-1}" != 0 ] || [ "${errs:-1}" != 0 ]; then
+    echo "FAIL: $what had failed requests; a sample refusal:" >&2
+    curl -s -X POST -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+      -d '{"participants":[{"id":"t","location":{"lat":51.5,"lon":-0.1}}]}' "$API/v1/sessions" >&2
+    echo >&2
+    exit 1
+  fi
+}
 # Warm up, then the measured run.
-wrk -t1 -c"$CONNS" -d3s -s "$WORK/post.lua" "$API" > /dev/null
+wrk -t1 -c"$CONNS" -d3s -s "$WORK/post.lua" "$API" > "$WORK/warmup.out"
+check_failures warm-up "$WORK/warmup.out"
 if [ -n "${PERF_OUT:-}" ]; then
   # Optional profile of the controller during the measured run (perf from linux-perf).
   perf record -F 999 -g -p "${PIDS[0]}" -o "$PERF_OUT" -- sleep $((DURATION - 2)) > /dev/null 2>&1 &
@@ -100,6 +124,7 @@ CPU0=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API" | tee "$WORK/wrk.out"
 CPU1=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
 [ -n "${PERF_PID:-}" ] && wait "$PERF_PID"
+check_failures "measured run" "$WORK/wrk.out"
 REQS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WORK/wrk.out")
 awk -v a="$CPU0" -v b="$CPU1" -v n="$REQS" 'BEGIN { printf "RESULT controller_cpu_s=%.2f cpu_us_per_request=%.1f\n", (b-a)/100, (b-a)*1e4/n }'
 

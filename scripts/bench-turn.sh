@@ -139,6 +139,10 @@ run_one() {
   local recv sent loss
   recv=$(grep 'start_mclient: tot_send_msgs=' "$out" | tail -1 | sed 's/.*tot_recv_msgs=\([0-9]*\).*/\1/')
   sent=$(grep 'start_mclient: tot_send_msgs=' "$out" | tail -1 | sed 's/.*tot_send_msgs=\([0-9]*\).*/\1/')
+  # A run that relayed nothing (allocations refused, credentials wrong) is a failure, not a figure.
+  if [ "${recv:-0}" = 0 ] || [ "${sent:-0}" = 0 ]; then
+    echo "FAIL: $server relayed nothing (sent ${sent:-0}, received ${recv:-0}):" >&2; tail -5 "$out" >&2; exit 1
+  fi
   loss=$(grep 'Total lost packets' "$out" | tail -1 | sed 's/.*Total lost packets [0-9]* (\([0-9.]*\)%).*/\1/')
   awk -v s="$server" -v r="$recv" -v snd="$sent" -v l="$loss" -v t="$ticks" -v hz="$TICK" \
       -v a="$t0" -v b="$t1" -v i="$2" 'BEGIN {

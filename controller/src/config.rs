@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use fleet_geo::{Location, RegionCatalog, RegionInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::core::Strategy;
+use fleet_core::Strategy;
 
 /// A configuration error, naming the key.
 #[derive(Debug, thiserror::Error)]

@@ -1,21 +1,17 @@
 //! Credentials the controller checks and issues:
 //! - client JWTs (HS256, signed by the app backend with an API secret named by `kid`);
 //! - the admin bearer token of the ops API;
-//! - media join tokens for (session, participant, node), checked offline by the media node;
-//! - TURN REST credentials in coturn's `--use-auth-secret` form.
+//!
+//! The media join token and the TURN REST credential it hands out are contracts with the nodes,
+//! defined once in `fleet_proto::join_token` and `fleet_proto::turn_rest`.
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::{ApiKey, AuthConfig};
-
-/// Audience of media join tokens.
-pub const JOIN_AUDIENCE: &str = "fleet-media-join";
 
 /// Why a credential was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -137,40 +133,6 @@ pub fn mint_client_token(key: &ApiKey, claims: &ClientClaims) -> Result<String, 
     .map_err(|e| AuthError::Malformed(e.to_string()))
 }
 
-/// Claims of a media join token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct JoinClaims {
-    /// Session id.
-    pub sid: String,
-    /// Participant id.
-    pub pid: String,
-    /// Media node id the token is good for.
-    pub nid: String,
-    pub aud: String,
-    pub exp: u64,
-}
-
-/// Signs a join token the media node checks offline with the shared join secret.
-pub fn mint_join_token(secret: &str, claims: &JoinClaims) -> Result<String, AuthError> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| AuthError::Malformed(e.to_string()))
-}
-
-/// A TURN REST credential: username `<expiry>:<participant>`, credential
-/// base64(HMAC-SHA1(secret, username)), exactly as coturn's `--use-auth-secret` checks it.
-pub fn turn_credential(secret: &str, participant: &str, expiry_unix: u64) -> (String, String) {
-    let username = format!("{expiry_unix}:{participant}");
-    let mut mac =
-        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(username.as_bytes());
-    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, credential)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,15 +215,5 @@ mod tests {
             Err(AuthError::BadAdminToken)
         );
         assert_eq!(a.verify_admin(""), Err(AuthError::BadAdminToken));
-    }
-
-    #[test]
-    fn turn_credential_matches_coturn_rest_form() {
-        // Reference value computed with: printf '%s' '1700000000:alice' |
-        //   openssl dgst -sha1 -hmac 'north-secret' -binary | base64
-        let (u, c) = turn_credential("north-secret", "alice", 1_700_000_000);
-        assert_eq!(u, "1700000000:alice");
-        assert_eq!(c, "g+jb180fcj+xlpA/2mP60OdIgU0=");
-        assert_eq!(c.len(), 28);
     }
 }

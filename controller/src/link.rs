@@ -1,9 +1,10 @@
 //! The controller's side of the node link: turns QUIC link events into calls on the pure
-//! [`Fleet`](crate::core::Fleet) and routes command results back.
+//! [`Fleet`](fleet_core::Fleet) and routes command results back.
 
 use std::sync::Arc;
 
-use fleet_proto::{Command, CommandSender, ConnId, Hello, LinkHandler, NodeId, Report};
+use fleet_link::{CommandSender, ConnId, LinkHandler};
+use fleet_proto::{Command, Hello, NodeId, Report};
 
 use crate::state::AppState;
 

@@ -3,8 +3,8 @@
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::core::NodeStatus;
 use crate::state::AppState;
+use fleet_core::NodeStatus;
 
 /// Installs the process-wide recorder (once); later calls return `None`.
 pub fn install() -> Option<PrometheusHandle> {

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleet_geo::GeoIp;
-use fleet_proto::{Acceptor, ControllerIdentity};
+use fleet_link::{Acceptor, ControllerIdentity};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
-use crate::core::{Fleet, FleetConfig, PlacementConfig, RegistryConfig};
 use crate::link::LinkShell;
 use crate::state::AppState;
+use fleet_core::{Fleet, FleetConfig, PlacementConfig, RegistryConfig};
 
 /// A running controller.
 pub struct Controller {

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use fleet_geo::{GeoIp, Location, RegionCatalog};
-use fleet_proto::{Command, CommandSender, NodeId};
+use fleet_link::CommandSender;
+use fleet_proto::{Command, NodeId};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
-use crate::core::{Fleet, Millis, Outgoing};
 use crate::credentials::ApiAuth;
+use fleet_core::{Fleet, Millis, Outgoing};
 
 /// A command sent to a node whose result is still outstanding.
 #[derive(Debug, Clone)]

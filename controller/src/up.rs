@@ -11,10 +11,10 @@ use fleet_proto::NodeKind;
 use rand::Rng;
 
 use crate::config::{ApiKey, Config};
-use crate::core::NodeStatus;
 use crate::credentials::{ClientClaims, mint_client_token};
 use crate::provider::local::{LocalNodeSpec, LocalProcessProvider};
 use crate::server::Controller;
+use fleet_core::NodeStatus;
 
 /// A random secret of 32 hex characters.
 pub fn random_secret() -> String {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Errors from location validation, the region catalog, GeoIP lookups and the test `.mmdb` writer.
+/// Errors from location validation, the region catalog and GeoIP lookups.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GeoError {
@@ -81,22 +81,6 @@ pub enum GeoError {
         /// The looked-up address truncated to its /24 (IPv4) or /48 (IPv6).
         network: String,
         /// What is wrong with the record.
-        reason: String,
-    },
-
-    /// The `.mmdb` writer was given a network it cannot hold.
-    #[error("invalid network {network}: {reason}")]
-    InvalidNetwork {
-        /// The network as given (`address/prefix`).
-        network: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-
-    /// The `.mmdb` writer was given a value the format cannot encode.
-    #[error("value cannot be encoded in a MaxMind DB: {reason}")]
-    InvalidValue {
-        /// What is wrong with it.
         reason: String,
     },
 }

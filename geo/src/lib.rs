@@ -5,14 +5,14 @@
 //!   rank regions.
 //! * [`RegionCatalog`]: the regions, lookup by id and the nearest region to a point.
 //! * [`GeoIp`]: IP address to location through a MaxMind DB (MaxMind City or DB-IP flat schema).
-//! * [`mmdb_writer`]: a small `.mmdb` writer so tests build their own databases.
+//!
+//! Tests build their own databases with the `.mmdb` writer in `fleet-testkit`.
 
 mod catalog;
 mod distance;
 mod error;
 mod geoip;
 mod location;
-pub mod mmdb_writer;
 
 pub use catalog::{MAX_REGION_ID_LEN, RegionCatalog, RegionInfo};
 pub use distance::{
@@ -22,4 +22,3 @@ pub use distance::{
 pub use error::GeoError;
 pub use geoip::{GeoIp, IpLocation, truncate_ip};
 pub use location::Location;
-pub use mmdb_writer::{MmdbValue, MmdbWriter, flat_city_record, maxmind_city_record};

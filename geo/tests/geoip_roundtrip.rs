@@ -3,8 +3,11 @@
 
 use std::net::IpAddr;
 
-use fleet_geo::mmdb_writer::{MmdbValue, MmdbWriter, flat_city_record, maxmind_city_record};
 use fleet_geo::{GeoError, GeoIp, Location};
+use fleet_testkit::mmdb::{
+    MAX_FIELD_SIZE, METADATA_START_MARKER, MmdbError, MmdbValue, MmdbWriter, flat_city_record,
+    maxmind_city_record,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -231,7 +234,7 @@ fn ipv4_only_database_answers_ipv4_and_returns_none_for_ipv6() {
     );
     assert!(matches!(
         w.insert(ip("2001:db8::"), 32, MmdbValue::Bool(true)),
-        Err(GeoError::InvalidNetwork { .. })
+        Err(MmdbError::InvalidNetwork { .. })
     ));
     let bytes = w.to_bytes();
     let reader = maxminddb::Reader::from_source(bytes.clone()).expect("reader");
@@ -357,10 +360,10 @@ fn writer_rejects_bad_networks_and_record_sizes() {
     let mut v4 = MmdbWriter::new_ipv4_only("Bad");
     assert!(v4.insert(ip("0.0.0.0"), 0, MmdbValue::Bool(true)).is_err());
     assert!(w.set_record_size(26).is_err());
-    let huge = "x".repeat(fleet_geo::mmdb_writer::MAX_FIELD_SIZE + 1);
+    let huge = "x".repeat(MAX_FIELD_SIZE + 1);
     assert!(matches!(
         w.insert(ip("1.0.0.0"), 8, MmdbValue::String(huge)),
-        Err(GeoError::InvalidValue { .. })
+        Err(MmdbError::InvalidValue { .. })
     ));
 }
 
@@ -520,8 +523,8 @@ fn broken_files_are_errors_naming_the_problem() {
     assert!(GeoIp::from_bytes(good[..20].to_vec()).is_err());
     // Metadata without a tree in front of it.
     let marker = good
-        .windows(fleet_geo::mmdb_writer::METADATA_START_MARKER.len())
-        .rposition(|w| w == fleet_geo::mmdb_writer::METADATA_START_MARKER)
+        .windows(METADATA_START_MARKER.len())
+        .rposition(|w| w == METADATA_START_MARKER)
         .expect("marker present");
     assert!(GeoIp::from_bytes(good[marker..].to_vec()).is_err());
 }
@@ -586,7 +589,7 @@ fn probe(bytes: Vec<u8>, rng: &mut Rng) -> bool {
 #[test]
 fn random_garbage_never_panics() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let marker = fleet_geo::mmdb_writer::METADATA_START_MARKER;
+    let marker = METADATA_START_MARKER;
     for round in 0..2_000 {
         let len = (rng.next() % 512) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.byte()).collect();

@@ -5,7 +5,7 @@
 //! ones and exits when its last peer connection ends).
 //!
 //! Everything it shares with the TURN node (session state, drain rules, HTTP health/metrics,
-//! the controller link) lives in `fleet_proto::node`; this crate maps its command line onto
+//! the controller link) lives in `fleet_node`; this crate maps its command line onto
 //! that and advertises `http://<public-ip>:<http-port>` as its address.
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use fleet_node::{Node, NodeConfig, default_node_id};
 use fleet_proto::ids::{NodeId, NodeKind};
-use fleet_proto::node::{Node, NodeConfig, default_node_id};
 
 pub mod offer;
 pub mod sfu;
 pub mod signaling;
-pub mod token;
 
 /// Command line of `media-node` (every flag also from `MEDIA_NODE_<FLAG>`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -146,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`); a second
 /// call, or a subscriber installed by someone else, is left alone.
 pub fn init_process() {
-    fleet_proto::node::init_tracing();
+    fleet_node::init_tracing();
 }
 
 #[cfg(test)]

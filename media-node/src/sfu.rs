@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use fleet_node::{DataPlane, LiveSession};
 use fleet_proto::ids::{ParticipantId, SessionId};
 use fleet_proto::messages::Load;
-use fleet_proto::node::{DataPlane, LiveSession};
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
@@ -49,7 +49,7 @@ use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 use crate::offer::{OfferError, check_offer};
-use crate::token::{JoinVerifier, TokenError};
+use fleet_proto::join_token::{JoinVerifier, TokenError};
 
 /// How long the answer waits for ICE gathering (local host candidates on the mux: fast).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,12 +2,12 @@
 //!
 //! A frame is a 4-byte big-endian length `n` (of everything after the length field, at most
 //! [`MAX_FRAME_LEN`]), then one byte of protocol version, then `n - 1` bytes of JSON body.
-//! [`decode`] works on byte slices and never panics; [`read_message`] / [`write_message`] work on
-//! any tokio `AsyncRead` / `AsyncWrite`, such as quinn streams.
+//! [`decode`] works on byte slices and never panics. Reading and writing frames on async streams
+//! (quinn's) is `fleet_link::framing`, built on [`check_len`] and [`parse_rest`]: this crate
+//! stays free of any async runtime.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::messages::PROTOCOL_VERSION;
 
@@ -15,7 +15,7 @@ use crate::messages::PROTOCOL_VERSION;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// Bytes of the length prefix.
-const LEN_BYTES: usize = 4;
+pub const LEN_BYTES: usize = 4;
 
 /// Why bytes could not be decoded into a message.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ pub enum DecodeError {
     /// The length field is zero: not even a version byte.
     #[error("empty frame (no version byte)")]
     Empty,
-    /// Reading from the underlying stream failed (only from [`read_message`]).
+    /// Reading from the underlying stream failed (only when reading from a stream).
     #[error("read failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -61,7 +61,7 @@ pub fn try_encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, serde_json::Error> {
 /// The protocol's own message types always serialize; for a type whose `Serialize` impl fails
 /// the frame carries an empty body, which every decoder rejects as [`DecodeError::Malformed`].
 /// Frames longer than [`MAX_FRAME_LEN`] are produced as asked but refused by decoders and by
-/// [`write_message`].
+/// the stream writer.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     match try_encode(msg) {
         Ok(frame) => frame,
@@ -83,7 +83,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Checks the length field: `Ok(len)` when it is acceptable.
-fn check_len(prefix: [u8; LEN_BYTES]) -> Result<usize, DecodeError> {
+pub fn check_len(prefix: [u8; LEN_BYTES]) -> Result<usize, DecodeError> {
     let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
     if len > MAX_FRAME_LEN {
         return Err(DecodeError::TooLarge {
@@ -98,7 +98,7 @@ fn check_len(prefix: [u8; LEN_BYTES]) -> Result<usize, DecodeError> {
 }
 
 /// Parses the part of a frame after the length field (version byte + body).
-fn parse_rest<T: DeserializeOwned>(rest: &[u8]) -> Result<T, DecodeError> {
+pub fn parse_rest<T: DeserializeOwned>(rest: &[u8]) -> Result<T, DecodeError> {
     let Some((&version, body)) = rest.split_first() else {
         return Err(DecodeError::Empty);
     };
@@ -123,59 +123,4 @@ pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, Dec
     };
     let msg = parse_rest(frame_rest)?;
     Ok(Some((msg, LEN_BYTES + len)))
-}
-
-/// Reads one message; `Ok(None)` on a clean end of stream before any byte of a frame.
-///
-/// The length is checked before the body is allocated, so a peer cannot make us allocate more
-/// than [`MAX_FRAME_LEN`]. Not cancel-safe: run it in its own task rather than in a `select!`.
-pub async fn read_message<T: DeserializeOwned, R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<T>, DecodeError> {
-    let mut prefix = [0u8; LEN_BYTES];
-    let mut filled = 0;
-    while filled < LEN_BYTES {
-        let n = r.read(&mut prefix[filled..]).await?;
-        if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(DecodeError::Truncated)
-            };
-        }
-        filled += n;
-    }
-    let len = check_len(prefix)?;
-    let mut rest = vec![0u8; len];
-    match r.read_exact(&mut rest).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(DecodeError::Truncated);
-        }
-        Err(e) => return Err(DecodeError::Io(e)),
-    }
-    parse_rest(&rest).map(Some)
-}
-
-/// Writes one message as a frame and flushes.
-///
-/// Fails with `InvalidInput` when the frame would exceed [`MAX_FRAME_LEN`] (the peer would
-/// refuse it) and with `InvalidData` when the message does not serialize.
-pub async fn write_message<T: Serialize, W: AsyncWrite + Unpin>(
-    w: &mut W,
-    msg: &T,
-) -> std::io::Result<()> {
-    let frame =
-        try_encode(msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if frame.len() - LEN_BYTES > MAX_FRAME_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}",
-                frame.len() - LEN_BYTES
-            ),
-        ));
-    }
-    w.write_all(&frame).await?;
-    w.flush().await
 }

@@ -1,23 +1,27 @@
-//! The node↔controller protocol of the fleet: ids, messages, framing codec with versioning,
-//! node authentication, link TLS, the QUIC link itself (controller-side [`link::Acceptor`],
-//! node-side [`link::run_reporter`]) and the runtime both node binaries share ([`node`]).
+//! `fleet-proto`: the wire contract of the fleet, written once for every side that speaks it.
+//!
+//! - [`ids`]: node, session, participant and region ids, node kinds and states;
+//! - [`messages`] and [`codec`]: the node↔controller messages and their framing with versioning;
+//! - [`auth`]: how a node proves the cluster secret on the link;
+//! - `join_token` (feature `join-token`): the media join token the controller signs and the
+//!   media node checks;
+//! - [`turn_rest`]: the TURN REST credential the controller issues and the TURN node checks.
+//!
+//! May depend on: serde, hashing and JWT crates. Never on an async runtime, a network stack or
+//! TLS: the QUIC link that carries these frames is `fleet-link`, the node SDK is `fleet-node`,
+//! and the pure controller core (`fleet-core`) links this crate.
 
 pub mod auth;
 pub mod codec;
 pub mod ids;
-pub mod link;
+#[cfg(feature = "join-token")]
+pub mod join_token;
 pub mod messages;
-pub mod node;
-pub mod tls;
+pub mod turn_rest;
 
 pub use auth::{node_auth, verify_node_auth};
-pub use codec::{DecodeError, MAX_FRAME_LEN, decode, encode, read_message, write_message};
+pub use codec::{DecodeError, MAX_FRAME_LEN, decode, encode};
 pub use ids::{IdError, NodeId, NodeKind, NodeState, ParticipantId, SessionId};
-pub use link::{
-    Acceptor, CommandSender, ConnId, LinkError, LinkHandler, LinkStatus, ReportSource,
-    ReporterConfig, run_reporter,
-};
 pub use messages::{
     Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, PROTOCOL_VERSION, Report,
 };
-pub use tls::{ControllerIdentity, TlsError, load_pinned_cert};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fleet_e2e::rtc_peer::{Peer, StreamShape};
 use fleet_e2e::*;
-use fleet_proto::node::process::parse_stat_cpu_ticks;
+use fleet_node::process::parse_stat_cpu_ticks;
 use serde_json::json;
 
 const WARMUP: Duration = Duration::from_secs(2);

@@ -1,7 +1,16 @@
 //! TURN helpers for the end-to-end tests: turn-node processes and coturn's `turnutils_uclient`
 //! / `turnutils_peer` (Debian package `coturn`, installed by scripts/test.sh).
 
-use super::*;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fleet_testkit::{Proc, bin, http_get_sync, read_lines_with};
+
+use crate::{ADMIN_TOKEN, CLUSTER_SECRET, Controller, TURN_SECRET, http};
 
 /// A running turn-node with the addresses it printed.
 pub struct TurnNode {

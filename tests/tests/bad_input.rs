@@ -127,6 +127,56 @@ async fn each_credential_kind_is_refused_when_wrong_or_expired() {
     assert_eq!(c.node_state("n1").await.as_deref(), Some("serving"));
 }
 
+/// Who a bad request authenticates as.
+#[derive(Clone, Copy)]
+enum As {
+    Client,
+    Admin,
+}
+
+/// One bad request and the refusal it must get.
+struct Case {
+    method: &'static str,
+    path: String,
+    who: As,
+    content_type: &'static str,
+    body: String,
+    status: u16,
+    /// A part of `error.message` that names the problem.
+    names: &'static str,
+}
+
+fn case(path: &str, body: impl Into<String>, status: u16, names: &'static str) -> Case {
+    Case {
+        method: "POST",
+        path: path.to_string(),
+        who: As::Client,
+        content_type: "application/json",
+        body: body.into(),
+        status,
+        names,
+    }
+}
+
+async fn send(c: &Controller, case: &Case) -> (u16, reqwest::header::HeaderMap, Value) {
+    let method = reqwest::Method::from_bytes(case.method.as_bytes()).unwrap();
+    let token = match case.who {
+        As::Client => c.client_token(),
+        As::Admin => ADMIN_TOKEN.to_string(),
+    };
+    let r = http()
+        .request(method, format!("{}{}", c.api, case.path))
+        .bearer_auth(token)
+        .header("content-type", case.content_type)
+        .body(case.body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_errors_that_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,100 +186,120 @@ async fn malformed_requests_get_errors_that_name_the_problem() {
     let sid = first["session_id"].as_str().unwrap().to_string();
     let seven: Vec<Value> = (0..7).map(|i| json!({"id": format!("p{i}")})).collect();
     let seven = json!({"participants": seven}).to_string();
-    let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("/v1/sessions", "{".into(), 400, "invalid JSON"),
-        ("/v1/sessions", "[]".into(), 400, "invalid JSON"),
-        (
-            "/v1/sessions",
-            r#"{"participants":[]}"#.into(),
+    let big = format!(r#"{{"participants":[{{"id":"{}"}}]}}"#, "x".repeat(100_000));
+    let sessions = "/v1/sessions";
+    let cases = vec![
+        case(sessions, "{", 400, "invalid JSON"),
+        case(sessions, "[]", 400, "invalid JSON"),
+        case(
+            sessions,
+            r#"{"participants":[]}"#,
             400,
             "at least one participant",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a","ip":"999.1.1.1"}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a","ip":"999.1.1.1"}]}"#,
             400,
             "participants[0].ip",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a","location":{"lat":123,"lon":0}}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a","location":{"lat":123,"lon":0}}]}"#,
             400,
             "participants[0].location",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a","region":"mars-1"}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a","region":"mars-1"}]}"#,
             400,
             "unknown region",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a b"}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a b"}]}"#,
             400,
             "participants[0].id",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a"},{"id":"a"}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a"},{"id":"a"}]}"#,
             400,
             "duplicate participant",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a"}],"profile":"4k"}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a"}],"profile":"4k"}"#,
             400,
             "profile",
         ),
-        (
-            "/v1/sessions",
-            r#"{"participants":[{"id":"a","nickname":"x"}]}"#.into(),
+        case(
+            sessions,
+            r#"{"participants":[{"id":"a","nickname":"x"}]}"#,
             400,
             "nickname",
         ),
-        ("/v1/sessions", seven, 400, "too many participants"),
-        (
+        case(sessions, seven, 400, "too many participants"),
+        case(
             "/v1/sessions/s_doesnotexist/participants",
-            r#"{"id":"b"}"#.into(),
+            r#"{"id":"b"}"#,
             404,
             "unknown session",
         ),
-        (
+        case(
             "/v1/sessions/bad%20id/participants",
-            r#"{"id":"b"}"#.into(),
+            r#"{"id":"b"}"#,
             400,
             "invalid session id",
         ),
+        // The framework's own refusals carry the same JSON error body.
+        case(sessions, big, 413, "larger than the limit"),
+        Case {
+            content_type: "text/plain",
+            ..case(sessions, GOOD, 415, "must be JSON")
+        },
+        Case {
+            method: "PUT",
+            ..case(sessions, GOOD, 405, "not allowed")
+        },
+        case("/v1/no-such-route", GOOD, 404, "no such route"),
+        Case {
+            who: As::Admin,
+            ..case("/v1/nodes/nope/drain", "", 404, "")
+        },
+        Case {
+            who: As::Admin,
+            ..case(
+                "/v1/nodes/n1/drain",
+                r#"{"deadline_secs":"soon"}"#,
+                400,
+                "deadline_secs",
+            )
+        },
+        Case {
+            method: "DELETE",
+            ..case("/v1/sessions/s_nothere", "", 404, "")
+        },
     ];
-    for (path, body, status, expect) in &cases {
-        let (got, v) = post(&c, path, Some(&t), body).await;
-        assert_eq!(got, *status, "{path} {body}: {v}");
+    for case in &cases {
+        let (got, headers, v) = send(&c, case).await;
+        let what = format!("{} {} {:.80}", case.method, case.path, case.body);
+        assert_eq!(got, case.status, "{what}: {v}");
         assert!(
-            message(&v).contains(expect),
-            "{path} {body}: expected {expect:?} in {v}"
+            v["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{what}: no JSON error code in {v}"
+        );
+        assert!(
+            message(&v).contains(case.names),
+            "{what}: expected {:?} in {v}",
+            case.names
+        );
+        assert_eq!(
+            headers.get("content-type").map(|h| h.as_bytes()),
+            Some(&b"application/json"[..]),
+            "{what}"
         );
     }
-    let big = format!(r#"{{"participants":[{{"id":"{}"}}]}}"#, "x".repeat(100_000));
-    let (got, _) = post(&c, "/v1/sessions", Some(&t), &big).await;
-    assert_eq!(got, 413, "oversized body");
-    let (got, v) = post(&c, "/v1/nodes/nope/drain", Some(ADMIN_TOKEN), "").await;
-    assert_eq!(got, 404, "{v}");
-    let (got, v) = post(
-        &c,
-        "/v1/nodes/n1/drain",
-        Some(ADMIN_TOKEN),
-        r#"{"deadline_secs":"soon"}"#,
-    )
-    .await;
-    assert_eq!(got, 400, "{v}");
-    assert!(message(&v).contains("deadline_secs"), "{v}");
-    let r = http()
-        .delete(format!("{}/v1/sessions/s_nothere", c.api))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
     // The session created first is untouched, and new sessions still work.
     let r = http()
         .get(format!("{}/v1/sessions/{sid}", c.api))

@@ -1,7 +1,7 @@
-//! TURN REST credentials exactly as coturn's `--use-auth-secret`: the username is
-//! `<expiry-unix>:<user>` (coturn also takes `<user>:<expiry-unix>` and a bare `<expiry-unix>`),
-//! the password is base64(HMAC-SHA1(secret, username)), and the long-term key the
-//! MESSAGE-INTEGRITY is checked with is MD5(`username:realm:password`).
+//! TURN REST credentials exactly as coturn's `--use-auth-secret`: the username and password
+//! forms are the contract in [`fleet_proto::turn_rest`] (the controller issues them from the same
+//! code), and the long-term key the MESSAGE-INTEGRITY is checked with is
+//! MD5(`username:realm:password`).
 //!
 //! Several secrets are accepted at once so one can be rotated without dropping calls. The
 //! `turn` crate asks its [`AuthHandler`] for a single key per username, so the gate verifies
@@ -14,18 +14,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
+use fleet_proto::turn_rest::{MAX_USERNAME_LEN, UsernameError, parse_username, rest_password};
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::integrity::MessageIntegrity;
 use stun::message::{Getter, Message};
 use stun::textattrs::TextAttribute;
 use turn::auth::AuthHandler;
 
-/// Longest username accepted (STUN allows 513 bytes; anything that long is not ours).
-pub const MAX_USERNAME_LEN: usize = 512;
 /// Most usernames whose matching key is remembered.
 const KEY_CACHE_MAX: usize = 50_000;
 
@@ -52,57 +47,19 @@ pub enum AuthError {
     NoSecretMatches,
 }
 
+impl From<UsernameError> for AuthError {
+    fn from(e: UsernameError) -> Self {
+        match e {
+            UsernameError::BadLength => AuthError::BadLength,
+            UsernameError::NoExpiry => AuthError::NoExpiry,
+        }
+    }
+}
+
 /// Why the secret list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--auth-secret needs at least one non-empty secret")]
 pub struct NoSecrets;
-
-/// A parsed REST username.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestUsername<'a> {
-    /// Unix seconds after which the credentials are refused.
-    pub expiry_unix: u64,
-    /// The user the credentials were issued to (the quota key; may be empty).
-    pub user: &'a str,
-}
-
-fn all_digits(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Parses `<expiry>:<user>`, `<user>:<expiry>` or `<expiry>` as coturn does.
-pub fn parse_username(username: &str) -> Result<RestUsername<'_>, AuthError> {
-    if username.is_empty() || username.len() > MAX_USERNAME_LEN {
-        return Err(AuthError::BadLength);
-    }
-    let (expiry, user) = match username.split_once(':') {
-        Some((first, rest)) if all_digits(first) => (first, rest),
-        Some((first, rest)) if all_digits(rest) => (rest, first),
-        Some(_) => return Err(AuthError::NoExpiry),
-        None if all_digits(username) => (username, ""),
-        None => return Err(AuthError::NoExpiry),
-    };
-    let expiry_unix = expiry.parse().map_err(|_| AuthError::NoExpiry)?;
-    Ok(RestUsername { expiry_unix, user })
-}
-
-/// The REST password for `username`: base64(HMAC-SHA1(secret, username)).
-pub fn rest_password(secret: &str, username: &str) -> String {
-    // HMAC takes keys of any length, so the error arm is never taken; an empty password
-    // would only fail authentication.
-    let Ok(mut mac) = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(username.as_bytes());
-    BASE64.encode(mac.finalize().into_bytes())
-}
-
-/// REST credentials for `user`, valid until `expiry_unix` (as the controller issues them).
-pub fn rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (String, String) {
-    let username = format!("{expiry_unix}:{user}");
-    let password = rest_password(secret, &username);
-    (username, password)
-}
 
 /// The long-term credential key: MD5(`username:realm:password`).
 pub fn long_term_key(username: &str, realm: &str, password: &str) -> Vec<u8> {
@@ -320,6 +277,7 @@ impl AuthHandler for RestAuthHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_proto::turn_rest::rest_credentials;
     use stun::agent::TransactionId;
     use stun::fingerprint::FINGERPRINT;
     use stun::message::{CLASS_REQUEST, METHOD_ALLOCATE, MessageType, Setter};
@@ -341,55 +299,6 @@ mod tests {
         decoded.raw = m.raw.clone();
         decoded.decode().expect("decode");
         decoded
-    }
-
-    #[test]
-    fn parses_usernames_like_coturn() {
-        assert_eq!(
-            parse_username("1700000000:client-9"),
-            Ok(RestUsername {
-                expiry_unix: 1_700_000_000,
-                user: "client-9"
-            })
-        );
-        assert_eq!(
-            parse_username("client-9:1700000000"),
-            Ok(RestUsername {
-                expiry_unix: 1_700_000_000,
-                user: "client-9"
-            })
-        );
-        assert_eq!(
-            parse_username("1700000000"),
-            Ok(RestUsername {
-                expiry_unix: 1_700_000_000,
-                user: ""
-            })
-        );
-        // The user part may itself contain the separator.
-        assert_eq!(parse_username("5:a:b").map(|u| u.user), Ok("a:b"));
-        assert_eq!(parse_username(""), Err(AuthError::BadLength));
-        assert_eq!(parse_username("alice"), Err(AuthError::NoExpiry));
-        assert_eq!(parse_username("alice:bob"), Err(AuthError::NoExpiry));
-        assert_eq!(
-            parse_username("99999999999999999999999:x"),
-            Err(AuthError::NoExpiry)
-        );
-        assert_eq!(
-            parse_username(&"1".repeat(MAX_USERNAME_LEN + 1)),
-            Err(AuthError::BadLength)
-        );
-    }
-
-    #[test]
-    fn password_matches_coturn_reference() {
-        // base64(HMAC-SHA1("secret", "1700000000:alice")), computed independently.
-        let (username, password) = rest_credentials("secret", "alice", 1_700_000_000);
-        assert_eq!(username, "1700000000:alice");
-        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(b"secret").expect("key");
-        mac.update(b"1700000000:alice");
-        assert_eq!(password, BASE64.encode(mac.finalize().into_bytes()));
-        assert_eq!(password.len(), 28);
     }
 
     #[test]

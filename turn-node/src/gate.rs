@@ -498,7 +498,8 @@ impl Conn for Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Secrets, long_term_key, rest_credentials};
+    use crate::auth::{Secrets, long_term_key};
+    use fleet_proto::turn_rest::rest_credentials;
     use stun::agent::TransactionId;
     use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
     use stun::error_code::{ErrorCode, ErrorCodeAttribute};

@@ -7,7 +7,7 @@
 //! ([`policy`]). The [`gate`] in front of each listener adds all that to the crate's server;
 //! [`relay`] wires listeners, gates and servers together and is the node's data plane.
 //! Everything it shares with the media node (drain rules, HTTP health/metrics, the controller
-//! link) lives in `fleet_proto::node`.
+//! link) lives in `fleet_node`.
 //!
 //! Start-up prints `LISTENING http=<addr>` and then `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`.
 //! The crate's own logs (full client addresses, one line per bad packet) are off unless
@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use fleet_node::{Node, NodeConfig, default_node_id};
 use fleet_proto::ids::{NodeId, NodeKind};
-use fleet_proto::node::{Node, NodeConfig, default_node_id};
 use ipnet::IpNet;
 
 use crate::auth::Secrets;
@@ -262,7 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// subscriber or provider installed by someone else, is left alone.
 pub fn init_process() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    fleet_proto::node::init_tracing_with_default(DEFAULT_LOG_FILTER);
+    fleet_node::init_tracing_with_default(DEFAULT_LOG_FILTER);
 }
 
 #[cfg(test)]

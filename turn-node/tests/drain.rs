@@ -1,82 +1,25 @@
-//! The real `turn-node` binary, started with only the required flags plus ports, under a stub
-//! controller: its reports carry allocations and relayed traffic; a controller `Drain` makes new
+//! The real `turn-node` binary, started with only the required flags plus ports, under the test
+//! kit's fake controller: its reports carry allocations and relayed traffic; a controller `Drain` makes new
 //! Allocates fail with 403 while a live relay keeps working; `Undrain` lifts it; after SIGTERM
 //! the process stays up while an allocation is live and exits 0 once it ends.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::ids::NodeId;
-use fleet_proto::link::{Acceptor, CommandSender, ConnId, LinkHandler};
-use fleet_proto::messages::{Command, Hello, Load, Report};
-use fleet_proto::tls::ControllerIdentity;
+use fleet_proto::messages::Command;
+use fleet_proto::turn_rest::rest_credentials;
+use fleet_testkit::FakeController;
 use stun::message::{CLASS_REQUEST, Getter, METHOD_ALLOCATE, Message, MessageType, Setter};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::process::Command as Process;
 use turn::client::{Client, ClientConfig};
-use turn_node::auth::{now_unix, rest_credentials};
+use turn_node::auth::now_unix;
 use webrtc_util::Conn;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct Ctl {
-    commands: Mutex<Option<CommandSender>>,
-    last_load: Mutex<Option<Load>>,
-    results: Mutex<Vec<(u64, Option<String>)>>,
-}
-
-impl LinkHandler for Ctl {
-    fn on_hello(&self, _: ConnId, _: &Hello, commands: CommandSender) -> Result<(), String> {
-        *self.commands.lock().expect("lock") = Some(commands);
-        Ok(())
-    }
-    fn on_report(&self, _: ConnId, _: &NodeId, report: Report) {
-        *self.last_load.lock().expect("lock") = Some(report.load);
-    }
-    fn on_command_result(&self, _: ConnId, _: &NodeId, id: u64, error: Option<String>) {
-        self.results.lock().expect("lock").push((id, error));
-    }
-    fn on_closed(&self, _: ConnId, _: &NodeId, _: &str) {}
-}
-
-impl Ctl {
-    fn load(&self) -> Option<Load> {
-        self.last_load.lock().expect("lock").clone()
-    }
-
-    async fn command(&self, id: u64, command: Command) {
-        let sender = self
-            .commands
-            .lock()
-            .expect("lock")
-            .clone()
-            .expect("connected");
-        assert!(sender.send(id, command));
-        wait_until("the command result", || {
-            self.results
-                .lock()
-                .expect("lock")
-                .iter()
-                .any(|(i, e)| *i == id && e.is_none())
-        })
-        .await;
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn client(server: SocketAddr, user: &str) -> Client {
     let (username, password) = rest_credentials("rest-secret", user, now_unix() + 600);
@@ -141,28 +84,10 @@ async fn relay_once(a: &(dyn Conn + Send + Sync), b: &(dyn Conn + Send + Sync)) 
 
 #[tokio::test]
 async fn reports_relays_and_drains_with_live_allocations() {
-    let id = ControllerIdentity::self_signed(&["fleet-controller".to_owned()]).expect("id");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = dir.path().join("ctl.pem");
-    std::fs::write(&cert, id.cert_pem()).expect("write cert");
-    let ctl = Arc::new(Ctl::default());
-    let acceptor = Acceptor::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        &id,
-        "cluster".into(),
-        "t".into(),
-        ctl.clone(),
-    )
-    .await
-    .expect("acceptor");
-
+    let mut ctl = FakeController::start("cluster").await;
     let mut child = Process::new(env!("CARGO_BIN_EXE_turn-node"))
         .args(["--region", "eu-west-1"])
-        .arg("--controller")
-        .arg(acceptor.local_addr().to_string())
-        .arg("--controller-cert")
-        .arg(&cert)
-        .args(["--cluster-secret", "cluster"])
+        .args(ctl.node_args())
         .args(["--auth-secret", "rest-secret"])
         .args(["--turn-port", "0"])
         .args(["--allow-peer", "127.0.0.0/8"])
@@ -185,26 +110,29 @@ async fn reports_relays_and_drains_with_live_allocations() {
         }
     }
     let server: SocketAddr = turn_line.expect("TURN line").parse().expect("udp addr");
-    wait_until("connected", || ctl.commands.lock().expect("lock").is_some()).await;
+    ctl.hello().await;
 
     let alice = client(server, "alice").await;
     let bob = client(server, "bob").await;
     let a = alice.allocate().await.expect("alice allocates");
     let b = bob.allocate().await.expect("bob allocates");
     assert!(relay_once(&a, &b).await, "relays");
-    wait_until("a report with two allocations and traffic", || {
-        ctl.load().is_some_and(|l| {
-            l.allocations == 2 && l.capacity_used == 2 && l.relayed_bytes > 0 && l.packets_in > 0
-        })
+    // A report with two allocations and traffic.
+    ctl.report_where(|r| {
+        let l = &r.load;
+        l.allocations == 2 && l.capacity_used == 2 && l.relayed_bytes > 0 && l.packets_in > 0
     })
     .await;
 
     // Controller drain: new allocations refused at once, the live relay keeps working.
     let deadline_unix_ms = (now_unix() + 600) * 1000;
-    ctl.command(1, Command::Drain { deadline_unix_ms }).await;
+    assert_eq!(
+        ctl.command(1, Command::Drain { deadline_unix_ms }).await,
+        None
+    );
     assert_eq!(allocate_error(server).await, Some(403));
     assert!(relay_once(&a, &b).await, "relays while draining");
-    ctl.command(2, Command::Undrain).await;
+    assert_eq!(ctl.command(2, Command::Undrain).await, None);
     assert_eq!(allocate_error(server).await, Some(401));
 
     // SIGTERM drains; the node waits for its allocations.

@@ -7,14 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::node::DataPlane;
+use fleet_node::DataPlane;
+use fleet_proto::turn_rest::rest_credentials;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use turn::client::{Client, ClientConfig};
-use turn_node::auth::{Secrets, now_unix, rest_credentials};
+use turn_node::auth::{Secrets, now_unix};
 use turn_node::framing::Framer;
 use turn_node::policy::PeerPolicy;
 use turn_node::relay::{Relay, RelayConfig};

@@ -10,8 +10,8 @@ use fleet_proto::{Load, NodeId, NodeKind};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
-use crate::core::{NodeEntry, NodeStatus};
 use crate::state::AppState;
+use fleet_core::{NodeEntry, NodeStatus};
 
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state
@@ -113,7 +113,7 @@ pub struct RegionView {
     pub name: String,
     pub media: PoolView,
     pub turn: PoolView,
-    pub demand: crate::core::RegionDemand,
+    pub demand: fleet_core::RegionDemand,
 }
 
 /// `GET /v1/regions`: regions that have nodes or unmet demand.

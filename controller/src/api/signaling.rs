@@ -14,11 +14,11 @@ use fleet_proto::{ParticipantId, SessionId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
-use crate::core::{NewSession, Profile, SessionPlan, SessionRecord};
-use crate::credentials::{
-    ClientClaims, JOIN_AUDIENCE, JoinClaims, mint_client_token, mint_join_token, turn_credential,
-};
+use crate::credentials::{ClientClaims, mint_client_token};
 use crate::state::AppState;
+use fleet_core::{NewSession, Profile, SessionPlan, SessionRecord};
+use fleet_proto::join_token::JoinClaims;
+use fleet_proto::turn_rest::rest_credentials;
 
 /// A participant in a request.
 #[derive(Debug, Deserialize)]
@@ -87,7 +87,7 @@ pub struct SessionGrant {
 pub struct SessionView {
     pub session_id: String,
     pub region: String,
-    pub state: crate::core::SessionState,
+    pub state: fleet_core::SessionState,
     pub profile: Profile,
     pub media: MediaEndpoint,
     pub participants: Vec<ParticipantView>,
@@ -178,21 +178,18 @@ fn grant(
     location: Location,
 ) -> Result<ParticipantGrant, ApiError> {
     let now = unix_now().as_secs();
-    let join_token = mint_join_token(
-        &state.config.media.join_secret,
-        &JoinClaims {
-            sid: session.to_string(),
-            pid: participant.to_string(),
-            nid: node.to_string(),
-            aud: JOIN_AUDIENCE.into(),
-            exp: now + state.config.media.join_token_ttl_secs,
-        },
+    let join_token = JoinClaims::new(
+        session,
+        participant,
+        node,
+        now + state.config.media.join_token_ttl_secs,
     )
+    .sign(&state.config.media.join_secret)
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let turn = state.fleet().turn_for(location, &mut rand::rng());
     let mut ice_servers = Vec::new();
     if !turn.is_empty() {
-        let (username, credential) = turn_credential(
+        let (username, credential) = rest_credentials(
             &state.config.turn.secret,
             participant.as_str(),
             now + state.config.turn.credential_ttl_secs,

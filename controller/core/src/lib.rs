@@ -1,0 +1,70 @@
+//! `fleet-core`: the pure decision code of the fleet: the node registry, in-flight reservations,
+//! the session index and placement (and, as they come, autoscaling, drain plans, bookings and
+//! schedules). No I/O, no tokio, no sockets: every function that depends on time takes `now`
+//! (milliseconds on a monotonic clock chosen by the caller) and every random choice takes the
+//! caller's `rng`, so the same code runs live in the controller, in unit tests with a virtual
+//! clock and in the trace simulator.
+//!
+//! May depend on: `fleet-proto`, `fleet-geo`, serde, rand. Never on an async runtime, a network
+//! stack, TLS, a cloud SDK, a database or a metrics exporter (checked with `cargo tree`).
+
+pub mod fleet;
+pub mod placement;
+pub mod registry;
+pub mod sessions;
+
+pub use fleet::{
+    Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, RegionDemand, SessionPlan,
+    TurnChoice,
+};
+pub use placement::{PlacementConfig, PlacementError, Strategy};
+pub use registry::{NodeEntry, NodeStatus, Registry, RegistryConfig, RegistryError};
+pub use sessions::{ParticipantRecord, SessionRecord, SessionState};
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// What a session costs on a media node, in capacity units per participant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Audio only.
+    Audio,
+    /// Standard video call (the default).
+    #[default]
+    Video,
+    /// High-definition video.
+    Hd,
+}
+
+impl Profile {
+    /// Parses the API's `profile` field.
+    pub fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "audio" => Some(Profile::Audio),
+            "video" => Some(Profile::Video),
+            "hd" => Some(Profile::Hd),
+            _ => None,
+        }
+    }
+
+    /// Capacity units one participant of this profile uses on a media node.
+    pub fn cost_per_participant(self) -> u64 {
+        match self {
+            Profile::Audio => 1,
+            Profile::Video => 4,
+            Profile::Hd => 10,
+        }
+    }
+
+    /// Capacity units reserved for a session with `participants` people (a session is planned
+    /// for at least two people, since a 1:1 call is the common case).
+    pub fn session_cost(self, participants: usize) -> u64 {
+        self.cost_per_participant() * participants.max(2) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests;

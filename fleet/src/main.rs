@@ -1,0 +1,160 @@
+//! `fleet`: the one binary of the fleet, and the only crate that links everything (controller,
+//! media node, TURN node). `fleet up` runs a whole fleet on this machine, `fleet serve` runs a
+//! controller from a config file, `fleet token` mints a development client token, and
+//! `fleet media-node` / `fleet turn-node` run a node (what `fleet up` starts as child processes,
+//! re-executing this binary).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleet_controller::config::Config;
+use fleet_controller::credentials::{ClientClaims, mint_client_token};
+
+/// mimalloc instead of glibc malloc: the signaling path allocates many small short-lived
+/// buffers (JSON, JWTs, QUIC frames) and glibc spent ~20% of the controller's CPU in malloc/free
+/// and consolidation under `scripts/bench-signaling.sh`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "fleet", version, about = "Media fleet controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a controller plus media and TURN nodes in three regions on loopback.
+    Up {
+        /// Config file (optional; secrets left empty are generated).
+        #[arg(long, env = "FLEET_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where certificates, node logs and the token file go (default: `[up] state_dir`).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Run the controller from a config file.
+    Serve {
+        #[arg(long, env = "FLEET_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file and exit.
+    CheckConfig {
+        #[arg(long, env = "FLEET_CONFIG")]
+        config: PathBuf,
+    },
+    /// Mint a client JWT with the config's first (or `--kid`) API key.
+    Token {
+        #[arg(long, env = "FLEET_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Limit the token to one session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Limit the token to one participant.
+        #[arg(long)]
+        participant: Option<String>,
+    },
+    /// Run a media node (as `fleet up` does).
+    MediaNode(media_node::Args),
+    /// Run a TURN node (as `fleet up` does).
+    TurnNode(turn_node::Args),
+}
+
+fn init_tracing() {
+    fleet_node::init_tracing();
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+fn main() -> anyhow::Result<()> {
+    // quinn uses ring; install it as the process-wide rustls provider explicitly so no other
+    // crate that brings a second provider can make TLS set-up ambiguous (DESIGN.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::MediaNode(args) => {
+            media_node::init_process();
+            runtime()?.block_on(media_node::run(args))
+        }
+        Cmd::TurnNode(args) => {
+            turn_node::init_process();
+            runtime()?.block_on(turn_node::run(args))
+        }
+        Cmd::Up { config, state_dir } => {
+            init_tracing();
+            let config = load(config.as_deref())?;
+            let dir = state_dir.unwrap_or_else(|| config.up.state_dir.clone());
+            runtime()?.block_on(fleet_controller::up::run(config, dir))
+        }
+        Cmd::Serve { config } => {
+            init_tracing();
+            let config = load(Some(&config))?;
+            runtime()?.block_on(async move {
+                let c = fleet_controller::server::Controller::start(
+                    config,
+                    fleet_controller::metrics::install(),
+                )
+                .await?;
+                println!("FLEET_API=http://{}", c.api_addr);
+                println!("FLEET_LINK={}", c.link_addr);
+                let _ = tokio::signal::ctrl_c().await;
+                c.shutdown().await;
+                Ok(())
+            })
+        }
+        Cmd::CheckConfig { config } => {
+            let c = load(Some(&config))?;
+            fleet_controller::server::require_secrets(&c)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Cmd::Token {
+            config,
+            kid,
+            sub,
+            ttl_secs,
+            session,
+            participant,
+        } => {
+            let c = load(Some(&config))?;
+            let key = match &kid {
+                Some(k) => c.auth.api_keys.iter().find(|a| &a.kid == k),
+                None => c.auth.api_keys.first(),
+            }
+            .context("config key `auth.api_keys`: no such API key")?;
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + ttl_secs;
+            let token = mint_client_token(
+                key,
+                &ClientClaims {
+                    sub,
+                    aud: c.auth.audience.clone(),
+                    exp,
+                    iat: None,
+                    session,
+                    participant,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,355 @@
+//! Controller side of the link: accepts node connections, checks their hello, and turns their
+//! frames into [`LinkHandler`] calls.
+//!
+//! Each connection runs in its own task; a bad frame, timeout or refusal closes only that
+//! connection. Frames are read by a separate reader task (reading a frame is not cancel-safe)
+//! through a small bounded channel, so a fast node cannot queue unbounded memory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::framing::{read_message, write_message};
+use crate::tls::{ControllerIdentity, TlsError, server_crypto};
+use crate::{HELLO_TIMEOUT, LinkError, close_code, describe_close, transport_config};
+use fleet_proto::auth::verify_node_auth;
+use fleet_proto::codec::DecodeError;
+use fleet_proto::ids::NodeId;
+use fleet_proto::messages::{Command, ControllerMessage, Hello, NodeMessage, Report};
+
+/// Identifies one accepted connection (unique within the process, never reused).
+pub type ConnId = u64;
+
+/// Receives the link's events on the controller side. Calls for one connection are made in
+/// order from that connection's task; keep them short (no blocking I/O).
+pub trait LinkHandler: Send + Sync + 'static {
+    /// Called after the Hello's version/auth were checked. Err(reason) => Reject{reason} is sent
+    /// and the connection closed with that reason.
+    fn on_hello(&self, conn: ConnId, hello: &Hello, commands: CommandSender) -> Result<(), String>;
+    /// A report from a node whose hello was accepted.
+    fn on_report(&self, conn: ConnId, node: &NodeId, report: Report);
+    /// The answer to a command sent with [`CommandSender::send`].
+    fn on_command_result(&self, conn: ConnId, node: &NodeId, id: u64, error: Option<String>);
+    /// Once per connection that passed on_hello, when it ends for any reason.
+    fn on_closed(&self, conn: ConnId, node: &NodeId, reason: &str);
+}
+
+enum Outgoing {
+    Command { id: u64, command: Command },
+    Close(String),
+}
+
+/// Sends commands to one connected node; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CommandSender {
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outgoing::Command { id, .. } => write!(f, "Command({id})"),
+            Outgoing::Close(reason) => write!(f, "Close({reason})"),
+        }
+    }
+}
+
+impl CommandSender {
+    /// Queues `command` for the node; false if the connection is gone.
+    pub fn send(&self, id: u64, command: Command) -> bool {
+        self.tx.send(Outgoing::Command { id, command }).is_ok()
+    }
+
+    /// Closes the connection with `reason` (the node sees it as the QUIC close reason; the
+    /// handler's `on_closed` gets it too).
+    pub fn close(&self, reason: &str) {
+        // Err only when the connection is already gone, which is what was asked.
+        let _ = self.tx.send(Outgoing::Close(reason.to_owned()));
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+struct Shared {
+    handler: Arc<dyn LinkHandler>,
+    cluster_secret: String,
+    controller_version: String,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A bound controller-side QUIC endpoint accepting node connections.
+///
+/// Dropping it closes the endpoint like [`Acceptor::shutdown`] without waiting.
+pub struct Acceptor {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    accept_task: JoinHandle<()>,
+}
+
+impl Acceptor {
+    /// Binds a QUIC server endpoint; spawns the accept loop on the current tokio runtime. Each
+    /// connection: one bidirectional stream opened by the node; first frame must be Hello within
+    /// 5 s; wrong version => Reject{reason} + close; wrong auth => Reject{"bad cluster secret"}.
+    /// Malformed frames after hello close that connection with a reason; never affects other
+    /// connections.
+    pub async fn bind(
+        addr: SocketAddr,
+        identity: &ControllerIdentity,
+        cluster_secret: String,
+        controller_version: String,
+        handler: Arc<dyn LinkHandler>,
+    ) -> Result<Acceptor, LinkError> {
+        let crypto = QuicServerConfig::try_from(server_crypto(identity)?)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport_config(1));
+        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let local_addr = endpoint.local_addr()?;
+        let shared = Arc::new(Shared {
+            handler,
+            cluster_secret,
+            controller_version,
+        });
+        let accept_endpoint = endpoint.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Some(incoming) = accept_endpoint.accept().await {
+                let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_connection(incoming, conn_id, shared.clone()));
+            }
+            tracing::debug!("link accept loop ended");
+        });
+        tracing::info!(%local_addr, "link acceptor listening");
+        Ok(Acceptor {
+            endpoint,
+            local_addr,
+            accept_task,
+        })
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Closes the endpoint and every connection, waiting briefly for the close to be sent.
+    pub async fn shutdown(&self) {
+        self.endpoint
+            .close(close_code::NORMAL, b"controller shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.endpoint
+            .close(close_code::NORMAL, b"controller shutting down");
+        self.accept_task.abort();
+    }
+}
+
+/// What came of the hello phase.
+enum HelloOutcome {
+    Accepted {
+        node: NodeId,
+        send: quinn::SendStream,
+        incoming: mpsc::Receiver<Result<Option<NodeMessage>, DecodeError>>,
+        outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    },
+    /// Nothing more to do (refused or connection already gone).
+    Done,
+}
+
+async fn serve_connection(incoming: quinn::Incoming, conn_id: ConnId, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(conn_id, %remote, error = %e, "link handshake failed");
+            return;
+        }
+    };
+    let outcome = hello_phase(&connection, conn_id, &shared).await;
+    let HelloOutcome::Accepted {
+        node,
+        mut send,
+        mut incoming,
+        mut outgoing,
+    } = outcome
+    else {
+        return;
+    };
+    tracing::info!(conn_id, node = %node, %remote, "node connected");
+    let handler = &shared.handler;
+    let reason = loop {
+        tokio::select! {
+            msg = incoming.recv() => match msg {
+                Some(Ok(Some(NodeMessage::Report(report)))) => {
+                    handler.on_report(conn_id, &node, report);
+                }
+                Some(Ok(Some(NodeMessage::CommandResult { id, error }))) => {
+                    handler.on_command_result(conn_id, &node, id, error);
+                }
+                Some(Ok(Some(NodeMessage::Hello(_)))) => {
+                    let reason = "protocol error: second hello on the same connection".to_owned();
+                    connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+                    break reason;
+                }
+                Some(Ok(None)) | None => {
+                    let reason = "node shutting down: it finished its stream".to_owned();
+                    connection.close(close_code::NORMAL, reason.as_bytes());
+                    break reason;
+                }
+                Some(Err(DecodeError::Io(e))) => {
+                    break match connection.close_reason() {
+                        Some(err) => describe_close(&err),
+                        None => {
+                            let reason = format!("read failed: {e}");
+                            connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+                            reason
+                        }
+                    };
+                }
+                Some(Err(e)) => {
+                    let reason = format!("bad frame: {e}");
+                    connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+                    break reason;
+                }
+            },
+            Some(out) = outgoing.recv() => match out {
+                Outgoing::Command { id, command } => {
+                    let msg = ControllerMessage::Command { id, command };
+                    if let Err(e) = write_message(&mut send, &msg).await {
+                        let reason = match connection.close_reason() {
+                            Some(err) => describe_close(&err),
+                            None => format!("sending a command failed: {e}"),
+                        };
+                        connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+                        break reason;
+                    }
+                }
+                Outgoing::Close(reason) => {
+                    connection.close(close_code::CLOSED_BY_CONTROLLER, reason.as_bytes());
+                    break reason;
+                }
+            },
+            err = connection.closed() => break describe_close(&err),
+        }
+    };
+    tracing::info!(conn_id, node = %node, %reason, "node disconnected");
+    handler.on_closed(conn_id, &node, &reason);
+}
+
+/// Waits for the node's stream and hello, checks it, and answers Welcome or Reject.
+async fn hello_phase(
+    connection: &quinn::Connection,
+    conn_id: ConnId,
+    shared: &Shared,
+) -> HelloOutcome {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let (send, mut recv) = connection.accept_bi().await?;
+        let first = read_message::<NodeMessage, _>(&mut recv).await;
+        Ok::<_, quinn::ConnectionError>((send, recv, first))
+    })
+    .await;
+    let (mut send, recv, first) = match first {
+        Err(_) => {
+            let reason = format!("no hello within {} s", HELLO_TIMEOUT.as_secs());
+            tracing::debug!(conn_id, %reason, "closing link connection");
+            connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+            return HelloOutcome::Done;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(conn_id, error = %e, "connection ended before hello");
+            return HelloOutcome::Done;
+        }
+        Ok(Ok(parts)) => parts,
+    };
+    let hello = match first {
+        Ok(Some(NodeMessage::Hello(hello))) => hello,
+        Ok(Some(_)) => {
+            reject(connection, &mut send, "first message must be a hello").await;
+            return HelloOutcome::Done;
+        }
+        Ok(None) => {
+            connection.close(close_code::PROTOCOL_ERROR, b"stream ended before hello");
+            return HelloOutcome::Done;
+        }
+        Err(DecodeError::Io(e)) => {
+            tracing::debug!(conn_id, error = %e, "reading hello failed");
+            connection.close(close_code::PROTOCOL_ERROR, b"reading hello failed");
+            return HelloOutcome::Done;
+        }
+        Err(e) => {
+            reject(connection, &mut send, &e.to_string()).await;
+            return HelloOutcome::Done;
+        }
+    };
+    if !verify_node_auth(&shared.cluster_secret, &hello.node_id, &hello.auth) {
+        tracing::warn!(conn_id, node = %hello.node_id, "node rejected: bad cluster secret");
+        reject(connection, &mut send, "bad cluster secret").await;
+        return HelloOutcome::Done;
+    }
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let sender = CommandSender { tx: out_tx };
+    if let Err(reason) = shared.handler.on_hello(conn_id, &hello, sender) {
+        tracing::warn!(conn_id, node = %hello.node_id, %reason, "node rejected by handler");
+        reject(connection, &mut send, &reason).await;
+        return HelloOutcome::Done;
+    }
+    let welcome = ControllerMessage::Welcome {
+        controller_version: shared.controller_version.clone(),
+    };
+    let (in_tx, in_rx) = mpsc::channel(16);
+    tokio::spawn(read_frames(recv, in_tx));
+    if let Err(e) = write_message(&mut send, &welcome).await {
+        // on_hello passed, so the handler must hear that the connection ended.
+        let reason = format!("sending welcome failed: {e}");
+        connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+        shared.handler.on_closed(conn_id, &hello.node_id, &reason);
+        return HelloOutcome::Done;
+    }
+    HelloOutcome::Accepted {
+        node: hello.node_id,
+        send,
+        incoming: in_rx,
+        outgoing: out_rx,
+    }
+}
+
+/// Sends `Reject{reason}`, gives the node up to a second to read it and close, then closes the
+/// connection with the same reason.
+async fn reject(connection: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+    let msg = ControllerMessage::Reject {
+        reason: reason.to_owned(),
+    };
+    let wait = Duration::from_secs(1);
+    if let Ok(Ok(())) = tokio::time::timeout(wait, write_message(send, &msg)).await {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(wait, connection.closed()).await;
+    }
+    connection.close(close_code::REJECTED, reason.as_bytes());
+}
+
+/// Reads frames until the stream ends or fails, forwarding each outcome; the last item sent is
+/// `Ok(None)` (clean end) or an error.
+pub(super) async fn read_frames<T: serde::de::DeserializeOwned>(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<Option<T>, DecodeError>>,
+) {
+    loop {
+        let item = read_message::<T, _>(&mut recv).await;
+        let last = !matches!(item, Ok(Some(_)));
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}

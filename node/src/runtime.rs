@@ -1,0 +1,252 @@
+//! Runs a node process: HTTP server, controller reporter, signal-driven drain and the exit rule.
+//!
+//! Life: [`Node::bind`] loads the pinned certificate, resolves the controller and binds the HTTP
+//! listener (so the caller learns the port for its advertised addresses); [`Node::run`] prints
+//! `LISTENING http=<addr>`, reports to the controller until the node should exit, and returns:
+//! when draining with no sessions (and no live data-plane work, see [`DataPlane::active`]), when
+//! the drain deadline passes, or at a second SIGTERM/SIGINT (the first one starts a drain with
+//! deadline now + drain grace).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::core::{ExitReason, NodeCore};
+use crate::data_plane::{DataPlane, NoDataPlane};
+use crate::http::router;
+use crate::state::{NodeShared, now_unix_ms};
+use crate::{NodeConfig, NodeError};
+use fleet_link::load_pinned_cert;
+use fleet_link::{LinkStatus, ReporterConfig, run_reporter};
+use fleet_proto::messages::Hello;
+
+/// How often the exit rule and idle sessions are checked.
+const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a session the controller opened may wait for its first participant (on a data
+/// plane that tracks sessions) before it is dropped; `session_idle` when shorter.
+const JOIN_GRACE: Duration = Duration::from_secs(120);
+/// How long shutdown waits for the reporter and HTTP server to stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Why [`Node::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeExit {
+    /// Draining and no sessions left.
+    Drained,
+    /// Draining and the deadline passed.
+    DeadlinePassed,
+    /// A second SIGTERM/SIGINT.
+    Signal,
+}
+
+/// A node whose HTTP listener is bound, ready to run.
+pub struct Node {
+    config: NodeConfig,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    controller: SocketAddr,
+    pinned: CertificateDer<'static>,
+}
+
+impl Node {
+    /// Loads the controller's pinned certificate, resolves the controller address and binds the
+    /// HTTP listener.
+    pub async fn bind(config: NodeConfig) -> Result<Node, NodeError> {
+        let pinned = load_pinned_cert(&config.controller_cert)?;
+        let controller = tokio::net::lookup_host(config.controller.as_str())
+            .await
+            .map_err(|source| NodeError::Resolve {
+                controller: config.controller.clone(),
+                source,
+            })?
+            .next()
+            .ok_or_else(|| NodeError::NoAddress {
+                controller: config.controller.clone(),
+            })?;
+        let listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+        Ok(Node {
+            config,
+            listener,
+            http_addr,
+            controller,
+            pinned,
+        })
+    }
+
+    /// The bound HTTP address (with the real port when bound to port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Runs the node until it should exit. `addresses` go into the hello; `routes` are merged
+    /// into the HTTP server (a data plane's own endpoints).
+    pub async fn run(self, addresses: Vec<String>, routes: Router) -> Result<NodeExit, NodeError> {
+        self.run_with(addresses, routes, Arc::new(NoDataPlane))
+            .await
+    }
+
+    /// [`Node::run`] with a data plane: its figures go into every report, it learns about drains
+    /// at once, and a draining node waits for its live work to end (or the deadline).
+    pub async fn run_with(
+        self,
+        addresses: Vec<String>,
+        routes: Router,
+        data_plane: Arc<dyn DataPlane>,
+    ) -> Result<NodeExit, NodeError> {
+        let Node {
+            config,
+            listener,
+            http_addr,
+            controller,
+            pinned,
+        } = self;
+        let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
+
+        let (status_tx, status_rx) = watch::channel(LinkStatus::Connecting);
+        let core = NodeCore::new(config.capacity, config.session_idle);
+        let shared = Arc::new(NodeShared::new(
+            config.node_id.clone(),
+            config.kind,
+            config.region.clone(),
+            config.zone.clone(),
+            core,
+            status_rx,
+            data_plane.clone(),
+        ));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                // Err means the sender is gone, which also means stop.
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let app = router(shared.clone(), routes);
+        let http = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+        );
+        announce(http_addr, &data_plane.announce());
+        tracing::info!(node = %config.node_id, kind = %config.kind, http = %http_addr,
+            controller = %controller, "node started");
+
+        let reporter_config = ReporterConfig {
+            controller,
+            server_name: config.controller_name.clone(),
+            pinned_cert: pinned,
+            cluster_secret: config.cluster_secret.clone(),
+            hello: Hello {
+                node_id: config.node_id.clone(),
+                kind: config.kind,
+                region: config.region.clone(),
+                zone: config.zone.clone(),
+                version: config.version.clone(),
+                addresses,
+                capacity_total: config.capacity,
+                report_interval_ms: u64::try_from(config.report_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                auth: String::new(),
+            },
+            interval: config.report_interval,
+        };
+        let reporter = tokio::spawn(run_reporter(
+            reporter_config,
+            shared.clone(),
+            status_tx,
+            stopped(),
+        ));
+
+        let join_grace_ms =
+            u64::try_from(config.session_idle.min(JOIN_GRACE).as_millis()).unwrap_or(u64::MAX);
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signals_seen = 0u32;
+        let exit = loop {
+            tokio::select! {
+                _ = term.recv() => signals_seen += 1,
+                _ = int.recv() => signals_seen += 1,
+                _ = check.tick() => {
+                    let now = now_unix_ms();
+                    let live = data_plane.live_sessions();
+                    let (ended, expired, exit) = shared.with_core(|core| {
+                        let ended = live
+                            .map(|live| core.sync_live(live, join_grace_ms, now))
+                            .unwrap_or_default();
+                        (ended, core.expire_idle(now), core.exit_reason(now))
+                    });
+                    for session in ended {
+                        tracing::info!(%session, "session ended");
+                    }
+                    for session in expired {
+                        tracing::info!(%session, "dropped idle session");
+                    }
+                    shared.sync_data_plane();
+                    match exit {
+                        Some(ExitReason::Drained) if data_plane.active() > 0 => continue,
+                        Some(ExitReason::Drained) => break NodeExit::Drained,
+                        Some(ExitReason::DeadlinePassed) => break NodeExit::DeadlinePassed,
+                        None => continue,
+                    }
+                }
+            }
+            if signals_seen >= 2 {
+                tracing::info!("second signal: exiting now");
+                break NodeExit::Signal;
+            }
+            let deadline = now_unix_ms()
+                .saturating_add(u64::try_from(config.drain_grace.as_millis()).unwrap_or(u64::MAX));
+            shared.with_core(|core| core.drain(deadline));
+            shared.sync_data_plane();
+            tracing::info!(deadline_unix_ms = deadline, "signal: draining");
+        };
+        let sessions = shared.with_core(|core| core.session_count());
+        tracing::info!(
+            ?exit,
+            sessions,
+            active = data_plane.active(),
+            "node exiting"
+        );
+
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(STOP_GRACE, reporter).await.is_err() {
+            tracing::warn!("reporter did not stop in time");
+        }
+        match tokio::time::timeout(STOP_GRACE, http).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(NodeError::Http(e)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        }
+        Ok(exit)
+    }
+}
+
+/// Prints the line process supervisors and tests wait for, then the data plane's own lines.
+fn announce(http_addr: SocketAddr, extra: &[String]) {
+    let mut out = std::io::stdout().lock();
+    // If stdout is closed nobody is waiting for the line; the node still runs.
+    let _ = writeln!(out, "LISTENING http={http_addr}");
+    for line in extra {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,105 @@
+//! `fleet up` started exactly as the README tells a newcomer to, with what it saved in its env
+//! file.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_testkit::{Proc, bin, eventually, free_udp_port, read_line_with};
+use serde_json::Value;
+
+use crate::api::{SessionsApi, http};
+
+/// `fleet up` as a newcomer runs it (API on a free loopback port), with what it saved in its
+/// `fleet-up.env`. Dropping it kills the process group's leader; send SIGINT for a clean stop.
+pub struct FleetUp {
+    /// The `fleet up` process.
+    pub proc: Proc,
+    /// `FLEET_API`.
+    pub api: String,
+    /// `FLEET_ADMIN_TOKEN`.
+    pub admin: String,
+    /// `FLEET_CLIENT_TOKEN`.
+    pub client: String,
+    /// `FLEET_CALL_URL`: the demo call page with the client token.
+    pub call_url: String,
+}
+
+impl FleetUp {
+    /// Starts `fleet up --state-dir dir` (reports every 300 ms) and waits for its banner.
+    pub fn start(dir: &Path) -> anyhow::Result<FleetUp> {
+        let mut child = Command::new(bin("fleet"))
+            .arg("up")
+            .arg("--state-dir")
+            .arg(dir)
+            .env("FLEET__API__LISTEN", "127.0.0.1:0")
+            .env(
+                "FLEET__LINK__LISTEN",
+                format!("127.0.0.1:{}", free_udp_port()),
+            )
+            .env("FLEET__UP__REPORT_INTERVAL_MS", "300")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start fleet up")?;
+        let api = read_line_with(&mut child, "FLEET_API=", Duration::from_secs(40));
+        let proc = Proc {
+            child,
+            name: "fleet up".into(),
+        };
+        let api = api?;
+        let env = std::fs::read_to_string(dir.join("fleet-up.env")).context("fleet-up.env")?;
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(str::to_owned)
+                .with_context(|| format!("{k} in fleet-up.env"))
+        };
+        anyhow::ensure!(
+            get("FLEET_API")? == api,
+            "FLEET_API differs in fleet-up.env"
+        );
+        Ok(FleetUp {
+            admin: get("FLEET_ADMIN_TOKEN")?,
+            client: get("FLEET_CLIENT_TOKEN")?,
+            call_url: get("FLEET_CALL_URL")?,
+            api,
+            proc,
+        })
+    }
+
+    /// `GET path` on the ops API with the admin token; the JSON body.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(http()
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.admin)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Waits until every region of `fleet up` has `media` media and `turn` TURN nodes serving.
+    pub async fn wait_serving(&self, media: u64, turn: u64, timeout: Duration) -> Option<Value> {
+        eventually(timeout, || async {
+            let body = self.admin_get("/v1/regions").await.ok()?;
+            let regions = body["regions"].as_array()?;
+            (!regions.is_empty()
+                && regions.iter().all(|r| {
+                    r["media"]["nodes"]["serving"] == media && r["turn"]["nodes"]["serving"] == turn
+                }))
+            .then_some(body)
+        })
+        .await
+    }
+
+    /// The signaling API with the client token.
+    pub fn sessions(&self) -> SessionsApi {
+        SessionsApi {
+            api: self.api.clone(),
+            token: self.client.clone(),
+        }
+    }
+}
