@@ -8,10 +8,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fleet_geo::{Location, RegionCatalog, RegionInfo};
+use fleet_geo::{RegionCatalog, RegionInfo};
 use serde::{Deserialize, Serialize};
 
-use fleet_core::Strategy;
+use fleet_core::{ConfigIssue, PlacementConfig, RegistryConfig};
 
 /// A configuration error, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +43,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub media: MediaConfig,
     pub turn: TurnConfig,
-    pub placement: PlacementSection,
-    pub registry: RegistrySection,
+    /// `[placement]`: the core's own type.
+    pub placement: PlacementConfig,
+    /// `[registry]`: the core's own type.
+    pub registry: RegistryConfig,
     pub geoip: GeoIpConfig,
     /// Region catalog; empty means the built-in one.
     pub regions: Vec<RegionInfo>,
@@ -154,49 +156,6 @@ impl Default for TurnConfig {
         TurnConfig {
             secret: String::new(),
             credential_ttl_secs: 86_400,
-        }
-    }
-}
-
-/// `[placement]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PlacementSection {
-    pub strategy: Strategy,
-    pub rtt_budget_ms: f64,
-    pub tie_ms: f64,
-    pub reservation_ttl_ms: u64,
-    pub max_participants: usize,
-    pub turn_servers_per_participant: usize,
-}
-impl Default for PlacementSection {
-    fn default() -> Self {
-        PlacementSection {
-            strategy: Strategy::Spread,
-            rtt_budget_ms: 100.0,
-            tie_ms: 5.0,
-            reservation_ttl_ms: 10_000,
-            max_participants: 6,
-            turn_servers_per_participant: 2,
-        }
-    }
-}
-
-/// `[registry]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistrySection {
-    pub dead_after_missed_reports: u32,
-    pub dead_retention_secs: u64,
-    /// After a start, how long to wait for nodes to reconnect before placing sessions.
-    pub warmup_ms: u64,
-}
-impl Default for RegistrySection {
-    fn default() -> Self {
-        RegistrySection {
-            dead_after_missed_reports: 3,
-            dead_retention_secs: 300,
-            warmup_ms: 2_500,
         }
     }
 }
@@ -344,34 +303,11 @@ impl Config {
                 "expected 60..=604800 seconds",
             ));
         }
-        let p = &self.placement;
-        if !(p.rtt_budget_ms.is_finite() && p.rtt_budget_ms >= 0.0) {
-            return Err(invalid("placement.rtt_budget_ms", "expected a number >= 0"));
+        fn in_section(section: &'static str) -> impl Fn(ConfigIssue) -> ConfigError {
+            move |e| invalid(&format!("{section}.{}", e.field), e.message)
         }
-        if !(p.tie_ms.is_finite() && p.tie_ms >= 0.0) {
-            return Err(invalid("placement.tie_ms", "expected a number >= 0"));
-        }
-        if !(100..=600_000).contains(&p.reservation_ttl_ms) {
-            return Err(invalid(
-                "placement.reservation_ttl_ms",
-                "expected 100..=600000",
-            ));
-        }
-        if !(2..=64).contains(&p.max_participants) {
-            return Err(invalid("placement.max_participants", "expected 2..=64"));
-        }
-        if !(1..=8).contains(&p.turn_servers_per_participant) {
-            return Err(invalid(
-                "placement.turn_servers_per_participant",
-                "expected 1..=8",
-            ));
-        }
-        if !(1..=100).contains(&self.registry.dead_after_missed_reports) {
-            return Err(invalid(
-                "registry.dead_after_missed_reports",
-                "expected 1..=100",
-            ));
-        }
+        self.placement.validate().map_err(in_section("placement"))?;
+        self.registry.validate().map_err(in_section("registry"))?;
         let catalog = self.catalog()?;
         if catalog.get(&self.geoip.default_region).is_none() {
             return Err(invalid(
@@ -393,24 +329,14 @@ impl Config {
         Ok(())
     }
 
-    /// The region catalog in force.
+    /// Builds the region catalog in force (the controller builds it once, at start, and the
+    /// pure core holds it).
     pub fn catalog(&self) -> Result<RegionCatalog, ConfigError> {
         if self.regions.is_empty() {
             Ok(RegionCatalog::default())
         } else {
             RegionCatalog::new(self.regions.clone()).map_err(|e| invalid("regions", e.to_string()))
         }
-    }
-
-    /// Where a participant with no other clue is assumed to be.
-    pub fn default_location(&self) -> Location {
-        self.catalog()
-            .ok()
-            .and_then(|c| c.get(&self.geoip.default_region).map(|r| r.location()))
-            .unwrap_or(Location {
-                lat: 39.0,
-                lon: -77.5,
-            })
     }
 }
 
@@ -504,7 +430,7 @@ mod tests {
         let c = Config::from_toml("[api]\nlisten = \"127.0.0.1:1\"\n", env).unwrap();
         assert_eq!(c.api.listen.port(), 9999);
         assert_eq!(c.placement.max_participants, 4);
-        assert_eq!(c.placement.strategy, Strategy::Pack);
+        assert_eq!(c.placement.strategy, fleet_core::Strategy::Pack);
         let e = Config::from_toml(
             "",
             vec![("FLEET__PLACEMENT__MAX_PARTICIPANTS".into(), "many".into())],

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use fleet_link::{CommandSender, ConnId, LinkHandler};
-use fleet_proto::{Command, Hello, NodeId, Report};
+use fleet_proto::{Hello, NodeId, Report};
 
 use crate::state::AppState;
 
@@ -40,12 +40,9 @@ impl LinkHandler for LinkShell {
             return;
         };
         tracing::warn!(%node, %error, "node refused a command");
-        let mut fleet = self.state.fleet();
-        match pending.command {
-            Command::OpenSession { session, .. } => fleet.on_session_refused(node, &session),
-            Command::Drain { .. } | Command::Undrain => fleet.on_state_refused(node),
-            Command::AddParticipant { .. } | Command::CloseSession { .. } => {}
-        }
+        self.state
+            .fleet()
+            .on_command_refused(node, &pending.command);
     }
 
     fn on_closed(&self, conn: ConnId, node: &NodeId, reason: &str) {

@@ -5,41 +5,34 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
 use fleet_core::NodeStatus;
+use fleet_proto::NodeKind;
 
 /// Installs the process-wide recorder (once); later calls return `None`.
 pub fn install() -> Option<PrometheusHandle> {
     PrometheusBuilder::new().install_recorder().ok()
 }
 
-/// Sets the fleet gauges from the current state.
+/// Sets the fleet gauges from the current state (the core's region summaries).
 pub fn refresh(state: &AppState) {
     let fleet = state.fleet();
-    let catalog = fleet.registry().catalog();
-    let mut counts = std::collections::HashMap::new();
-    for n in fleet.registry().nodes() {
-        let key = (n.region.clone(), n.kind.to_string(), n.status);
-        *counts.entry(key).or_insert(0u64) += 1;
-    }
-    for r in catalog.regions() {
-        for kind in ["media", "turn"] {
+    let sessions = fleet.sessions().len();
+    let regions = fleet.region_summaries();
+    drop(fleet);
+    for r in &regions {
+        for kind in [NodeKind::Media, NodeKind::Turn] {
+            let pool = r.pool(kind);
             for (status, name) in [
                 (NodeStatus::Starting, "starting"),
                 (NodeStatus::Serving, "serving"),
                 (NodeStatus::Draining, "draining"),
                 (NodeStatus::Dead, "dead"),
             ] {
-                let v = counts
-                    .get(&(r.id.clone(), kind.to_string(), status))
-                    .copied()
-                    .unwrap_or(0);
-                metrics::gauge!("fleet_nodes", "region" => r.id.clone(), "kind" => kind, "state" => name)
-                    .set(v as f64);
+                metrics::gauge!("fleet_nodes", "region" => r.id.clone(), "kind" => kind.to_string(), "state" => name)
+                    .set(pool.nodes.get(status) as f64);
             }
         }
-    }
-    for (r, d) in catalog.regions().iter().zip(fleet.demand()) {
         metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.clone())
-            .set(d.unmet_units as f64);
+            .set(r.demand.unmet_units as f64);
     }
-    metrics::gauge!("fleet_sessions").set(fleet.sessions().len() as f64);
+    metrics::gauge!("fleet_sessions").set(sessions as f64);
 }

@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::link::LinkShell;
 use crate::state::AppState;
-use fleet_core::{Fleet, FleetConfig, PlacementConfig, RegistryConfig};
+use fleet_core::{Fleet, FleetConfig};
 
 /// A running controller.
 pub struct Controller {
@@ -83,21 +83,12 @@ fn restrict_permissions(path: &std::path::Path) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
-/// The pure core's configuration from the file's sections.
+/// The pure core's configuration: the file's `[registry]` and `[placement]` sections are the
+/// core's own types.
 pub fn fleet_config(config: &Config) -> FleetConfig {
     FleetConfig {
-        registry: RegistryConfig {
-            dead_after_missed: config.registry.dead_after_missed_reports,
-            dead_retention_ms: config.registry.dead_retention_secs * 1000,
-        },
-        placement: PlacementConfig {
-            strategy: config.placement.strategy,
-            rtt_budget_ms: config.placement.rtt_budget_ms,
-            tie_ms: config.placement.tie_ms,
-            turn_servers_per_participant: config.placement.turn_servers_per_participant,
-        },
-        reservation_ttl_ms: config.placement.reservation_ttl_ms,
-        max_participants: config.placement.max_participants,
+        registry: config.registry.clone(),
+        placement: config.placement.clone(),
     }
 }
 

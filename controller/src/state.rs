@@ -6,14 +6,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use fleet_geo::{GeoIp, Location, RegionCatalog};
+use fleet_geo::{GeoIp, Location};
 use fleet_link::CommandSender;
 use fleet_proto::{Command, NodeId};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::credentials::ApiAuth;
-use fleet_core::{Fleet, Millis, Outgoing};
+use fleet_core::{Fleet, Millis, Now, Outgoing};
 
 /// A command sent to a node whose result is still outstanding.
 #[derive(Debug, Clone)]
@@ -25,7 +25,6 @@ pub struct PendingCommand {
 /// Everything the shells share.
 pub struct AppState {
     pub config: Config,
-    pub catalog: RegionCatalog,
     pub fleet: Mutex<Fleet>,
     pub auth: ApiAuth,
     pub geoip: Option<GeoIp>,
@@ -44,12 +43,22 @@ impl AppState {
         fleet: Fleet,
         geoip: Option<GeoIp>,
         metrics: Option<PrometheusHandle>,
-    ) -> Result<AppState, crate::config::ConfigError> {
-        let catalog = config.catalog()?;
+    ) -> Result<AppState, ConfigError> {
+        // The catalog is the fleet's (built once, from the config, at start); the default
+        // region was checked against it when the config was validated.
+        let default_region = &config.geoip.default_region;
+        let default_location = fleet
+            .registry()
+            .catalog()
+            .get(default_region)
+            .map(|r| r.location())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "geoip.default_region".into(),
+                message: format!("unknown region {default_region:?}"),
+            })?;
         Ok(AppState {
             auth: ApiAuth::new(&config.auth),
-            default_location: config.default_location(),
-            catalog,
+            default_location,
             config,
             fleet: Mutex::new(fleet),
             geoip,
@@ -61,14 +70,22 @@ impl AppState {
         })
     }
 
-    /// Milliseconds since the controller started (the core's clock).
-    pub fn now(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+    /// The core's clock: milliseconds since the controller started, with the wall clock read
+    /// at the same moment.
+    pub fn now(&self) -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as Millis,
+            unix_ms,
+        }
     }
 
     /// Whether the start-up grace period, in which nodes reconnect, is over.
     pub fn warmed_up(&self) -> bool {
-        self.now() >= self.config.registry.warmup_ms
+        self.fleet().warmed_up(self.now())
     }
 
     /// Locks the fleet. A poisoned lock (a panic elsewhere) is recovered: the fleet is plain

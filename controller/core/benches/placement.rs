@@ -6,13 +6,17 @@
 //! Run: `cargo bench --workspace --bench placement` (criterion prints `thrpt` in decisions/s).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fleet_core::{Fleet, FleetConfig, NewSession, Profile};
+use fleet_core::{Fleet, FleetConfig, Millis, NewSession, Now, Profile};
 use fleet_geo::{Location, RegionCatalog, RegionInfo};
 use fleet_proto::{Hello, Load, NodeId, NodeKind, NodeState, ParticipantId, Report, SessionId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const REGIONS: usize = 20;
+
+fn at(ms: Millis) -> Now {
+    Now::virtual_at(ms, 1_700_000_000_000)
+}
 const NODES: usize = 10_000;
 
 fn fleet() -> Fleet {
@@ -30,7 +34,7 @@ fn fleet() -> Fleet {
         let id = NodeId::parse(&format!("media-{i}")).unwrap();
         let cap = 1_000_000_000;
         f.on_hello(
-            0,
+            at(0),
             i as u64,
             &Hello {
                 node_id: id.clone(),
@@ -47,7 +51,7 @@ fn fleet() -> Fleet {
         .unwrap();
         let used = rng.random_range(0..cap / 2);
         f.on_report(
-            0,
+            at(0),
             i as u64,
             &id,
             Report {
@@ -105,17 +109,16 @@ fn bench(c: &mut Criterion) {
             let [la, lb] = locs[i];
             let (plan, _) = f
                 .create_session(
-                    0,
+                    at(0),
                     NewSession {
                         id: SessionId::random(),
                         participants: vec![(a.clone(), la), (bp.clone(), lb)],
                         profile: Profile::Video,
-                        now_unix_ms: 0,
                     },
                     &mut rng,
                 )
                 .unwrap();
-            f.delete_session(0, &plan.session).unwrap()
+            f.delete_session(at(0), &plan.session).unwrap()
         })
     });
     g.finish();

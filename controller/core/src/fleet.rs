@@ -9,7 +9,7 @@ use rand::Rng;
 use super::placement::{Choice, PlacementConfig, PlacementError, Placer};
 use super::registry::{NodeEntry, NodeStatus, Registry, RegistryConfig, RegistryError};
 use super::sessions::{ParticipantRecord, SessionIndex, SessionRecord, SessionState};
-use super::{Millis, Profile};
+use super::{Millis, Now, Profile};
 
 /// A command for one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,6 @@ pub struct NewSession {
     pub id: SessionId,
     pub participants: Vec<(ParticipantId, Location)>,
     pub profile: Profile,
-    pub now_unix_ms: u64,
 }
 
 /// A TURN node handed to a participant.
@@ -35,7 +34,15 @@ pub struct TurnChoice {
     pub addresses: Vec<String>,
 }
 
-/// Where a session went.
+/// What one participant is handed besides the media node: the TURN servers near *them*
+/// (DESIGN.md "Placement" step 5), as `turn:`/`turns:` URLs. Credentials are the shell's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantPlan {
+    pub id: ParticipantId,
+    pub turn_urls: Vec<String>,
+}
+
+/// Where a session went, and what each participant of the request is handed.
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
     pub session: SessionId,
@@ -44,6 +51,8 @@ pub struct SessionPlan {
     pub node_addresses: Vec<String>,
     pub spilled: bool,
     pub worse_rtt_ms: f64,
+    /// The participants of the request (all of a new session; the one who joins).
+    pub participants: Vec<ParticipantPlan>,
 }
 
 /// The result of a join.
@@ -73,30 +82,16 @@ pub enum FleetError {
     Placement(#[from] PlacementError),
 }
 
-/// Fleet-level tuning.
-#[derive(Debug, Clone)]
+/// The core's whole tuning: the controller config file's `[registry]` and `[placement]`
+/// sections, which deserialize straight into these types.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetConfig {
     pub registry: RegistryConfig,
     pub placement: PlacementConfig,
-    /// How long placement holds capacity for a session its node has not reported.
-    pub reservation_ttl_ms: Millis,
-    /// Largest session.
-    pub max_participants: usize,
-}
-
-impl Default for FleetConfig {
-    fn default() -> Self {
-        FleetConfig {
-            registry: RegistryConfig::default(),
-            placement: PlacementConfig::default(),
-            reservation_ttl_ms: 10_000,
-            max_participants: 6,
-        }
-    }
 }
 
 /// Counters per region.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RegionDemand {
     /// Capacity units of sessions that preferred this region but were placed elsewhere or
     /// refused (the autoscaler's strongest signal).
@@ -135,6 +130,12 @@ impl Fleet {
     pub fn config(&self) -> &FleetConfig {
         &self.config
     }
+    /// Whether the start-up grace period, in which nodes reconnect after a controller start,
+    /// is over: before it, a region looks emptier than it is and placement would crowd the
+    /// nodes that reconnected first.
+    pub fn warmed_up(&self, now: Now) -> bool {
+        now.mono_ms >= self.config.registry.warmup_ms
+    }
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -150,12 +151,14 @@ impl Fleet {
     }
 
     /// A node connected and said Hello.
-    pub fn on_hello(&mut self, now: Millis, conn: u64, hello: &Hello) -> Result<(), RegistryError> {
+    pub fn on_hello(&mut self, now: Now, conn: u64, hello: &Hello) -> Result<(), RegistryError> {
+        let now = now.mono_ms;
         self.registry.hello(now, conn, hello)
     }
 
     /// A node reported.
-    pub fn on_report(&mut self, now: Millis, conn: u64, node: &NodeId, report: Report) {
+    pub fn on_report(&mut self, now: Now, conn: u64, node: &NodeId, report: Report) {
+        let now = now.mono_ms;
         let Some(ended) = self.registry.report(now, conn, node, report) else {
             return;
         };
@@ -170,16 +173,29 @@ impl Fleet {
     }
 
     /// A node's link closed.
-    pub fn on_closed(&mut self, now: Millis, conn: u64, node: &NodeId) {
+    pub fn on_closed(&mut self, now: Now, conn: u64, node: &NodeId) {
+        let now = now.mono_ms;
         if self.registry.closed(now, conn, node) {
             self.sessions.node_died(node);
         }
     }
 
-    /// A node refused a command about `session` (e.g. it started draining before the
-    /// OpenSession arrived): release its hold and mark the session LOST so that the next join
-    /// places it again.
-    pub fn on_session_refused(&mut self, node: &NodeId, session: &SessionId) {
+    /// A node refused `command`. What that means:
+    /// - `OpenSession` (say it started draining before the command arrived): its hold is
+    ///   released and the session marked LOST, so that the next join places it again;
+    /// - `Drain`/`Undrain`: the node's own reports are the truth again;
+    /// - `AddParticipant`/`CloseSession`: nothing to undo (the node's next report says what it
+    ///   hosts).
+    pub fn on_command_refused(&mut self, node: &NodeId, command: &Command) {
+        match command {
+            Command::OpenSession { session, .. } => self.on_session_refused(node, session),
+            Command::Drain { .. } | Command::Undrain => self.on_state_refused(node),
+            Command::AddParticipant { .. } | Command::CloseSession { .. } => {}
+        }
+    }
+
+    /// A node refused to open `session`: see [`Fleet::on_command_refused`].
+    fn on_session_refused(&mut self, node: &NodeId, session: &SessionId) {
         self.registry.release(node, session);
         if let Some(r) = self.sessions.get_mut(session)
             && &r.node == node
@@ -190,7 +206,8 @@ impl Fleet {
     }
 
     /// Advances the clock: dead nodes, expired reservations and pending sessions.
-    pub fn tick(&mut self, now: Millis) -> Vec<NodeId> {
+    pub fn tick(&mut self, now: Now) -> Vec<NodeId> {
+        let now = now.mono_ms;
         let died = self.registry.tick(now);
         for id in &died {
             self.sessions.node_died(id);
@@ -203,14 +220,15 @@ impl Fleet {
     /// Places a new session and reserves its capacity.
     pub fn create_session(
         &mut self,
-        now: Millis,
+        now: Now,
         req: NewSession,
         rng: &mut impl Rng,
     ) -> Result<(SessionPlan, Vec<Outgoing>), FleetError> {
-        if req.participants.len() > self.config.max_participants {
+        let (now, now_unix_ms) = (now.mono_ms, now.unix_ms);
+        if req.participants.len() > self.config.placement.max_participants {
             return Err(FleetError::TooManyParticipants {
                 got: req.participants.len(),
-                max: self.config.max_participants,
+                max: self.config.placement.max_participants,
             });
         }
         for (i, (p, _)) in req.participants.iter().enumerate() {
@@ -225,6 +243,7 @@ impl Fleet {
             .collect();
         let cost = req.profile.session_cost(req.participants.len());
         let choice = self.choose(&vectors, cost, None, rng)?;
+        let located = req.participants.clone();
         let participants = req
             .participants
             .into_iter()
@@ -240,10 +259,31 @@ impl Fleet {
             profile: req.profile,
             participants,
             state: SessionState::Pending,
-            created_unix_ms: req.now_unix_ms,
-            pending_until_ms: now + self.config.reservation_ttl_ms,
+            created_unix_ms: now_unix_ms,
+            pending_until_ms: now + self.config.placement.reservation_ttl_ms,
         };
-        Ok(self.commit(now, record, &choice, cost))
+        let (mut plan, out) = self.commit(now, record, &choice, cost);
+        plan.participants = located
+            .into_iter()
+            .map(|(id, location)| self.participant_plan(id, location, rng))
+            .collect();
+        Ok((plan, out))
+    }
+
+    /// The TURN servers near one participant.
+    fn participant_plan(
+        &self,
+        id: ParticipantId,
+        location: Location,
+        rng: &mut impl Rng,
+    ) -> ParticipantPlan {
+        let turn_urls = self
+            .turn_for(location, rng)
+            .into_iter()
+            .flat_map(|t| t.addresses)
+            .filter(|a| a.starts_with("turn:") || a.starts_with("turns:"))
+            .collect();
+        ParticipantPlan { id, turn_urls }
     }
 
     /// Records a placed session, reserves its capacity and says what to tell the node.
@@ -258,7 +298,7 @@ impl Fleet {
         record.node = node.id.clone();
         record.region = node.region.clone();
         record.state = SessionState::Pending;
-        record.pending_until_ms = now + self.config.reservation_ttl_ms;
+        record.pending_until_ms = now + self.config.placement.reservation_ttl_ms;
         let plan = SessionPlan {
             session: record.id.clone(),
             region: node.region.clone(),
@@ -266,6 +306,7 @@ impl Fleet {
             node_addresses: node.addresses.clone(),
             spilled: choice.spilled(),
             worse_rtt_ms: choice.worse_rtt_ms,
+            participants: Vec::new(),
         };
         let out = vec![Outgoing {
             node: node.id.clone(),
@@ -279,7 +320,7 @@ impl Fleet {
             choice.node_idx,
             record.id.clone(),
             cost,
-            now + self.config.reservation_ttl_ms,
+            now + self.config.placement.reservation_ttl_ms,
         );
         self.sessions.insert(record);
         (plan, out)
@@ -323,22 +364,23 @@ impl Fleet {
     /// session's node died (same session id).
     pub fn join_session(
         &mut self,
-        now: Millis,
+        now: Now,
         session: &SessionId,
         participant: ParticipantId,
         location: Location,
         rng: &mut impl Rng,
     ) -> Result<(JoinOutcome, Vec<Outgoing>), FleetError> {
+        let now = now.mono_ms;
         let record = self
             .sessions
             .get(session)
             .ok_or_else(|| FleetError::UnknownSession(session.to_string()))?
             .clone();
         let already = record.has_participant(&participant);
-        if !already && record.participants.len() >= self.config.max_participants {
+        if !already && record.participants.len() >= self.config.placement.max_participants {
             return Err(FleetError::SessionFull {
                 session: session.to_string(),
-                max: self.config.max_participants,
+                max: self.config.placement.max_participants,
             });
         }
         let node_alive = self
@@ -365,7 +407,8 @@ impl Fleet {
             let old = record.node.clone();
             self.registry.release(&old, session);
             let choice = self.choose(&vectors, cost, Some(&old), rng)?;
-            let (plan, out) = self.commit(now, record, &choice, cost);
+            let (mut plan, out) = self.commit(now, record, &choice, cost);
+            plan.participants = vec![self.participant_plan(participant, location, rng)];
             return Ok((
                 JoinOutcome {
                     plan,
@@ -385,6 +428,7 @@ impl Fleet {
             node_addresses: node.addresses.clone(),
             spilled: false,
             worse_rtt_ms: 0.0,
+            participants: vec![self.participant_plan(participant.clone(), location, rng)],
         };
         let mut out = Vec::new();
         if !already {
@@ -403,7 +447,7 @@ impl Fleet {
                     idx,
                     session.clone(),
                     extra,
-                    now + self.config.reservation_ttl_ms,
+                    now + self.config.placement.reservation_ttl_ms,
                 );
             }
             out.push(Outgoing {
@@ -427,9 +471,10 @@ impl Fleet {
     /// Ends a session: forgets it and tells its node to close it.
     pub fn delete_session(
         &mut self,
-        now: Millis,
+        now: Now,
         session: &SessionId,
     ) -> Result<Vec<Outgoing>, FleetError> {
+        let now = now.mono_ms;
         let record = self
             .sessions
             .delete(now, session)
@@ -477,8 +522,8 @@ impl Fleet {
         })
     }
 
-    /// A node refused a drain or undrain: its own report is the truth again.
-    pub fn on_state_refused(&mut self, node: &NodeId) {
+    /// A node refused a drain or undrain: see [`Fleet::on_command_refused`].
+    fn on_state_refused(&mut self, node: &NodeId) {
         self.registry.request_status(node, None);
     }
 

@@ -9,20 +9,66 @@
 //! stack, TLS, a cloud SDK, a database or a metrics exporter (checked with `cargo tree`).
 
 pub mod fleet;
+pub mod locate;
 pub mod placement;
 pub mod registry;
 pub mod sessions;
+pub mod summary;
 
 pub use fleet::{
-    Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, RegionDemand, SessionPlan,
-    TurnChoice,
+    Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, ParticipantPlan,
+    RegionDemand, SessionPlan, TurnChoice,
 };
+pub use locate::{LocationClues, UnknownRegion, locate};
 pub use placement::{PlacementConfig, PlacementError, Strategy};
 pub use registry::{NodeEntry, NodeStatus, Registry, RegistryConfig, RegistryError};
 pub use sessions::{ParticipantRecord, SessionRecord, SessionState};
+pub use summary::{Capacity, PoolSummary, RegionSummary, StateCounts};
 
 /// Milliseconds on the caller's monotonic clock.
 pub type Millis = u64;
+
+/// The time, as one value the shells hand to the core: the monotonic clock every timeout and
+/// interval is measured on, and the wall clock for what leaves the core as a date (a session's
+/// creation time). Read together, once per event, so the two never disagree about "now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    /// Milliseconds on the caller's monotonic clock.
+    pub mono_ms: Millis,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// `mono_ms` on a virtual clock whose epoch is `unix_epoch_ms` (tests, the simulator).
+    pub fn virtual_at(mono_ms: Millis, unix_epoch_ms: u64) -> Now {
+        Now {
+            mono_ms,
+            unix_ms: unix_epoch_ms + mono_ms,
+        }
+    }
+}
+
+/// A configuration value the core cannot work with: the field (relative to its config section)
+/// and what was expected. The controller's config loader prefixes the section name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct ConfigIssue {
+    /// The field, e.g. `rtt_budget_ms`.
+    pub field: &'static str,
+    /// What was expected.
+    pub message: String,
+}
+
+impl ConfigIssue {
+    /// An issue with `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 /// What a session costs on a media node, in capacity units per participant.
 #[derive(

@@ -10,6 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{Pool, Registry};
+use super::{ConfigIssue, Millis};
 
 /// Which of two candidate nodes wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -22,14 +23,19 @@ pub enum Strategy {
     Pack,
 }
 
-/// Placement tuning.
-#[derive(Debug, Clone)]
+/// Placement tuning: the `[placement]` section of the controller's config file, as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PlacementConfig {
     pub strategy: Strategy,
     /// How much worse (ms of estimated RTT) a spill region may be than the best region.
     pub rtt_budget_ms: f64,
     /// Regions whose estimated RTTs differ by less than this are a tie, broken by headroom.
     pub tie_ms: f64,
+    /// How long placement holds capacity for a session its node has not reported.
+    pub reservation_ttl_ms: Millis,
+    /// Largest session.
+    pub max_participants: usize,
     /// TURN nodes handed to each participant.
     pub turn_servers_per_participant: usize,
 }
@@ -40,8 +46,38 @@ impl Default for PlacementConfig {
             strategy: Strategy::Spread,
             rtt_budget_ms: 100.0,
             tie_ms: 5.0,
+            reservation_ttl_ms: 10_000,
+            max_participants: 6,
             turn_servers_per_participant: 2,
         }
+    }
+}
+
+impl PlacementConfig {
+    /// Checks the ranges serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        if !(self.rtt_budget_ms.is_finite() && self.rtt_budget_ms >= 0.0) {
+            return Err(ConfigIssue::new("rtt_budget_ms", "expected a number >= 0"));
+        }
+        if !(self.tie_ms.is_finite() && self.tie_ms >= 0.0) {
+            return Err(ConfigIssue::new("tie_ms", "expected a number >= 0"));
+        }
+        if !(100..=600_000).contains(&self.reservation_ttl_ms) {
+            return Err(ConfigIssue::new(
+                "reservation_ttl_ms",
+                "expected 100..=600000",
+            ));
+        }
+        if !(2..=64).contains(&self.max_participants) {
+            return Err(ConfigIssue::new("max_participants", "expected 2..=64"));
+        }
+        if !(1..=8).contains(&self.turn_servers_per_participant) {
+            return Err(ConfigIssue::new(
+                "turn_servers_per_participant",
+                "expected 1..=8",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -2,8 +2,8 @@
 //! sessions, and the capacity held for it by in-flight placement reservations.
 //!
 //! States: STARTING → SERVING → DRAINING (as the node reports them) and DEAD when reports stop
-//! (`dead_after_missed` report intervals) or its link closes. DEAD nodes are kept for
-//! `dead_retention_ms` so operators can see them, then forgotten ("gone").
+//! (`dead_after_missed_reports` report intervals) or its link closes. DEAD nodes are kept for
+//! `dead_retention_secs` so operators can see them, then forgotten ("gone").
 //!
 //! Free capacity of a node = total − used (as reported) − reserved (placed but not yet reported).
 //! Per (region, kind) the registry keeps the list of SERVING nodes and the sum of their free
@@ -13,9 +13,9 @@ use std::collections::{HashMap, HashSet};
 
 use fleet_geo::RegionCatalog;
 use fleet_proto::{Hello, HostedSession, Load, NodeId, NodeKind, NodeState, Report, SessionId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::Millis;
+use super::{ConfigIssue, Millis};
 
 /// Where a node is in its life cycle, as the controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -41,21 +41,41 @@ impl From<NodeState> for NodeStatus {
     }
 }
 
-/// Registry tuning.
-#[derive(Debug, Clone)]
+/// Registry tuning: the `[registry]` section of the controller's config file, as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Missed report intervals after which a silent node is DEAD.
-    pub dead_after_missed: u32,
-    /// How long a DEAD node stays visible before it is forgotten.
-    pub dead_retention_ms: Millis,
+    pub dead_after_missed_reports: u32,
+    /// How long a DEAD node stays visible before it is forgotten, in seconds.
+    pub dead_retention_secs: u64,
+    /// After a (re)start, how long to wait for nodes to reconnect before placing sessions.
+    pub warmup_ms: Millis,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
-            dead_after_missed: 3,
-            dead_retention_ms: 300_000,
+            dead_after_missed_reports: 3,
+            dead_retention_secs: 300,
+            warmup_ms: 2_500,
         }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the ranges serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        if !(1..=100).contains(&self.dead_after_missed_reports) {
+            return Err(ConfigIssue::new(
+                "dead_after_missed_reports",
+                "expected 1..=100",
+            ));
+        }
+        if self.warmup_ms > 600_000 {
+            return Err(ConfigIssue::new("warmup_ms", "expected 0..=600000"));
+        }
+        Ok(())
     }
 }
 
@@ -343,7 +363,7 @@ impl Registry {
         let mut changed = false;
         for node in &mut self.nodes {
             if node.status != NodeStatus::Dead {
-                let limit = node.report_interval_ms * self.config.dead_after_missed as u64;
+                let limit = node.report_interval_ms * self.config.dead_after_missed_reports as u64;
                 if now.saturating_sub(node.last_report_ms) > limit {
                     node.status = NodeStatus::Dead;
                     node.dead_since_ms = Some(now);
@@ -357,7 +377,7 @@ impl Registry {
                 changed = true;
             }
         }
-        let retention = self.config.dead_retention_ms;
+        let retention = self.config.dead_retention_secs.saturating_mul(1000);
         let before = self.nodes.len();
         self.nodes.retain(|n| {
             n.dead_since_ms

@@ -27,6 +27,11 @@ const MUMBAI: Location = Location {
     lon: 72.88,
 };
 
+/// `ms` on the tests' virtual clock.
+fn at(ms: Millis) -> Now {
+    Now::virtual_at(ms, 1_700_000_000_000)
+}
+
 fn nid(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
 }
@@ -75,14 +80,24 @@ fn fleet(regions: &[&str], per_region: usize, cap: u64) -> (Fleet, Vec<(NodeId, 
         for i in 0..per_region {
             conn += 1;
             let h = hello(&format!("media-{r}-{i}"), NodeKind::Media, r, cap);
-            f.on_hello(0, conn, &h).unwrap();
-            f.on_report(0, conn, &h.node_id, report(NodeState::Serving, vec![], cap));
+            f.on_hello(at(0), conn, &h).unwrap();
+            f.on_report(
+                at(0),
+                conn,
+                &h.node_id,
+                report(NodeState::Serving, vec![], cap),
+            );
             conns.push((h.node_id, conn));
         }
         conn += 1;
         let h = hello(&format!("turn-{r}"), NodeKind::Turn, r, 100);
-        f.on_hello(0, conn, &h).unwrap();
-        f.on_report(0, conn, &h.node_id, report(NodeState::Serving, vec![], 100));
+        f.on_hello(at(0), conn, &h).unwrap();
+        f.on_report(
+            at(0),
+            conn,
+            &h.node_id,
+            report(NodeState::Serving, vec![], 100),
+        );
         conns.push((h.node_id, conn));
     }
     (f, conns)
@@ -93,7 +108,6 @@ fn new_session(people: &[(&str, Location)]) -> NewSession {
         id: SessionId::random(),
         participants: people.iter().map(|(p, l)| (pid(p), *l)).collect(),
         profile: Profile::Video,
-        now_unix_ms: 0,
     }
 }
 
@@ -108,16 +122,20 @@ fn region_is_chosen_by_the_worse_participant() {
     let (mut f, _) = fleet(&THREE, 2, 1000);
     let mut r = rng();
     let (plan, out) = f
-        .create_session(0, new_session(&[("t", LONDON), ("c", KAMPALA)]), &mut r)
+        .create_session(at(0), new_session(&[("t", LONDON), ("c", KAMPALA)]), &mut r)
         .unwrap();
     assert_eq!(plan.region, "eu-west-1", "Kampala-London belongs in Europe");
     assert!(matches!(out[0].command, Command::OpenSession { .. }));
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", NEW_YORK), ("b", NEW_YORK)]), &mut r)
+        .create_session(
+            at(0),
+            new_session(&[("a", NEW_YORK), ("b", NEW_YORK)]),
+            &mut r,
+        )
         .unwrap();
     assert_eq!(plan.region, "us-east-1");
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", MUMBAI)]), &mut r)
+        .create_session(at(0), new_session(&[("a", MUMBAI)]), &mut r)
         .unwrap();
     assert_eq!(plan.region, "ap-south-1");
 }
@@ -128,7 +146,7 @@ fn reservations_keep_every_node_within_capacity_and_spread_load() {
     let mut r = rng();
     let mut placed = 0;
     while f
-        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
         .is_ok()
     {
         placed += 1;
@@ -165,7 +183,7 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
         created_unix_ms: 0,
     };
     f.on_report(
-        1,
+        at(1),
         busy_conn,
         &busy,
         report(NodeState::Serving, vec![s], 100),
@@ -173,7 +191,7 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
     let mut r = rng();
     for _ in 0..3 {
         let (plan, _) = f
-            .create_session(1, new_session(&[("a", LONDON)]), &mut r)
+            .create_session(at(1), new_session(&[("a", LONDON)]), &mut r)
             .unwrap();
         assert_ne!(plan.node, busy, "spread avoids the busier node");
     }
@@ -182,7 +200,7 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
     let mut f = Fleet::new(cfg, RegionCatalog::default());
     for (i, used) in [(0, 60u64), (1, 0)] {
         let h = hello(&format!("m{i}"), NodeKind::Media, "eu-west-1", 100);
-        f.on_hello(0, i, &h).unwrap();
+        f.on_hello(at(0), i, &h).unwrap();
         let s = HostedSession {
             id: SessionId::random(),
             participants: vec![],
@@ -190,10 +208,15 @@ fn spread_picks_the_emptier_of_two_and_pack_the_fuller() {
             created_unix_ms: 0,
         };
         let sessions = if used > 0 { vec![s] } else { vec![] };
-        f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
+        f.on_report(
+            at(0),
+            i,
+            &h.node_id,
+            report(NodeState::Serving, sessions, 100),
+        );
     }
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON)]), &mut r)
         .unwrap();
     assert_eq!(plan.node, nid("m0"), "pack fills the fuller node");
 }
@@ -207,18 +230,18 @@ fn full_region_spills_within_budget_and_counts_demand() {
         lon: -6.26,
     };
     let (first, _) = f
-        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .create_session(at(0), new_session(&[("a", dublin)]), &mut r)
         .unwrap();
     assert_eq!(first.region, "eu-west-1");
     assert!(!first.spilled);
     let (second, _) = f
-        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .create_session(at(0), new_session(&[("a", dublin)]), &mut r)
         .unwrap();
     assert_eq!(second.region, "eu-west-2", "London is next to Dublin");
     assert!(second.spilled);
     // Mumbai is far beyond the RTT budget from Dublin: refuse instead.
     let err = f
-        .create_session(0, new_session(&[("a", dublin)]), &mut r)
+        .create_session(at(0), new_session(&[("a", dublin)]), &mut r)
         .unwrap_err();
     assert!(
         matches!(
@@ -239,7 +262,7 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
     let (node, conn) = conns[0].clone();
     let mut r = rng();
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
         .unwrap();
     assert_eq!(f.registry().get(&node).unwrap().reserved, 8);
     assert_eq!(
@@ -253,7 +276,7 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
         created_unix_ms: 0,
     };
     f.on_report(
-        500,
+        at(500),
         conn,
         &node,
         report(NodeState::Serving, vec![hosted], 100),
@@ -265,20 +288,30 @@ fn report_confirms_a_reservation_and_expiry_releases_it() {
         SessionState::Live
     );
     // The session ends on the node: it disappears from the index.
-    f.on_report(900, conn, &node, report(NodeState::Serving, vec![], 100));
+    f.on_report(
+        at(900),
+        conn,
+        &node,
+        report(NodeState::Serving, vec![], 100),
+    );
     assert!(f.sessions().get(&plan.session).is_none());
 
     // A session the node never reports: its hold and record lapse with the TTL.
     let (plan, _) = f
-        .create_session(1000, new_session(&[("a", LONDON)]), &mut r)
+        .create_session(at(1000), new_session(&[("a", LONDON)]), &mut r)
         .unwrap();
-    f.on_report(10_500, conn, &node, report(NodeState::Serving, vec![], 100));
-    f.tick(1000 + 9_999);
+    f.on_report(
+        at(10_500),
+        conn,
+        &node,
+        report(NodeState::Serving, vec![], 100),
+    );
+    f.tick(at(1000 + 9_999));
     assert!(
         f.sessions().get(&plan.session).is_some(),
         "held until the TTL"
     );
-    f.tick(1000 + 10_000);
+    f.tick(at(1000 + 10_000));
     assert_eq!(f.registry().get(&node).unwrap().reserved, 0);
     assert!(f.sessions().get(&plan.session).is_none());
 }
@@ -288,7 +321,7 @@ fn silent_node_dies_after_three_intervals_and_sessions_move_on_rejoin() {
     let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
     let mut r = rng();
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON), ("b", LONDON)]), &mut r)
         .unwrap();
     let (dead, dead_conn) = conns.iter().find(|(n, _)| *n == plan.node).unwrap().clone();
     let (alive, alive_conn) = conns
@@ -303,32 +336,32 @@ fn silent_node_dies_after_three_intervals_and_sessions_move_on_rejoin() {
         created_unix_ms: 0,
     };
     f.on_report(
-        1000,
+        at(1000),
         dead_conn,
         &dead,
         report(NodeState::Serving, vec![hosted], 100),
     );
     for t in [1000, 2000, 3000, 4000] {
         f.on_report(
-            t,
+            at(t),
             alive_conn,
             &alive,
             report(NodeState::Serving, vec![], 100),
         );
         f.on_report(
-            t,
+            at(t),
             conns[2].1,
             &conns[2].0,
             report(NodeState::Serving, vec![], 100),
         );
-        f.tick(t);
+        f.tick(at(t));
     }
     assert_eq!(
         f.registry().get(&dead).unwrap().status,
         NodeStatus::Serving,
         "3 s of silence is allowed"
     );
-    f.tick(4001);
+    f.tick(at(4001));
     assert_eq!(f.registry().get(&dead).unwrap().status, NodeStatus::Dead);
     assert_eq!(
         f.sessions().get(&plan.session).unwrap().state,
@@ -336,12 +369,12 @@ fn silent_node_dies_after_three_intervals_and_sessions_move_on_rejoin() {
     );
     for _ in 0..5 {
         let (p, _) = f
-            .create_session(4001, new_session(&[("x", LONDON)]), &mut r)
+            .create_session(at(4001), new_session(&[("x", LONDON)]), &mut r)
             .unwrap();
         assert_eq!(p.node, alive, "new sessions avoid the dead node");
     }
     let (join, out) = f
-        .join_session(4002, &plan.session, pid("a"), LONDON, &mut r)
+        .join_session(at(4002), &plan.session, pid("a"), LONDON, &mut r)
         .unwrap();
     assert!(join.replaced);
     assert_eq!(join.plan.node, alive);
@@ -357,7 +390,7 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
     let (node, conn) = conns[0].clone();
     let dup = hello(node.as_str(), NodeKind::Media, "eu-west-1", 100);
     assert!(matches!(
-        f.on_hello(10, 99, &dup),
+        f.on_hello(at(10), 99, &dup),
         Err(RegistryError::DuplicateNode(_))
     ));
     assert_eq!(
@@ -365,22 +398,22 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
         NodeStatus::Serving,
         "the original is untouched"
     );
-    f.on_closed(20, 98, &node);
+    f.on_closed(at(20), 98, &node);
     assert_eq!(
         f.registry().get(&node).unwrap().status,
         NodeStatus::Serving,
         "a stale connection's close is ignored"
     );
-    f.on_closed(20, conn, &node);
+    f.on_closed(at(20), conn, &node);
     assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Dead);
-    f.on_hello(30, 99, &dup).unwrap();
+    f.on_hello(at(30), 99, &dup).unwrap();
     assert_eq!(
         f.registry().get(&node).unwrap().status,
         NodeStatus::Starting
     );
     let bad = hello("m-x", NodeKind::Media, "mars-1", 100);
     assert!(matches!(
-        f.on_hello(30, 100, &bad),
+        f.on_hello(at(30), 100, &bad),
         Err(RegistryError::UnknownRegion(_))
     ));
 }
@@ -390,13 +423,13 @@ fn drain_wins_over_a_stale_report_and_joins_still_land() {
     let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
     let mut r = rng();
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON)]), &mut r)
         .unwrap();
     let conn = conns.iter().find(|(n, _)| *n == plan.node).unwrap().1;
     f.drain(&plan.node, 10_000).unwrap();
     // A report sent before the node saw the drain still says SERVING.
     f.on_report(
-        10,
+        at(10),
         conn,
         &plan.node,
         report(NodeState::Serving, vec![], 100),
@@ -407,17 +440,17 @@ fn drain_wins_over_a_stale_report_and_joins_still_land() {
     );
     for _ in 0..10 {
         let (p, _) = f
-            .create_session(20, new_session(&[("x", LONDON)]), &mut r)
+            .create_session(at(20), new_session(&[("x", LONDON)]), &mut r)
             .unwrap();
         assert_ne!(p.node, plan.node, "draining node takes no new sessions");
     }
     let (join, out) = f
-        .join_session(30, &plan.session, pid("b"), LONDON, &mut r)
+        .join_session(at(30), &plan.session, pid("b"), LONDON, &mut r)
         .unwrap();
     assert_eq!(join.plan.node, plan.node, "joins go to the draining node");
     assert!(matches!(out[0].command, Command::AddParticipant { .. }));
     f.on_report(
-        40,
+        at(40),
         conn,
         &plan.node,
         report(NodeState::Draining, vec![], 100),
@@ -437,7 +470,7 @@ fn drain_wins_over_a_stale_report_and_joins_still_land() {
 fn a_restarted_controller_rebuilds_sessions_from_reports() {
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
     let h = hello("m1", NodeKind::Media, "eu-west-1", 100);
-    f.on_hello(0, 1, &h).unwrap();
+    f.on_hello(at(0), 1, &h).unwrap();
     let sid = SessionId::random();
     let hosted = HostedSession {
         id: sid.clone(),
@@ -446,7 +479,7 @@ fn a_restarted_controller_rebuilds_sessions_from_reports() {
         created_unix_ms: 1234,
     };
     f.on_report(
-        0,
+        at(0),
         1,
         &h.node_id,
         report(NodeState::Serving, vec![hosted], 100),
@@ -466,7 +499,7 @@ fn deleted_session_is_not_resurrected_by_a_late_report() {
     let (node, conn) = conns[0].clone();
     let mut r = rng();
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", LONDON)]), &mut r)
+        .create_session(at(0), new_session(&[("a", LONDON)]), &mut r)
         .unwrap();
     let hosted = HostedSession {
         id: plan.session.clone(),
@@ -475,22 +508,22 @@ fn deleted_session_is_not_resurrected_by_a_late_report() {
         created_unix_ms: 0,
     };
     f.on_report(
-        1,
+        at(1),
         conn,
         &node,
         report(NodeState::Serving, vec![hosted.clone()], 100),
     );
-    let out = f.delete_session(2, &plan.session).unwrap();
+    let out = f.delete_session(at(2), &plan.session).unwrap();
     assert!(matches!(out[0].command, Command::CloseSession { .. }));
     f.on_report(
-        3,
+        at(3),
         conn,
         &node,
         report(NodeState::Serving, vec![hosted], 100),
     );
     assert!(f.sessions().get(&plan.session).is_none());
     assert!(matches!(
-        f.delete_session(4, &plan.session),
+        f.delete_session(at(4), &plan.session),
         Err(FleetError::UnknownSession(_))
     ));
 }
@@ -501,7 +534,7 @@ fn ties_favour_headroom_and_turn_is_near_each_participant() {
     // Two regions at (nearly) the same distance from a point between them.
     for (i, region, used) in [(1, "eu-west-2", 90u64), (2, "eu-central-1", 0)] {
         let h = hello(&format!("m{i}"), NodeKind::Media, region, 100);
-        f.on_hello(0, i, &h).unwrap();
+        f.on_hello(at(0), i, &h).unwrap();
         let s = HostedSession {
             id: SessionId::random(),
             participants: vec![],
@@ -509,7 +542,12 @@ fn ties_favour_headroom_and_turn_is_near_each_participant() {
             created_unix_ms: 0,
         };
         let sessions = if used > 0 { vec![s] } else { vec![] };
-        f.on_report(0, i, &h.node_id, report(NodeState::Serving, sessions, 100));
+        f.on_report(
+            at(0),
+            i,
+            &h.node_id,
+            report(NodeState::Serving, sessions, 100),
+        );
     }
     let mut r = rng();
     let between = Location {
@@ -517,7 +555,7 @@ fn ties_favour_headroom_and_turn_is_near_each_participant() {
         lon: 4.0,
     }; // near both London and Frankfurt
     let (plan, _) = f
-        .create_session(0, new_session(&[("a", between)]), &mut r)
+        .create_session(at(0), new_session(&[("a", between)]), &mut r)
         .unwrap();
     assert_eq!(
         plan.region, "eu-central-1",
@@ -542,18 +580,18 @@ fn too_many_or_duplicate_participants_are_refused() {
     let seven: Vec<(String, Location)> = (0..7).map(|i| (format!("p{i}"), LONDON)).collect();
     let people: Vec<(&str, Location)> = seven.iter().map(|(p, l)| (p.as_str(), *l)).collect();
     assert!(matches!(
-        f.create_session(0, new_session(&people), &mut r),
+        f.create_session(at(0), new_session(&people), &mut r),
         Err(FleetError::TooManyParticipants { got: 7, max: 6 })
     ));
     assert!(matches!(
-        f.create_session(0, new_session(&[("a", LONDON), ("a", LONDON)]), &mut r),
+        f.create_session(at(0), new_session(&[("a", LONDON), ("a", LONDON)]), &mut r),
         Err(FleetError::DuplicateParticipant(_))
     ));
     let (plan, _) = f
-        .create_session(0, new_session(&people[..6]), &mut r)
+        .create_session(at(0), new_session(&people[..6]), &mut r)
         .unwrap();
     assert!(matches!(
-        f.join_session(0, &plan.session, pid("p9"), LONDON, &mut r),
+        f.join_session(at(0), &plan.session, pid("p9"), LONDON, &mut r),
         Err(FleetError::SessionFull { .. })
     ));
     assert!(f.registry().nodes().len() == 2);
@@ -571,7 +609,8 @@ fn pool_free_sums_stay_exact_under_random_operations() {
         let now = step;
         match r.random_range(0..10) {
             0..=4 => {
-                if let Ok((p, _)) = f.create_session(now, new_session(&[("a", LONDON)]), &mut r) {
+                if let Ok((p, _)) = f.create_session(at(now), new_session(&[("a", LONDON)]), &mut r)
+                {
                     live.push(p.session);
                 }
             }
@@ -595,11 +634,11 @@ fn pool_free_sums_stay_exact_under_random_operations() {
                 } else {
                     NodeState::Serving
                 };
-                f.on_report(now, conn, &node, report(state, hosted, 200));
+                f.on_report(at(now), conn, &node, report(state, hosted, 200));
             }
             7 if !live.is_empty() => {
                 let id = live.swap_remove(r.random_range(0..live.len()));
-                let _ = f.delete_session(now, &id);
+                let _ = f.delete_session(at(now), &id);
             }
             8 => {
                 let (node, _) = &conns[r.random_range(0..conns.len())];
@@ -607,7 +646,7 @@ fn pool_free_sums_stay_exact_under_random_operations() {
                 let _ = f.undrain(node);
             }
             _ => {
-                f.tick(now);
+                f.tick(at(now));
             }
         }
         let reg = f.registry();
@@ -622,4 +661,99 @@ fn pool_free_sums_stay_exact_under_random_operations() {
             }
         }
     }
+}
+
+#[test]
+fn region_summaries_count_pools_by_state_and_sum_live_capacity() {
+    let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
+    let nodes = [
+        ("m1", NodeKind::Media, NodeState::Serving, 100),
+        ("m2", NodeKind::Media, NodeState::Draining, 50),
+        ("m3", NodeKind::Media, NodeState::Serving, 30),
+        ("t1", NodeKind::Turn, NodeState::Serving, 10),
+    ];
+    for (i, (id, kind, state, cap)) in nodes.into_iter().enumerate() {
+        f.on_hello(at(0), i as u64, &hello(id, kind, "eu-west-1", cap))
+            .unwrap();
+        let mut r = report(state, Vec::new(), cap);
+        r.load.cpu = 0.5;
+        f.on_report(at(0), i as u64, &nid(id), r);
+    }
+    // m3 goes silent and dies: it is counted, but its capacity is not.
+    f.on_closed(at(10), 2, &nid("m3"));
+    let regions = f.region_summaries();
+    assert_eq!(regions.len(), RegionCatalog::default().len());
+    let eu = regions.iter().find(|r| r.id == "eu-west-1").unwrap();
+    assert!(eu.is_active());
+    assert_eq!(
+        eu.media.nodes,
+        StateCounts {
+            starting: 0,
+            serving: 1,
+            draining: 1,
+            dead: 1
+        }
+    );
+    assert_eq!(eu.media.capacity.total, 150);
+    assert_eq!(eu.media.capacity.free, 150);
+    assert!((eu.media.cpu_avg - 0.5).abs() < 1e-6);
+    assert_eq!(eu.pool(NodeKind::Turn).nodes.serving, 1);
+    assert_eq!(eu.turn.capacity.total, 10);
+    let quiet = regions.iter().find(|r| r.id == "ap-south-1").unwrap();
+    assert!(!quiet.is_active());
+}
+
+#[test]
+fn warm_up_lasts_the_configured_time_from_start() {
+    let mut cfg = FleetConfig::default();
+    cfg.registry.warmup_ms = 500;
+    let f = Fleet::new(cfg, RegionCatalog::default());
+    assert!(!f.warmed_up(at(0)));
+    assert!(!f.warmed_up(at(499)));
+    assert!(f.warmed_up(at(500)));
+}
+
+#[test]
+fn the_plan_hands_each_participant_turn_servers_near_them() {
+    let (mut f, _) = fleet(&["eu-west-1", "af-south-1", "us-east-1"], 1, 1000);
+    let (plan, _) = f
+        .create_session(
+            at(0),
+            new_session(&[("therapist", LONDON), ("client", KAMPALA)]),
+            &mut rng(),
+        )
+        .unwrap();
+    let urls: Vec<(&str, &[String])> = plan
+        .participants
+        .iter()
+        .map(|p| (p.id.as_str(), p.turn_urls.as_slice()))
+        .collect();
+    assert_eq!(
+        urls,
+        vec![
+            (
+                "therapist",
+                &["turn:turn-eu-west-1.test:3478?transport=udp".to_string()][..]
+            ),
+            (
+                "client",
+                &["turn:turn-af-south-1.test:3478?transport=udp".to_string()][..]
+            ),
+        ]
+    );
+    // A join hands TURN servers to the one who joins only.
+    let (joined, _) = f
+        .join_session(
+            at(1),
+            &plan.session,
+            pid("supervisor"),
+            NEW_YORK,
+            &mut rng(),
+        )
+        .unwrap();
+    assert_eq!(joined.plan.participants.len(), 1);
+    assert_eq!(
+        joined.plan.participants[0].turn_urls,
+        vec!["turn:turn-us-east-1.test:3478?transport=udp".to_string()]
+    );
 }

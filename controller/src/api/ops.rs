@@ -11,22 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
 use crate::state::AppState;
-use fleet_core::{NodeEntry, NodeStatus};
+use fleet_core::{Capacity, NodeEntry, NodeStatus, RegionSummary};
 
 fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state
         .auth
         .verify_admin(bearer(headers)?)
         .map_err(ApiError::Unauthorized)
-}
-
-/// Capacity of a node or region, in capacity units.
-#[derive(Debug, Serialize, Default)]
-pub struct CapacityView {
-    pub total: u64,
-    pub used: u64,
-    pub reserved: u64,
-    pub free: u64,
 }
 
 /// One node.
@@ -39,7 +30,7 @@ pub struct NodeView {
     pub state: NodeStatus,
     pub version: String,
     pub addresses: Vec<String>,
-    pub capacity: CapacityView,
+    pub capacity: Capacity,
     pub load: Load,
     pub sessions: usize,
     pub last_report_age_ms: u64,
@@ -54,12 +45,7 @@ fn node_view(n: &NodeEntry, now: u64) -> NodeView {
         state: n.status,
         version: n.version.clone(),
         addresses: n.addresses.clone(),
-        capacity: CapacityView {
-            total: n.capacity_total,
-            used: n.used,
-            reserved: n.reserved,
-            free: n.free(),
-        },
+        capacity: Capacity::of(n),
         load: n.load.clone(),
         sessions: n.hosted.len(),
         last_report_age_ms: now.saturating_sub(n.last_report_ms),
@@ -72,7 +58,7 @@ pub async fn list_nodes(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers)?;
-    let now = state.now();
+    let now = state.now().mono_ms;
     let fleet = state.fleet();
     let mut nodes: Vec<NodeView> = fleet
         .registry()
@@ -85,97 +71,15 @@ pub async fn list_nodes(
     Ok(Json(serde_json::json!({ "nodes": nodes })))
 }
 
-/// Nodes by state.
-#[derive(Debug, Serialize, Default)]
-pub struct StateCounts {
-    pub starting: u32,
-    pub serving: u32,
-    pub draining: u32,
-    pub dead: u32,
-}
-
-/// One kind of node in one region.
-#[derive(Debug, Serialize, Default)]
-pub struct PoolView {
-    pub nodes: StateCounts,
-    pub capacity: CapacityView,
-    pub sessions: u64,
-    pub allocations: u64,
-    pub cpu_avg: f32,
-    pub bitrate_in_bps: u64,
-    pub bitrate_out_bps: u64,
-}
-
-/// One region.
-#[derive(Debug, Serialize)]
-pub struct RegionView {
-    pub id: String,
-    pub name: String,
-    pub media: PoolView,
-    pub turn: PoolView,
-    pub demand: fleet_core::RegionDemand,
-}
-
-/// `GET /v1/regions`: regions that have nodes or unmet demand.
+/// `GET /v1/regions`: regions that have nodes or unmet demand, with each pool's figures as the
+/// core computes them ([`fleet_core::RegionSummary`]).
 pub async fn list_regions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers)?;
-    let fleet = state.fleet();
-    let catalog = fleet.registry().catalog();
-    let mut regions: Vec<RegionView> = catalog
-        .regions()
-        .iter()
-        .zip(fleet.demand())
-        .map(|(r, d)| RegionView {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            media: PoolView::default(),
-            turn: PoolView::default(),
-            demand: d.clone(),
-        })
-        .collect();
-    let mut cpu_n = vec![[0u32; 2]; regions.len()];
-    for n in fleet.registry().nodes() {
-        let (pool, k) = match n.kind {
-            NodeKind::Media => (&mut regions[n.region_idx].media, 0),
-            NodeKind::Turn => (&mut regions[n.region_idx].turn, 1),
-        };
-        match n.status {
-            NodeStatus::Starting => pool.nodes.starting += 1,
-            NodeStatus::Serving => pool.nodes.serving += 1,
-            NodeStatus::Draining => pool.nodes.draining += 1,
-            NodeStatus::Dead => {
-                pool.nodes.dead += 1;
-                continue;
-            }
-        }
-        pool.capacity.total += n.capacity_total;
-        pool.capacity.used += n.used;
-        pool.capacity.reserved += n.reserved;
-        pool.capacity.free += n.free();
-        pool.sessions += n.hosted.len() as u64;
-        pool.allocations += n.load.allocations;
-        pool.bitrate_in_bps += n.load.bitrate_in_bps;
-        pool.bitrate_out_bps += n.load.bitrate_out_bps;
-        pool.cpu_avg += n.load.cpu;
-        cpu_n[n.region_idx][k] += 1;
-    }
-    drop(fleet);
-    for (r, c) in regions.iter_mut().zip(&cpu_n) {
-        if c[0] > 0 {
-            r.media.cpu_avg /= c[0] as f32;
-        }
-        if c[1] > 0 {
-            r.turn.cpu_avg /= c[1] as f32;
-        }
-    }
-    regions.retain(|r| {
-        let has =
-            |p: &PoolView| p.nodes.starting + p.nodes.serving + p.nodes.draining + p.nodes.dead > 0;
-        has(&r.media) || has(&r.turn) || r.demand.unmet_units > 0
-    });
+    let mut regions = state.fleet().region_summaries();
+    regions.retain(RegionSummary::is_active);
     Ok(Json(serde_json::json!({ "regions": regions })))
 }
 

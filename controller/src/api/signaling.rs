@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, bearer, parse_json};
 use crate::credentials::{ClientClaims, mint_client_token};
 use crate::state::AppState;
-use fleet_core::{NewSession, Profile, SessionPlan, SessionRecord};
+use fleet_core::LocationClues;
+use fleet_core::{NewSession, ParticipantPlan, Profile, SessionPlan, SessionRecord};
 use fleet_proto::join_token::JoinClaims;
 use fleet_proto::turn_rest::rest_credentials;
 
@@ -128,32 +129,41 @@ fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(id).map_err(|e| ApiError::BadRequest(format!("invalid session id: {e}")))
 }
 
-/// Where a participant is: explicit location > region hint > GeoIP of ip > default.
+/// Where a participant is: the request's clues, parsed here, in the core's order of precedence
+/// ([`fleet_core::locate`]). The address is always checked; GeoIP is asked only when nothing
+/// stronger is given.
 fn locate(state: &AppState, p: &ParticipantRequest, field: &str) -> Result<Location, ApiError> {
-    if let Some(l) = &p.location {
-        return Location::new(l.lat, l.lon)
-            .map_err(|e| ApiError::BadRequest(format!("{field}.location: {e}")));
-    }
-    if let Some(r) = &p.region {
-        return state
-            .catalog
-            .get(r)
-            .map(|r| r.location())
-            .ok_or_else(|| ApiError::BadRequest(format!("{field}.region: unknown region {r:?}")));
-    }
-    if let Some(ip) = &p.ip {
-        let ip: IpAddr = ip.trim().parse().map_err(|_| {
+    let location = match &p.location {
+        Some(l) => Some(
+            Location::new(l.lat, l.lon)
+                .map_err(|e| ApiError::BadRequest(format!("{field}.location: {e}")))?,
+        ),
+        None => None,
+    };
+    let ip: Option<IpAddr> = match &p.ip {
+        Some(ip) => Some(ip.trim().parse().map_err(|_| {
             ApiError::BadRequest(format!("{field}.ip: not an IPv4 or IPv6 address"))
-        })?;
-        if let Some(db) = &state.geoip {
-            match db.lookup(ip) {
-                Ok(Some(found)) => return Ok(found.location),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "GeoIP lookup failed"),
+        })?),
+        None => None,
+    };
+    let geoip = match (location, &p.region, ip, &state.geoip) {
+        (None, None, Some(ip), Some(db)) => match db.lookup(ip) {
+            Ok(found) => found.map(|f| f.location),
+            Err(e) => {
+                tracing::warn!(error = %e, "GeoIP lookup failed");
+                None
             }
-        }
-    }
-    Ok(state.default_location)
+        },
+        _ => None,
+    };
+    let clues = LocationClues {
+        location,
+        region: p.region.as_deref(),
+        geoip,
+    };
+    let fleet = state.fleet();
+    fleet_core::locate(fleet.registry().catalog(), &clues, state.default_location)
+        .map_err(|e| ApiError::BadRequest(format!("{field}.region: {e}")))
 }
 
 fn participant_id(id: &str, field: &str) -> Result<ParticipantId, ApiError> {
@@ -172,49 +182,46 @@ fn media_url(addresses: &[String]) -> String {
 /// Join token and ICE servers for one participant.
 fn grant(
     state: &AppState,
-    session: &SessionId,
-    node: &fleet_proto::NodeId,
-    participant: &ParticipantId,
-    location: Location,
+    plan: &SessionPlan,
+    participant: &ParticipantPlan,
 ) -> Result<ParticipantGrant, ApiError> {
     let now = unix_now().as_secs();
     let join_token = JoinClaims::new(
-        session,
-        participant,
-        node,
+        &plan.session,
+        &participant.id,
+        &plan.node,
         now + state.config.media.join_token_ttl_secs,
     )
     .sign(&state.config.media.join_secret)
     .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let turn = state.fleet().turn_for(location, &mut rand::rng());
     let mut ice_servers = Vec::new();
-    if !turn.is_empty() {
+    if !participant.turn_urls.is_empty() {
         let (username, credential) = rest_credentials(
             &state.config.turn.secret,
-            participant.as_str(),
+            participant.id.as_str(),
             now + state.config.turn.credential_ttl_secs,
         );
-        let urls = turn
-            .iter()
-            .flat_map(|t| t.addresses.iter())
-            .filter(|a| a.starts_with("turn:") || a.starts_with("turns:"))
-            .cloned()
-            .collect();
         ice_servers.push(IceServer {
-            urls,
+            urls: participant.turn_urls.clone(),
             username,
             credential,
         });
     }
     Ok(ParticipantGrant {
-        id: participant.to_string(),
+        id: participant.id.to_string(),
         join_token,
         ice_servers,
     })
 }
 
-fn session_grant(plan: &SessionPlan, participants: Vec<ParticipantGrant>) -> SessionGrant {
-    SessionGrant {
+/// The answer of create and join: the plan, with a grant for each of its participants.
+fn session_grant(state: &AppState, plan: &SessionPlan) -> Result<SessionGrant, ApiError> {
+    let participants = plan
+        .participants
+        .iter()
+        .map(|p| grant(state, plan, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SessionGrant {
         session_id: plan.session.to_string(),
         region: plan.region.clone(),
         media: MediaEndpoint {
@@ -222,7 +229,7 @@ fn session_grant(plan: &SessionPlan, participants: Vec<ParticipantGrant>) -> Ses
             url: media_url(&plan.node_addresses),
         },
         participants,
-    }
+    })
 }
 
 /// `POST /v1/sessions`: place a new session.
@@ -265,22 +272,17 @@ pub async fn create_session(
         now,
         NewSession {
             id,
-            participants: participants.clone(),
+            participants,
             profile,
-            now_unix_ms: unix_now().as_millis() as u64,
         },
         &mut rand::rng(),
     )?;
     state.send(out);
-    let grants = participants
-        .iter()
-        .map(|(p, loc)| grant(&state, &plan.session, &plan.node, p, *loc))
-        .collect::<Result<Vec<_>, _>>()?;
     metrics::counter!("fleet_sessions_created_total", "region" => plan.region.clone()).increment(1);
     if plan.spilled {
         metrics::counter!("fleet_sessions_spilled_total").increment(1);
     }
-    Ok((StatusCode::CREATED, Json(session_grant(&plan, grants))))
+    Ok((StatusCode::CREATED, Json(session_grant(&state, &plan)?)))
 }
 
 /// `POST /v1/sessions/{id}/participants`: a participant joins an existing session.
@@ -315,10 +317,9 @@ pub async fn join_session(
     if outcome.replaced {
         metrics::counter!("fleet_sessions_replaced_total").increment(1);
     }
-    let g = grant(&state, &session, &outcome.plan.node, &participant, location)?;
     Ok((
         StatusCode::CREATED,
-        Json(session_grant(&outcome.plan, vec![g])),
+        Json(session_grant(&state, &outcome.plan)?),
     ))
 }
 

@@ -1,0 +1,94 @@
+//! Where a participant is, from what a request says about them (DESIGN.md "Placement" step 1):
+//! an explicit location wins over a region hint, which wins over the GeoIP location of their
+//! address, which wins over the default. The shell parses and looks things up; the order is
+//! decided here, once.
+
+use fleet_geo::{Location, RegionCatalog};
+
+/// What is known about where one participant is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocationClues<'a> {
+    /// Coordinates the app sent (already validated).
+    pub location: Option<Location>,
+    /// A region id the app sent as a hint.
+    pub region: Option<&'a str>,
+    /// Where GeoIP puts the participant's address, when it knows.
+    pub geoip: Option<Location>,
+}
+
+/// A region hint that names no region of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown region {0:?}")]
+pub struct UnknownRegion(pub String);
+
+/// The participant's location by precedence: explicit > region hint > GeoIP > `default`.
+pub fn locate(
+    catalog: &RegionCatalog,
+    clues: &LocationClues<'_>,
+    default: Location,
+) -> Result<Location, UnknownRegion> {
+    if let Some(l) = clues.location {
+        return Ok(l);
+    }
+    if let Some(r) = clues.region {
+        return catalog
+            .get(r)
+            .map(|info| info.location())
+            .ok_or_else(|| UnknownRegion(r.chars().take(64).collect()));
+    }
+    Ok(clues.geoip.unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONDON: Location = Location {
+        lat: 51.51,
+        lon: -0.13,
+    };
+    const KAMPALA: Location = Location {
+        lat: 0.35,
+        lon: 32.58,
+    };
+    const NOWHERE: Location = Location { lat: 0.0, lon: 0.0 };
+
+    #[test]
+    fn stronger_clues_win() {
+        let catalog = RegionCatalog::default();
+        let mumbai = catalog.get("ap-south-1").expect("region").location();
+        let all = LocationClues {
+            location: Some(LONDON),
+            region: Some("ap-south-1"),
+            geoip: Some(KAMPALA),
+        };
+        assert_eq!(locate(&catalog, &all, NOWHERE), Ok(LONDON));
+        let no_explicit = LocationClues {
+            location: None,
+            ..all
+        };
+        assert_eq!(locate(&catalog, &no_explicit, NOWHERE), Ok(mumbai));
+        let geoip_only = LocationClues {
+            geoip: Some(KAMPALA),
+            ..LocationClues::default()
+        };
+        assert_eq!(locate(&catalog, &geoip_only, NOWHERE), Ok(KAMPALA));
+        assert_eq!(
+            locate(&catalog, &LocationClues::default(), NOWHERE),
+            Ok(NOWHERE)
+        );
+    }
+
+    #[test]
+    fn an_unknown_region_hint_is_refused_even_with_geoip() {
+        let clues = LocationClues {
+            region: Some("mars-1"),
+            geoip: Some(KAMPALA),
+            ..LocationClues::default()
+        };
+        assert_eq!(
+            locate(&RegionCatalog::default(), &clues, NOWHERE),
+            Err(UnknownRegion("mars-1".into()))
+        );
+    }
+}
