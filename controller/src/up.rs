@@ -2,17 +2,18 @@
 //! provider, media and TURN node processes in several regions on loopback; prints the API
 //! address, an admin token and a client token; Ctrl-C (or SIGTERM) stops everything.
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_proto::NodeKind;
+use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
+use fleet_proto::NodeId;
 use rand::Rng;
 
 use crate::config::{ApiKey, Config};
 use crate::credentials::{ClientClaims, mint_client_token};
-use crate::provider::local::{LocalNodeSpec, LocalProcessProvider};
+use crate::provider::local::LocalProcessProvider;
 use crate::server::Controller;
 use fleet_core::NodeStatus;
 
@@ -53,71 +54,53 @@ fn free_udp_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The specs of the nodes `[up]` asks for.
-fn node_specs(
+/// The nodes `[up]` asks for, as typed launches.
+fn node_launches(
     config: &Config,
     link: std::net::SocketAddr,
     cert: &Path,
-) -> anyhow::Result<Vec<LocalNodeSpec>> {
-    let mut specs = Vec::new();
+) -> anyhow::Result<Vec<NodeLaunch>> {
+    let mut launches = Vec::new();
     for region in &config.up.regions {
-        let common =
-            |prefix: &str, node_id: &str, capacity: u64| -> (Vec<String>, Vec<(String, String)>) {
-                let args = vec![
-                    "--node-id".into(),
-                    node_id.into(),
-                    "--region".into(),
-                    region.clone(),
-                    "--controller".into(),
-                    link.to_string(),
-                    "--controller-name".into(),
-                    config.link.server_name.clone(),
-                    "--controller-cert".into(),
-                    cert.display().to_string(),
-                    "--capacity".into(),
-                    capacity.to_string(),
-                    "--report-interval-ms".into(),
-                    config.up.report_interval_ms.to_string(),
-                    "--public-ip".into(),
-                    "127.0.0.1".into(),
-                ];
-                let env = vec![(
-                    format!("{prefix}_CLUSTER_SECRET"),
-                    config.link.cluster_secret.clone(),
-                )];
-                (args, env)
-            };
+        let node = |node_id: String, capacity: u64| -> anyhow::Result<NodeArgs> {
+            Ok(NodeArgs {
+                node_id: Some(NodeId::parse(&node_id)?),
+                region: region.clone(),
+                zone: None,
+                controller: link.to_string(),
+                controller_name: config.link.server_name.clone(),
+                controller_cert: cert.to_path_buf(),
+                cluster_secret: config.link.cluster_secret.clone(),
+                capacity,
+                http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                public_ip: IpAddr::from([127, 0, 0, 1]),
+                report_interval_ms: config.up.report_interval_ms,
+                drain_grace_secs: 600,
+                session_idle_secs: 3600,
+            })
+        };
         for i in 1..=config.up.media_per_region {
-            let node_id = format!("media-{region}-{i}");
-            let (args, mut env) = common("MEDIA_NODE", &node_id, config.up.media_capacity);
-            env.push((
-                "MEDIA_NODE_JOIN_SECRET".into(),
-                config.media.join_secret.clone(),
-            ));
-            specs.push(LocalNodeSpec {
-                kind: NodeKind::Media,
-                node_id,
-                args,
-                env,
+            launches.push(NodeLaunch {
+                node: node(format!("media-{region}-{i}"), config.up.media_capacity)?,
+                kind: KindLaunch::Media {
+                    join_secret: config.media.join_secret.clone(),
+                },
             });
         }
         for i in 1..=config.up.turn_per_region {
-            let node_id = format!("turn-{region}-{i}");
-            let (mut args, mut env) = common("TURN_NODE", &node_id, config.up.turn_capacity);
-            env.push(("TURN_NODE_AUTH_SECRET".into(), config.turn.secret.clone()));
-            // Everything runs on loopback here, so the relay must be allowed to reach it
-            // (production TURN nodes refuse loopback and private peers).
-            env.push(("TURN_NODE_ALLOW_PEER".into(), "127.0.0.0/8".into()));
-            args.extend(["--turn-port".to_string(), free_udp_port()?.to_string()]);
-            specs.push(LocalNodeSpec {
-                kind: NodeKind::Turn,
-                node_id,
-                args,
-                env,
+            launches.push(NodeLaunch {
+                node: node(format!("turn-{region}-{i}"), config.up.turn_capacity)?,
+                kind: KindLaunch::Turn {
+                    auth_secret: config.turn.secret.clone(),
+                    turn_port: free_udp_port()?,
+                    // Everything runs on loopback here, so the relay must be allowed to reach it
+                    // (production TURN nodes refuse loopback and private peers).
+                    allow_peer: vec!["127.0.0.0/8".into()],
+                },
             });
         }
     }
-    Ok(specs)
+    Ok(launches)
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.
@@ -148,7 +131,7 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         .clone()
         .context("link.cert_file is set by fill_dev_defaults")?;
     let mut provider = LocalProcessProvider::self_exec(state_dir.join("logs"))?;
-    let specs = node_specs(&config, controller.link_addr, &cert)?;
+    let specs = node_launches(&config, controller.link_addr, &cert)?;
     let expected = specs.len();
     for spec in specs {
         provider.spawn(spec)?;
@@ -242,7 +225,7 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
             _ = check.tick() => {
                 // A crashed node is replaced, as a pool provider would.
                 for (spec, status) in provider.reap() {
-                    tracing::warn!(node = %spec.node_id, %status, "node process exited; starting it again");
+                    tracing::warn!(node = %spec.name(), %status, "node process exited; starting it again");
                     if let Err(e) = provider.spawn(spec) {
                         tracing::error!(error = %e, "cannot restart node");
                     }

@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use fleet_controller::config::Config;
 use fleet_controller::credentials::{ClientClaims, mint_client_token};
+use fleet_proto::NodeKind;
 
 /// mimalloc instead of glibc malloc: the signaling path allocates many small short-lived
 /// buffers (JSON, JWTs, QUIC frames) and glibc spent ~20% of the controller's CPU in malloc/free
@@ -17,7 +18,7 @@ use fleet_controller::credentials::{ClientClaims, mint_client_token};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "fleet", version, about = "Media fleet controller")]
 struct Cli {
     #[command(subcommand)]
@@ -80,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     // quinn uses ring; install it as the process-wide rustls provider explicitly so no other
     // crate that brings a second provider can make TLS set-up ambiguous (DESIGN.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     match cli.command {
         Cmd::MediaNode(args) => {
             media_node::init_process();
@@ -151,6 +152,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The command line; the node subcommands read their flags from `MEDIA_NODE_*` / `TURN_NODE_*`
+/// too, as the standalone node binaries do.
+fn parse_cli() -> Cli {
+    let command = Cli::command()
+        .mut_subcommand("media-node", |c| {
+            fleet_node::with_env_prefix(c, NodeKind::Media)
+        })
+        .mut_subcommand("turn-node", |c| {
+            fleet_node::with_env_prefix(c, NodeKind::Turn)
+        });
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

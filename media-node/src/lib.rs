@@ -1,6 +1,6 @@
 //! The media node: a WebRTC SFU ([`sfu`], on `webrtc` 0.17.2 for its ICE UDP mux: all media on
 //! one UDP port) with WHIP-style signaling ([`signaling`]) guarded by the controller's join
-//! tokens ([`token`], checked offline), that registers with the controller, reports its load
+//! tokens (`fleet_proto::join_token`, checked offline), that registers with the controller, reports its load
 //! and obeys drains (a draining node refuses joins to new sessions, admits joins to existing
 //! ones and exits when its last peer connection ends).
 //!
@@ -8,80 +8,33 @@
 //! the controller link) lives in `fleet_node`; this crate maps its command line onto
 //! that and advertises `http://<public-ip>:<http-port>` as its address.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use fleet_node::{Node, NodeConfig, default_node_id};
-use fleet_proto::ids::{NodeId, NodeKind};
+use fleet_node::{Node, NodeArgs, NodeConfig};
+use fleet_proto::ids::NodeKind;
 
 pub mod offer;
 pub mod sfu;
 pub mod signaling;
 
-/// Command line of `media-node` (every flag also from `MEDIA_NODE_<FLAG>`).
+/// Command line of `media-node` (every flag also from `MEDIA_NODE_<FLAG>`, see
+/// [`fleet_node::with_env_prefix`]).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "media-node", version, about = "Fleet media node (WebRTC SFU)")]
 pub struct Args {
-    /// Fleet-unique node id [default: media-<region>-<6 random hex>].
-    #[arg(long, env = "MEDIA_NODE_NODE_ID", value_parser = NodeId::parse)]
-    pub node_id: Option<NodeId>,
-    /// Region the node runs in, e.g. eu-west-1.
-    #[arg(long, env = "MEDIA_NODE_REGION")]
-    pub region: String,
-    /// Zone inside the region [default: <region>a].
-    #[arg(long, env = "MEDIA_NODE_ZONE")]
-    pub zone: Option<String>,
-    /// Controller link address, host:port (QUIC).
-    #[arg(long, env = "MEDIA_NODE_CONTROLLER")]
-    pub controller: String,
-    /// TLS server name sent to the controller.
-    #[arg(
-        long,
-        env = "MEDIA_NODE_CONTROLLER_NAME",
-        default_value = "fleet-controller"
-    )]
-    pub controller_name: String,
-    /// PEM file with the controller certificate to pin.
-    #[arg(long, env = "MEDIA_NODE_CONTROLLER_CERT")]
-    pub controller_cert: PathBuf,
-    /// Shared cluster secret proving this node belongs to the fleet.
-    #[arg(long, env = "MEDIA_NODE_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
-    /// Capacity units this node offers.
-    #[arg(long, env = "MEDIA_NODE_CAPACITY", default_value_t = 1000)]
-    pub capacity: u64,
-    /// Where the HTTP server (health, metrics, status) listens.
-    #[arg(long, env = "MEDIA_NODE_HTTP_LISTEN", default_value = "127.0.0.1:0")]
-    pub http_listen: SocketAddr,
-    /// IP address advertised to the controller and clients.
-    #[arg(long, env = "MEDIA_NODE_PUBLIC_IP", default_value = "127.0.0.1")]
-    pub public_ip: IpAddr,
-    /// Milliseconds between reports to the controller (at least 100).
-    #[arg(long, env = "MEDIA_NODE_REPORT_INTERVAL_MS", default_value_t = 1000,
-        value_parser = clap::value_parser!(u64).range(100..))]
-    pub report_interval_ms: u64,
-    /// Seconds a SIGTERM/SIGINT drain may last before remaining sessions are cut.
-    #[arg(long, env = "MEDIA_NODE_DRAIN_GRACE_SECS", default_value_t = 600)]
-    pub drain_grace_secs: u64,
-    /// Seconds after which a session without activity is dropped.
-    #[arg(long, env = "MEDIA_NODE_SESSION_IDLE_SECS", default_value_t = 3600)]
-    pub session_idle_secs: u64,
+    /// The flags every node kind takes.
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Shared secret the controller signs join tokens with (`[media] join_secret`).
-    #[arg(
-        long,
-        env = "MEDIA_NODE_JOIN_SECRET",
-        hide_env_values = true,
-        hide = true
-    )]
+    #[arg(long, hide_env_values = true, hide = true)]
     pub join_secret: String,
     /// UDP port carrying all media (ICE UDP mux); 0 picks a free one.
-    #[arg(long, env = "MEDIA_NODE_MEDIA_PORT", default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     pub media_port: u16,
     /// Most participants in one session.
-    #[arg(long, env = "MEDIA_NODE_MAX_PARTICIPANTS", default_value_t = 6,
+    #[arg(long, default_value_t = 6,
         value_parser = clap::value_parser!(u64).range(2..=64))]
     pub max_participants: u64,
 }
@@ -89,30 +42,9 @@ pub struct Args {
 impl Args {
     /// The shared node configuration these arguments describe.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
-        let node_id = match &self.node_id {
-            Some(id) => id.clone(),
-            None => default_node_id(NodeKind::Media, &self.region)
-                .context("cannot make a node id from --region")?,
-        };
-        Ok(NodeConfig {
-            kind: NodeKind::Media,
-            node_id,
-            region: self.region.clone(),
-            zone: self
-                .zone
-                .clone()
-                .unwrap_or_else(|| format!("{}a", self.region)),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            controller: self.controller.clone(),
-            controller_name: self.controller_name.clone(),
-            controller_cert: self.controller_cert.clone(),
-            cluster_secret: self.cluster_secret.clone(),
-            capacity: self.capacity,
-            http_listen: self.http_listen,
-            report_interval: Duration::from_millis(self.report_interval_ms),
-            drain_grace: Duration::from_secs(self.drain_grace_secs),
-            session_idle: Duration::from_secs(self.session_idle_secs),
-        })
+        self.node
+            .node_config(NodeKind::Media)
+            .context("cannot make a node id from --region")
     }
 }
 
@@ -124,12 +56,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node_id: config.node_id.as_str().to_owned(),
         join_secret: args.join_secret.clone(),
         max_participants: usize::try_from(args.max_participants).unwrap_or(6),
-        public_ip: args.public_ip,
+        public_ip: args.node.public_ip,
         media_port: args.media_port,
     })
     .await?;
     let node = Node::bind(config).await?;
-    let advertised = SocketAddr::new(args.public_ip, node.http_addr().port());
+    let advertised = SocketAddr::new(args.node.public_ip, node.http_addr().port());
     let addresses = vec![format!("http://{advertised}")];
     let exit = node
         .run_with(
@@ -152,6 +84,7 @@ pub fn init_process() {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::time::Duration;
 
     #[test]
     fn defaults_follow_the_region() {
@@ -203,5 +136,44 @@ mod tests {
         assert!(!with(&["--public-ip", "nope"]));
         assert!(!with(&["--max-participants", "1"]));
         assert!(with(&["--media-port", "40000"]));
+    }
+
+    #[test]
+    fn a_typed_launch_parses_back_to_itself() {
+        use clap::{CommandFactory, Parser};
+        use fleet_node::launch::as_flags;
+        use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
+        let launch = NodeLaunch {
+            node: NodeArgs {
+                node_id: Some("n-1".parse().expect("id")),
+                region: "eu-west-1".into(),
+                zone: Some("eu-west-1b".into()),
+                controller: "127.0.0.1:4433".into(),
+                controller_name: "ctl".into(),
+                controller_cert: "/c.pem".into(),
+                cluster_secret: "cluster".into(),
+                capacity: 77,
+                http_listen: "127.0.0.1:9000".parse().expect("addr"),
+                public_ip: "192.0.2.1".parse().expect("ip"),
+                report_interval_ms: 300,
+                drain_grace_secs: 60,
+                session_idle_secs: 120,
+            },
+            kind: KindLaunch::Media {
+                join_secret: "join".into(),
+            },
+        };
+        let args = Args::try_parse_from(as_flags(&launch)).expect("parses");
+        assert_eq!(args.node, launch.node);
+        assert_eq!(args.join_secret, "join");
+        // Every variable the launch sets is one the node reads.
+        let cmd = fleet_node::with_env_prefix(Args::command(), launch.kind());
+        for (name, _) in launch.env() {
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_env().is_some_and(|e| e.to_string_lossy() == name)),
+                "{name} is not read"
+            );
+        }
     }
 }

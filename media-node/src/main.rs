@@ -1,6 +1,6 @@
 //! `media-node`: parses the command line, installs logging, runs the node.
 
-use clap::Parser;
+use fleet_proto::ids::NodeKind;
 
 /// mimalloc, as in `fleet` (which runs the same node as `fleet media-node`): the SFU allocates
 /// per packet (RTP buffers, interceptor and channel items). Measured with the forwarding bench
@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = media_node::Args::parse();
+    let args: media_node::Args = fleet_node::parse_node_args(NodeKind::Media);
     media_node::init_process();
     media_node::run(args).await
 }

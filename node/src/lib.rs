@@ -10,9 +10,11 @@
 //! advertised addresses from the bound HTTP port, and calls [`Node::run`] with its data plane's
 //! extra HTTP routes ([`Node::run_with`] also takes a [`DataPlane`] hook).
 
+pub mod args;
 pub mod core;
 pub mod data_plane;
 mod http;
+pub mod launch;
 pub mod process;
 pub mod runtime;
 pub mod state;
@@ -25,7 +27,9 @@ use std::time::Duration;
 use rand::Rng;
 
 pub use self::core::{CommandError, ExitReason, NodeCore};
+pub use args::{NodeArgs, env_name, env_prefix, parse_node_args, with_env_prefix};
 pub use data_plane::{DataPlane, LiveSession, NoDataPlane};
+pub use launch::{KindLaunch, NodeLaunch};
 pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 

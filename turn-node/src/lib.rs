@@ -30,11 +30,10 @@ pub mod tls;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use fleet_node::{Node, NodeConfig, default_node_id};
-use fleet_proto::ids::{NodeId, NodeKind};
+use fleet_node::{Node, NodeArgs, NodeConfig};
+use fleet_proto::ids::NodeKind;
 use ipnet::IpNet;
 
 use crate::auth::Secrets;
@@ -60,7 +59,8 @@ fn parse_allow_list(s: &str) -> Result<AllowList, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Command line of `turn-node` (every flag also from `TURN_NODE_<FLAG>`).
+/// Command line of `turn-node` (every flag also from `TURN_NODE_<FLAG>`, see
+/// [`fleet_node::with_env_prefix`]).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "turn-node",
@@ -68,124 +68,62 @@ fn parse_allow_list(s: &str) -> Result<AllowList, String> {
     about = "Fleet TURN node (TURN relay with REST credentials, quotas and a peer policy)"
 )]
 pub struct Args {
-    /// Fleet-unique node id [default: turn-<region>-<6 random hex>].
-    #[arg(long, env = "TURN_NODE_NODE_ID", value_parser = NodeId::parse)]
-    pub node_id: Option<NodeId>,
-    /// Region the node runs in, e.g. eu-west-1.
-    #[arg(long, env = "TURN_NODE_REGION")]
-    pub region: String,
-    /// Zone inside the region [default: <region>a].
-    #[arg(long, env = "TURN_NODE_ZONE")]
-    pub zone: Option<String>,
-    /// Controller link address, host:port (QUIC).
-    #[arg(long, env = "TURN_NODE_CONTROLLER")]
-    pub controller: String,
-    /// TLS server name sent to the controller.
-    #[arg(
-        long,
-        env = "TURN_NODE_CONTROLLER_NAME",
-        default_value = "fleet-controller"
-    )]
-    pub controller_name: String,
-    /// PEM file with the controller certificate to pin.
-    #[arg(long, env = "TURN_NODE_CONTROLLER_CERT")]
-    pub controller_cert: PathBuf,
-    /// Shared cluster secret proving this node belongs to the fleet.
-    #[arg(long, env = "TURN_NODE_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
-    /// Capacity units this node offers.
-    #[arg(long, env = "TURN_NODE_CAPACITY", default_value_t = 1000)]
-    pub capacity: u64,
-    /// Where the HTTP server (health, metrics, status) listens.
-    #[arg(long, env = "TURN_NODE_HTTP_LISTEN", default_value = "127.0.0.1:0")]
-    pub http_listen: SocketAddr,
-    /// IP address advertised to the controller and clients.
-    #[arg(long, env = "TURN_NODE_PUBLIC_IP", default_value = "127.0.0.1")]
-    pub public_ip: IpAddr,
-    /// Milliseconds between reports to the controller (at least 100).
-    #[arg(long, env = "TURN_NODE_REPORT_INTERVAL_MS", default_value_t = 1000,
-        value_parser = clap::value_parser!(u64).range(100..))]
-    pub report_interval_ms: u64,
+    /// The flags every node kind takes.
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// TURN port, UDP and TCP (0: any free port, the same for both).
-    #[arg(long, env = "TURN_NODE_TURN_PORT", default_value_t = 3478)]
+    #[arg(long, default_value_t = 3478)]
     pub turn_port: u16,
     /// TURN-over-TLS port (`turns:`); needs --tls-cert and --tls-key.
-    #[arg(long, env = "TURN_NODE_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
     pub tls_port: Option<u16>,
     /// PEM certificate chain for TURN over TLS.
-    #[arg(long, env = "TURN_NODE_TLS_CERT", requires = "tls_port")]
+    #[arg(long, requires = "tls_port")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TURN over TLS.
-    #[arg(long, env = "TURN_NODE_TLS_KEY", requires = "tls_port")]
+    #[arg(long, requires = "tls_port")]
     pub tls_key: Option<PathBuf>,
     /// IPv4 address the TURN listeners and relay sockets bind to (0.0.0.0 on a server).
-    #[arg(long, env = "TURN_NODE_LISTEN_IP", default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1")]
     pub listen_ip: IpAddr,
     /// Relay address told to clients (the public IP behind a 1:1 NAT) [default: --public-ip].
-    #[arg(long, env = "TURN_NODE_RELAY_IP")]
+    #[arg(long)]
     pub relay_ip: Option<IpAddr>,
     /// Lowest relay port.
-    #[arg(long, env = "TURN_NODE_RELAY_MIN_PORT", default_value_t = 49152,
+    #[arg(long, default_value_t = 49152,
         value_parser = clap::value_parser!(u16).range(1..))]
     pub relay_min_port: u16,
     /// Highest relay port.
-    #[arg(long, env = "TURN_NODE_RELAY_MAX_PORT", default_value_t = 65535,
+    #[arg(long, default_value_t = 65535,
         value_parser = clap::value_parser!(u16).range(1..))]
     pub relay_max_port: u16,
     /// TURN realm.
-    #[arg(long, env = "TURN_NODE_REALM", default_value = "fleet")]
+    #[arg(long, default_value = "fleet")]
     pub realm: String,
     /// TURN REST shared secrets, comma-separated; every one is accepted (for rotation).
-    #[arg(long, env = "TURN_NODE_AUTH_SECRET", hide_env_values = true,
+    #[arg(long, hide_env_values = true,
         value_parser = parse_secrets)]
     pub auth_secret: Secrets,
     /// Live allocations one user may hold.
-    #[arg(long, env = "TURN_NODE_USER_QUOTA", default_value_t = 12,
+    #[arg(long, default_value_t = 12,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub user_quota: u64,
     /// Live allocations the node holds at most.
-    #[arg(long, env = "TURN_NODE_TOTAL_QUOTA", default_value_t = 10_000,
+    #[arg(long, default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub total_quota: u64,
     /// Peer networks allowed although denied by default, comma-separated CIDRs
     /// (e.g. 127.0.0.0/8 for tests).
-    #[arg(long, env = "TURN_NODE_ALLOW_PEER", default_value = "", value_parser = parse_allow_list)]
+    #[arg(long, default_value = "", value_parser = parse_allow_list)]
     pub allow_peer: AllowList,
-    /// Seconds a SIGTERM/SIGINT drain may last before remaining sessions are cut.
-    #[arg(long, env = "TURN_NODE_DRAIN_GRACE_SECS", default_value_t = 600)]
-    pub drain_grace_secs: u64,
-    /// Seconds after which a session without activity is dropped.
-    #[arg(long, env = "TURN_NODE_SESSION_IDLE_SECS", default_value_t = 3600)]
-    pub session_idle_secs: u64,
 }
 
 impl Args {
     /// The shared node configuration these arguments describe.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
-        let node_id = match &self.node_id {
-            Some(id) => id.clone(),
-            None => default_node_id(NodeKind::Turn, &self.region)
-                .context("cannot make a node id from --region")?,
-        };
-        Ok(NodeConfig {
-            kind: NodeKind::Turn,
-            node_id,
-            region: self.region.clone(),
-            zone: self
-                .zone
-                .clone()
-                .unwrap_or_else(|| format!("{}a", self.region)),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            controller: self.controller.clone(),
-            controller_name: self.controller_name.clone(),
-            controller_cert: self.controller_cert.clone(),
-            cluster_secret: self.cluster_secret.clone(),
-            capacity: self.capacity,
-            http_listen: self.http_listen,
-            report_interval: Duration::from_millis(self.report_interval_ms),
-            drain_grace: Duration::from_secs(self.drain_grace_secs),
-            session_idle: Duration::from_secs(self.session_idle_secs),
-        })
+        self.node
+            .node_config(NodeKind::Turn)
+            .context("cannot make a node id from --region")
     }
 
     /// The TURN URLs this node advertises, for the configured ports.
@@ -195,7 +133,7 @@ impl Args {
 
     /// The TURN URLs for these (bound) ports: UDP and TCP on `turn_port`, TLS on `tls_port`.
     pub fn addresses_for(&self, turn_port: u16, tls_port: Option<u16>) -> Vec<String> {
-        let turn = SocketAddr::new(self.public_ip, turn_port);
+        let turn = SocketAddr::new(self.node.public_ip, turn_port);
         let mut urls = vec![
             format!("turn:{turn}?transport=udp"),
             format!("turn:{turn}?transport=tcp"),
@@ -203,7 +141,7 @@ impl Args {
         if let Some(port) = tls_port {
             urls.push(format!(
                 "turns:{}?transport=tcp",
-                SocketAddr::new(self.public_ip, port)
+                SocketAddr::new(self.node.public_ip, port)
             ));
         }
         urls
@@ -227,7 +165,7 @@ impl Args {
         };
         Ok(RelayConfig {
             listen_ip: self.listen_ip,
-            relay_ip: self.relay_ip.unwrap_or(self.public_ip),
+            relay_ip: self.relay_ip.unwrap_or(self.node.public_ip),
             turn_port: self.turn_port,
             tls,
             relay_ports: (self.relay_min_port, self.relay_max_port),
@@ -269,6 +207,7 @@ pub fn init_process() {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::time::Duration;
 
     #[test]
     fn defaults_follow_the_region() {
@@ -299,7 +238,7 @@ mod tests {
         assert_eq!(relay.realm, "fleet");
         assert_eq!(relay.user_quota, 12);
         assert_eq!(relay.total_quota, 10_000);
-        assert_eq!(relay.relay_ip, args.public_ip);
+        assert_eq!(relay.relay_ip, args.node.public_ip);
         assert_eq!(relay.listen_ip.to_string(), "127.0.0.1");
         assert!(relay.tls.is_none());
         assert!(relay.policy.allow_list().is_empty());
@@ -401,5 +340,48 @@ mod tests {
             ]
         );
         assert_eq!(args.addresses_for(4000, None).len(), 2);
+    }
+
+    #[test]
+    fn a_typed_launch_parses_back_to_itself() {
+        use clap::{CommandFactory, Parser};
+        use fleet_node::launch::as_flags;
+        use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
+        let launch = NodeLaunch {
+            node: NodeArgs {
+                node_id: Some("n-1".parse().expect("id")),
+                region: "eu-west-1".into(),
+                zone: Some("eu-west-1b".into()),
+                controller: "127.0.0.1:4433".into(),
+                controller_name: "ctl".into(),
+                controller_cert: "/c.pem".into(),
+                cluster_secret: "cluster".into(),
+                capacity: 77,
+                http_listen: "127.0.0.1:9000".parse().expect("addr"),
+                public_ip: "192.0.2.1".parse().expect("ip"),
+                report_interval_ms: 300,
+                drain_grace_secs: 60,
+                session_idle_secs: 120,
+            },
+            kind: KindLaunch::Turn {
+                auth_secret: "a1,a2".into(),
+                turn_port: 3479,
+                allow_peer: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            },
+        };
+        let args = Args::try_parse_from(as_flags(&launch)).expect("parses");
+        assert_eq!(args.node, launch.node);
+        assert_eq!(args.turn_port, 3479);
+        assert_eq!(args.auth_secret.len(), 2);
+        assert_eq!(args.allow_peer.0.len(), 2);
+        // Every variable the launch sets is one the node reads.
+        let cmd = fleet_node::with_env_prefix(Args::command(), launch.kind());
+        for (name, _) in launch.env() {
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_env().is_some_and(|e| e.to_string_lossy() == name)),
+                "{name} is not read"
+            );
+        }
     }
 }

@@ -10,21 +10,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_proto::NodeKind;
-
-/// What to start.
-#[derive(Debug, Clone)]
-pub struct LocalNodeSpec {
-    pub kind: NodeKind,
-    pub node_id: String,
-    /// Command-line arguments after the subcommand.
-    pub args: Vec<String>,
-    /// Environment (secrets go here, not on the command line, where `ps` shows them).
-    pub env: Vec<(String, String)>,
-}
+use fleet_node::NodeLaunch;
 
 struct Running {
-    spec: LocalNodeSpec,
+    spec: NodeLaunch,
     child: tokio::process::Child,
 }
 
@@ -49,22 +38,19 @@ impl LocalProcessProvider {
     }
 
     /// Starts one node; returns its pid.
-    pub fn spawn(&mut self, spec: LocalNodeSpec) -> anyhow::Result<u32> {
-        let log_path = self.log_dir.join(format!("{}.log", spec.node_id));
+    pub fn spawn(&mut self, spec: NodeLaunch) -> anyhow::Result<u32> {
+        let name = spec.name();
+        let log_path = self.log_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let log2 = log.try_clone()?;
-        let sub = match spec.kind {
-            NodeKind::Media => "media-node",
-            NodeKind::Turn => "turn-node",
-        };
         let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.arg(sub)
-            .args(&spec.args)
-            .envs(spec.env.iter().cloned())
+        cmd.arg(spec.subcommand())
+            .args(spec.args())
+            .envs(spec.env())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -80,11 +66,10 @@ impl LocalProcessProvider {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {}", spec.node_id))?;
+            .with_context(|| format!("cannot start {name}"))?;
         let pid = child.id().unwrap_or(0);
-        tracing::info!(node = %spec.node_id, pid, log = %log_path.display(), "started node process");
-        self.nodes
-            .insert(spec.node_id.clone(), Running { spec, child });
+        tracing::info!(node = %name, pid, log = %log_path.display(), "started node process");
+        self.nodes.insert(name, Running { spec, child });
         Ok(pid)
     }
 
@@ -94,7 +79,7 @@ impl LocalProcessProvider {
     }
 
     /// Children that exited since the last call, removed from the provider with their specs.
-    pub fn reap(&mut self) -> Vec<(LocalNodeSpec, ExitStatus)> {
+    pub fn reap(&mut self) -> Vec<(NodeLaunch, ExitStatus)> {
         let mut done = Vec::new();
         for (id, r) in self.nodes.iter_mut() {
             if let Ok(Some(status)) = r.child.try_wait() {
@@ -124,7 +109,7 @@ impl LocalProcessProvider {
         for r in self.nodes.values_mut() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if tokio::time::timeout(left, r.child.wait()).await.is_err() {
-                tracing::warn!(node = %r.spec.node_id, "node did not stop in time: killing it");
+                tracing::warn!(node = %r.spec.name(), "node did not stop in time: killing it");
                 let _ = r.child.kill().await;
             }
         }
