@@ -1,12 +1,17 @@
-//! The media node: a WebRTC SFU ([`sfu`], on `webrtc` 0.17.2 for its ICE UDP mux: all media on
-//! one UDP port) with WHIP-style signaling ([`signaling`]) guarded by the controller's join
-//! tokens (`fleet_proto::join_token`, checked offline), that registers with the controller, reports its load
-//! and obeys drains (a draining node refuses joins to new sessions, admits joins to existing
-//! ones and exits when its last peer connection ends).
+//! The media node: a WebRTC SFU with WHIP-style signaling ([`signaling`]) guarded by the
+//! controller's join tokens (checked offline, once per request: [`admission`]), that registers
+//! with the controller, reports its load and obeys drains (a draining node refuses joins to new
+//! sessions, admits joins to existing ones and exits when its last peer connection ends).
+//!
+//! The SFU is split by job: [`room`] is the pure core (who is in a session, which slot carries
+//! whom, the keyframe-request throttle), [`meter`] the pure traffic meters, and [`sfu`] the
+//! engine glue on `webrtc` 0.17.2 (chosen for its ICE UDP mux: all media on one UDP port). A
+//! second engine would sit beside [`sfu`] and reuse the room and the meters.
 //!
 //! Everything it shares with the TURN node (session state, drain rules, HTTP health/metrics,
-//! the controller link) lives in `fleet_node`; this crate maps its command line onto
-//! that and advertises `http://<public-ip>:<http-port>` as its address.
+//! the controller link) lives in `fleet_node`; this crate maps its command line onto that and
+//! advertises `http://<public-ip>:<http-port>` as its address. May depend on: `fleet-node`,
+//! `fleet-proto`, webrtc 0.17; never on the controller.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +20,10 @@ use anyhow::Context;
 use fleet_node::{Node, NodeArgs, NodeConfig};
 use fleet_proto::ids::NodeKind;
 
+pub mod admission;
+pub mod meter;
 pub mod offer;
+pub mod room;
 pub mod sfu;
 pub mod signaling;
 

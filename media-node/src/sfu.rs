@@ -1,15 +1,18 @@
-//! The selective forwarding unit on `webrtc` 0.17.2 (the mature tokio API, chosen because it
-//! has an ICE UDP mux: every participant of every session shares one UDP port).
+//! The SFU's engine glue on `webrtc` 0.17.2 (the mature tokio API, chosen because it has an ICE
+//! UDP mux: every participant of every session shares one UDP port). Who forwards to whom is the
+//! pure [`Room`](crate::room::Room); rates are the pure [`meter`](crate::meter); this module
+//! turns them into peer connections, tracks and packets. A second engine would sit beside it
+//! and reuse both.
 //!
 //! Each participant has one `RTCPeerConnection`. Every offered m-line that can receive media
-//! becomes a *slot*: a sendonly-from-the-node `TrackLocalStaticRTP` attached before the answer
-//! is made. Slots are bound to the other participants of the session (one slot per other
-//! participant), so a participant who publishes later is forwarded into slots that were
-//! negotiated up front: no renegotiation is needed for 1:1, and a group call works when each
-//! client offers one extra recvonly audio+video pair per other participant it expects.
-//! Every RTP packet read from a participant's remote track is written to the slots bound to
-//! it; PLI/FIR read from a slot's sender is sent to the publisher as a PLI for its video SSRC.
-//! NACK/retransmission and receiver reports come from the crate's default interceptors.
+//! becomes part of a *slot*: a sendonly-from-the-node `TrackLocalStaticRTP` attached before the
+//! answer is made. The room binds slots to the other participants, so a participant who
+//! publishes later is forwarded into slots negotiated up front: no renegotiation is needed for
+//! 1:1, and a group call works when each client offers one extra recvonly audio+video pair per
+//! other participant it expects. Every RTP packet read from a participant's remote track is
+//! written to the slots bound to it; PLI/FIR read from a slot's sender is sent to the publisher
+//! as a PLI for its video SSRC. NACK/retransmission and receiver reports come from the crate's
+//! default interceptors.
 //!
 //! The node core learns the live sessions through [`DataPlane::live_sessions`]: a session ends
 //! on the node (and so at the controller) when its last participant leaves or its connection
@@ -45,11 +48,16 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_remote::TrackRemote;
 
-use crate::offer::{OfferError, check_offer};
-use fleet_proto::join_token::{JoinVerifier, TokenError};
+use crate::admission::{Admission, Gate, JoinError};
+use crate::meter::{RateMeter, SeqTracker, Totals};
+use crate::offer::{OfferSummary, check_offer};
+use crate::room::Room;
+use fleet_proto::join_token::TokenError;
 
 /// How long the answer waits for ICE gathering (local host candidates on the mux: fast).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,12 +69,8 @@ const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(15);
 const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// Kernel receive and send buffer asked for on the media socket.
 const MEDIA_SOCKET_BUFFER: usize = 8 << 20;
-/// Shortest interval bitrates and loss are computed over.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Offers (joins and renegotiations) handled at once; more get 503 `busy`.
 const MAX_CONCURRENT_OFFERS: usize = 32;
-/// At most one PLI per slot in this interval.
-const PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
 
 /// The SFU's configuration.
 #[derive(Debug, Clone)]
@@ -83,68 +87,11 @@ pub struct SfuConfig {
     pub media_port: u16,
 }
 
-/// Why a join or leave was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    /// Bad or inapplicable join token.
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    /// Bad offer.
-    #[error(transparent)]
-    Offer(#[from] OfferError),
-    /// The node is draining and the session is not hosted here.
-    #[error("media node is draining: it admits joins to its existing sessions only")]
-    Draining,
-    /// The session is full.
-    #[error("session already has {0} participants, the most allowed")]
-    Full(usize),
-    /// The participant is not in the session.
-    #[error("no such participant in this session")]
-    NotFound,
-    /// The WebRTC stack refused the offer.
-    #[error("offer refused by the WebRTC stack: {0}")]
-    Rejected(String),
-    /// Too many offers are being handled at once.
-    #[error("media node is busy with other offers: retry in a second")]
-    Busy,
-    /// Something failed inside the node.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl JoinError {
-    /// HTTP status.
-    pub fn status(&self) -> u16 {
-        match self {
-            JoinError::Token(e) => e.status(),
-            JoinError::Offer(_) | JoinError::Rejected(_) => 400,
-            JoinError::Draining | JoinError::Full(_) => 403,
-            JoinError::NotFound => 404,
-            JoinError::Busy => 503,
-            JoinError::Internal(_) => 500,
-        }
-    }
-
-    /// Machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            JoinError::Token(e) => e.code(),
-            JoinError::Offer(e) => e.code(),
-            JoinError::Draining => "draining",
-            JoinError::Full(_) => "session_full",
-            JoinError::NotFound => "unknown_participant",
-            JoinError::Rejected(_) => "offer_rejected",
-            JoinError::Busy => "busy",
-            JoinError::Internal(_) => "internal",
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Packet and byte counters.
+/// Packet and byte counters, shared by every forwarding task.
 #[derive(Debug, Default)]
 struct Stats {
     packets_in: AtomicU64,
@@ -157,33 +104,13 @@ struct Stats {
     tracks: AtomicU64,
 }
 
-/// Counts the packets a publisher's RTP sequence numbers say were sent: the extended highest
-/// sequence number's advance (RFC 3550 A.3, without the probation rules).
-#[derive(Debug, Default)]
-struct SeqTracker {
-    highest: Option<u64>,
-}
-
-impl SeqTracker {
-    /// Records `seq`; returns how many packets it adds to the expected count.
-    fn observe(&mut self, seq: u16) -> u64 {
-        let Some(highest) = self.highest else {
-            self.highest = Some(u64::from(seq) + (1 << 16));
-            return 1;
-        };
-        let cycle = highest & !0xffff;
-        // The candidate nearest to the highest so far, in this cycle or a neighbouring one.
-        let candidates = [cycle.saturating_sub(1 << 16), cycle, cycle + (1 << 16)];
-        let ext = candidates
-            .iter()
-            .map(|c| c + u64::from(seq))
-            .min_by_key(|e| e.abs_diff(highest))
-            .unwrap_or(highest);
-        if ext > highest {
-            self.highest = Some(ext);
-            ext - highest
-        } else {
-            0
+impl Stats {
+    fn totals(&self) -> Totals {
+        Totals {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            packets_in: self.packets_in.load(Ordering::Relaxed),
+            packets_expected: self.packets_expected.load(Ordering::Relaxed),
         }
     }
 }
@@ -197,69 +124,55 @@ impl Drop for TrackGuard {
     }
 }
 
-/// A forwarding slot: tracks sent to a subscriber, bound to one other participant.
-struct Slot {
+/// The tracks of one slot, sent to the subscriber that negotiated it.
+struct SlotTracks {
     audio: Option<Arc<TrackLocalStaticRTP>>,
     video: Option<Arc<TrackLocalStaticRTP>>,
-    bound: Mutex<Option<String>>,
-    last_pli: Mutex<Option<Instant>>,
 }
 
 type Sinks = RwLock<Arc<Vec<Arc<TrackLocalStaticRTP>>>>;
 
-/// One participant: its peer connection, its slots and where its media goes.
-struct Participant {
-    pid: String,
-    generation: u64,
+/// One participant's connection: its peer connection, its slots' tracks and where its own
+/// media goes (the tracks of the slots the room bound to it).
+struct Peer {
     pc: Arc<RTCPeerConnection>,
-    slots: Vec<Slot>,
+    slots: Vec<SlotTracks>,
     audio_sinks: Sinks,
     video_sinks: Sinks,
     video_ssrc: AtomicU32,
 }
 
-/// A hosted session.
+/// A hosted session: the room and the connections of its members.
+#[derive(Default)]
 struct Session {
-    participants: Mutex<BTreeMap<String, Arc<Participant>>>,
+    state: Mutex<SessionState>,
 }
 
-impl Session {
-    /// Binds every participant's free slots to the others and recomputes each one's sinks.
-    fn rewire(&self) {
-        let parts = lock(&self.participants);
-        for q in parts.values() {
-            for s in &q.slots {
-                let mut b = lock(&s.bound);
-                if b.as_ref().is_some_and(|p| !parts.contains_key(p)) {
-                    *b = None;
-                }
-            }
-        }
-        for q in parts.values() {
-            for p in parts.keys().filter(|p| **p != q.pid) {
-                if q.slots.iter().any(|s| lock(&s.bound).as_ref() == Some(p)) {
-                    continue;
-                }
-                if let Some(free) = q.slots.iter().find(|s| lock(&s.bound).is_none()) {
-                    *lock(&free.bound) = Some(p.clone());
-                }
-            }
-        }
-        for p in parts.values() {
+#[derive(Default)]
+struct SessionState {
+    room: Room,
+    peers: BTreeMap<ParticipantId, Arc<Peer>>,
+}
+
+impl SessionState {
+    /// Points every peer's forwarding at the slot tracks the room binds to it.
+    fn apply_routes(&self) {
+        for (pid, peer) in &self.peers {
             let mut audio = Vec::new();
             let mut video = Vec::new();
-            for q in parts.values().filter(|q| q.pid != p.pid) {
-                for s in q
-                    .slots
-                    .iter()
-                    .filter(|s| lock(&s.bound).as_deref() == Some(p.pid.as_str()))
-                {
-                    audio.extend(s.audio.clone());
-                    video.extend(s.video.clone());
-                }
+            for sink in self.room.sinks_of(pid) {
+                let Some(slot) = self
+                    .peers
+                    .get(&sink.subscriber)
+                    .and_then(|s| s.slots.get(sink.slot))
+                else {
+                    continue;
+                };
+                audio.extend(slot.audio.clone());
+                video.extend(slot.video.clone());
             }
-            *p.audio_sinks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(audio);
-            *p.video_sinks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(video);
+            *peer.audio_sinks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(audio);
+            *peer.video_sinks.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(video);
         }
     }
 }
@@ -267,29 +180,16 @@ impl Session {
 /// The SFU: sessions, their participants, the shared UDP mux and counters.
 pub struct Sfu {
     api: API,
-    verifier: JoinVerifier,
+    gate: Gate,
     max_participants: usize,
     draining: AtomicBool,
-    sessions: Mutex<BTreeMap<String, Arc<Session>>>,
+    sessions: Mutex<BTreeMap<SessionId, Arc<Session>>>,
     stats: Arc<Stats>,
     generation: AtomicU64,
     udp_addr: SocketAddr,
-    rates: Mutex<RateMark>,
+    rates: Mutex<RateMeter>,
     /// Bounds the offers handled at once (each costs a peer connection and ICE gathering).
     offers: tokio::sync::Semaphore,
-}
-
-/// The counters when the rates were last computed, and those rates.
-#[derive(Debug)]
-struct RateMark {
-    at: Instant,
-    bytes_in: u64,
-    bytes_out: u64,
-    packets_in: u64,
-    expected: u64,
-    bitrate_in_bps: u64,
-    bitrate_out_bps: u64,
-    loss: f32,
 }
 
 impl std::fmt::Debug for Sfu {
@@ -350,7 +250,7 @@ impl Sfu {
             .build();
         Ok(Arc::new(Sfu {
             api,
-            verifier: JoinVerifier::new(&config.join_secret, &config.node_id),
+            gate: Gate::new(&config.join_secret, &config.node_id),
             max_participants: config.max_participants.max(1),
             draining: AtomicBool::new(false),
             sessions: Mutex::new(BTreeMap::new()),
@@ -358,16 +258,7 @@ impl Sfu {
             generation: AtomicU64::new(0),
             udp_addr: SocketAddr::new(config.public_ip, port),
             offers: tokio::sync::Semaphore::new(MAX_CONCURRENT_OFFERS),
-            rates: Mutex::new(RateMark {
-                at: Instant::now(),
-                bytes_in: 0,
-                bytes_out: 0,
-                packets_in: 0,
-                expected: 0,
-                bitrate_in_bps: 0,
-                bitrate_out_bps: 0,
-                loss: 0.0,
-            }),
+            rates: Mutex::new(RateMeter::new(Instant::now())),
         }))
     }
 
@@ -376,89 +267,128 @@ impl Sfu {
         self.udp_addr
     }
 
-    /// Checks a bearer token for (sid, pid).
-    pub fn authorize(&self, token: Option<&str>, sid: &str, pid: &str) -> Result<(), TokenError> {
-        let token = token.ok_or(TokenError::Missing)?;
-        self.verifier.verify(token, sid, pid).map(|_| ())
+    /// Checks a bearer join token for `participant` joining `session` (once per request).
+    pub fn admit(
+        &self,
+        token: Option<&str>,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<Admission, TokenError> {
+        self.gate.admit(token, session, participant)
     }
 
-    /// Number of live participants (peer connections) over all sessions.
-    pub fn participant_count(&self) -> usize {
-        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
-        sessions.iter().map(|s| lock(&s.participants).len()).sum()
+    fn session(&self, id: &SessionId) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(id).cloned()
     }
 
     /// Participant ids per hosted session.
-    pub fn sessions(&self) -> Vec<(String, Vec<String>)> {
-        let sessions: Vec<(String, Arc<Session>)> = lock(&self.sessions)
+    pub fn sessions(&self) -> Vec<(SessionId, Vec<ParticipantId>)> {
+        let sessions: Vec<(SessionId, Arc<Session>)> = lock(&self.sessions)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         sessions
             .into_iter()
-            .map(|(id, s)| (id, lock(&s.participants).keys().cloned().collect()))
+            .map(|(id, s)| (id, lock(&s.state).room.participants().cloned().collect()))
             .collect()
     }
 
-    fn session_for_join(&self, sid: &str, pid: &str) -> Result<Arc<Session>, JoinError> {
+    /// Number of live participants (peer connections) over all sessions.
+    pub fn participant_count(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        sessions.iter().map(|s| lock(&s.state).room.len()).sum()
+    }
+
+    /// The session to join: hosted already, or new unless the node drains; refused when full.
+    fn session_for_join(&self, who: &Admission) -> Result<Arc<Session>, JoinError> {
         let mut sessions = lock(&self.sessions);
-        let session = match sessions.get(sid) {
+        let session = match sessions.get(who.session()) {
             Some(s) => s.clone(),
             None if self.draining.load(Ordering::SeqCst) => return Err(JoinError::Draining),
             None => {
-                let s = Arc::new(Session {
-                    participants: Mutex::new(BTreeMap::new()),
-                });
-                sessions.insert(sid.to_owned(), s.clone());
+                let s = Arc::new(Session::default());
+                sessions.insert(who.session().clone(), s.clone());
                 s
             }
         };
-        let parts = lock(&session.participants);
-        if parts.len() >= self.max_participants && !parts.contains_key(pid) {
+        if !lock(&session.state)
+            .room
+            .admits(who.participant(), self.max_participants)
+        {
             return Err(JoinError::Full(self.max_participants));
         }
-        drop(parts);
         Ok(session)
     }
 
-    fn drop_if_empty(&self, sid: &str) {
+    fn drop_if_empty(&self, id: &SessionId) {
         let mut sessions = lock(&self.sessions);
         if sessions
-            .get(sid)
-            .is_some_and(|s| lock(&s.participants).is_empty())
+            .get(id)
+            .is_some_and(|s| lock(&s.state).room.is_empty())
         {
-            sessions.remove(sid);
-            tracing::info!(session = sid, "session ended");
+            sessions.remove(id);
+            tracing::info!(session = %id, "session ended");
         }
     }
 
-    /// Admits `pid` to `sid` with an SDP offer; returns the SDP answer.
-    pub async fn join(
-        self: &Arc<Self>,
-        sid: &str,
-        pid: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> Result<String, JoinError> {
-        self.authorize(token, sid, pid)?;
+    /// Admits a participant with an SDP offer; returns the SDP answer.
+    pub async fn join(self: &Arc<Self>, who: &Admission, body: &[u8]) -> Result<String, JoinError> {
         let (offer, summary) = check_offer(body)?;
         let _permit = self.offers.try_acquire().map_err(|_| JoinError::Busy)?;
-        let session = self.session_for_join(sid, pid)?;
-        let result = self.connect(&session, sid, pid, offer, summary).await;
+        let session = self.session_for_join(who)?;
+        let result = self.connect(&session, who, offer, summary).await;
         if result.is_err() {
-            self.drop_if_empty(sid);
+            self.drop_if_empty(who.session());
         }
         result
     }
 
+    /// A new peer connection for `who`, wired to forward and to be forwarded to, answering
+    /// `offer`; once answered, it joins the session's room.
     async fn connect(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        sid: &str,
-        pid: &str,
+        who: &Admission,
         offer: String,
-        summary: crate::offer::OfferSummary,
+        summary: OfferSummary,
     ) -> Result<String, JoinError> {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+        let (peer, senders) = self.new_peer(&summary).await?;
+        for (slot, sender) in senders {
+            watch_feedback(session, who.participant(), slot, sender);
+        }
+        forward_media(&peer, &self.stats);
+        self.watch_connection(&peer, who, generation);
+        let answer = match negotiate(&peer.pc, offer).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = peer.pc.close().await;
+                return Err(e);
+            }
+        };
+        let replaced = {
+            let mut state = lock(&session.state);
+            let slots = peer.slots.len();
+            state
+                .room
+                .insert(who.participant().clone(), generation, slots);
+            let replaced = state.peers.insert(who.participant().clone(), peer);
+            state.apply_routes();
+            replaced
+        };
+        if let Some(old) = replaced {
+            let _ = old.pc.close().await;
+        }
+        tracing::info!(session = %who.session(), participant = %who.participant(), "participant joined");
+        Ok(answer)
+    }
+
+    /// A peer connection with one slot per receivable m-line pair of the offer (at most one
+    /// per other participant the session can hold), and the slots' senders.
+    async fn new_peer(
+        &self,
+        summary: &OfferSummary,
+    ) -> Result<(Arc<Peer>, Vec<(usize, Arc<RTCRtpSender>)>), JoinError> {
         let internal = |e: webrtc::Error| JoinError::Internal(e.to_string());
         let pc = Arc::new(
             self.api
@@ -466,7 +396,6 @@ impl Sfu {
                 .await
                 .map_err(internal)?,
         );
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst);
         let video_mime = if summary.vp8 {
             MIME_TYPE_VP8
         } else {
@@ -498,44 +427,159 @@ impl Sfu {
                     .map_err(internal)?;
                 senders.push((i, sender));
             }
-            slots.push(Slot {
-                audio,
-                video,
-                bound: Mutex::new(None),
-                last_pli: Mutex::new(None),
-            });
+            slots.push(SlotTracks { audio, video });
         }
-        let participant = Arc::new(Participant {
-            pid: pid.to_owned(),
-            generation,
-            pc: pc.clone(),
+        let peer = Arc::new(Peer {
+            pc,
             slots,
             audio_sinks: RwLock::new(Arc::new(Vec::new())),
             video_sinks: RwLock::new(Arc::new(Vec::new())),
             video_ssrc: AtomicU32::new(0),
         });
+        Ok((peer, senders))
+    }
 
-        // Subscriber feedback: PLI/FIR on a slot goes to the publisher bound to it.
-        for (slot, sender) in senders {
-            let weak_p = Arc::downgrade(&participant);
-            let weak_s = Arc::downgrade(session);
-            tokio::spawn(async move {
-                while let Ok((packets, _)) = sender.read_rtcp().await {
-                    let wants_keyframe = packets.iter().any(|p| {
-                        let any = p.as_any();
-                        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                    });
-                    if wants_keyframe {
-                        request_keyframe(&weak_p, &weak_s, slot).await;
+    /// A participant whose connection fails or closes leaves (that connection only: a rejoin
+    /// may have replaced it).
+    fn watch_connection(self: &Arc<Self>, peer: &Peer, who: &Admission, generation: u64) {
+        let weak_sfu = Arc::downgrade(self);
+        let who = who.clone();
+        peer.pc
+            .on_peer_connection_state_change(Box::new(move |state| {
+                let weak_sfu = weak_sfu.clone();
+                let who = who.clone();
+                Box::pin(async move {
+                    if matches!(
+                        state,
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                    ) && let Some(sfu) = weak_sfu.upgrade()
+                    {
+                        tracing::info!(session = %who.session(), participant = %who.participant(), ?state, "peer connection ended");
+                        sfu.remove(&who, Some(generation)).await;
                     }
-                }
-            });
-        }
+                })
+            }));
+    }
 
-        // Publisher media: forward to the slots bound to this participant.
-        let weak_p = Arc::downgrade(&participant);
-        let stats = self.stats.clone();
-        pc.on_track(Box::new(move |track, _receiver, _transceiver| {
+    /// ICE restart (or any renegotiation) of a joined participant: a new offer on its existing
+    /// connection; returns the new answer. Its slots and forwarding are unchanged.
+    pub async fn renegotiate(&self, who: &Admission, body: &[u8]) -> Result<String, JoinError> {
+        let (offer, _) = check_offer(body)?;
+        let _permit = self.offers.try_acquire().map_err(|_| JoinError::Busy)?;
+        let peer = self
+            .session(who.session())
+            .and_then(|s| lock(&s.state).peers.get(who.participant()).cloned())
+            .ok_or(JoinError::NotFound)?;
+        let answer = negotiate(&peer.pc, offer).await?;
+        tracing::info!(session = %who.session(), participant = %who.participant(), "participant renegotiated");
+        Ok(answer)
+    }
+
+    /// Removes a participant (only the given generation when set) and closes its connection.
+    async fn remove(&self, who: &Admission, generation: Option<u64>) -> bool {
+        let Some(session) = self.session(who.session()) else {
+            return false;
+        };
+        let removed = {
+            let mut state = lock(&session.state);
+            if !state.room.remove(who.participant(), generation) {
+                return false;
+            }
+            let removed = state.peers.remove(who.participant());
+            state.apply_routes();
+            removed
+        };
+        self.drop_if_empty(who.session());
+        if let Some(peer) = removed {
+            let _ = peer.pc.close().await;
+        }
+        tracing::info!(session = %who.session(), participant = %who.participant(), "participant left");
+        true
+    }
+
+    /// The admitted participant leaves.
+    pub async fn leave(&self, who: &Admission) -> Result<(), JoinError> {
+        if self.remove(who, None).await {
+            Ok(())
+        } else {
+            Err(JoinError::NotFound)
+        }
+    }
+}
+
+/// Answers `offer` on `pc` with a complete (non-trickle) answer: its ICE candidates gathered,
+/// or as many as came within [`GATHER_TIMEOUT`].
+async fn negotiate(pc: &RTCPeerConnection, offer: String) -> Result<String, JoinError> {
+    let rejected = |e: webrtc::Error| JoinError::Rejected(e.to_string());
+    let offer = RTCSessionDescription::offer(offer).map_err(rejected)?;
+    pc.set_remote_description(offer).await.map_err(rejected)?;
+    let answer = pc.create_answer(None).await.map_err(rejected)?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| JoinError::Internal(e.to_string()))?;
+    let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+    pc.local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| JoinError::Internal("no local description".into()))
+}
+
+/// Subscriber feedback: PLI/FIR on `slot` of `subscriber` becomes a PLI to the publisher the
+/// room binds to it (throttled by the room).
+fn watch_feedback(
+    session: &Arc<Session>,
+    subscriber: &ParticipantId,
+    slot: usize,
+    sender: Arc<RTCRtpSender>,
+) {
+    let weak_s = Arc::downgrade(session);
+    let subscriber = subscriber.clone();
+    tokio::spawn(async move {
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            let wants_keyframe = packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            });
+            if wants_keyframe {
+                request_keyframe(&weak_s, &subscriber, slot).await;
+            }
+        }
+    });
+}
+
+/// Sends a PLI to the publisher bound to `slot` of `subscriber`.
+async fn request_keyframe(weak_s: &Weak<Session>, subscriber: &ParticipantId, slot: usize) {
+    let Some(session) = weak_s.upgrade() else {
+        return;
+    };
+    let publisher = {
+        let mut state = lock(&session.state);
+        state
+            .room
+            .keyframe_request(subscriber, slot, Instant::now())
+            .and_then(|p| state.peers.get(&p).cloned())
+    };
+    let Some(publisher) = publisher else { return };
+    let media_ssrc = publisher.video_ssrc.load(Ordering::Relaxed);
+    if media_ssrc != 0 {
+        let _ = publisher
+            .pc
+            .write_rtcp(&[Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            })])
+            .await;
+    }
+}
+
+/// Publisher media: every remote track of `peer` is read and each packet written to the
+/// tracks of the slots bound to it.
+fn forward_media(peer: &Arc<Peer>, stats: &Arc<Stats>) {
+    let weak_p = Arc::downgrade(peer);
+    let stats = stats.clone();
+    peer.pc
+        .on_track(Box::new(move |track, _receiver, _transceiver| {
             let weak_p = weak_p.clone();
             let stats = stats.clone();
             Box::pin(async move {
@@ -547,157 +591,44 @@ impl Sfu {
                 if video && let Some(p) = weak_p.upgrade() {
                     p.video_ssrc.store(track.ssrc(), Ordering::Relaxed);
                 }
-                tokio::spawn(async move {
-                    stats.tracks.fetch_add(1, Ordering::Relaxed);
-                    let _guard = TrackGuard(stats.clone());
-                    let mut seq = SeqTracker::default();
-                    while let Ok((packet, _)) = track.read_rtp().await {
-                        let size = packet.payload.len() as u64 + 12;
-                        stats.packets_in.fetch_add(1, Ordering::Relaxed);
-                        stats.bytes_in.fetch_add(size, Ordering::Relaxed);
-                        let expected = seq.observe(packet.header.sequence_number);
-                        stats
-                            .packets_expected
-                            .fetch_add(expected, Ordering::Relaxed);
-                        let Some(p) = weak_p.upgrade() else { break };
-                        let sinks = if video {
-                            p.video_sinks
-                                .read()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .clone()
-                        } else {
-                            p.audio_sinks
-                                .read()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .clone()
-                        };
-                        drop(p);
-                        for sink in sinks.iter() {
-                            if let Ok(n) = sink.write_rtp(&packet).await
-                                && n > 0
-                            {
-                                stats.packets_out.fetch_add(1, Ordering::Relaxed);
-                                stats.bytes_out.fetch_add(size, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(forward_track(track, video, weak_p, stats));
             })
         }));
+}
 
-        // A participant whose connection fails or closes leaves.
-        let weak_sfu = Arc::downgrade(self);
-        let (sid_owned, pid_owned) = (sid.to_owned(), pid.to_owned());
-        pc.on_peer_connection_state_change(Box::new(move |state| {
-            let weak_sfu = weak_sfu.clone();
-            let (sid, pid) = (sid_owned.clone(), pid_owned.clone());
-            Box::pin(async move {
-                if matches!(
-                    state,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                ) && let Some(sfu) = weak_sfu.upgrade()
-                {
-                    tracing::info!(session = %sid, participant = %pid, ?state, "peer connection ended");
-                    sfu.remove(&sid, &pid, Some(generation)).await;
-                }
-            })
-        }));
-
-        let offer =
-            RTCSessionDescription::offer(offer).map_err(|e| JoinError::Rejected(e.to_string()))?;
-        let answer = async {
-            pc.set_remote_description(offer)
-                .await
-                .map_err(|e| JoinError::Rejected(e.to_string()))?;
-            let answer = pc
-                .create_answer(None)
-                .await
-                .map_err(|e| JoinError::Rejected(e.to_string()))?;
-            let mut gathered = pc.gathering_complete_promise().await;
-            pc.set_local_description(answer).await.map_err(internal)?;
-            let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
-            pc.local_description()
-                .await
-                .map(|d| d.sdp)
-                .ok_or_else(|| JoinError::Internal("no local description".into()))
-        }
-        .await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = pc.close().await;
-                return Err(e);
-            }
-        };
-
-        let replaced = lock(&session.participants).insert(pid.to_owned(), participant);
-        session.rewire();
-        if let Some(old) = replaced {
-            let _ = old.pc.close().await;
-        }
-        tracing::info!(session = sid, participant = pid, "participant joined");
-        Ok(answer)
-    }
-
-    /// ICE restart (or any renegotiation) of a joined participant: a new offer on its existing
-    /// connection; returns the new answer. Its slots and forwarding are unchanged.
-    pub async fn renegotiate(
-        &self,
-        sid: &str,
-        pid: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> Result<String, JoinError> {
-        self.authorize(token, sid, pid)?;
-        let (offer, _) = check_offer(body)?;
-        let _permit = self.offers.try_acquire().map_err(|_| JoinError::Busy)?;
-        let session = lock(&self.sessions).get(sid).cloned();
-        let participant = session
-            .and_then(|s| lock(&s.participants).get(pid).cloned())
-            .ok_or(JoinError::NotFound)?;
-        let pc = &participant.pc;
-        let rejected = |e: webrtc::Error| JoinError::Rejected(e.to_string());
-        let offer = RTCSessionDescription::offer(offer).map_err(rejected)?;
-        pc.set_remote_description(offer).await.map_err(rejected)?;
-        let answer = pc.create_answer(None).await.map_err(rejected)?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| JoinError::Internal(e.to_string()))?;
-        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
-        tracing::info!(session = sid, participant = pid, "participant renegotiated");
-        pc.local_description()
-            .await
-            .map(|d| d.sdp)
-            .ok_or_else(|| JoinError::Internal("no local description".into()))
-    }
-
-    /// Removes a participant (only the given generation when set) and closes its connection.
-    async fn remove(&self, sid: &str, pid: &str, generation: Option<u64>) -> bool {
-        let session = lock(&self.sessions).get(sid).cloned();
-        let Some(session) = session else { return false };
-        let removed = {
-            let mut parts = lock(&session.participants);
-            match parts.get(pid) {
-                Some(p) if generation.is_none_or(|g| g == p.generation) => parts.remove(pid),
-                _ => None,
-            }
-        };
-        let Some(removed) = removed else { return false };
-        session.rewire();
-        self.drop_if_empty(sid);
-        let _ = removed.pc.close().await;
-        tracing::info!(session = sid, participant = pid, "participant left");
-        true
-    }
-
-    /// `pid` leaves `sid` (token checked).
-    pub async fn leave(&self, sid: &str, pid: &str, token: Option<&str>) -> Result<(), JoinError> {
-        self.authorize(token, sid, pid)?;
-        if self.remove(sid, pid, None).await {
-            Ok(())
+/// Reads one remote track until it ends, forwarding each packet.
+async fn forward_track(
+    track: Arc<TrackRemote>,
+    video: bool,
+    weak_p: Weak<Peer>,
+    stats: Arc<Stats>,
+) {
+    stats.tracks.fetch_add(1, Ordering::Relaxed);
+    let _guard = TrackGuard(stats.clone());
+    let mut seq = SeqTracker::default();
+    while let Ok((packet, _)) = track.read_rtp().await {
+        let size = packet.payload.len() as u64 + 12;
+        stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_in.fetch_add(size, Ordering::Relaxed);
+        let expected = seq.observe(packet.header.sequence_number);
+        stats
+            .packets_expected
+            .fetch_add(expected, Ordering::Relaxed);
+        let Some(p) = weak_p.upgrade() else { break };
+        let sinks = if video {
+            &p.video_sinks
         } else {
-            Err(JoinError::NotFound)
+            &p.audio_sinks
+        };
+        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        drop(p);
+        for sink in sinks.iter() {
+            if let Ok(n) = sink.write_rtp(&packet).await
+                && n > 0
+            {
+                stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -752,75 +683,15 @@ async fn outbound_ip(public_ip: IpAddr) -> IpAddr {
     probe.await.unwrap_or(public_ip)
 }
 
-/// Sends a PLI to the publisher bound to `slot` of the subscriber `weak_p`.
-async fn request_keyframe(weak_p: &Weak<Participant>, weak_s: &Weak<Session>, slot: usize) {
-    let (Some(sub), Some(session)) = (weak_p.upgrade(), weak_s.upgrade()) else {
-        return;
-    };
-    let Some(slot) = sub.slots.get(slot) else {
-        return;
-    };
-    {
-        let mut last = lock(&slot.last_pli);
-        if last.is_some_and(|t| t.elapsed() < PLI_MIN_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-    }
-    let target = lock(&slot.bound).clone();
-    let Some(target) = target else { return };
-    let publisher = lock(&session.participants).get(&target).cloned();
-    let Some(publisher) = publisher else { return };
-    let media_ssrc = publisher.video_ssrc.load(Ordering::Relaxed);
-    if media_ssrc != 0 {
-        let _ = publisher
-            .pc
-            .write_rtcp(&[Box::new(PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc,
-            })])
-            .await;
-    }
-}
-
 impl DataPlane for Sfu {
     fn fill_load(&self, load: &mut Load) {
-        let packets_in = self.stats.packets_in.load(Ordering::Relaxed);
-        let packets_out = self.stats.packets_out.load(Ordering::Relaxed);
-        let bytes_in = self.stats.bytes_in.load(Ordering::Relaxed);
-        let bytes_out = self.stats.bytes_out.load(Ordering::Relaxed);
-        let expected = self.stats.packets_expected.load(Ordering::Relaxed);
-        let mut rates = lock(&self.rates);
-        // Rates cover at least RATE_WINDOW, whoever asks (reports, /metrics scrapes).
-        let elapsed = rates.at.elapsed();
-        if elapsed >= RATE_WINDOW {
-            let secs = elapsed.as_secs_f64();
-            let bps =
-                |now: u64, before: u64| (now.saturating_sub(before) as f64 * 8.0 / secs) as u64;
-            let expected_delta = expected.saturating_sub(rates.expected);
-            let received_delta = packets_in.saturating_sub(rates.packets_in);
-            *rates = RateMark {
-                at: Instant::now(),
-                bytes_in,
-                bytes_out,
-                packets_in,
-                expected,
-                bitrate_in_bps: bps(bytes_in, rates.bytes_in),
-                bitrate_out_bps: bps(bytes_out, rates.bytes_out),
-                loss: if expected_delta == 0 {
-                    0.0
-                } else {
-                    (expected_delta.saturating_sub(received_delta) as f64 / expected_delta as f64)
-                        as f32
-                },
-            };
-        }
+        // Rates cover at least a whole window, whoever asks (reports, /metrics scrapes).
+        let rates = lock(&self.rates).update(Instant::now(), self.stats.totals());
         load.bitrate_in_bps = rates.bitrate_in_bps;
         load.bitrate_out_bps = rates.bitrate_out_bps;
         load.loss = rates.loss;
-        drop(rates);
-        load.packets_in = packets_in;
-        load.packets_out = packets_out;
+        load.packets_in = self.stats.packets_in.load(Ordering::Relaxed);
+        load.packets_out = self.stats.packets_out.load(Ordering::Relaxed);
         load.participants = self.participant_count() as u64;
         load.tracks = self.stats.tracks.load(Ordering::Relaxed);
     }
@@ -829,15 +700,7 @@ impl DataPlane for Sfu {
         let live = self
             .sessions()
             .into_iter()
-            .filter_map(|(id, participants)| {
-                Some(LiveSession {
-                    id: SessionId::parse(&id).ok()?,
-                    participants: participants
-                        .iter()
-                        .filter_map(|p| ParticipantId::parse(p).ok())
-                        .collect(),
-                })
-            })
+            .map(|(id, participants)| LiveSession { id, participants })
             .collect();
         Some(live)
     }
@@ -858,27 +721,5 @@ impl DataPlane for Sfu {
 
     fn announce(&self) -> Vec<String> {
         vec![format!("MEDIA udp={}", self.udp_addr)]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SeqTracker;
-
-    #[test]
-    fn expected_packets_follow_sequence_numbers() {
-        let mut t = SeqTracker::default();
-        assert_eq!(t.observe(10), 1);
-        assert_eq!(t.observe(11), 1);
-        // Two lost, then a late duplicate/reordered packet adds nothing.
-        assert_eq!(t.observe(14), 3);
-        assert_eq!(t.observe(12), 0);
-        // Wrap-around.
-        let mut t = SeqTracker::default();
-        assert_eq!(t.observe(65_534), 1);
-        assert_eq!(t.observe(65_535), 1);
-        assert_eq!(t.observe(1), 2);
-        assert_eq!(t.observe(65_535), 0);
-        assert_eq!(t.observe(2), 1);
     }
 }

@@ -20,8 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
+use crate::admission::{Admission, JoinError, parse_ids};
 use crate::offer::MAX_SDP_BYTES;
-use crate::sfu::{JoinError, Sfu};
+use crate::sfu::Sfu;
 
 /// The SFU's routes, to merge into the node's HTTP server.
 pub fn routes(sfu: Arc<Sfu>) -> Router {
@@ -73,17 +74,21 @@ fn join_error(e: &JoinError) -> Response {
     response
 }
 
-/// The token check and content-type check every offer-carrying request shares.
-fn precheck<'h>(
+/// Parses the URL's ids and checks the join token for them: once per request.
+fn admit(sfu: &Sfu, sid: &str, pid: &str, headers: &HeaderMap) -> Result<Admission, JoinError> {
+    let (session, participant) = parse_ids(sid, pid)?;
+    Ok(sfu.admit(bearer(headers), session, participant)?)
+}
+
+/// What every offer-carrying request checks first: the ids and token, then that the body is
+/// declared as SDP.
+fn precheck(
     sfu: &Sfu,
     sid: &str,
     pid: &str,
-    headers: &'h HeaderMap,
-) -> Result<Option<&'h str>, Box<Response>> {
-    let token = bearer(headers);
-    if let Err(e) = sfu.authorize(token, sid, pid) {
-        return Err(Box::new(join_error(&JoinError::Token(e))));
-    }
+    headers: &HeaderMap,
+) -> Result<Admission, Box<Response>> {
+    let who = admit(sfu, sid, pid, headers).map_err(|e| Box::new(join_error(&e)))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +104,7 @@ fn precheck<'h>(
             "the body must be an SDP offer with Content-Type: application/sdp",
         )));
     }
-    Ok(token)
+    Ok(who)
 }
 
 fn sdp_response(status: StatusCode, answer: String) -> Response {
@@ -119,11 +124,11 @@ async fn renegotiate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = match precheck(&sfu, &sid, &pid, &headers) {
-        Ok(t) => t,
+    let who = match precheck(&sfu, &sid, &pid, &headers) {
+        Ok(who) => who,
         Err(r) => return *r,
     };
-    match sfu.renegotiate(&sid, &pid, token, &body).await {
+    match sfu.renegotiate(&who, &body).await {
         Ok(answer) => sdp_response(StatusCode::OK, answer),
         Err(e) => join_error(&e),
     }
@@ -135,11 +140,11 @@ async fn join(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = match precheck(&sfu, &sid, &pid, &headers) {
-        Ok(t) => t,
+    let who = match precheck(&sfu, &sid, &pid, &headers) {
+        Ok(who) => who,
         Err(r) => return *r,
     };
-    match sfu.join(&sid, &pid, token, &body).await {
+    match sfu.join(&who, &body).await {
         Ok(answer) => {
             let mut response = sdp_response(StatusCode::CREATED, answer);
             if let Ok(location) =
@@ -161,7 +166,11 @@ async fn leave(
     Path((sid, pid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    match sfu.leave(&sid, &pid, bearer(&headers)).await {
+    let left = match admit(&sfu, &sid, &pid, &headers) {
+        Ok(who) => sfu.leave(&who).await,
+        Err(e) => Err(e),
+    };
+    match left {
         Ok(()) => {
             let mut response = StatusCode::NO_CONTENT.into_response();
             cors(response.headers_mut());
