@@ -81,74 +81,17 @@ pub async fn run_reporter(
 ) {
     let mut hello = config.hello.clone();
     hello.auth = node_auth(&config.cluster_secret, &hello.node_id);
-    let bind: SocketAddr = if config.controller.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
     let mut endpoint: Option<quinn::Endpoint> = None;
     let (stopping_tx, stopping) = watch::channel(false);
-    let work = async {
-        let client_config = match client_config(config.pinned_cert.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                // Cannot happen with the ring provider; without TLS there is nothing to do.
-                tracing::error!(error = %e, "cannot build the link TLS config; not reporting");
-                return std::future::pending::<()>().await;
-            }
-        };
-        let mut seq = 0u64;
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            status.send_replace(LinkStatus::Connecting);
-            let ep = match &endpoint {
-                Some(ep) => ep.clone(),
-                None => match quinn::Endpoint::client(bind) {
-                    Ok(ep) => {
-                        endpoint = Some(ep.clone());
-                        ep
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot bind the link's UDP socket");
-                        sleep_backoff(&mut backoff).await;
-                        continue;
-                    }
-                },
-            };
-            let mut session = Session {
-                config: &config,
-                hello: &hello,
-                source: source.as_ref(),
-                status: &status,
-                seq: &mut seq,
-                welcomed: false,
-                stopping: stopping.clone(),
-            };
-            let result = session.run(&ep, client_config.clone()).await;
-            let welcomed = session.welcomed;
-            if *stopping.borrow() {
-                return;
-            }
-            match result {
-                Err(LinkError::Rejected(reason)) => {
-                    tracing::warn!(controller = %config.controller, %reason, "controller rejected this node");
-                    status.send_replace(LinkStatus::Rejected(reason));
-                }
-                Err(e) => {
-                    tracing::warn!(controller = %config.controller, error = %e, "link to controller lost");
-                    status.send_replace(LinkStatus::Connecting);
-                }
-                Ok(()) => {
-                    status.send_replace(LinkStatus::Connecting);
-                }
-            }
-            if welcomed {
-                backoff = BACKOFF_MIN;
-            }
-            sleep_backoff(&mut backoff).await;
-        }
-    };
     {
+        let work = keep_connected(
+            &config,
+            &hello,
+            source.as_ref(),
+            &status,
+            stopping,
+            &mut endpoint,
+        );
         tokio::pin!(work);
         tokio::select! {
             () = shutdown => {
@@ -164,6 +107,100 @@ pub async fn run_reporter(
     if let Some(ep) = endpoint {
         ep.close(close_code::NORMAL, b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    }
+}
+
+/// Connects, reports until the connection ends, and reconnects with backoff; returns only once
+/// `stopping` is set (after the session's last report).
+async fn keep_connected(
+    config: &ReporterConfig,
+    hello: &Hello,
+    source: &dyn ReportSource,
+    status: &watch::Sender<LinkStatus>,
+    stopping: watch::Receiver<bool>,
+    endpoint: &mut Option<quinn::Endpoint>,
+) {
+    let client_config = match client_config(config.pinned_cert.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Cannot happen with the ring provider; without TLS there is nothing to do.
+            tracing::error!(error = %e, "cannot build the link TLS config; not reporting");
+            return std::future::pending::<()>().await;
+        }
+    };
+    let mut seq = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        status.send_replace(LinkStatus::Connecting);
+        let Some(ep) = client_endpoint(endpoint, config.controller) else {
+            sleep_backoff(&mut backoff).await;
+            continue;
+        };
+        let mut session = Session {
+            config,
+            hello,
+            source,
+            status,
+            seq: &mut seq,
+            welcomed: false,
+            stopping: stopping.clone(),
+        };
+        let result = session.run(&ep, client_config.clone()).await;
+        let welcomed = session.welcomed;
+        if *stopping.borrow() {
+            return;
+        }
+        publish_outcome(config, status, result);
+        if welcomed {
+            backoff = BACKOFF_MIN;
+        }
+        sleep_backoff(&mut backoff).await;
+    }
+}
+
+/// The QUIC client endpoint, bound on first use (and kept across reconnects).
+fn client_endpoint(
+    endpoint: &mut Option<quinn::Endpoint>,
+    controller: SocketAddr,
+) -> Option<quinn::Endpoint> {
+    if let Some(ep) = endpoint {
+        return Some(ep.clone());
+    }
+    let bind: SocketAddr = if controller.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    match quinn::Endpoint::client(bind) {
+        Ok(ep) => {
+            *endpoint = Some(ep.clone());
+            Some(ep)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot bind the link's UDP socket");
+            None
+        }
+    }
+}
+
+/// Logs how a connection ended and publishes the status it leaves.
+fn publish_outcome(
+    config: &ReporterConfig,
+    status: &watch::Sender<LinkStatus>,
+    result: Result<(), LinkError>,
+) {
+    match result {
+        Err(LinkError::Rejected(reason)) => {
+            tracing::warn!(controller = %config.controller, %reason, "controller rejected this node");
+            status.send_replace(LinkStatus::Rejected(reason));
+        }
+        Err(e) => {
+            tracing::warn!(controller = %config.controller, error = %e, "link to controller lost");
+            status.send_replace(LinkStatus::Connecting);
+        }
+        Ok(()) => {
+            status.send_replace(LinkStatus::Connecting);
+        }
     }
 }
 

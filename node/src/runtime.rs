@@ -17,6 +17,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::core::{ExitReason, NodeCore};
 use crate::data_plane::{DataPlane, NoDataPlane};
@@ -149,25 +150,7 @@ impl Node {
         tracing::info!(node = %config.node_id, kind = %config.kind, http = %http_addr,
             controller = %controller, "node started");
 
-        let reporter_config = ReporterConfig {
-            controller,
-            server_name: config.controller_name.clone(),
-            pinned_cert: pinned,
-            cluster_secret: config.cluster_secret.clone(),
-            hello: Hello {
-                node_id: config.node_id.clone(),
-                kind: config.kind,
-                region: config.region.clone(),
-                zone: config.zone.clone(),
-                version: config.version.clone(),
-                addresses,
-                capacity_total: config.capacity,
-                report_interval_ms: u64::try_from(config.report_interval.as_millis())
-                    .unwrap_or(u64::MAX),
-                auth: String::new(),
-            },
-            interval: config.report_interval,
-        };
+        let reporter_config = reporter_config(&config, controller, pinned, addresses);
         let reporter = tokio::spawn(run_reporter(
             reporter_config,
             shared.clone(),
@@ -184,39 +167,16 @@ impl Node {
             tokio::select! {
                 _ = term.recv() => signals_seen += 1,
                 _ = int.recv() => signals_seen += 1,
-                _ = check.tick() => {
-                    let now = now_unix_ms();
-                    let live = data_plane.live_sessions();
-                    let (ended, expired, exit) = shared.with_core(|core| {
-                        let ended = live
-                            .map(|live| core.sync_live(live, join_grace_ms, now))
-                            .unwrap_or_default();
-                        (ended, core.expire_idle(now), core.exit_reason(now))
-                    });
-                    for session in ended {
-                        tracing::info!(%session, "session ended");
-                    }
-                    for session in expired {
-                        tracing::info!(%session, "dropped idle session");
-                    }
-                    shared.sync_data_plane();
-                    match exit {
-                        Some(ExitReason::Drained) if data_plane.active() > 0 => continue,
-                        Some(ExitReason::Drained) => break NodeExit::Drained,
-                        Some(ExitReason::DeadlinePassed) => break NodeExit::DeadlinePassed,
-                        None => continue,
-                    }
-                }
+                _ = check.tick() => match check_sessions(&shared, data_plane.as_ref(), join_grace_ms) {
+                    Some(exit) => break exit,
+                    None => continue,
+                },
             }
             if signals_seen >= 2 {
                 tracing::info!("second signal: exiting now");
                 break NodeExit::Signal;
             }
-            let deadline = now_unix_ms()
-                .saturating_add(u64::try_from(config.drain_grace.as_millis()).unwrap_or(u64::MAX));
-            shared.with_core(|core| core.drain(deadline));
-            shared.sync_data_plane();
-            tracing::info!(deadline_unix_ms = deadline, "signal: draining");
+            drain_on_signal(&shared, config.drain_grace);
         };
         let sessions = shared.with_core(|core| core.session_count());
         tracing::info!(
@@ -227,17 +187,94 @@ impl Node {
         );
 
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(STOP_GRACE, reporter).await.is_err() {
-            tracing::warn!("reporter did not stop in time");
-        }
-        match tokio::time::timeout(STOP_GRACE, http).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(NodeError::Http(e)),
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Err(_) => tracing::warn!("HTTP server did not stop in time"),
-        }
+        wait_stopped(reporter, http).await?;
         Ok(exit)
     }
+}
+
+/// The link's settings and the hello this node introduces itself with.
+fn reporter_config(
+    config: &NodeConfig,
+    controller: SocketAddr,
+    pinned: CertificateDer<'static>,
+    addresses: Vec<String>,
+) -> ReporterConfig {
+    ReporterConfig {
+        controller,
+        server_name: config.controller_name.clone(),
+        pinned_cert: pinned,
+        cluster_secret: config.cluster_secret.clone(),
+        hello: Hello {
+            node_id: config.node_id.clone(),
+            kind: config.kind,
+            region: config.region.clone(),
+            zone: config.zone.clone(),
+            version: config.version.clone(),
+            addresses,
+            capacity_total: config.capacity,
+            report_interval_ms: u64::try_from(config.report_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            auth: String::new(),
+        },
+        interval: config.report_interval,
+    }
+}
+
+/// One periodic check: syncs the core with the sessions the data plane carries, drops idle
+/// ones, and says whether the node should exit now (drained and idle, or past its deadline).
+fn check_sessions(
+    shared: &NodeShared,
+    data_plane: &dyn DataPlane,
+    join_grace_ms: u64,
+) -> Option<NodeExit> {
+    let now = now_unix_ms();
+    let live = data_plane.live_sessions();
+    let (ended, expired, exit) = shared.with_core(|core| {
+        let ended = live
+            .map(|live| core.sync_live(live, join_grace_ms, now))
+            .unwrap_or_default();
+        (ended, core.expire_idle(now), core.exit_reason(now))
+    });
+    for session in ended {
+        tracing::info!(%session, "session ended");
+    }
+    for session in expired {
+        tracing::info!(%session, "dropped idle session");
+    }
+    shared.sync_data_plane();
+    match exit {
+        Some(ExitReason::Drained) if data_plane.active() > 0 => None,
+        Some(ExitReason::Drained) => Some(NodeExit::Drained),
+        Some(ExitReason::DeadlinePassed) => Some(NodeExit::DeadlinePassed),
+        None => None,
+    }
+}
+
+/// A first SIGTERM/SIGINT: drain, with `grace` until the deadline.
+fn drain_on_signal(shared: &NodeShared, grace: Duration) {
+    let deadline =
+        now_unix_ms().saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+    shared.with_core(|core| core.drain(deadline));
+    shared.sync_data_plane();
+    tracing::info!(deadline_unix_ms = deadline, "signal: draining");
+}
+
+/// Waits (a bounded time each) for the reporter, which sends a last report, and the HTTP
+/// server to stop.
+async fn wait_stopped(
+    reporter: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+) -> Result<(), NodeError> {
+    if tokio::time::timeout(STOP_GRACE, reporter).await.is_err() {
+        tracing::warn!("reporter did not stop in time");
+    }
+    match tokio::time::timeout(STOP_GRACE, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(NodeError::Http(e)),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+    }
+    Ok(())
 }
 
 /// Prints the line process supervisors and tests wait for, then the data plane's own lines.
