@@ -2,7 +2,7 @@
 //! provider, media and TURN node processes in several regions on loopback; prints the API
 //! address, an admin token and a client token; Ctrl-C (or SIGTERM) stops everything.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,11 +49,6 @@ pub fn fill_dev_defaults(config: &mut Config, state_dir: &Path) {
     }
 }
 
-/// A free UDP port on loopback (for TURN nodes).
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// The nodes `[up]` asks for, as typed launches.
 fn node_launches(
     config: &Config,
@@ -92,7 +87,9 @@ fn node_launches(
                 node: node(format!("turn-{region}-{i}"), config.up.turn_capacity)?,
                 kind: KindLaunch::Turn {
                     auth_secret: config.turn.secret.clone(),
-                    turn_port: free_udp_port()?,
+                    // 0: the node picks a port free for both UDP and TCP and advertises it
+                    // (a port checked free for UDP only can be taken on TCP meanwhile).
+                    turn_port: 0,
                     // Everything runs on loopback here, so the relay must be allowed to reach it
                     // (production TURN nodes refuse loopback and private peers).
                     allow_peer: vec!["127.0.0.0/8".into()],
