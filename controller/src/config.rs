@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fleet_geo::{RegionCatalog, RegionInfo};
+use fleet_proto::RegionId;
 use serde::{Deserialize, Serialize};
 
 use fleet_core::{ConfigIssue, PlacementConfig, RegistryConfig};
@@ -167,13 +168,13 @@ pub struct GeoIpConfig {
     /// A MaxMind GeoIP2/GeoLite2-City or DB-IP/ip-location-db city `.mmdb` file.
     pub database: Option<PathBuf>,
     /// Where a participant is assumed to be when nothing else tells.
-    pub default_region: String,
+    pub default_region: RegionId,
 }
 impl Default for GeoIpConfig {
     fn default() -> Self {
         GeoIpConfig {
             database: None,
-            default_region: "us-east-1".into(),
+            default_region: RegionId::parse("us-east-1").expect("a valid region id"),
         }
     }
 }
@@ -182,7 +183,7 @@ impl Default for GeoIpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpConfig {
-    pub regions: Vec<String>,
+    pub regions: Vec<RegionId>,
     pub media_per_region: u32,
     pub turn_per_region: u32,
     pub media_capacity: u64,
@@ -194,7 +195,10 @@ pub struct UpConfig {
 impl Default for UpConfig {
     fn default() -> Self {
         UpConfig {
-            regions: vec!["eu-west-1".into(), "us-east-1".into(), "ap-south-1".into()],
+            regions: ["eu-west-1", "us-east-1", "ap-south-1"]
+                .iter()
+                .filter_map(|r| RegionId::parse(r).ok())
+                .collect(),
             media_per_region: 2,
             turn_per_region: 1,
             media_capacity: 1000,
@@ -312,7 +316,7 @@ impl Config {
         if catalog.get(&self.geoip.default_region).is_none() {
             return Err(invalid(
                 "geoip.default_region",
-                format!("unknown region {:?}", self.geoip.default_region),
+                format!("unknown region \"{}\"", self.geoip.default_region),
             ));
         }
         for (i, r) in self.up.regions.iter().enumerate() {

@@ -27,11 +27,11 @@ pub fn refresh(state: &AppState) {
                 (NodeStatus::Draining, "draining"),
                 (NodeStatus::Dead, "dead"),
             ] {
-                metrics::gauge!("fleet_nodes", "region" => r.id.clone(), "kind" => kind.to_string(), "state" => name)
+                metrics::gauge!("fleet_nodes", "region" => r.id.to_string(), "kind" => kind.to_string(), "state" => name)
                     .set(pool.nodes.get(status) as f64);
             }
         }
-        metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.clone())
+        metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.to_string())
             .set(r.demand.unmet_units as f64);
     }
     metrics::gauge!("fleet_sessions").set(sessions as f64);

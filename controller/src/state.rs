@@ -54,7 +54,7 @@ impl AppState {
             .map(|r| r.location())
             .ok_or_else(|| ConfigError::Invalid {
                 key: "geoip.default_region".into(),
-                message: format!("unknown region {default_region:?}"),
+                message: format!("unknown region \"{default_region}\""),
             })?;
         Ok(AppState {
             auth: ApiAuth::new(&config.auth),

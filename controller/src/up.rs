@@ -190,7 +190,13 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     println!(
         "fleet is up: {} regions ({}), {} media and {} TURN nodes (logs in {})",
         config.up.regions.len(),
-        config.up.regions.join(", "),
+        config
+            .up
+            .regions
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         config.up.regions.len() as u32 * config.up.media_per_region,
         config.up.regions.len() as u32 * config.up.turn_per_region,
         state_dir.join("logs").display()

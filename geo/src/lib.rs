@@ -14,7 +14,7 @@ mod error;
 mod geoip;
 mod location;
 
-pub use catalog::{MAX_REGION_ID_LEN, RegionCatalog, RegionInfo};
+pub use catalog::{RegionCatalog, RegionInfo};
 pub use distance::{
     EARTH_RADIUS_KM, FIBRE_KM_PER_MS, LAST_MILE_RTT_MS, ROUTE_STRETCH, dot_to_km, estimate_rtt_ms,
     great_circle_km,

@@ -133,7 +133,7 @@ fn hello(node: &str) -> Hello {
     Hello {
         node_id: NodeId::parse(node).expect("id"),
         kind: NodeKind::Media,
-        region: "eu-west-1".into(),
+        region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
         zone: "eu-west-1a".into(),
         version: "test".into(),
         addresses: vec!["http://127.0.0.1:1".into()],

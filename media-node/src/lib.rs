@@ -154,7 +154,7 @@ mod tests {
         let launch = NodeLaunch {
             node: NodeArgs {
                 node_id: Some("n-1".parse().expect("id")),
-                region: "eu-west-1".into(),
+                region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
                 zone: Some("eu-west-1b".into()),
                 controller: "127.0.0.1:4433".into(),
                 controller_name: "ctl".into(),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches};
-use fleet_proto::ids::{IdError, NodeId, NodeKind};
+use fleet_proto::ids::{IdError, NodeId, NodeKind, RegionId};
 
 use crate::{NodeConfig, default_node_id};
 
@@ -19,8 +19,8 @@ pub struct NodeArgs {
     #[arg(long, value_parser = NodeId::parse)]
     pub node_id: Option<NodeId>,
     /// Region the node runs in, e.g. eu-west-1.
-    #[arg(long)]
-    pub region: String,
+    #[arg(long, value_parser = RegionId::parse)]
+    pub region: RegionId,
     /// Zone inside the region [default: <region>a].
     #[arg(long)]
     pub zone: Option<String>,
@@ -61,7 +61,7 @@ impl NodeArgs {
     pub fn node_config(&self, kind: NodeKind) -> Result<NodeConfig, IdError> {
         let node_id = match &self.node_id {
             Some(id) => id.clone(),
-            None => default_node_id(kind, &self.region)?,
+            None => default_node_id(kind, self.region.as_str())?,
         };
         Ok(NodeConfig {
             kind,

@@ -68,7 +68,7 @@ impl NodeLaunch {
         if let Some(id) = &n.node_id {
             args.push(("--node-id", id.to_string()));
         }
-        args.push(("--region", n.region.clone()));
+        args.push(("--region", n.region.to_string()));
         if let Some(zone) = &n.zone {
             args.push(("--zone", zone.clone()));
         }
@@ -146,7 +146,7 @@ mod tests {
         let launch = NodeLaunch {
             node: NodeArgs {
                 node_id: None,
-                region: "eu-west-1".into(),
+                region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
                 zone: None,
                 controller: "127.0.0.1:4433".into(),
                 controller_name: "fleet-controller".into(),

@@ -34,7 +34,7 @@ pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 
 use fleet_link::TlsError;
-use fleet_proto::ids::{IdError, NodeId, NodeKind};
+use fleet_proto::ids::{IdError, NodeId, NodeKind, RegionId};
 
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`) for every
 /// fleet binary; a second call, or a subscriber installed by someone else, is left alone.
@@ -61,7 +61,7 @@ pub struct NodeConfig {
     /// The node's id.
     pub node_id: NodeId,
     /// Region, e.g. `eu-west-1`.
-    pub region: String,
+    pub region: RegionId,
     /// Zone, e.g. `eu-west-1a`.
     pub zone: String,
     /// The node's software version.

@@ -11,7 +11,7 @@ use crate::data_plane::DataPlane;
 use crate::process::ProcessSampler;
 use crate::telemetry::NodeMetrics;
 use fleet_link::{LinkStatus, ReportSource};
-use fleet_proto::ids::{NodeId, NodeKind, NodeState};
+use fleet_proto::ids::{NodeId, NodeKind, NodeState, RegionId};
 use fleet_proto::messages::{Command, HostedSession, Load, Report};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -30,7 +30,7 @@ pub struct StatusBody {
     /// Media or TURN.
     pub kind: NodeKind,
     /// Region and zone.
-    pub region: String,
+    pub region: RegionId,
     /// Zone inside the region.
     pub zone: String,
     /// Life-cycle state.
@@ -51,7 +51,7 @@ pub struct StatusBody {
 pub struct NodeShared {
     pub(crate) node_id: NodeId,
     pub(crate) kind: NodeKind,
-    pub(crate) region: String,
+    pub(crate) region: RegionId,
     pub(crate) zone: String,
     core: Mutex<NodeCore>,
     sampler: Mutex<ProcessSampler>,
@@ -69,7 +69,7 @@ impl NodeShared {
     pub(crate) fn new(
         node_id: NodeId,
         kind: NodeKind,
-        region: String,
+        region: RegionId,
         zone: String,
         core: NodeCore,
         link: watch::Receiver<LinkStatus>,

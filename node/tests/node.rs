@@ -22,7 +22,7 @@ fn config(controller: SocketAddr, cert: &Path, node: &str) -> NodeConfig {
     NodeConfig {
         kind: NodeKind::Media,
         node_id: NodeId::parse(node).expect("id"),
-        region: "eu-west-1".into(),
+        region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
         zone: "eu-west-1a".into(),
         version: "test".into(),
         controller: controller.to_string(),

@@ -1,7 +1,8 @@
 //! Validated identifiers shared by nodes and the controller (`NodeId`, `SessionId`,
-//! `ParticipantId`) and the small enums that name a node's kind and life-cycle state.
+//! `ParticipantId`, `RegionId`) and the small enums that name a node's kind and life-cycle state.
 //!
-//! Every id is 1..=64 characters of `[A-Za-z0-9._:-]`. Ids serialize as plain JSON strings
+//! Node, session and participant ids are 1..=64 characters of `[A-Za-z0-9._:-]`; region ids are
+//! stricter, 1..=32 characters of `[a-z0-9-]` (cloud region names such as `eu-west-2`). Ids serialize as plain JSON strings
 //! (serde `into`/`try_from` String: the wire form of `transparent`, but validated), so a
 //! malformed id on the wire is a decode error, never a value that reaches the rest of the code.
 
@@ -14,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// The longest id accepted, in characters (all allowed characters are ASCII, so also bytes).
 pub const MAX_ID_LEN: usize = 64;
 
+/// The longest region id accepted, in characters.
+pub const MAX_REGION_ID_LEN: usize = 32;
+
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -23,18 +27,18 @@ pub enum IdError {
         /// Which kind of id was being parsed.
         what: &'static str,
     },
-    /// The string was longer than [`MAX_ID_LEN`].
-    #[error("{what} is {len} bytes long; at most {MAX_ID_LEN} are allowed")]
+    /// The string was longer than the kind's maximum ([`MAX_ID_LEN`], [`MAX_REGION_ID_LEN`]).
+    #[error("{what} is {len} bytes long; at most {max} are allowed")]
     TooLong {
         /// Which kind of id was being parsed.
         what: &'static str,
         /// The length that was given.
         len: usize,
+        /// The longest allowed.
+        max: usize,
     },
-    /// The string contained a character outside `[A-Za-z0-9._:-]`.
-    #[error(
-        "{what} contains {ch:?} at byte {index}; only A-Z, a-z, 0-9, '.', '_', ':' and '-' are allowed"
-    )]
+    /// The string contained a character the kind does not allow.
+    #[error("{what} contains {ch:?} at byte {index}; only {allowed} are allowed")]
     InvalidChar {
         /// Which kind of id was being parsed.
         what: &'static str,
@@ -42,27 +46,56 @@ pub enum IdError {
         ch: char,
         /// Its byte offset in the input.
         index: usize,
+        /// The allowed characters, in words.
+        allowed: &'static str,
     },
 }
 
-fn validate(what: &'static str, s: &str) -> Result<(), IdError> {
+/// What one kind of id allows.
+struct IdRule {
+    max: usize,
+    allowed: &'static str,
+    ok: fn(char) -> bool,
+}
+
+/// Node, session and participant ids.
+const GENERAL: IdRule = IdRule {
+    max: MAX_ID_LEN,
+    allowed: "A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+    ok: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
+};
+
+/// Region ids (cloud region names).
+const REGION: IdRule = IdRule {
+    max: MAX_REGION_ID_LEN,
+    allowed: "a-z, 0-9 and '-'",
+    ok: |c| matches!(c, 'a'..='z' | '0'..='9' | '-'),
+};
+
+fn validate(what: &'static str, rule: &IdRule, s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { what });
     }
-    if s.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong { what, len: s.len() });
+    if s.len() > rule.max {
+        return Err(IdError::TooLong {
+            what,
+            len: s.len(),
+            max: rule.max,
+        });
     }
-    if let Some((index, ch)) = s
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(IdError::InvalidChar { what, ch, index });
+    if let Some((index, ch)) = s.char_indices().find(|&(_, c)| !(rule.ok)(c)) {
+        return Err(IdError::InvalidChar {
+            what,
+            ch,
+            index,
+            allowed: rule.allowed,
+        });
     }
     Ok(())
 }
 
 macro_rules! define_id {
-    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal, $rule:expr) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -75,9 +108,9 @@ macro_rules! define_id {
         }
 
         impl $name {
-            /// Validates `s` (1..=64 characters of `[A-Za-z0-9._:-]`).
+            /// Validates `s` against this kind's rule (see the module doc).
             pub fn parse(s: &str) -> Result<Self, IdError> {
-                validate($what, s)?;
+                validate($what, &$rule, s)?;
                 Ok(Self(s.to_owned()))
             }
 
@@ -91,7 +124,7 @@ macro_rules! define_id {
             type Error = IdError;
 
             fn try_from(s: String) -> Result<Self, IdError> {
-                validate($what, &s)?;
+                validate($what, &$rule, &s)?;
                 Ok(Self(s))
             }
         }
@@ -115,23 +148,50 @@ macro_rules! define_id {
                 &self.0
             }
         }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
     };
 }
 
 define_id!(
     /// Names one media or TURN node, unique in the fleet.
     NodeId,
-    "node id"
+    "node id",
+    GENERAL
 );
 define_id!(
     /// Names one call session.
     SessionId,
-    "session id"
+    "session id",
+    GENERAL
 );
 define_id!(
     /// An opaque participant id chosen by the app backend (never personal data).
     ParticipantId,
-    "participant id"
+    "participant id",
+    GENERAL
+);
+define_id!(
+    /// Names one region of the catalog, e.g. `eu-west-2`.
+    RegionId,
+    "region id",
+    REGION
 );
 
 impl SessionId {
@@ -242,7 +302,8 @@ mod tests {
             NodeId::parse(&"x".repeat(65)),
             Err(IdError::TooLong {
                 what: "node id",
-                len: 65
+                len: 65,
+                max: 64
             })
         );
         let err = ParticipantId::parse("ab c").err();
@@ -251,11 +312,28 @@ mod tests {
             Some(IdError::InvalidChar {
                 what: "participant id",
                 ch: ' ',
-                index: 2
+                index: 2,
+                allowed: GENERAL.allowed
             })
         );
         assert!(NodeId::parse("é").is_err());
         assert!(NodeId::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn region_ids_follow_the_stricter_rule() {
+        let long = "a".repeat(33);
+        for bad in ["", "EU-West-1", "eu_west_1", "eu west", "é", long.as_str()] {
+            assert!(RegionId::parse(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["eu-west-1", "0-9-az", &"a".repeat(32)] {
+            assert_eq!(RegionId::parse(ok).map(String::from), Ok(ok.to_owned()));
+        }
+        let msg = RegionId::parse("eu_west").err().map(|e| e.to_string());
+        assert_eq!(
+            msg.as_deref(),
+            Some("region id contains '_' at byte 2; only a-z, 0-9 and '-' are allowed")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{NodeId, NodeKind, NodeState, ParticipantId, SessionId};
+use crate::ids::{NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
 
 /// The protocol version carried in every frame; a frame with another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -25,7 +25,7 @@ pub struct Hello {
     /// Media or TURN.
     pub kind: NodeKind,
     /// The region the node runs in, e.g. `eu-west-1`.
-    pub region: String,
+    pub region: RegionId,
     /// The zone inside the region, e.g. `eu-west-1a`.
     pub zone: String,
     /// The node's software version.

@@ -1,7 +1,7 @@
 //! Sample protocol messages covering every message and command variant, for codec and link
 //! tests.
 
-use fleet_proto::ids::{NodeId, NodeKind, NodeState, ParticipantId, SessionId};
+use fleet_proto::ids::{NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
 use fleet_proto::messages::{
     Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, Report,
 };
@@ -11,7 +11,7 @@ pub fn hello() -> Hello {
     Hello {
         node_id: NodeId::parse("media-eu-west-1-abc123").expect("id"),
         kind: NodeKind::Media,
-        region: "eu-west-1".into(),
+        region: RegionId::parse("eu-west-1").expect("region"),
         zone: "eu-west-1a".into(),
         version: "0.1.0".into(),
         addresses: vec!["http://127.0.0.1:7001".into()],

@@ -8,7 +8,9 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fleet_core::{Fleet, FleetConfig, Millis, NewSession, Now, Profile};
 use fleet_geo::{Location, RegionCatalog, RegionInfo};
-use fleet_proto::{Hello, Load, NodeId, NodeKind, NodeState, ParticipantId, Report, SessionId};
+use fleet_proto::{
+    Hello, Load, NodeId, NodeKind, NodeState, ParticipantId, RegionId, Report, SessionId,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -22,7 +24,7 @@ const NODES: usize = 10_000;
 fn fleet() -> Fleet {
     let regions: Vec<RegionInfo> = (0..REGIONS)
         .map(|i| RegionInfo {
-            id: format!("r-{i}"),
+            id: RegionId::parse(&format!("r-{i}")).unwrap(),
             name: format!("Region {i}"),
             lat: -60.0 + (i as f64 * 37.0) % 120.0,
             lon: -180.0 + i as f64 * 18.0,
@@ -39,7 +41,7 @@ fn fleet() -> Fleet {
             &Hello {
                 node_id: id.clone(),
                 kind: NodeKind::Media,
-                region: format!("r-{}", i % REGIONS),
+                region: RegionId::parse(&format!("r-{}", i % REGIONS)).unwrap(),
                 zone: "a".into(),
                 version: "bench".into(),
                 addresses: vec!["http://127.0.0.1:1".into()],

@@ -3,7 +3,7 @@
 //! send to nodes ([`Outgoing`]); nothing here does I/O.
 
 use fleet_geo::Location;
-use fleet_proto::{Command, Hello, NodeId, NodeKind, ParticipantId, Report, SessionId};
+use fleet_proto::{Command, Hello, NodeId, NodeKind, ParticipantId, RegionId, Report, SessionId};
 use rand::Rng;
 
 use super::placement::{Choice, PlacementConfig, PlacementError, Placer};
@@ -30,7 +30,7 @@ pub struct NewSession {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnChoice {
     pub node: NodeId,
-    pub region: String,
+    pub region: RegionId,
     pub addresses: Vec<String>,
 }
 
@@ -46,7 +46,7 @@ pub struct ParticipantPlan {
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
     pub session: SessionId,
-    pub region: String,
+    pub region: RegionId,
     pub node: NodeId,
     pub node_addresses: Vec<String>,
     pub spilled: bool,
@@ -255,7 +255,7 @@ impl Fleet {
         let record = SessionRecord {
             id: req.id,
             node: self.registry.at(choice.node_idx).id.clone(),
-            region: String::new(),
+            region: self.registry.at(choice.node_idx).region.clone(),
             profile: req.profile,
             participants,
             state: SessionState::Pending,

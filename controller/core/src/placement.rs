@@ -5,7 +5,7 @@
 //! participant. Pure functions over the [`Registry`]; randomness comes from the caller's RNG.
 
 use fleet_geo::{Location, dot_to_km, estimate_rtt_ms};
-use fleet_proto::{NodeId, NodeKind};
+use fleet_proto::{NodeId, NodeKind, RegionId};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +92,7 @@ pub enum PlacementError {
         "no media node with room for the session within {budget_ms} ms of the best region ({preferred_region})"
     )]
     NoCapacity {
-        preferred_region: String,
+        preferred_region: RegionId,
         budget_ms: f64,
     },
 }

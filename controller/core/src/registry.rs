@@ -12,7 +12,9 @@
 use std::collections::{HashMap, HashSet};
 
 use fleet_geo::RegionCatalog;
-use fleet_proto::{Hello, HostedSession, Load, NodeId, NodeKind, NodeState, Report, SessionId};
+use fleet_proto::{
+    Hello, HostedSession, Load, NodeId, NodeKind, NodeState, RegionId, Report, SessionId,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigIssue, Millis};
@@ -95,7 +97,7 @@ pub struct Reservation {
 pub struct NodeEntry {
     pub id: NodeId,
     pub kind: NodeKind,
-    pub region: String,
+    pub region: RegionId,
     pub region_idx: usize,
     pub zone: String,
     pub version: String,
@@ -225,7 +227,7 @@ impl Registry {
         let region_idx = self
             .catalog
             .index_of(&hello.region)
-            .ok_or_else(|| RegistryError::UnknownRegion(hello.region.clone()))?;
+            .ok_or_else(|| RegistryError::UnknownRegion(hello.region.to_string()))?;
         if hello.report_interval_ms == 0 || hello.report_interval_ms > 60_000 {
             return Err(RegistryError::InvalidHello(format!(
                 "report_interval_ms must be 1..=60000, got {}",

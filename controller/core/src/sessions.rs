@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use fleet_geo::Location;
-use fleet_proto::{NodeId, ParticipantId, SessionId};
+use fleet_proto::{NodeId, ParticipantId, RegionId, SessionId};
 use serde::Serialize;
 
 use super::{Millis, Profile};
@@ -39,7 +39,7 @@ pub struct ParticipantRecord {
 pub struct SessionRecord {
     pub id: SessionId,
     pub node: NodeId,
-    pub region: String,
+    pub region: RegionId,
     pub profile: Profile,
     pub participants: Vec<ParticipantRecord>,
     pub state: SessionState,
@@ -117,7 +117,7 @@ impl SessionIndex {
         &mut self,
         now: Millis,
         node: &NodeId,
-        region: &str,
+        region: &RegionId,
         hosted: &[fleet_proto::HostedSession],
         ended: &[SessionId],
     ) -> Vec<SessionId> {
@@ -158,7 +158,7 @@ impl SessionIndex {
                         SessionRecord {
                             id: h.id.clone(),
                             node: node.clone(),
-                            region: region.to_string(),
+                            region: region.clone(),
                             profile,
                             participants,
                             state: SessionState::Live,

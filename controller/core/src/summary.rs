@@ -2,7 +2,7 @@
 //! sessions and load. The ops API's `/v1/regions`, the `/metrics` gauges (and, later, the
 //! autoscaler and the dashboard) read these instead of each counting nodes their own way.
 
-use fleet_proto::NodeKind;
+use fleet_proto::{NodeKind, RegionId};
 use serde::Serialize;
 
 use super::fleet::{Fleet, RegionDemand};
@@ -111,7 +111,7 @@ impl PoolSummary {
 /// One region of the catalog: its media and TURN pools and its unmet demand.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegionSummary {
-    pub id: String,
+    pub id: RegionId,
     pub name: String,
     pub media: PoolSummary,
     pub turn: PoolSummary,

@@ -2,8 +2,8 @@
 
 use fleet_geo::{Location, RegionCatalog};
 use fleet_proto::{
-    Command, Hello, HostedSession, Load, NodeId, NodeKind, NodeState, ParticipantId, Report,
-    SessionId,
+    Command, Hello, HostedSession, Load, NodeId, NodeKind, NodeState, ParticipantId, RegionId,
+    Report, SessionId,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -43,7 +43,7 @@ fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
     Hello {
         node_id: nid(id),
         kind,
-        region: region.into(),
+        region: RegionId::parse(region).expect("test region id"),
         zone: format!("{region}a"),
         version: "test".into(),
         addresses: vec![match kind {

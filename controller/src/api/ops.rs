@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use fleet_proto::{Load, NodeId, NodeKind};
+use fleet_proto::{Load, NodeId, NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
@@ -25,7 +25,7 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 pub struct NodeView {
     pub id: String,
     pub kind: NodeKind,
-    pub region: String,
+    pub region: RegionId,
     pub zone: String,
     pub state: NodeStatus,
     pub version: String,

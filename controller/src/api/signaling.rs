@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fleet_geo::Location;
-use fleet_proto::{ParticipantId, SessionId};
+use fleet_proto::{ParticipantId, RegionId, SessionId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
@@ -78,7 +78,7 @@ pub struct ParticipantGrant {
 #[derive(Debug, Serialize)]
 pub struct SessionGrant {
     pub session_id: String,
-    pub region: String,
+    pub region: RegionId,
     pub media: MediaEndpoint,
     pub participants: Vec<ParticipantGrant>,
 }
@@ -87,7 +87,7 @@ pub struct SessionGrant {
 #[derive(Debug, Serialize)]
 pub struct SessionView {
     pub session_id: String,
-    pub region: String,
+    pub region: RegionId,
     pub state: fleet_core::SessionState,
     pub profile: Profile,
     pub media: MediaEndpoint,
@@ -278,7 +278,8 @@ pub async fn create_session(
         &mut rand::rng(),
     )?;
     state.send(out);
-    metrics::counter!("fleet_sessions_created_total", "region" => plan.region.clone()).increment(1);
+    metrics::counter!("fleet_sessions_created_total", "region" => plan.region.to_string())
+        .increment(1);
     if plan.spilled {
         metrics::counter!("fleet_sessions_spilled_total").increment(1);
     }
