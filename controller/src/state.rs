@@ -2,11 +2,11 @@
 //! monotonic clock, the command channels to connected nodes, and what the APIs need to answer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fleet_geo::{GeoIp, Location};
+use fleet_geo::{GeoIp, Location, RegionCatalog};
 use fleet_link::CommandSender;
 use fleet_proto::{Command, NodeId};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -28,6 +28,9 @@ pub struct AppState {
     pub fleet: Mutex<Fleet>,
     pub auth: ApiAuth,
     pub geoip: Option<GeoIp>,
+    /// The fleet's region catalog (one copy, shared), read by request handlers without the
+    /// fleet lock.
+    pub catalog: Arc<RegionCatalog>,
     pub default_location: Location,
     pub metrics: Option<PrometheusHandle>,
     started: Instant,
@@ -58,6 +61,7 @@ impl AppState {
             })?;
         Ok(AppState {
             auth: ApiAuth::new(&config.auth),
+            catalog: fleet.registry().shared_catalog(),
             default_location,
             config,
             fleet: Mutex::new(fleet),

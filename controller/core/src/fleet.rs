@@ -114,7 +114,10 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet with no nodes over a region catalog.
-    pub fn new(config: FleetConfig, catalog: fleet_geo::RegionCatalog) -> Fleet {
+    pub fn new(
+        config: FleetConfig,
+        catalog: impl Into<std::sync::Arc<fleet_geo::RegionCatalog>>,
+    ) -> Fleet {
         let registry = Registry::new(config.registry.clone(), catalog);
         let placer = Placer::new(config.placement.clone(), &registry);
         let demand = vec![RegionDemand::default(); registry.catalog().len()];

@@ -10,6 +10,7 @@
 //! capacity, so that placement decisions cost O(1) in the number of nodes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use fleet_geo::RegionCatalog;
 use fleet_proto::{
@@ -164,7 +165,7 @@ pub struct Pool {
 #[derive(Debug, Clone)]
 pub struct Registry {
     config: RegistryConfig,
-    catalog: RegionCatalog,
+    catalog: Arc<RegionCatalog>,
     nodes: Vec<NodeEntry>,
     by_id: HashMap<NodeId, usize>,
     /// `pools[region_idx][kind_idx]`.
@@ -181,7 +182,8 @@ pub fn kind_idx(kind: NodeKind) -> usize {
 
 impl Registry {
     /// An empty registry over a region catalog.
-    pub fn new(config: RegistryConfig, catalog: RegionCatalog) -> Registry {
+    pub fn new(config: RegistryConfig, catalog: impl Into<Arc<RegionCatalog>>) -> Registry {
+        let catalog = catalog.into();
         let pools = vec![Default::default(); catalog.len()];
         Registry {
             config,
@@ -195,6 +197,12 @@ impl Registry {
     /// The region catalog.
     pub fn catalog(&self) -> &RegionCatalog {
         &self.catalog
+    }
+
+    /// The same catalog, as a handle a shell can read without holding the fleet (it never
+    /// changes after start).
+    pub fn shared_catalog(&self) -> Arc<RegionCatalog> {
+        Arc::clone(&self.catalog)
     }
 
     /// All known nodes, DEAD ones included.

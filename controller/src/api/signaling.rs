@@ -161,8 +161,7 @@ fn locate(state: &AppState, p: &ParticipantRequest, field: &str) -> Result<Locat
         region: p.region.as_deref(),
         geoip,
     };
-    let fleet = state.fleet();
-    fleet_core::locate(fleet.registry().catalog(), &clues, state.default_location)
+    fleet_core::locate(&state.catalog, &clues, state.default_location)
         .map_err(|e| ApiError::BadRequest(format!("{field}.region: {e}")))
 }
 
@@ -261,22 +260,25 @@ pub async fn create_session(
         let field = format!("participants[{i}]");
         participants.push((participant_id(&p.id, &field)?, locate(&state, p, &field)?));
     }
-    if !state.warmed_up() {
-        return Err(ApiError::Unavailable(
-            "controller is starting: waiting for nodes to reconnect".into(),
-        ));
-    }
-    let id = SessionId::random();
     let now = state.now();
-    let (plan, out) = state.fleet().create_session(
-        now,
-        NewSession {
-            id,
-            participants,
-            profile,
-        },
-        &mut rand::rng(),
-    )?;
+    let (plan, out) = {
+        // One lock for the warm-up check and the decision.
+        let mut fleet = state.fleet();
+        if !fleet.warmed_up(now) {
+            return Err(ApiError::Unavailable(
+                "controller is starting: waiting for nodes to reconnect".into(),
+            ));
+        }
+        fleet.create_session(
+            now,
+            NewSession {
+                id: SessionId::random(),
+                participants,
+                profile,
+            },
+            &mut rand::rng(),
+        )?
+    };
     state.send(out);
     metrics::counter!("fleet_sessions_created_total", "region" => plan.region.to_string())
         .increment(1);
