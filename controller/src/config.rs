@@ -248,21 +248,52 @@ impl Config {
 
     /// Checks values serde cannot: ranges, lengths, cross references.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.link.cluster_secret.is_empty() && self.link.cluster_secret.len() < 16 {
-            return Err(invalid(
-                "link.cluster_secret",
-                "must be at least 16 characters",
-            ));
-        }
+        self.validate_secrets()?;
         if self.link.server_name.is_empty() {
             return Err(invalid("link.server_name", "must not be empty"));
         }
-        if !self.auth.admin_token.is_empty() && self.auth.admin_token.len() < 16 {
+        self.validate_auth()?;
+        if !(10..=86_400).contains(&self.media.join_token_ttl_secs) {
             return Err(invalid(
-                "auth.admin_token",
-                "must be at least 16 characters",
+                "media.join_token_ttl_secs",
+                "expected 10..=86400 seconds",
             ));
         }
+        if !(60..=7 * 86_400).contains(&self.turn.credential_ttl_secs) {
+            return Err(invalid(
+                "turn.credential_ttl_secs",
+                "expected 60..=604800 seconds",
+            ));
+        }
+        fn in_section(section: &'static str) -> impl Fn(ConfigIssue) -> ConfigError {
+            move |e| invalid(&format!("{section}.{}", e.field), e.message)
+        }
+        self.placement.validate().map_err(in_section("placement"))?;
+        self.registry.validate().map_err(in_section("registry"))?;
+        self.validate_regions()?;
+        if !(100..=60_000).contains(&self.up.report_interval_ms) {
+            return Err(invalid("up.report_interval_ms", "expected 100..=60000"));
+        }
+        Ok(())
+    }
+
+    /// The shared secrets: each may be empty (`fleet up` fills them in), else 16+ characters.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        for (key, secret) in [
+            ("link.cluster_secret", &self.link.cluster_secret),
+            ("auth.admin_token", &self.auth.admin_token),
+            ("media.join_secret", &self.media.join_secret),
+            ("turn.secret", &self.turn.secret),
+        ] {
+            if !secret.is_empty() && secret.len() < 16 {
+                return Err(invalid(key, "must be at least 16 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The audience and the API keys: kids 1..=64 characters and unique, secrets 16+.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         if self.auth.audience.is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
         }
@@ -286,49 +317,21 @@ impl Config {
                 ));
             }
         }
-        if !self.media.join_secret.is_empty() && self.media.join_secret.len() < 16 {
-            return Err(invalid(
-                "media.join_secret",
-                "must be at least 16 characters",
-            ));
-        }
-        if !(10..=86_400).contains(&self.media.join_token_ttl_secs) {
-            return Err(invalid(
-                "media.join_token_ttl_secs",
-                "expected 10..=86400 seconds",
-            ));
-        }
-        if !self.turn.secret.is_empty() && self.turn.secret.len() < 16 {
-            return Err(invalid("turn.secret", "must be at least 16 characters"));
-        }
-        if !(60..=7 * 86_400).contains(&self.turn.credential_ttl_secs) {
-            return Err(invalid(
-                "turn.credential_ttl_secs",
-                "expected 60..=604800 seconds",
-            ));
-        }
-        fn in_section(section: &'static str) -> impl Fn(ConfigIssue) -> ConfigError {
-            move |e| invalid(&format!("{section}.{}", e.field), e.message)
-        }
-        self.placement.validate().map_err(in_section("placement"))?;
-        self.registry.validate().map_err(in_section("registry"))?;
+        Ok(())
+    }
+
+    /// The catalog builds, and every region the config names is in it.
+    fn validate_regions(&self) -> Result<(), ConfigError> {
         let catalog = self.catalog()?;
-        if catalog.get(&self.geoip.default_region).is_none() {
-            return Err(invalid(
-                "geoip.default_region",
-                format!("unknown region \"{}\"", self.geoip.default_region),
-            ));
-        }
-        for (i, r) in self.up.regions.iter().enumerate() {
-            if catalog.get(r).is_none() {
-                return Err(invalid(
-                    &format!("up.regions[{i}]"),
-                    format!("unknown region {r:?}"),
-                ));
+        let named = std::iter::once((
+            "geoip.default_region".to_owned(),
+            &self.geoip.default_region,
+        ))
+        .chain((self.up.regions.iter().enumerate()).map(|(i, r)| (format!("up.regions[{i}]"), r)));
+        for (key, region) in named {
+            if catalog.get(region).is_none() {
+                return Err(invalid(&key, format!("unknown region \"{region}\"")));
             }
-        }
-        if !(100..=60_000).contains(&self.up.report_interval_ms) {
-            return Err(invalid("up.report_interval_ms", "expected 100..=60000"));
         }
         Ok(())
     }

@@ -133,46 +133,8 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     for spec in specs {
         provider.spawn(spec)?;
     }
-    // Wait until every node serves (or 20 s pass), so the banner describes a working fleet.
-    let started = tokio::time::Instant::now();
-    loop {
-        let serving = controller
-            .state
-            .fleet()
-            .registry()
-            .nodes()
-            .iter()
-            .filter(|n| n.status == NodeStatus::Serving)
-            .count();
-        let ready = serving >= expected && controller.state.warmed_up();
-        if ready || started.elapsed() > Duration::from_secs(20) {
-            if serving < expected {
-                tracing::warn!(
-                    serving,
-                    expected,
-                    "not every node is serving yet; see the node logs"
-                );
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let key = &config.auth.api_keys[0];
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 86_400;
-    let client_token = mint_client_token(
-        key,
-        &ClientClaims {
-            sub: "fleet-up".into(),
-            aud: config.auth.audience.clone(),
-            exp,
-            iat: None,
-            session: None,
-            participant: None,
-        },
-    )?;
+    wait_until_serving(&controller, expected, Duration::from_secs(20)).await;
+    let client_token = up_client_token(&config)?;
     let api = format!("http://{}", controller.api_addr);
     let env_file = state_dir.join("fleet-up.env");
     let call_url = format!("{api}/call#token={client_token}");
@@ -186,19 +148,92 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     println!("FLEET_API={api}");
     println!("FLEET_LINK={}", controller.link_addr);
+    print_banner(
+        &config,
+        &state_dir,
+        &api,
+        &client_token,
+        &env_file,
+        &call_url,
+    );
+    supervise(&mut provider).await;
+    println!("stopping the fleet…");
+    provider.stop_all(Duration::from_secs(5)).await;
+    controller.shutdown().await;
+    println!("fleet stopped");
+    Ok(())
+}
+
+/// Waits until `expected` nodes serve and the controller is warmed up, or `limit` passes (then
+/// warns), so the banner describes a working fleet.
+async fn wait_until_serving(controller: &Controller, expected: usize, limit: Duration) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let serving = controller
+            .state
+            .fleet()
+            .registry()
+            .nodes()
+            .iter()
+            .filter(|n| n.status == NodeStatus::Serving)
+            .count();
+        let ready = serving >= expected && controller.state.warmed_up();
+        if ready || started.elapsed() > limit {
+            if serving < expected {
+                tracing::warn!(
+                    serving,
+                    expected,
+                    "not every node is serving yet; see the node logs"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client token for the newcomer, valid 24 h, signed with the first API key.
+fn up_client_token(config: &Config) -> anyhow::Result<String> {
+    let key = config
+        .auth
+        .api_keys
+        .first()
+        .context("fleet up needs an API key (fill_dev_defaults adds one)")?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
+    Ok(mint_client_token(
+        key,
+        &ClientClaims {
+            sub: "fleet-up".into(),
+            aud: config.auth.audience.clone(),
+            exp,
+            iat: None,
+            session: None,
+            participant: None,
+        },
+    )?)
+}
+
+/// What the newcomer reads: the fleet, its tokens, the demo call and two commands to try.
+fn print_banner(
+    config: &Config,
+    state_dir: &Path,
+    api: &str,
+    client_token: &str,
+    env_file: &Path,
+    call_url: &str,
+) {
+    let regions = &config.up.regions;
+    let names: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
     println!();
     println!(
         "fleet is up: {} regions ({}), {} media and {} TURN nodes (logs in {})",
-        config.up.regions.len(),
-        config
-            .up
-            .regions
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        config.up.regions.len() as u32 * config.up.media_per_region,
-        config.up.regions.len() as u32 * config.up.turn_per_region,
+        regions.len(),
+        names.join(", "),
+        regions.len() as u32 * config.up.media_per_region,
+        regions.len() as u32 * config.up.turn_per_region,
         state_dir.join("logs").display()
     );
     println!("  API:          {api}");
@@ -219,14 +254,17 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         "        curl -s -H 'Authorization: Bearer {client_token}' -H 'content-type: application/json' \\\n              -d '{{\"participants\":[{{\"id\":\"therapist\",\"region\":\"eu-west-1\"}},{{\"id\":\"client\",\"location\":{{\"lat\":0.35,\"lon\":32.58}}}}]}}' {api}/v1/sessions"
     );
     println!("Ctrl-C stops the fleet.");
+}
+
+/// Until a stop signal, restarts any node process that exits, as a pool provider would.
+async fn supervise(provider: &mut LocalProcessProvider) {
     let stop = stop_signal();
     tokio::pin!(stop);
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => return,
             _ = check.tick() => {
-                // A crashed node is replaced, as a pool provider would.
                 for (spec, status) in provider.reap() {
                     tracing::warn!(node = %spec.name(), %status, "node process exited; starting it again");
                     if let Err(e) = provider.spawn(spec) {
@@ -236,9 +274,4 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
             }
         }
     }
-    println!("stopping the fleet…");
-    provider.stop_all(Duration::from_secs(5)).await;
-    controller.shutdown().await;
-    println!("fleet stopped");
-    Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -117,8 +117,8 @@ impl Node {
             controller,
             pinned,
         } = self;
-        let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
+        let term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
+        let int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
 
         let (status_tx, status_rx) = watch::channel(LinkStatus::Connecting);
         let core = NodeCore::new(config.capacity, config.session_idle);
@@ -158,26 +158,7 @@ impl Node {
             stopped(),
         ));
 
-        let join_grace_ms =
-            u64::try_from(config.session_idle.min(JOIN_GRACE).as_millis()).unwrap_or(u64::MAX);
-        let mut check = tokio::time::interval(CHECK_INTERVAL);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut signals_seen = 0u32;
-        let exit = loop {
-            tokio::select! {
-                _ = term.recv() => signals_seen += 1,
-                _ = int.recv() => signals_seen += 1,
-                _ = check.tick() => match check_sessions(&shared, data_plane.as_ref(), join_grace_ms) {
-                    Some(exit) => break exit,
-                    None => continue,
-                },
-            }
-            if signals_seen >= 2 {
-                tracing::info!("second signal: exiting now");
-                break NodeExit::Signal;
-            }
-            drain_on_signal(&shared, config.drain_grace);
-        };
+        let exit = serve_until_exit(&shared, data_plane.as_ref(), &config, term, int).await;
         let sessions = shared.with_core(|core| core.session_count());
         tracing::info!(
             ?exit,
@@ -189,6 +170,37 @@ impl Node {
         let _ = stop_tx.send(true);
         wait_stopped(reporter, http).await?;
         Ok(exit)
+    }
+}
+
+/// Serves until the node should exit: every `CHECK_INTERVAL` checks its sessions (a drained
+/// node exits), a first SIGTERM/SIGINT starts a drain, a second one exits at once.
+async fn serve_until_exit(
+    shared: &Arc<NodeShared>,
+    data_plane: &dyn DataPlane,
+    config: &NodeConfig,
+    mut term: Signal,
+    mut int: Signal,
+) -> NodeExit {
+    let join_grace_ms =
+        u64::try_from(config.session_idle.min(JOIN_GRACE).as_millis()).unwrap_or(u64::MAX);
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signals_seen = 0u32;
+    loop {
+        tokio::select! {
+            _ = term.recv() => signals_seen += 1,
+            _ = int.recv() => signals_seen += 1,
+            _ = check.tick() => match check_sessions(shared, data_plane, join_grace_ms) {
+                Some(exit) => return exit,
+                None => continue,
+            },
+        }
+        if signals_seen >= 2 {
+            tracing::info!("second signal: exiting now");
+            return NodeExit::Signal;
+        }
+        drain_on_signal(shared, config.drain_grace);
     }
 }
 

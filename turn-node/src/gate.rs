@@ -261,6 +261,39 @@ impl Gate {
         }
     }
 
+    /// A request whose credential did not verify: refused while draining an Allocate, answered
+    /// 401 when it carried a wrong MESSAGE-INTEGRITY, else passed to the server for its nonce
+    /// challenge (rate-limited per source).
+    fn refuse_unverified(
+        &self,
+        m: &Message,
+        src: SocketAddr,
+        draining_allocate: bool,
+        e: &crate::auth::AuthError,
+    ) -> Verdict {
+        if draining_allocate {
+            return Self::refuse(m, 403, "Forbidden: draining", None);
+        }
+        // A credential that does not verify gets 401 with the request's nonce, as
+        // coturn answers (the crate would say 400). This mints no nonce and is no
+        // bigger than the request, so it needs no rate limit (clients such as
+        // turnutils_uclient retry a few dozen times before giving up).
+        if m.contains(ATTR_MESSAGE_INTEGRITY)
+            && let Some(raw) =
+                crate::inspect::unauthorized_response(m, self.shared.credentials.realm())
+        {
+            tracing::trace!(client = %masked(src), reason = %e, "credential refused");
+            return Verdict::Reply(raw);
+        }
+        // Otherwise the server answers 401/438 with a fresh nonce (kept forever), or
+        // 400: limited per source, since the crate never forgets a nonce.
+        if !self.shared.allow_nonce_request(src) {
+            return Verdict::Drop("unauthenticated request rate limit");
+        }
+        tracing::trace!(client = %masked(src), reason = %e, "unauthenticated request");
+        Verdict::Pass
+    }
+
     fn inspect_request(&self, m: &Message, src: SocketAddr) -> Verdict {
         let allocate = m.typ.method == METHOD_ALLOCATE;
         let draining = self.shared.draining();
@@ -271,29 +304,7 @@ impl Gate {
         };
         let verified = match verified {
             Ok(v) => v,
-            Err(e) => {
-                if allocate && draining {
-                    return Self::refuse(m, 403, "Forbidden: draining", None);
-                }
-                // A credential that does not verify gets 401 with the request's nonce, as
-                // coturn answers (the crate would say 400). This mints no nonce and is no
-                // bigger than the request, so it needs no rate limit (clients such as
-                // turnutils_uclient retry a few dozen times before giving up).
-                if m.contains(ATTR_MESSAGE_INTEGRITY)
-                    && let Some(raw) =
-                        crate::inspect::unauthorized_response(m, self.shared.credentials.realm())
-                {
-                    tracing::trace!(client = %masked(src), reason = %e, "credential refused");
-                    return Verdict::Reply(raw);
-                }
-                // Otherwise the server answers 401/438 with a fresh nonce (kept forever), or
-                // 400: limited per source, since the crate never forgets a nonce.
-                if !self.shared.allow_nonce_request(src) {
-                    return Verdict::Drop("unauthenticated request rate limit");
-                }
-                tracing::trace!(client = %masked(src), reason = %e, "unauthenticated request");
-                return Verdict::Pass;
-            }
+            Err(e) => return self.refuse_unverified(m, src, allocate && draining, &e),
         };
         let key = Some(verified.key.as_slice());
         let unknown = unknown_required(m);

@@ -208,28 +208,19 @@ impl Relay {
         let mut tasks = Vec::new();
         for (transport, listener) in listeners {
             let gate = Arc::new(Gate::new(listener, shared.clone())?);
-            let (notify_tx, notify_rx) = mpsc::channel(4096);
-            let server = Server::new(ServerConfig {
-                conn_configs: vec![ConnConfig {
-                    conn: gate,
-                    relay_addr_generator: Box::new(RelayAddressGeneratorRanges {
-                        relay_address: config.relay_ip,
-                        min_port: config.relay_ports.0,
-                        max_port: config.relay_ports.1,
-                        max_retries: 0,
-                        address: address.clone(),
-                        net: net.clone(),
-                    }),
-                }],
-                realm: config.realm.clone(),
-                auth_handler: Arc::new(RestAuthHandler(credentials.clone())),
-                channel_bind_timeout: Duration::ZERO,
-                alloc_close_notify: Some(notify_tx),
-            })
-            .await?;
+            let generator = RelayAddressGeneratorRanges {
+                relay_address: config.relay_ip,
+                min_port: config.relay_ports.0,
+                max_port: config.relay_ports.1,
+                max_retries: 0,
+                address: address.clone(),
+                net: net.clone(),
+            };
+            let (server, forget) =
+                turn_server(gate, generator, &config.realm, &credentials).await?;
             tasks.push(tokio::spawn(forget_closed(
                 transport,
-                notify_rx,
+                forget,
                 shared.clone(),
             )));
             servers.push((transport, Arc::new(server)));
@@ -402,4 +393,26 @@ impl DataPlane for Relay {
     fn announce(&self) -> Vec<String> {
         vec![self.announce_line()]
     }
+}
+/// One TURN server (the `turn` crate's) behind a gate, and the channel on which it says which
+/// allocations closed.
+async fn turn_server(
+    gate: Arc<Gate>,
+    generator: RelayAddressGeneratorRanges,
+    realm: &str,
+    credentials: &Arc<Credentials>,
+) -> Result<(Server, mpsc::Receiver<AllocationInfo>), RelayError> {
+    let (notify_tx, notify_rx) = mpsc::channel(4096);
+    let server = Server::new(ServerConfig {
+        conn_configs: vec![ConnConfig {
+            conn: gate,
+            relay_addr_generator: Box::new(generator),
+        }],
+        realm: realm.to_owned(),
+        auth_handler: Arc::new(RestAuthHandler(credentials.clone())),
+        channel_bind_timeout: Duration::ZERO,
+        alloc_close_notify: Some(notify_tx),
+    })
+    .await?;
+    Ok((server, notify_rx))
 }

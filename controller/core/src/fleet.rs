@@ -391,27 +391,7 @@ impl Fleet {
             .get(&record.node)
             .is_some_and(|n| n.status != NodeStatus::Dead);
         if record.state == SessionState::Lost || !node_alive {
-            // Re-place the whole session, keeping its id, away from the dead node.
-            let mut record = record;
-            if !already {
-                record.participants.push(ParticipantRecord {
-                    id: participant.clone(),
-                    location: Some(location),
-                });
-            } else if let Some(p) = record.participants.iter_mut().find(|p| p.id == participant) {
-                p.location = Some(location);
-            }
-            let vectors: Vec<[f64; 3]> = record
-                .participants
-                .iter()
-                .filter_map(|p| p.location.map(|l| l.unit_vector()))
-                .collect();
-            let cost = record.profile.session_cost(record.participants.len());
-            let old = record.node.clone();
-            self.registry.release(&old, session);
-            let choice = self.choose(&vectors, cost, Some(&old), rng)?;
-            let (mut plan, out) = self.commit(now, record, &choice, cost);
-            plan.participants = vec![self.participant_plan(participant, location, rng)];
+            let (plan, out) = self.replace_with(now, record, participant, location, rng)?;
             return Ok((
                 JoinOutcome {
                     plan,
@@ -420,6 +400,58 @@ impl Fleet {
                 out,
             ));
         }
+        let (plan, out) = self.add_to_live(now, &record, participant, location, rng)?;
+        Ok((
+            JoinOutcome {
+                plan,
+                replaced: false,
+            },
+            out,
+        ))
+    }
+
+    /// Re-places a lost session (its node died) with `participant` in it, keeping its id, away
+    /// from the dead node.
+    fn replace_with(
+        &mut self,
+        now: Millis,
+        mut record: SessionRecord,
+        participant: ParticipantId,
+        location: Location,
+        rng: &mut impl Rng,
+    ) -> Result<(SessionPlan, Vec<Outgoing>), FleetError> {
+        match record.participants.iter_mut().find(|p| p.id == participant) {
+            Some(p) => p.location = Some(location),
+            None => record.participants.push(ParticipantRecord {
+                id: participant.clone(),
+                location: Some(location),
+            }),
+        }
+        let vectors: Vec<[f64; 3]> = record
+            .participants
+            .iter()
+            .filter_map(|p| p.location.map(|l| l.unit_vector()))
+            .collect();
+        let cost = record.profile.session_cost(record.participants.len());
+        let old = record.node.clone();
+        self.registry.release(&old, &record.id);
+        let choice = self.choose(&vectors, cost, Some(&old), rng)?;
+        let (mut plan, out) = self.commit(now, record, &choice, cost);
+        plan.participants = vec![self.participant_plan(participant, location, rng)];
+        Ok((plan, out))
+    }
+
+    /// Adds `participant` to a session whose node is alive: reserves the extra capacity and
+    /// tells the node. A participant already in the session is only handed its plan again.
+    fn add_to_live(
+        &mut self,
+        now: Millis,
+        record: &SessionRecord,
+        participant: ParticipantId,
+        location: Location,
+        rng: &mut impl Rng,
+    ) -> Result<(SessionPlan, Vec<Outgoing>), FleetError> {
+        let session = &record.id;
         let node = self
             .registry
             .get(&record.node)
@@ -433,42 +465,36 @@ impl Fleet {
             worse_rtt_ms: 0.0,
             participants: vec![self.participant_plan(participant.clone(), location, rng)],
         };
-        let mut out = Vec::new();
-        if !already {
-            let n = record.participants.len();
-            let extra = record.profile.session_cost(n + 1) - record.profile.session_cost(n);
-            if let Some(r) = self.sessions.get_mut(session) {
-                r.participants.push(ParticipantRecord {
-                    id: participant.clone(),
-                    location: Some(location),
-                });
-            }
-            if extra > 0
-                && let Some(idx) = self.registry.index_of(&record.node)
-            {
-                self.registry.reserve(
-                    idx,
-                    session.clone(),
-                    extra,
-                    now + self.config.placement.reservation_ttl_ms,
-                );
-            }
-            out.push(Outgoing {
-                node: record.node.clone(),
-                command: Command::AddParticipant {
-                    session: session.clone(),
-                    participant,
-                    cost: record.profile.cost_per_participant(),
-                },
+        if record.has_participant(&participant) {
+            return Ok((plan, Vec::new()));
+        }
+        let n = record.participants.len();
+        let extra = record.profile.session_cost(n + 1) - record.profile.session_cost(n);
+        if let Some(r) = self.sessions.get_mut(session) {
+            r.participants.push(ParticipantRecord {
+                id: participant.clone(),
+                location: Some(location),
             });
         }
-        Ok((
-            JoinOutcome {
-                plan,
-                replaced: false,
+        if extra > 0
+            && let Some(idx) = self.registry.index_of(&record.node)
+        {
+            self.registry.reserve(
+                idx,
+                session.clone(),
+                extra,
+                now + self.config.placement.reservation_ttl_ms,
+            );
+        }
+        let out = vec![Outgoing {
+            node: record.node.clone(),
+            command: Command::AddParticipant {
+                session: session.clone(),
+                participant,
+                cost: record.profile.cost_per_participant(),
             },
-            out,
-        ))
+        }];
+        Ok((plan, out))
     }
 
     /// Ends a session: forgets it and tells its node to close it.
