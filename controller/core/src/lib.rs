@@ -1,13 +1,15 @@
 //! `fleet-core`: the pure decision code of the fleet: the node registry, in-flight reservations,
-//! the session index and placement (and, as they come, autoscaling, drain plans, bookings and
-//! schedules). No I/O, no tokio, no sockets: every function that depends on time takes `now`
+//! the session index, placement and autoscaling (pool policies, scaling decisions, drain plans,
+//! bookings and schedules). No I/O, no tokio, no sockets: every function that depends on time takes `now`
 //! (milliseconds on a monotonic clock chosen by the caller) and every random choice takes the
 //! caller's `rng`, so the same code runs live in the controller, in unit tests with a virtual
 //! clock and in the trace simulator.
 //!
-//! May depend on: `fleet-proto`, `fleet-geo`, serde, rand. Never on an async runtime, a network
+//! May depend on: `fleet-proto`, `fleet-geo`, serde, rand, jiff (with its bundled time zone
+//! database: data, not I/O). Never on an async runtime, a network
 //! stack, TLS, a cloud SDK, a database or a metrics exporter (checked with `cargo tree`).
 
+pub mod autoscale;
 pub mod fleet;
 pub mod locate;
 pub mod placement;
@@ -54,19 +56,30 @@ impl Now {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}`: {message}")]
 pub struct ConfigIssue {
-    /// The field, e.g. `rtt_budget_ms`.
-    pub field: &'static str,
+    /// The field, e.g. `rtt_budget_ms` or `schedule[1].from`.
+    pub field: String,
     /// What was expected.
     pub message: String,
 }
 
 impl ConfigIssue {
     /// An issue with `field`.
-    pub fn new(field: &'static str, message: impl Into<String>) -> ConfigIssue {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
         ConfigIssue {
-            field,
+            field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// The same issue, with its field inside `parent` (`schedule` + `[1].from` →
+    /// `schedule[1].from`, `pools[0]` + `min` → `pools[0].min`).
+    pub fn within(self, parent: &str) -> ConfigIssue {
+        let field = if self.field.starts_with('[') {
+            format!("{parent}{}", self.field)
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        ConfigIssue { field, ..self }
     }
 }
 

@@ -1,0 +1,20 @@
+//! Autoscaling decisions (DESIGN.md "Autoscaling"), pure: each (region, kind) pool has a
+//! [`PoolPolicy`]; a [`PoolScaler`] turns the pool's nodes and its demand signals into a
+//! [`Decision`] (the size it should have and the launches, undrains, drains and terminations
+//! that get it there, each with its reason and inputs). Schedules ([`schedule`]) and bookings
+//! ([`bookings`]) feed the demand. The controller's scaler loop carries decisions out through a
+//! pool provider; the trace simulator replays demand through the same functions.
+
+pub mod bookings;
+pub mod decide;
+pub mod policy;
+pub mod schedule;
+pub mod victims;
+
+pub use bookings::{Booking, BookingBook, BookingError};
+pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, PoolScaler, Reason};
+pub use policy::{PolicyPatch, PoolPolicy};
+pub use schedule::{ScheduleRule, floor_at, time_zone};
+
+#[cfg(test)]
+mod tests;
