@@ -96,19 +96,11 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_region() {
-        let args = Args::try_parse_from([
-            "media-node",
-            "--region",
-            "eu-west-1",
-            "--controller",
-            "127.0.0.1:7000",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
-            "--join-secret",
-            "j",
-        ])
+        let args = Args::try_parse_from(
+            std::iter::once("media-node")
+                .chain(fleet_node::EXAMPLE_FLAGS)
+                .chain(["--join-secret", "j"]),
+        )
         .expect("parse");
         let config = args.node_config().expect("config");
         assert!(config.node_id.as_str().starts_with("media-eu-west-1-"));
@@ -121,21 +113,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_values() {
-        let base = [
-            "media-node",
-            "--region",
-            "r",
-            "--controller",
-            "c:1",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
-            "--join-secret",
-            "j",
-        ];
         let with = |extra: &[&str]| {
-            Args::try_parse_from(base.iter().copied().chain(extra.iter().copied())).is_ok()
+            let base = std::iter::once("media-node").chain(fleet_node::EXAMPLE_FLAGS);
+            let args = base
+                .chain(["--join-secret", "j"])
+                .chain(extra.iter().copied());
+            Args::try_parse_from(args).is_ok()
         };
         assert!(with(&[]));
         assert!(!with(&["--report-interval-ms", "99"]));
@@ -152,21 +135,7 @@ mod tests {
         use fleet_node::launch::as_flags;
         use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
         let launch = NodeLaunch {
-            node: NodeArgs {
-                node_id: Some("n-1".parse().expect("id")),
-                region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
-                zone: Some("eu-west-1b".into()),
-                controller: "127.0.0.1:4433".into(),
-                controller_name: "ctl".into(),
-                controller_cert: "/c.pem".into(),
-                cluster_secret: "cluster".into(),
-                capacity: 77,
-                http_listen: "127.0.0.1:9000".parse().expect("addr"),
-                public_ip: "192.0.2.1".parse().expect("ip"),
-                report_interval_ms: 300,
-                drain_grace_secs: 60,
-                session_idle_secs: 120,
-            },
+            node: NodeArgs::example(),
             kind: KindLaunch::Media {
                 join_secret: "join".into(),
             },

@@ -85,6 +85,41 @@ impl NodeArgs {
     }
 }
 
+/// The fewest flags a node starts with (region, controller, its certificate, the cluster
+/// secret), as an example for docs and tests; a kind adds its own secret.
+pub const EXAMPLE_FLAGS: [&str; 8] = [
+    "--region",
+    "eu-west-1",
+    "--controller",
+    "127.0.0.1:7000",
+    "--controller-cert",
+    "c.pem",
+    "--cluster-secret",
+    "s",
+];
+
+impl NodeArgs {
+    /// Every shared flag set to a plausible value (node `n-1` in `eu-west-1`), as an example
+    /// for docs and tests.
+    pub fn example() -> NodeArgs {
+        NodeArgs {
+            node_id: NodeId::parse("n-1").ok(),
+            region: RegionId::parse("eu-west-1").unwrap_or_else(|_| unreachable!()),
+            zone: Some("eu-west-1b".into()),
+            controller: "127.0.0.1:4433".into(),
+            controller_name: "ctl".into(),
+            controller_cert: "/c.pem".into(),
+            cluster_secret: "cluster".into(),
+            capacity: 77,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            public_ip: IpAddr::from([192, 0, 2, 1]),
+            report_interval_ms: 300,
+            drain_grace_secs: 60,
+            session_idle_secs: 120,
+        }
+    }
+}
+
 /// The environment prefix of a node kind's flags: `MEDIA_NODE` or `TURN_NODE`.
 pub fn env_prefix(kind: NodeKind) -> &'static str {
     match kind {
@@ -159,18 +194,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_region() {
         use clap::Parser;
-        let probe = Probe::try_parse_from([
-            "probe",
-            "--region",
-            "eu-west-1",
-            "--controller",
-            "127.0.0.1:7000",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
-        ])
-        .expect("parse");
+        let probe =
+            Probe::try_parse_from(std::iter::once("probe").chain(EXAMPLE_FLAGS)).expect("parse");
         let config = probe.node.node_config(NodeKind::Media).expect("config");
         assert!(config.node_id.as_str().starts_with("media-eu-west-1-"));
         assert_eq!(config.zone, "eu-west-1a");

@@ -146,18 +146,8 @@ mod tests {
         let launch = NodeLaunch {
             node: NodeArgs {
                 node_id: None,
-                region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
-                zone: None,
-                controller: "127.0.0.1:4433".into(),
-                controller_name: "fleet-controller".into(),
-                controller_cert: "/c.pem".into(),
                 cluster_secret: "cluster-secret-xyz".into(),
-                capacity: 10,
-                http_listen: "127.0.0.1:0".parse().expect("addr"),
-                public_ip: "127.0.0.1".parse().expect("ip"),
-                report_interval_ms: 300,
-                drain_grace_secs: 600,
-                session_idle_secs: 3600,
+                ..NodeArgs::example()
             },
             kind: KindLaunch::Turn {
                 auth_secret: "auth-secret-xyz".into(),

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rand::Rng;
 
 pub use self::core::{CommandError, ExitReason, NodeCore};
-pub use args::{NodeArgs, env_name, env_prefix, parse_node_args, with_env_prefix};
+pub use args::{EXAMPLE_FLAGS, NodeArgs, env_name, env_prefix, parse_node_args, with_env_prefix};
 pub use data_plane::{DataPlane, LiveSession, NoDataPlane};
 pub use launch::{KindLaunch, NodeLaunch};
 pub use runtime::{Node, NodeExit};

@@ -29,6 +29,16 @@ async fn post(c: &Controller, path: &str, token: Option<&str>, body: &str) -> (u
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// The status of a body-less request (`GET`, `DELETE`) to `path`, with `token` if given.
+async fn status_of(c: &Controller, method: &str, path: &str, token: Option<&str>) -> u16 {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut r = http().request(method, format!("{}{path}", c.api));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
 fn message(v: &Value) -> String {
     v["error"]["message"]
         .as_str()
@@ -88,39 +98,22 @@ async fn each_credential_kind_is_refused_when_wrong_or_expired() {
     }
     // The ops API takes only the admin token.
     for token in [c.client_token(), "wrong-admin-token-0123456".to_string()] {
-        let r = http()
-            .get(format!("{}/v1/nodes", c.api))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(status_of(&c, "GET", "/v1/nodes", Some(&token)).await, 401);
     }
-    let r = http()
-        .get(format!("{}/v1/nodes", c.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(status_of(&c, "GET", "/v1/nodes", None).await, 401);
     // A token scoped to one session cannot read another or create sessions.
     let (_, s) = post(&c, "/v1/sessions", Some(&c.client_token()), GOOD).await;
     let sid = s["session_id"].as_str().unwrap();
     let scoped = client_token_with(API_KID, API_SECRET, "fleet", 60, Some("s_someoneelse"));
-    let r = http()
-        .get(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(&scoped)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(
+        status_of(&c, "GET", &format!("/v1/sessions/{sid}"), Some(&scoped)).await,
+        403
+    );
     let scoped_ok = client_token_with(API_KID, API_SECRET, "fleet", 60, Some(sid));
-    let r = http()
-        .get(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(&scoped_ok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        status_of(&c, "GET", &format!("/v1/sessions/{sid}"), Some(&scoped_ok)).await,
+        200
+    );
     let (status, _) = post(&c, "/v1/sessions", Some(&scoped_ok), GOOD).await;
     assert_eq!(status, 403);
     // Nothing above disturbed the fleet.
@@ -301,30 +294,21 @@ async fn malformed_requests_get_errors_that_name_the_problem() {
         );
     }
     // The session created first is untouched, and new sessions still work.
-    let r = http()
-        .get(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        status_of(&c, "GET", &format!("/v1/sessions/{sid}"), Some(&t)).await,
+        200
+    );
     let (status, _) = post(&c, "/v1/sessions", Some(&t), GOOD).await;
     assert_eq!(status, 201);
     // DELETE ends a session.
-    let r = http()
-        .delete(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-    let r = http()
-        .get(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(
+        status_of(&c, "DELETE", &format!("/v1/sessions/{sid}"), Some(&t)).await,
+        204
+    );
+    assert_eq!(
+        status_of(&c, "GET", &format!("/v1/sessions/{sid}"), Some(&t)).await,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,21 +403,12 @@ async fn invites_are_scoped_to_their_session_and_cannot_end_it() {
     )
     .await;
     assert_eq!(status, 403);
-    let r = http()
-        .delete(format!("{}/v1/sessions/{sid1}", c.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
-    let r = http()
-        .get(format!("{}/v1/sessions/{sid1}", c.api))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status().as_u16(),
+        status_of(&c, "DELETE", &format!("/v1/sessions/{sid1}"), Some(token)).await,
+        403
+    );
+    assert_eq!(
+        status_of(&c, "GET", &format!("/v1/sessions/{sid1}"), Some(token)).await,
         200,
         "the invite may look at its session"
     );

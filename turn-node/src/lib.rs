@@ -209,22 +209,15 @@ mod tests {
     use clap::Parser;
     use std::time::Duration;
 
+    /// A turn-node command line: the example node flags, then `extra`.
+    fn turn_args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let args = std::iter::once("turn-node").chain(fleet_node::EXAMPLE_FLAGS);
+        Args::try_parse_from(args.chain(extra.iter().copied()))
+    }
+
     #[test]
     fn defaults_follow_the_region() {
-        let args = Args::try_parse_from([
-            "turn-node",
-            "--region",
-            "eu-west-1",
-            "--controller",
-            "127.0.0.1:7000",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
-            "--auth-secret",
-            "a",
-        ])
-        .expect("parse");
+        let args = turn_args(&["--auth-secret", "a"]).expect("parse");
         let config = args.node_config().expect("config");
         assert!(config.node_id.as_str().starts_with("turn-eu-west-1-"));
         assert_eq!(config.zone, "eu-west-1a");
@@ -253,22 +246,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_values() {
-        let base = [
-            "turn-node",
-            "--region",
-            "r",
-            "--controller",
-            "c:1",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
-            "--auth-secret",
-            "a,b",
-        ];
-        let with = |extra: &[&str]| {
-            Args::try_parse_from(base.iter().copied().chain(extra.iter().copied())).is_ok()
-        };
+        let with = |extra: &[&str]| turn_args(&[&["--auth-secret", "a,b"], extra].concat()).is_ok();
         assert!(with(&[]));
         assert!(!with(&["--report-interval-ms", "99"]));
         assert!(with(&["--report-interval-ms", "100"]));
@@ -294,29 +272,22 @@ mod tests {
             "k.pem"
         ]));
         // --auth-secret is required.
-        assert!(Args::try_parse_from(base.iter().copied().take(base.len() - 2)).is_err());
-        let args = Args::try_parse_from(base.iter().copied().chain([
+        assert!(turn_args(&[]).is_err());
+        let args = turn_args(&[
+            "--auth-secret",
+            "a,b",
             "--relay-min-port",
             "6000",
             "--relay-max-port",
             "5000",
-        ]))
+        ])
         .expect("parses");
         assert!(args.relay_config().is_err(), "inverted relay range");
     }
 
     #[test]
     fn advertises_tls_when_configured() {
-        let args = Args::try_parse_from([
-            "turn-node",
-            "--region",
-            "r",
-            "--controller",
-            "c:1",
-            "--controller-cert",
-            "c.pem",
-            "--cluster-secret",
-            "s",
+        let args = turn_args(&[
             "--auth-secret",
             "a",
             "--public-ip",
@@ -348,21 +319,7 @@ mod tests {
         use fleet_node::launch::as_flags;
         use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
         let launch = NodeLaunch {
-            node: NodeArgs {
-                node_id: Some("n-1".parse().expect("id")),
-                region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
-                zone: Some("eu-west-1b".into()),
-                controller: "127.0.0.1:4433".into(),
-                controller_name: "ctl".into(),
-                controller_cert: "/c.pem".into(),
-                cluster_secret: "cluster".into(),
-                capacity: 77,
-                http_listen: "127.0.0.1:9000".parse().expect("addr"),
-                public_ip: "192.0.2.1".parse().expect("ip"),
-                report_interval_ms: 300,
-                drain_grace_secs: 60,
-                session_idle_secs: 120,
-            },
+            node: NodeArgs::example(),
             kind: KindLaunch::Turn {
                 auth_secret: "a1,a2".into(),
                 turn_port: 3479,

@@ -11,13 +11,14 @@ use std::time::Duration;
 use fleet_proto::messages::Command;
 use fleet_proto::turn_rest::rest_credentials;
 use fleet_testkit::FakeController;
-use stun::message::{CLASS_REQUEST, Getter, METHOD_ALLOCATE, Message, MessageType, Setter};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::process::Command as Process;
 use turn::client::{Client, ClientConfig};
 use turn_node::auth::now_unix;
 use webrtc_util::Conn;
+
+mod common;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -38,30 +39,6 @@ async fn client(server: SocketAddr, user: &str) -> Client {
     .expect("client");
     c.listen().await.expect("listen");
     c
-}
-
-/// The error code the node answers an unauthenticated Allocate with.
-async fn allocate_error(server: SocketAddr) -> Option<u16> {
-    let mut m = Message::new();
-    let setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(stun::agent::TransactionId::new()),
-        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-        Box::new(turn::proto::reqtrans::RequestedTransport::default()),
-    ];
-    m.build(&setters).ok()?;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.ok()?;
-    socket.send_to(&m.raw, server).await.ok()?;
-    let mut buf = [0u8; 1500];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let mut r = Message::new();
-    r.raw = buf[..n].to_vec();
-    r.decode().ok()?;
-    let mut code = stun::error_code::ErrorCodeAttribute::default();
-    code.get_from(&r).ok()?;
-    Some(code.code.0)
 }
 
 /// Sends from `a` to `b` until it arrives.
@@ -130,17 +107,26 @@ async fn reports_relays_and_drains_with_live_allocations() {
         ctl.command(1, Command::Drain { deadline_unix_ms }).await,
         None
     );
-    assert_eq!(allocate_error(server).await, Some(403));
+    assert_eq!(
+        common::unauthenticated_allocate_error(server).await,
+        Some(403)
+    );
     assert!(relay_once(&a, &b).await, "relays while draining");
     assert_eq!(ctl.command(2, Command::Undrain).await, None);
-    assert_eq!(allocate_error(server).await, Some(401));
+    assert_eq!(
+        common::unauthenticated_allocate_error(server).await,
+        Some(401)
+    );
 
     // SIGTERM drains; the node waits for its allocations.
     let pid = child.id().expect("running") as i32;
     // SAFETY: kill only sends a signal to the child we spawned.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(allocate_error(server).await, Some(403));
+    assert_eq!(
+        common::unauthenticated_allocate_error(server).await,
+        Some(403)
+    );
     assert!(child.try_wait().expect("wait").is_none(), "still relaying");
     a.close().await.expect("close a");
     tokio::time::sleep(Duration::from_millis(500)).await;

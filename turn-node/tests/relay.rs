@@ -21,6 +21,8 @@ use turn_node::policy::PeerPolicy;
 use turn_node::relay::{Relay, RelayConfig};
 use webrtc_util::Conn;
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Setup {
@@ -247,40 +249,21 @@ async fn user_quota_and_drain() {
     let erin = udp_client(server, "old-secret", "erin").await;
     assert!(allocate(&erin).await.is_err(), "draining refuses");
     // Even the first, unauthenticated Allocate gets 403 at once (no nonce round trip).
-    assert_eq!(raw_allocate_error(server).await, Some(403));
+    assert_eq!(
+        common::unauthenticated_allocate_error(server).await,
+        Some(403)
+    );
     // Existing allocations keep relaying while draining.
     exchange(&a, &b).await;
     assert_eq!(relay.active(), 2);
     relay.set_draining(false);
-    assert_eq!(raw_allocate_error(server).await, Some(401));
+    assert_eq!(
+        common::unauthenticated_allocate_error(server).await,
+        Some(401)
+    );
     let frank = udp_client(server, "old-secret", "frank").await;
     allocate(&frank).await.expect("undrained");
     relay.shutdown().await;
-}
-
-/// Sends an unauthenticated Allocate from a fresh socket; the error code of the answer.
-async fn raw_allocate_error(server: SocketAddr) -> Option<u16> {
-    use stun::message::{CLASS_REQUEST, Getter, METHOD_ALLOCATE, Message, MessageType, Setter};
-    let mut m = Message::new();
-    let setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(stun::agent::TransactionId::new()),
-        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-        Box::new(turn::proto::reqtrans::RequestedTransport::default()),
-    ];
-    m.build(&setters).ok()?;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.ok()?;
-    socket.send_to(&m.raw, server).await.ok()?;
-    let mut buf = [0u8; 1500];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let mut r = Message::new();
-    r.raw = buf[..n].to_vec();
-    r.decode().ok()?;
-    let mut code = stun::error_code::ErrorCodeAttribute::default();
-    code.get_from(&r).ok()?;
-    Some(code.code.0)
 }
 
 /// A `Conn` over a TCP or TLS stream to the server, framing with the relay's own framer.

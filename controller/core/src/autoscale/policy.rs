@@ -212,55 +212,31 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let base = PoolPolicy::default_for(NodeKind::Media);
-        let cases: Vec<(PolicyPatch, &str)> = vec![
+        for (json, field) in [
+            (r#"{"min": 5, "max": 3}"#, "min"),
+            (r#"{"max": 0}"#, "max"),
+            (r#"{"cpu_target": 0.0}"#, "cpu_target"),
+            (r#"{"target_utilization": 1.5}"#, "target_utilization"),
+            (r#"{"memory_target": -0.1}"#, "memory_target"),
+            (r#"{"scale_down_window_secs": 0}"#, "scale_down_window_secs"),
+            (r#"{"max_step": 0}"#, "max_step"),
             (
-                PolicyPatch {
-                    min: Some(5),
-                    max: Some(3),
-                    ..Default::default()
-                },
-                "min",
+                r#"{"schedule": [{"days": "mon", "from": "08:00", "to": "20:00", "min": 13}]}"#,
+                "schedule[0].min",
             ),
-            (
-                PolicyPatch {
-                    cpu_target: Some(0.0),
-                    ..Default::default()
-                },
-                "cpu_target",
-            ),
-            (
-                PolicyPatch {
-                    target_utilization: Some(1.5),
-                    ..Default::default()
-                },
-                "target_utilization",
-            ),
-            (
-                PolicyPatch {
-                    memory_target: Some(f64::NAN),
-                    ..Default::default()
-                },
-                "memory_target",
-            ),
-            (
-                PolicyPatch {
-                    scale_down_window_secs: Some(0),
-                    ..Default::default()
-                },
-                "scale_down_window_secs",
-            ),
-            (
-                PolicyPatch {
-                    max_step: Some(0),
-                    ..Default::default()
-                },
-                "max_step",
-            ),
-        ];
-        for (patch, field) in cases {
-            let err = patch.apply(&base).expect_err(field);
-            assert_eq!(err.field, field, "{err:?}");
+        ] {
+            let patch: PolicyPatch = serde_json::from_str(json).expect(json);
+            let err = patch.apply(&base).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err:?}");
         }
+        let nan = PolicyPatch {
+            memory_target: Some(f64::NAN),
+            ..Default::default()
+        };
+        assert_eq!(nan.apply(&base).expect_err("NaN").field, "memory_target");
+        // Unknown fields and negative numbers are refused when read.
+        assert!(serde_json::from_str::<PolicyPatch>(r#"{"minimum": 1}"#).is_err());
+        assert!(serde_json::from_str::<PolicyPatch>(r#"{"min": -1}"#).is_err());
     }
 
     #[test]

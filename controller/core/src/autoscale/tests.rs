@@ -63,6 +63,14 @@ fn demand() -> Demand {
     }
 }
 
+/// The usual demand, with `units` of unmet demand.
+fn unmet(units: u64) -> Demand {
+    Demand {
+        unmet_units: units,
+        ..demand()
+    }
+}
+
 fn launched(d: &Decision) -> u32 {
     d.actions
         .iter()
@@ -157,15 +165,7 @@ fn steps_are_limited() {
     };
     let mut s = PoolScaler::default();
     let full = serving(2, 100); // ratio 1.43 → 3; unmet demand asks for more
-    let d = s.decide(
-        T0,
-        &p,
-        &full,
-        &Demand {
-            unmet_units: 1_000,
-            ..demand()
-        },
-    );
+    let d = s.decide(T0, &p, &full, &unmet(1_000));
     assert_eq!((d.desired, launched(&d)), (4, 2));
     // Never above max.
     let p = PoolPolicy {
@@ -173,15 +173,7 @@ fn steps_are_limited() {
         max: 5,
         ..policy()
     };
-    let d = PoolScaler::default().decide(
-        T0,
-        &p,
-        &full,
-        &Demand {
-            unmet_units: 1_000,
-            ..demand()
-        },
-    );
+    let d = PoolScaler::default().decide(T0, &p, &full, &unmet(1_000));
     assert_eq!(d.desired, 5);
 }
 
@@ -190,15 +182,7 @@ fn unmet_demand_scales_up_at_once_sized_to_the_units() {
     let p = policy();
     let mut s = PoolScaler::default();
     let nodes = serving(3, 70);
-    let d = s.decide(
-        T0,
-        &p,
-        &nodes,
-        &Demand {
-            unmet_units: 150,
-            ..demand()
-        },
-    );
+    let d = s.decide(T0, &p, &nodes, &unmet(150));
     assert_eq!((d.desired, launched(&d)), (5, 2));
     assert_eq!(d.reason, Some(Reason::UnmetDemand));
     assert_eq!(d.inputs.unmet_units, 150);
@@ -402,15 +386,7 @@ fn demand_returning_undrains_before_launching() {
     let mut draining = node("leaving", "z-a", PoolNodeState::Draining, 16, 2);
     draining.drain_deadline_ms = Some(T0 + 7_200 * SEC);
     nodes.push(draining);
-    let d = PoolScaler::default().decide(
-        T0,
-        &p,
-        &nodes,
-        &Demand {
-            unmet_units: 150,
-            ..demand()
-        },
-    );
+    let d = PoolScaler::default().decide(T0, &p, &nodes, &unmet(150));
     assert_eq!(d.desired, 5);
     assert_eq!(
         d.actions[0],
