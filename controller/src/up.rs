@@ -62,6 +62,7 @@ fn node_launches(
                 node_id: Some(NodeId::parse(&node_id)?),
                 region: region.clone(),
                 zone: None,
+                machine_id: None,
                 controller: link.to_string(),
                 controller_name: config.link.server_name.clone(),
                 controller_cert: cert.to_path_buf(),

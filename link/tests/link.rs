@@ -140,6 +140,7 @@ fn hello(node: &str) -> Hello {
         capacity_total: 10,
         report_interval_ms: 100,
         auth: String::new(),
+        machine: None,
     }
 }
 

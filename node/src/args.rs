@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches};
-use fleet_proto::ids::{IdError, NodeId, NodeKind, RegionId};
+use fleet_proto::ids::{IdError, MachineId, NodeId, NodeKind, RegionId};
 
 use crate::{NodeConfig, default_node_id};
 
@@ -24,6 +24,9 @@ pub struct NodeArgs {
     /// Zone inside the region [default: <region>a].
     #[arg(long)]
     pub zone: Option<String>,
+    /// The machine this node runs in, as its pool provider names it (set by the provider).
+    #[arg(long, value_parser = MachineId::parse)]
+    pub machine_id: Option<MachineId>,
     /// Controller link address, host:port (QUIC).
     #[arg(long)]
     pub controller: String,
@@ -67,6 +70,7 @@ impl NodeArgs {
             kind,
             node_id,
             region: self.region.clone(),
+            machine: self.machine_id.clone(),
             zone: self
                 .zone
                 .clone()
@@ -106,6 +110,7 @@ impl NodeArgs {
             node_id: NodeId::parse("n-1").ok(),
             region: RegionId::parse("eu-west-1").unwrap_or_else(|_| unreachable!()),
             zone: Some("eu-west-1b".into()),
+            machine_id: MachineId::parse("local-7").ok(),
             controller: "127.0.0.1:4433".into(),
             controller_name: "ctl".into(),
             controller_cert: "/c.pem".into(),

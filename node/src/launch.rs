@@ -72,6 +72,9 @@ impl NodeLaunch {
         if let Some(zone) = &n.zone {
             args.push(("--zone", zone.clone()));
         }
+        if let Some(machine) = &n.machine_id {
+            args.push(("--machine-id", machine.to_string()));
+        }
         args.extend([
             ("--controller", n.controller.clone()),
             ("--controller-name", n.controller_name.clone()),

@@ -34,7 +34,7 @@ pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 
 use fleet_link::TlsError;
-use fleet_proto::ids::{IdError, NodeId, NodeKind, RegionId};
+use fleet_proto::ids::{IdError, MachineId, NodeId, NodeKind, RegionId};
 
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`) for every
 /// fleet binary; a second call, or a subscriber installed by someone else, is left alone.
@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub region: RegionId,
     /// Zone, e.g. `eu-west-1a`.
     pub zone: String,
+    /// The machine the node runs in, when a pool provider launched it.
+    pub machine: Option<MachineId>,
     /// The node's software version.
     pub version: String,
     /// The controller's link address, `host:port` (resolved once, at [`Node::bind`]).

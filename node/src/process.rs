@@ -1,7 +1,8 @@
-//! CPU and memory use of the current process, from `/proc/self/stat` and `/proc/self/status`.
+//! CPU and memory use of the current process, from `/proc/self/stat` and `/proc/self/status`,
+//! and the memory it may use (`/proc/meminfo`, or the cgroup v2 limit when lower).
 //!
 //! CPU is reported as a fraction of the whole machine (all cores) over the time since the
-//! previous sample. On systems without `/proc` both values read as zero.
+//! previous sample. On systems without `/proc` the values read as zero.
 
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ pub struct ProcessUsage {
     pub cpu: f32,
     /// Resident set size.
     pub memory_bytes: u64,
+    /// Memory the process may use: the machine's, or its cgroup limit when lower (0: unknown).
+    pub memory_total_bytes: u64,
 }
 
 /// Turns successive `/proc` readings into CPU fractions.
@@ -21,6 +24,7 @@ pub struct ProcessSampler {
     cpus: f64,
     last: Option<(Instant, u64)>,
     last_cpu: f32,
+    memory_total_bytes: u64,
 }
 
 impl Default for ProcessSampler {
@@ -43,6 +47,7 @@ impl ProcessSampler {
             cpus,
             last: None,
             last_cpu: 0.0,
+            memory_total_bytes: memory_limit_bytes(),
         }
     }
 
@@ -74,7 +79,39 @@ impl ProcessSampler {
         ProcessUsage {
             cpu: self.last_cpu,
             memory_bytes,
+            memory_total_bytes: self.memory_total_bytes,
         }
+    }
+}
+
+/// The machine's memory (`MemTotal`), or the cgroup v2 `memory.max` of this process when it
+/// is set and lower; 0 when neither can be read.
+fn memory_limit_bytes() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_meminfo_total_bytes(&s));
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (m, c) => m.or(c).unwrap_or(0),
+    }
+}
+
+/// `MemTotal` in bytes from the text of `/proc/meminfo`.
+pub fn parse_meminfo_total_bytes(meminfo: &str) -> Option<u64> {
+    kib_field(meminfo, "MemTotal:")
+}
+
+/// A `<name> <value> kB` line's value in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let mut parts = line[name.len()..].split_ascii_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => value.checked_mul(1024),
+        Some(_) => None,
     }
 }
 
@@ -93,13 +130,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// `VmRSS` in bytes from the text of `/proc/<pid>/status`.
 pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
-    let value: u64 = parts.next()?.parse().ok()?;
-    match parts.next() {
-        Some("kB") | None => value.checked_mul(1024),
-        Some(_) => None,
-    }
+    kib_field(status, "VmRSS:")
 }
 
 #[cfg(test)]
@@ -121,6 +152,15 @@ mod tests {
         assert_eq!(parse_status_rss_bytes(status), Some(2048 * 1024));
         assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
         assert_eq!(parse_status_rss_bytes("VmRSS:\tlots kB\n"), None);
+    }
+
+    #[test]
+    fn parses_meminfo_and_knows_this_machines_memory() {
+        let meminfo = "MemTotal:        8042140 kB\nMemFree:  100 kB\n";
+        assert_eq!(parse_meminfo_total_bytes(meminfo), Some(8_042_140 * 1024));
+        assert_eq!(parse_meminfo_total_bytes("MemFree: 1 kB\n"), None);
+        let usage = ProcessSampler::new().sample();
+        assert!(usage.memory_total_bytes > usage.memory_bytes, "{usage:?}");
     }
 
     #[test]

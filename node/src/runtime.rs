@@ -227,6 +227,7 @@ fn reporter_config(
             report_interval_ms: u64::try_from(config.report_interval.as_millis())
                 .unwrap_or(u64::MAX),
             auth: String::new(),
+            machine: config.machine.clone(),
         },
         interval: config.report_interval,
     }

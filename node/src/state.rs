@@ -184,6 +184,7 @@ impl ReportSource for NodeShared {
             load: Load {
                 cpu: usage.cpu,
                 memory_bytes: usage.memory_bytes,
+                memory_total_bytes: usage.memory_total_bytes,
                 capacity_used: core.capacity_used(),
                 capacity_total: core.capacity_total(),
                 ..Load::default()

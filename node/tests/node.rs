@@ -24,6 +24,7 @@ fn config(controller: SocketAddr, cert: &Path, node: &str) -> NodeConfig {
         node_id: NodeId::parse(node).expect("id"),
         region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
         zone: "eu-west-1a".into(),
+        machine: fleet_proto::MachineId::parse("local-1").ok(),
         version: "test".into(),
         controller: controller.to_string(),
         controller_name: SERVER_NAME.into(),

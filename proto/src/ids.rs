@@ -1,5 +1,5 @@
 //! Validated identifiers shared by nodes and the controller (`NodeId`, `SessionId`,
-//! `ParticipantId`, `RegionId`) and the small enums that name a node's kind and life-cycle state.
+//! `ParticipantId`, `MachineId`, `RegionId`) and the small enums that name a node's kind and life-cycle state.
 //!
 //! Node, session and participant ids are 1..=64 characters of `[A-Za-z0-9._:-]`; region ids are
 //! stricter, 1..=32 characters of `[a-z0-9-]` (cloud region names such as `eu-west-2`). Ids serialize as plain JSON strings
@@ -185,6 +185,13 @@ define_id!(
     /// An opaque participant id chosen by the app backend (never personal data).
     ParticipantId,
     "participant id",
+    GENERAL
+);
+define_id!(
+    /// Names the machine a node runs in, as its pool provider knows it: an EC2 instance id, a
+    /// Kubernetes pod name, a local process's name.
+    MachineId,
+    "machine id",
     GENERAL
 );
 define_id!(

@@ -21,7 +21,9 @@ pub mod turn_rest;
 
 pub use auth::{node_auth, verify_node_auth};
 pub use codec::{DecodeError, MAX_FRAME_LEN, decode, encode};
-pub use ids::{IdError, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
+pub use ids::{
+    IdError, MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
+};
 pub use messages::{
     Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, PROTOCOL_VERSION, Report,
 };

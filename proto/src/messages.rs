@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
+use crate::ids::{MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
 
 /// The protocol version carried in every frame; a frame with another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -40,6 +40,10 @@ pub struct Hello {
     /// Proof of the cluster secret: hex HMAC-SHA256(secret, "fleet-node-auth:v1:" + node_id).
     /// Filled by the reporter.
     pub auth: String,
+    /// The machine the node runs in, as its pool provider names it (absent for a node no
+    /// provider launched). Matches the registry's node with the provider's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineId>,
 }
 
 /// The node's whole current state; each report replaces the previous one.
@@ -76,6 +80,11 @@ pub struct Load {
     pub cpu: f32,
     /// Resident memory of the node process.
     pub memory_bytes: u64,
+    /// Memory the node may use: the machine's, or its cgroup limit when lower (0: unknown).
+    pub memory_total_bytes: u64,
+    /// p95 of the time from a participant's offer to its media connection, over the recent
+    /// joins (media nodes; absent when there were none).
+    pub setup_p95_ms: Option<u32>,
     /// Media/relay bitrate received.
     pub bitrate_in_bps: u64,
     /// Media/relay bitrate sent.

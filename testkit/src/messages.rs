@@ -1,7 +1,9 @@
 //! Sample protocol messages covering every message and command variant, for codec and link
 //! tests.
 
-use fleet_proto::ids::{NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
+use fleet_proto::ids::{
+    MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
+};
 use fleet_proto::messages::{
     Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, Report,
 };
@@ -18,6 +20,7 @@ pub fn hello() -> Hello {
         capacity_total: 1000,
         report_interval_ms: 1000,
         auth: "00ff".into(),
+        machine: MachineId::parse("i-0123456789abcdef0").ok(),
     }
 }
 
@@ -38,6 +41,8 @@ pub fn report() -> Report {
         load: Load {
             cpu: 0.25,
             memory_bytes: 1 << 30,
+            memory_total_bytes: 8 << 30,
+            setup_p95_ms: Some(180),
             bitrate_in_bps: 1,
             bitrate_out_bps: 2,
             packets_in: 3,

@@ -21,6 +21,7 @@ fn pool(p: usize) -> Vec<PoolNode> {
     (0..NODES_PER_POOL)
         .map(|i| PoolNode {
             id: NodeId::parse(&format!("media-p{p}-n{i}")).unwrap(),
+            machine: None,
             zone: format!("zone-{}", i % 3),
             state: if i == 0 {
                 PoolNodeState::Starting

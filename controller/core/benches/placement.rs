@@ -48,6 +48,7 @@ fn fleet() -> Fleet {
                 capacity_total: cap,
                 report_interval_ms: 1000,
                 auth: String::new(),
+                machine: None,
             },
         )
         .unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use fleet_geo::RegionCatalog;
 use fleet_proto::{
-    Hello, HostedSession, Load, NodeId, NodeKind, NodeState, RegionId, Report, SessionId,
+    Hello, HostedSession, Load, MachineId, NodeId, NodeKind, NodeState, RegionId, Report, SessionId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +101,8 @@ pub struct NodeEntry {
     pub region: RegionId,
     pub region_idx: usize,
     pub zone: String,
+    /// The machine the node says it runs in (its provider's name for it).
+    pub machine: Option<MachineId>,
     pub version: String,
     pub addresses: Vec<String>,
     pub capacity_total: u64,
@@ -259,6 +261,7 @@ impl Registry {
             region: hello.region.clone(),
             region_idx,
             zone: hello.zone.clone(),
+            machine: hello.machine.clone(),
             version: hello.version.clone(),
             addresses: hello.addresses.clone(),
             capacity_total: hello.capacity_total,

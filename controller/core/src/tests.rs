@@ -10,36 +10,36 @@ use rand::rngs::SmallRng;
 
 use super::*;
 
-const KAMPALA: Location = Location {
+pub(crate) const KAMPALA: Location = Location {
     lat: 0.35,
     lon: 32.58,
 };
-const LONDON: Location = Location {
+pub(crate) const LONDON: Location = Location {
     lat: 51.51,
     lon: -0.13,
 };
-const NEW_YORK: Location = Location {
+pub(crate) const NEW_YORK: Location = Location {
     lat: 40.71,
     lon: -74.0,
 };
-const MUMBAI: Location = Location {
+pub(crate) const MUMBAI: Location = Location {
     lat: 19.08,
     lon: 72.88,
 };
 
 /// `ms` on the tests' virtual clock.
-fn at(ms: Millis) -> Now {
+pub(crate) fn at(ms: Millis) -> Now {
     Now::virtual_at(ms, 1_700_000_000_000)
 }
 
-fn nid(s: &str) -> NodeId {
+pub(crate) fn nid(s: &str) -> NodeId {
     NodeId::parse(s).unwrap()
 }
 fn pid(s: &str) -> ParticipantId {
     ParticipantId::parse(s).unwrap()
 }
 
-fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
+pub(crate) fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
     Hello {
         node_id: nid(id),
         kind,
@@ -53,10 +53,11 @@ fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
         capacity_total: cap,
         report_interval_ms: 1000,
         auth: String::new(),
+        machine: None,
     }
 }
 
-fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -> Report {
+pub(crate) fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -> Report {
     let used = sessions.iter().map(|s| s.cost).sum();
     Report {
         seq: 1,
@@ -72,7 +73,7 @@ fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -> Report {
 
 /// A fleet with `per_region` serving media nodes of capacity `cap` in each region, plus one TURN
 /// node per region. Connection ids are the node's position.
-fn fleet(regions: &[&str], per_region: usize, cap: u64) -> (Fleet, Vec<(NodeId, u64)>) {
+pub(crate) fn fleet(regions: &[&str], per_region: usize, cap: u64) -> (Fleet, Vec<(NodeId, u64)>) {
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
     let mut conns = Vec::new();
     let mut conn = 0;
@@ -103,7 +104,7 @@ fn fleet(regions: &[&str], per_region: usize, cap: u64) -> (Fleet, Vec<(NodeId, 
     (f, conns)
 }
 
-fn new_session(people: &[(&str, Location)]) -> NewSession {
+pub(crate) fn new_session(people: &[(&str, Location)]) -> NewSession {
     NewSession {
         id: SessionId::random(),
         participants: people.iter().map(|(p, l)| (pid(p), *l)).collect(),
@@ -111,7 +112,7 @@ fn new_session(people: &[(&str, Location)]) -> NewSession {
     }
 }
 
-fn rng() -> SmallRng {
+pub(crate) fn rng() -> SmallRng {
     SmallRng::seed_from_u64(7)
 }
 

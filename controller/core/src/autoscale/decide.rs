@@ -11,7 +11,7 @@
 //! fewer nodes for the whole down window, and then to the highest size any of them asked for in
 //! that window.
 
-use fleet_proto::NodeId;
+use fleet_proto::{MachineId, NodeId};
 use serde::Serialize;
 
 use super::policy::PoolPolicy;
@@ -34,6 +34,8 @@ pub enum PoolNodeState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolNode {
     pub id: NodeId,
+    /// Its machine, when the node or the provider named it.
+    pub machine: Option<MachineId>,
     pub zone: String,
     pub state: PoolNodeState,
     /// Capacity units offered (0 while unknown, before the node's hello).

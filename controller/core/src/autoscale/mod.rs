@@ -8,12 +8,16 @@
 pub mod bookings;
 pub mod decide;
 pub mod policy;
+pub mod pools;
 pub mod schedule;
 pub mod victims;
 
 pub use bookings::{Booking, BookingBook, BookingError};
 pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, PoolScaler, Reason};
 pub use policy::{PolicyPatch, PoolPolicy};
+pub use pools::{
+    Autoscaler, InFlight, Machine, PoolKey, PoolSetup, PoolState, PoolTick, Step, StepReason,
+};
 pub use schedule::{ScheduleRule, floor_at, time_zone};
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ const T0: Millis = 3_600 * SEC;
 fn node(id: &str, zone: &str, state: PoolNodeState, used: u64, sessions: u32) -> PoolNode {
     PoolNode {
         id: NodeId::parse(id).expect("id"),
+        machine: None,
         zone: zone.to_owned(),
         state,
         capacity_total: 100,
@@ -443,4 +444,162 @@ fn setup_latency_sustained_adds_a_node() {
     assert_eq!(s.decide(T0, &p, &nodes, &demand()).desired, 3);
     let d = s.decide(T0 + 30 * SEC, &p, &nodes, &demand());
     assert_eq!((d.desired, d.reason), (4, Some(Reason::SetupLatency)));
+}
+
+// The autoscaler over a real `Fleet`: launches named and counted while in flight, boot
+// timeouts, provider failures, unmet demand, pause.
+
+mod over_the_fleet {
+    use std::collections::HashMap;
+
+    use fleet_proto::{MachineId, NodeKind, RegionId};
+
+    use super::super::*;
+    use crate::tests::{LONDON, at, fleet, new_session, rng};
+
+    const BOOT_TIMEOUT: u64 = 600_000;
+
+    fn key(region: &str, kind: NodeKind) -> PoolKey {
+        PoolKey {
+            region: RegionId::parse(region).expect("region"),
+            kind,
+        }
+    }
+
+    fn setup(min: u32) -> PoolSetup {
+        PoolSetup {
+            policy: PoolPolicy {
+                min,
+                max: 6,
+                buffer_sessions: 0,
+                ..PoolPolicy::default_for(NodeKind::Media)
+            },
+            provider: "local".into(),
+            zones: vec!["eu-west-1a".into(), "eu-west-1b".into()],
+            time_zone: time_zone("Europe/Dublin").expect("tz"),
+            node_capacity: 100,
+        }
+    }
+
+    fn launches(ticks: &[PoolTick]) -> Vec<InFlight> {
+        ticks
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter_map(|(s, _)| match s {
+                Step::Launch { nodes } => Some(nodes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn boot_timeouts(ticks: &[PoolTick]) -> usize {
+        ticks
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter(|(s, r)| matches!(s, Step::Terminate { .. }) && *r == StepReason::BootTimeout)
+            .count()
+    }
+
+    #[test]
+    fn a_launch_in_flight_is_never_repeated_and_a_silent_machine_times_out() {
+        let (f, _) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(3))], BOOT_TIMEOUT);
+        let book = BookingBook::default();
+        let mut rng = rng();
+        let no_machines = HashMap::new();
+        let first = a.tick(at(1_000), &f, &no_machines, &book, &mut rng);
+        let launched = launches(&first);
+        assert_eq!(launched.len(), 2, "{first:?}");
+        assert_ne!(launched[0].node, launched[1].node);
+        assert_ne!(launched[0].zone, launched[1].zone, "spread over zones");
+        // The provider has not listed them yet: still no second launch.
+        let again = a.tick(at(11_000), &f, &no_machines, &book, &mut rng);
+        assert!(launches(&again).is_empty(), "{again:?}");
+        // Now it lists them; they have not said Hello: still counted, no launch.
+        let listed: HashMap<PoolKey, Vec<Machine>> = HashMap::from([(
+            pool.clone(),
+            launched
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Machine {
+                    id: MachineId::parse(&format!("m-{i}")).expect("machine"),
+                    node: l.node.clone(),
+                    zone: l.zone.clone(),
+                    launched_unix_ms: l.launched_unix_ms,
+                })
+                .collect(),
+        )]);
+        let listed_tick = a.tick(at(21_000), &f, &listed, &book, &mut rng);
+        assert!(launches(&listed_tick).is_empty(), "{listed_tick:?}");
+        assert_eq!(a.pool(&pool).map(|p| p.desired), Some(3));
+        // Past the boot timeout, both machines are terminated (by machine id) and replaced.
+        let late = a.tick(at(1_000 + BOOT_TIMEOUT), &f, &listed, &book, &mut rng);
+        assert_eq!(boot_timeouts(&late), 2, "{late:?}");
+        let terminated_machines: Vec<_> = late
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter_map(|(s, _)| match s {
+                Step::Terminate { machine, .. } => machine.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(terminated_machines.len(), 2);
+        let replacements = launches(&late);
+        assert_eq!(replacements.len(), 2);
+        assert!(replacements.iter().all(|r| !launched.contains(r)));
+    }
+
+    #[test]
+    fn a_failed_launch_is_decided_again() {
+        let (f, _) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(2))], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        let first = launches(&a.tick(at(1_000), &f, &none, &book, &mut rng));
+        assert_eq!(first.len(), 1);
+        a.launch_failed(&pool, &[first[0].node.clone()]);
+        let retry = launches(&a.tick(at(2_000), &f, &none, &book, &mut rng));
+        assert_eq!(retry.len(), 1);
+        assert_ne!(retry[0].node, first[0].node);
+    }
+
+    #[test]
+    fn spilled_sessions_scale_their_preferred_region_once() {
+        // One node of 8 units in London's region: the second session spills to Ireland.
+        let (mut f, _) = fleet(&["eu-west-2", "eu-west-1"], 1, 8);
+        let london = key("eu-west-2", NodeKind::Media);
+        let mut a = Autoscaler::new([(london.clone(), setup(1))], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        assert!(launches(&a.tick(at(1_000), &f, &none, &book, &mut rng)).is_empty());
+        for _ in 0..2 {
+            let s = new_session(&[("a", LONDON), ("b", LONDON)]);
+            f.create_session(at(2_000), s, &mut rng).expect("placed");
+        }
+        assert!(f.demand().iter().any(|d| d.unmet_units > 0));
+        let grown = launches(&a.tick(at(3_000), &f, &none, &book, &mut rng));
+        assert_eq!(grown.len(), 1, "unmet demand scales up at once");
+        // The same spill is not counted twice.
+        assert!(launches(&a.tick(at(4_000), &f, &none, &book, &mut rng)).is_empty());
+    }
+
+    #[test]
+    fn a_paused_pool_decides_nothing() {
+        let (f, _) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(3))], BOOT_TIMEOUT);
+        if let Some(p) = a.pool_mut(&pool) {
+            p.paused = true;
+        }
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        assert!(a.tick(at(1_000), &f, &none, &book, &mut rng).is_empty());
+        if let Some(p) = a.pool_mut(&pool) {
+            p.paused = false;
+        }
+        assert_eq!(
+            launches(&a.tick(at(2_000), &f, &none, &book, &mut rng)).len(),
+            2
+        );
+    }
 }

@@ -1,0 +1,434 @@
+//! The autoscaler over every pool: what each (region, kind) pool is made of right now (the
+//! registry's nodes, the machines its provider lists, the launches still in flight), the demand
+//! signals that reach it (unmet demand since the previous tick, bookings due, the schedule's
+//! floor), and one [`PoolScaler`] decision per pool and tick.
+//!
+//! Launches are named here: a decision to launch mints the node ids and records them as in
+//! flight at once, so the next tick counts them as STARTING even before the provider lists
+//! them, and a slow or failing provider never causes a second launch. An in-flight launch or a
+//! listed machine whose node never says Hello within `boot_timeout` is terminated.
+//!
+//! Times are Unix milliseconds (`now.unix_ms`): the provider's launch times are wall-clock
+//! times, and the registry's monotonic times are converted with the same `Now`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
+use jiff::tz::TimeZone;
+use rand::Rng;
+use serde::Serialize;
+
+use super::bookings::BookingBook;
+use super::decide::{Action, Decision, Demand, PoolNode, PoolNodeState, PoolScaler, Reason};
+use super::policy::PoolPolicy;
+use super::schedule::floor_at;
+use crate::registry::{NodeEntry, NodeStatus};
+use crate::{Fleet, Millis, Now, Profile};
+
+/// One pool: a region and a node kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PoolKey {
+    pub region: RegionId,
+    pub kind: NodeKind,
+}
+
+/// A machine as the pool's provider lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id: MachineId,
+    /// The node id it was launched with (its tag or label).
+    pub node: NodeId,
+    pub zone: String,
+    pub launched_unix_ms: u64,
+}
+
+/// How a pool is set up: its policy and what the policy cannot say.
+#[derive(Debug, Clone)]
+pub struct PoolSetup {
+    pub policy: PoolPolicy,
+    /// The provider that carries out its decisions (`local`, `ec2`, `kubernetes`).
+    pub provider: String,
+    /// Zones launches are spread over.
+    pub zones: Vec<String>,
+    /// The region's time zone, for schedules.
+    pub time_zone: TimeZone,
+    /// Capacity of a new node, before any has said Hello.
+    pub node_capacity: u64,
+}
+
+/// A launch decided and not yet seen as a machine or a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InFlight {
+    pub node: NodeId,
+    pub zone: String,
+    pub launched_unix_ms: u64,
+}
+
+/// One pool's state between ticks.
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    pub setup: PoolSetup,
+    pub scaler: PoolScaler,
+    /// Automatic changes are stopped (maintenance); drains still finish.
+    pub paused: bool,
+    /// Launches not yet listed by the provider nor connected.
+    pub in_flight: Vec<InFlight>,
+    /// Deadlines of the drains this autoscaler started.
+    pub drains: HashMap<NodeId, u64>,
+    /// The latest decision (for the ops API).
+    pub last: Option<Decision>,
+    /// Desired size after the latest decision.
+    pub desired: u32,
+}
+
+/// A change the shell carries out through the pool's provider or the node link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Step {
+    /// Start these nodes (ids minted here), each in its zone.
+    Launch { nodes: Vec<InFlight> },
+    /// Send Undrain to a node.
+    Undrain { node: NodeId },
+    /// Send Drain with a deadline to a node.
+    Drain { node: NodeId, deadline_unix_ms: u64 },
+    /// Remove a node's machine (when known) and forget the node.
+    Terminate {
+        node: NodeId,
+        machine: Option<MachineId>,
+    },
+}
+
+/// Why a step was taken: a scaling reason, or the reconcile rule that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepReason {
+    Scale(Reason),
+    /// A launched machine never said Hello within the boot timeout.
+    BootTimeout,
+}
+
+/// What one tick decided for one pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolTick {
+    pub pool: PoolKey,
+    pub decision: Option<Decision>,
+    pub steps: Vec<(Step, StepReason)>,
+}
+
+/// Every pool's state.
+#[derive(Debug, Clone, Default)]
+pub struct Autoscaler {
+    pools: BTreeMap<PoolKey, PoolState>,
+    /// Unmet demand counters per region as of the previous tick (the fleet's only grow).
+    unmet_seen: HashMap<usize, u64>,
+    /// How long a launched machine may take to say Hello.
+    pub boot_timeout_ms: u64,
+}
+
+impl Autoscaler {
+    /// An autoscaler over these pools.
+    pub fn new(
+        pools: impl IntoIterator<Item = (PoolKey, PoolSetup)>,
+        boot_timeout_ms: u64,
+    ) -> Self {
+        let pools = pools
+            .into_iter()
+            .map(|(key, setup)| {
+                let desired = setup.policy.min;
+                let state = PoolState {
+                    setup,
+                    scaler: PoolScaler::default(),
+                    paused: false,
+                    in_flight: Vec::new(),
+                    drains: HashMap::new(),
+                    last: None,
+                    desired,
+                };
+                (key, state)
+            })
+            .collect();
+        Autoscaler {
+            pools,
+            unmet_seen: HashMap::new(),
+            boot_timeout_ms,
+        }
+    }
+
+    /// All pools, in (region, kind) order.
+    pub fn pools(&self) -> impl Iterator<Item = (&PoolKey, &PoolState)> {
+        self.pools.iter()
+    }
+
+    /// One pool.
+    pub fn pool(&self, key: &PoolKey) -> Option<&PoolState> {
+        self.pools.get(key)
+    }
+
+    /// One pool, to change its policy or pause it.
+    pub fn pool_mut(&mut self, key: &PoolKey) -> Option<&mut PoolState> {
+        self.pools.get_mut(key)
+    }
+
+    /// Takes back launches the provider failed to carry out (they are no longer in flight; the
+    /// next tick decides again).
+    pub fn launch_failed(&mut self, key: &PoolKey, nodes: &[NodeId]) {
+        if let Some(p) = self.pools.get_mut(key) {
+            p.in_flight.retain(|f| !nodes.contains(&f.node));
+        }
+    }
+
+    /// One tick over every pool at `now`.
+    pub fn tick(
+        &mut self,
+        now: Now,
+        fleet: &Fleet,
+        machines: &HashMap<PoolKey, Vec<Machine>>,
+        bookings: &BookingBook,
+        rng: &mut impl Rng,
+    ) -> Vec<PoolTick> {
+        let by_pool = nodes_by_pool(fleet);
+        let unmet = self.unmet_since_last_tick(fleet);
+        let no_machines = Vec::new();
+        let mut out = Vec::with_capacity(self.pools.len());
+        for (key, pool) in &mut self.pools {
+            let Some(region_idx) = fleet.registry().catalog().index_of(&key.region) else {
+                continue;
+            };
+            let entries = by_pool
+                .get(&(region_idx, key.kind))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let listed = machines.get(key).unwrap_or(&no_machines);
+            let mut steps = Vec::new();
+            let nodes = pool.observe(now, entries, listed, self.boot_timeout_ms, &mut steps);
+            let demand = Demand {
+                unmet_units: if key.kind == NodeKind::Media {
+                    unmet.get(&region_idx).copied().unwrap_or(0)
+                } else {
+                    0
+                },
+                booked_units: if key.kind == NodeKind::Media {
+                    let lead = (pool.setup.policy.boot_secs + BOOKING_MARGIN_SECS) * 1000;
+                    bookings.units_due(&key.region, now.unix_ms, lead)
+                } else {
+                    0
+                },
+                schedule_floor: floor_at(
+                    &pool.setup.policy.schedule,
+                    &pool.setup.time_zone,
+                    now.unix_ms,
+                ),
+                session_units: Profile::default().session_cost(2),
+                default_node_capacity: pool.setup.node_capacity,
+                zones: pool.setup.zones.clone(),
+            };
+            let decision = if pool.paused {
+                None
+            } else {
+                let d = pool
+                    .scaler
+                    .decide(now.unix_ms, &pool.setup.policy, &nodes, &demand);
+                pool.desired = d.desired;
+                pool.carry_out(key, now.unix_ms, &d, &nodes, &mut steps, rng);
+                pool.last = Some(d.clone());
+                Some(d)
+            };
+            if decision.is_some() || !steps.is_empty() {
+                out.push(PoolTick {
+                    pool: key.clone(),
+                    decision,
+                    steps,
+                });
+            }
+        }
+        out
+    }
+
+    /// Unmet units per region index since the previous tick.
+    fn unmet_since_last_tick(&mut self, fleet: &Fleet) -> HashMap<usize, u64> {
+        let mut delta = HashMap::new();
+        for (i, d) in fleet.demand().iter().enumerate() {
+            let seen = self.unmet_seen.insert(i, d.unmet_units).unwrap_or(0);
+            let new = d.unmet_units.saturating_sub(seen);
+            if new > 0 {
+                delta.insert(i, new);
+            }
+        }
+        delta
+    }
+}
+
+/// Booked sessions are served this long before `boot_secs` ahead of their start.
+pub const BOOKING_MARGIN_SECS: u64 = 60;
+
+/// The registry's live nodes grouped by (region index, kind).
+fn nodes_by_pool(fleet: &Fleet) -> HashMap<(usize, NodeKind), Vec<&NodeEntry>> {
+    let mut by_pool: HashMap<(usize, NodeKind), Vec<&NodeEntry>> = HashMap::new();
+    for n in fleet.registry().nodes() {
+        if n.status != NodeStatus::Dead {
+            by_pool.entry((n.region_idx, n.kind)).or_default().push(n);
+        }
+    }
+    by_pool
+}
+
+impl PoolState {
+    /// The pool as the scaler sees it: registry nodes, listed machines without a node yet,
+    /// and launches in flight. Machines and launches past the boot timeout become
+    /// `Terminate` steps instead.
+    fn observe(
+        &mut self,
+        now: Now,
+        entries: &[&NodeEntry],
+        listed: &[Machine],
+        boot_timeout_ms: u64,
+        steps: &mut Vec<(Step, StepReason)>,
+    ) -> Vec<PoolNode> {
+        let mut nodes = Vec::with_capacity(entries.len() + self.in_flight.len());
+        let launched_of: HashMap<&NodeId, &Machine> = listed.iter().map(|m| (&m.node, m)).collect();
+        for e in entries {
+            let launched_ms = launched_of.get(&e.id).map_or_else(
+                || {
+                    now.unix_ms
+                        .saturating_sub(now.mono_ms.saturating_sub(e.connected_ms))
+                },
+                |m| m.launched_unix_ms,
+            );
+            let mut node = pool_node(e, launched_ms, self.drains.get(&e.id).copied());
+            node.machine = node
+                .machine
+                .or_else(|| launched_of.get(&e.id).map(|m| m.id.clone()));
+            nodes.push(node);
+        }
+        let known: std::collections::HashSet<&NodeId> = entries.iter().map(|e| &e.id).collect();
+        // Launches now listed by the provider or connected are no longer in flight.
+        self.in_flight
+            .retain(|f| !known.contains(&f.node) && !launched_of.contains_key(&f.node));
+        let booting = listed
+            .iter()
+            .filter(|m| !known.contains(&m.node))
+            .map(|m| {
+                let machine = Some(m.id.clone());
+                (m.node.clone(), m.zone.clone(), m.launched_unix_ms, machine)
+            })
+            .chain(
+                self.in_flight
+                    .iter()
+                    .map(|f| (f.node.clone(), f.zone.clone(), f.launched_unix_ms, None)),
+            );
+        let mut timed_out = Vec::new();
+        for (node, zone, launched, machine) in booting {
+            if now.unix_ms.saturating_sub(launched) >= boot_timeout_ms {
+                timed_out.push(node.clone());
+                steps.push((Step::Terminate { node, machine }, StepReason::BootTimeout));
+                continue;
+            }
+            nodes.push(PoolNode {
+                id: node,
+                machine,
+                zone,
+                state: PoolNodeState::Starting,
+                capacity_total: 0,
+                used_units: 0,
+                cpu: 0.0,
+                memory: 0.0,
+                live_sessions: 0,
+                sessions_end_ms: None,
+                launched_ms: launched,
+                drain_deadline_ms: None,
+                setup_p95_ms: None,
+            });
+        }
+        self.in_flight.retain(|f| !timed_out.contains(&f.node));
+        self.drains.retain(|id, _| known.contains(id));
+        nodes
+    }
+
+    /// Turns a decision's actions into steps, naming new nodes and remembering drains.
+    fn carry_out(
+        &mut self,
+        key: &PoolKey,
+        now_unix_ms: u64,
+        decision: &Decision,
+        nodes: &[PoolNode],
+        steps: &mut Vec<(Step, StepReason)>,
+        rng: &mut impl Rng,
+    ) {
+        let machine_of = |id: &NodeId| {
+            nodes
+                .iter()
+                .find(|n| &n.id == id)
+                .and_then(|n| n.machine.clone())
+        };
+        for (action, reason) in &decision.actions {
+            let reason = StepReason::Scale(*reason);
+            let step = match action {
+                Action::Launch { count, zones } => {
+                    let launches: Vec<InFlight> = (0..*count as usize)
+                        .map(|i| InFlight {
+                            node: new_node_id(key, rng),
+                            zone: zones.get(i).cloned().unwrap_or_default(),
+                            launched_unix_ms: now_unix_ms,
+                        })
+                        .collect();
+                    self.in_flight.extend(launches.iter().cloned());
+                    Step::Launch { nodes: launches }
+                }
+                Action::Undrain { node } => {
+                    self.drains.remove(node);
+                    Step::Undrain { node: node.clone() }
+                }
+                Action::Drain { node, deadline_ms } => {
+                    self.drains.insert(node.clone(), *deadline_ms);
+                    Step::Drain {
+                        node: node.clone(),
+                        deadline_unix_ms: *deadline_ms,
+                    }
+                }
+                Action::Terminate { node } => {
+                    self.drains.remove(node);
+                    self.in_flight.retain(|f| &f.node != node);
+                    Step::Terminate {
+                        node: node.clone(),
+                        machine: machine_of(node),
+                    }
+                }
+            };
+            steps.push((step, reason));
+        }
+    }
+}
+
+/// `<kind>-<region>-<8 random hex>`: unique enough within a pool, and says where it runs.
+fn new_node_id(key: &PoolKey, rng: &mut impl Rng) -> NodeId {
+    let suffix: u32 = rng.random();
+    NodeId::parse(&format!("{}-{}-{suffix:08x}", key.kind, key.region))
+        .unwrap_or_else(|_| unreachable!("kind, region and hex are valid id characters"))
+}
+
+fn pool_node(e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>) -> PoolNode {
+    let memory = if e.load.memory_total_bytes > 0 {
+        (e.load.memory_bytes as f64 / e.load.memory_total_bytes as f64) as f32
+    } else {
+        0.0
+    };
+    PoolNode {
+        id: e.id.clone(),
+        machine: e.machine.clone(),
+        zone: e.zone.clone(),
+        state: match e.status {
+            NodeStatus::Starting | NodeStatus::Dead => PoolNodeState::Starting,
+            NodeStatus::Serving => PoolNodeState::Serving,
+            NodeStatus::Draining => PoolNodeState::Draining,
+        },
+        capacity_total: e.capacity_total,
+        used_units: e.used + e.reserved,
+        cpu: e.load.cpu,
+        memory,
+        live_sessions: u32::try_from(e.hosted.len()).unwrap_or(u32::MAX),
+        sessions_end_ms: None,
+        launched_ms,
+        drain_deadline_ms,
+        setup_p95_ms: e.load.setup_p95_ms,
+    }
+}
