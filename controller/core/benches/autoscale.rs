@@ -64,7 +64,7 @@ fn tick(c: &mut Criterion) {
     let demand = Demand {
         session_units: 8,
         default_node_capacity: 100,
-        zones: vec!["zone-0".into(), "zone-1".into(), "zone-2".into()],
+        zones: vec!["zone-0".into(), "zone-1".into(), "zone-2".into()].into(),
         ..Demand::default()
     };
     let mut scalers = vec![PoolScaler::default(); POOLS];
@@ -152,7 +152,7 @@ fn autoscaler_tick(c: &mut Criterion) {
                     ..PoolPolicy::default_for(kind)
                 },
                 provider: "local".into(),
-                zones: vec!["zone-0".into(), "zone-1".into(), "zone-2".into()],
+                zones: vec!["zone-0".into(), "zone-1".into(), "zone-2".into()].into(),
                 time_zone: utc.clone(),
                 node_capacity: 100,
             };

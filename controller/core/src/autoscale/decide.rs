@@ -11,6 +11,8 @@
 //! fewer nodes for the whole down window, and then to the highest size any of them asked for in
 //! that window.
 
+use std::sync::Arc;
+
 use fleet_proto::{MachineId, NodeId};
 use serde::Serialize;
 
@@ -71,8 +73,9 @@ pub struct Demand {
     pub session_units: u64,
     /// Capacity of a new node when the pool has none to average over.
     pub default_node_capacity: u64,
-    /// The zones new nodes may go to (launches keep the pool balanced across them).
-    pub zones: Vec<String>,
+    /// The zones new nodes may go to (launches keep the pool balanced across them); shared
+    /// with the pool's setup, so a tick copies no strings.
+    pub zones: Arc<[String]>,
 }
 
 /// Why the pool changed.
@@ -115,7 +118,7 @@ pub enum Action {
 }
 
 /// The figures a decision was made from (kept in the decision log).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Inputs {
     pub serving: u32,
     pub starting: u32,

@@ -11,7 +11,8 @@
 //! Times are Unix milliseconds (`now.unix_ms`): the provider's launch times are wall-clock
 //! times, and the registry's monotonic times are converted with the same `Now`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
 use jiff::tz::TimeZone;
@@ -49,7 +50,7 @@ pub struct PoolSetup {
     /// The provider that carries out its decisions (`local`, `ec2`, `kubernetes`).
     pub provider: String,
     /// Zones launches are spread over.
-    pub zones: Vec<String>,
+    pub zones: Arc<[String]>,
     /// The region's time zone, for schedules.
     pub time_zone: TimeZone,
     /// Capacity of a new node, before any has said Hello.
@@ -74,11 +75,19 @@ pub struct PoolState {
     /// Launches not yet listed by the provider nor connected.
     pub in_flight: Vec<InFlight>,
     /// Deadlines of the drains this autoscaler started.
-    pub drains: HashMap<NodeId, u64>,
+    pub drains: BTreeMap<NodeId, u64>,
     /// The latest decision (for the ops API).
     pub last: Option<Decision>,
     /// Desired size after the latest decision.
     pub desired: u32,
+    /// The pool's region's position in the catalog, once looked up.
+    region_idx: Option<usize>,
+    /// The previous tick's view of the pool, updated in place (no string copies when the
+    /// pool's nodes did not change).
+    scratch: Vec<PoolNode>,
+    /// The link connection each `scratch` entry was read from: a node's id, zone and machine
+    /// only change with a new Hello, which is a new connection.
+    scratch_conns: Vec<Option<u64>>,
 }
 
 /// A change the shell carries out through the pool's provider or the node link.
@@ -120,7 +129,7 @@ pub struct PoolTick {
 pub struct Autoscaler {
     pools: BTreeMap<PoolKey, PoolState>,
     /// Unmet demand counters per region as of the previous tick (the fleet's only grow).
-    unmet_seen: HashMap<usize, u64>,
+    unmet_seen: Vec<u64>,
     /// How long a launched machine may take to say Hello.
     pub boot_timeout_ms: u64,
 }
@@ -140,16 +149,19 @@ impl Autoscaler {
                     scaler: PoolScaler::default(),
                     paused: false,
                     in_flight: Vec::new(),
-                    drains: HashMap::new(),
+                    drains: BTreeMap::new(),
                     last: None,
                     desired,
+                    region_idx: None,
+                    scratch: Vec::new(),
+                    scratch_conns: Vec::new(),
                 };
                 (key, state)
             })
             .collect();
         Autoscaler {
             pools,
-            unmet_seen: HashMap::new(),
+            unmet_seen: Vec::new(),
             boot_timeout_ms,
         }
     }
@@ -189,51 +201,49 @@ impl Autoscaler {
         let by_pool = nodes_by_pool(fleet);
         let unmet = self.unmet_since_last_tick(fleet);
         let no_machines = Vec::new();
-        let mut out = Vec::with_capacity(self.pools.len());
+        let mut out = Vec::new();
         for (key, pool) in &mut self.pools {
-            let Some(region_idx) = fleet.registry().catalog().index_of(&key.region) else {
-                continue;
+            let region_idx = match pool.region_idx {
+                Some(i) => i,
+                None => match fleet.registry().catalog().index_of(&key.region) {
+                    Some(i) => *pool.region_idx.insert(i),
+                    None => continue,
+                },
             };
             let entries = by_pool
-                .get(&(region_idx, key.kind))
+                .get(pool_slot(region_idx, key.kind))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let listed = machines.get(key).unwrap_or(&no_machines);
             let mut steps = Vec::new();
             let nodes = pool.observe(now, entries, listed, self.boot_timeout_ms, &mut steps);
+            let media = key.kind == NodeKind::Media;
+            let policy = &pool.setup.policy;
             let demand = Demand {
-                unmet_units: if key.kind == NodeKind::Media {
-                    unmet.get(&region_idx).copied().unwrap_or(0)
-                } else {
-                    0
-                },
-                booked_units: if key.kind == NodeKind::Media {
-                    let lead = (pool.setup.policy.boot_secs + BOOKING_MARGIN_SECS) * 1000;
+                unmet_units: if media { unmet[region_idx] } else { 0 },
+                booked_units: if media {
+                    let lead = (policy.boot_secs + BOOKING_MARGIN_SECS) * 1000;
                     bookings.units_due(&key.region, now.unix_ms, lead)
                 } else {
                     0
                 },
-                schedule_floor: floor_at(
-                    &pool.setup.policy.schedule,
-                    &pool.setup.time_zone,
-                    now.unix_ms,
-                ),
+                schedule_floor: floor_at(&policy.schedule, &pool.setup.time_zone, now.unix_ms),
                 session_units: Profile::default().session_cost(2),
                 default_node_capacity: pool.setup.node_capacity,
-                zones: pool.setup.zones.clone(),
+                zones: Arc::clone(&pool.setup.zones),
             };
             let decision = if pool.paused {
                 None
             } else {
-                let d = pool
-                    .scaler
-                    .decide(now.unix_ms, &pool.setup.policy, &nodes, &demand);
+                let d = pool.scaler.decide(now.unix_ms, policy, &nodes, &demand);
                 pool.desired = d.desired;
                 pool.carry_out(key, now.unix_ms, &d, &nodes, &mut steps, rng);
                 pool.last = Some(d.clone());
                 Some(d)
             };
-            if decision.is_some() || !steps.is_empty() {
+            pool.scratch = nodes;
+            let changed = decision.as_ref().is_some_and(|d| !d.actions.is_empty());
+            if changed || !steps.is_empty() {
                 out.push(PoolTick {
                     pool: key.clone(),
                     decision,
@@ -245,28 +255,61 @@ impl Autoscaler {
     }
 
     /// Unmet units per region index since the previous tick.
-    fn unmet_since_last_tick(&mut self, fleet: &Fleet) -> HashMap<usize, u64> {
-        let mut delta = HashMap::new();
-        for (i, d) in fleet.demand().iter().enumerate() {
-            let seen = self.unmet_seen.insert(i, d.unmet_units).unwrap_or(0);
-            let new = d.unmet_units.saturating_sub(seen);
-            if new > 0 {
-                delta.insert(i, new);
-            }
-        }
-        delta
+    fn unmet_since_last_tick(&mut self, fleet: &Fleet) -> Vec<u64> {
+        let demand = fleet.demand();
+        self.unmet_seen.resize(demand.len(), 0);
+        demand
+            .iter()
+            .zip(&mut self.unmet_seen)
+            .map(|(d, seen)| {
+                let new = d.unmet_units.saturating_sub(*seen);
+                *seen = d.unmet_units;
+                new
+            })
+            .collect()
     }
 }
 
 /// Booked sessions are served this long before `boot_secs` ahead of their start.
 pub const BOOKING_MARGIN_SECS: u64 = 60;
 
-/// The registry's live nodes grouped by (region index, kind).
-fn nodes_by_pool(fleet: &Fleet) -> HashMap<(usize, NodeKind), Vec<&NodeEntry>> {
-    let mut by_pool: HashMap<(usize, NodeKind), Vec<&NodeEntry>> = HashMap::new();
+/// The ids of a pool's registry nodes, for membership tests: a scan for the usual few, a hash
+/// set for big pools.
+enum Known<'a> {
+    Few(&'a [&'a NodeEntry]),
+    Many(HashSet<&'a NodeId>),
+}
+
+impl<'a> Known<'a> {
+    fn of(entries: &'a [&'a NodeEntry]) -> Known<'a> {
+        if entries.len() <= 32 {
+            Known::Few(entries)
+        } else {
+            Known::Many(entries.iter().map(|e| &e.id).collect())
+        }
+    }
+
+    fn contains(&self, id: &NodeId) -> bool {
+        match self {
+            Known::Few(entries) => entries.iter().any(|e| &e.id == id),
+            Known::Many(set) => set.contains(id),
+        }
+    }
+}
+
+/// Where a pool's nodes sit in [`nodes_by_pool`]'s table.
+fn pool_slot(region_idx: usize, kind: NodeKind) -> usize {
+    region_idx * 2 + usize::from(kind == NodeKind::Turn)
+}
+
+/// The registry's live nodes grouped by pool ([`pool_slot`]), in registry order.
+fn nodes_by_pool(fleet: &Fleet) -> Vec<Vec<&NodeEntry>> {
+    let mut by_pool: Vec<Vec<&NodeEntry>> = vec![Vec::new(); fleet.registry().catalog().len() * 2];
     for n in fleet.registry().nodes() {
-        if n.status != NodeStatus::Dead {
-            by_pool.entry((n.region_idx, n.kind)).or_default().push(n);
+        if n.status != NodeStatus::Dead
+            && let Some(slot) = by_pool.get_mut(pool_slot(n.region_idx, n.kind))
+        {
+            slot.push(n);
         }
     }
     by_pool
@@ -284,23 +327,48 @@ impl PoolState {
         boot_timeout_ms: u64,
         steps: &mut Vec<(Step, StepReason)>,
     ) -> Vec<PoolNode> {
-        let mut nodes = Vec::with_capacity(entries.len() + self.in_flight.len());
+        let mut nodes = std::mem::take(&mut self.scratch);
+        nodes.truncate(entries.len());
+        self.scratch_conns.resize(entries.len(), None);
+        // The common case (no machines listed, nothing in flight, no drains) needs no lookups.
         let launched_of: HashMap<&NodeId, &Machine> = listed.iter().map(|m| (&m.node, m)).collect();
-        for e in entries {
-            let launched_ms = launched_of.get(&e.id).map_or_else(
+        for (i, e) in entries.iter().enumerate() {
+            let machine = launched_of.get(&e.id);
+            let launched_ms = machine.map_or_else(
                 || {
                     now.unix_ms
                         .saturating_sub(now.mono_ms.saturating_sub(e.connected_ms))
                 },
                 |m| m.launched_unix_ms,
             );
-            let mut node = pool_node(e, launched_ms, self.drains.get(&e.id).copied());
-            node.machine = node
-                .machine
-                .or_else(|| launched_of.get(&e.id).map(|m| m.id.clone()));
-            nodes.push(node);
+            let drain = if self.drains.is_empty() {
+                None
+            } else {
+                self.drains.get(&e.id).copied()
+            };
+            let same_conn = e.conn.is_some() && self.scratch_conns[i] == e.conn;
+            match nodes.get_mut(i) {
+                Some(n) if same_conn => refresh_load(n, e, launched_ms, drain),
+                Some(n) if n.id == e.id => refresh(n, e, launched_ms, drain),
+                slot => {
+                    let n = pool_node(e, launched_ms, drain);
+                    match slot {
+                        Some(old) => *old = n,
+                        None => nodes.push(n),
+                    }
+                }
+            }
+            self.scratch_conns[i] = e.conn;
+            if nodes[i].machine.is_none()
+                && let Some(m) = machine
+            {
+                nodes[i].machine = Some(m.id.clone());
+            }
         }
-        let known: std::collections::HashSet<&NodeId> = entries.iter().map(|e| &e.id).collect();
+        if listed.is_empty() && self.in_flight.is_empty() && self.drains.is_empty() {
+            return nodes;
+        }
+        let known = Known::of(entries);
         // Launches now listed by the provider or connected are no longer in flight.
         self.in_flight
             .retain(|f| !known.contains(&f.node) && !launched_of.contains_key(&f.node));
@@ -406,29 +474,68 @@ fn new_node_id(key: &PoolKey, rng: &mut impl Rng) -> NodeId {
         .unwrap_or_else(|_| unreachable!("kind, region and hex are valid id characters"))
 }
 
-fn pool_node(e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>) -> PoolNode {
-    let memory = if e.load.memory_total_bytes > 0 {
+fn memory_fraction(e: &NodeEntry) -> f32 {
+    if e.load.memory_total_bytes > 0 {
         (e.load.memory_bytes as f64 / e.load.memory_total_bytes as f64) as f32
     } else {
         0.0
-    };
-    PoolNode {
+    }
+}
+
+fn pool_state(status: NodeStatus) -> PoolNodeState {
+    match status {
+        NodeStatus::Starting | NodeStatus::Dead => PoolNodeState::Starting,
+        NodeStatus::Serving => PoolNodeState::Serving,
+        NodeStatus::Draining => PoolNodeState::Draining,
+    }
+}
+
+fn pool_node(e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>) -> PoolNode {
+    let mut n = PoolNode {
         id: e.id.clone(),
         machine: e.machine.clone(),
         zone: e.zone.clone(),
-        state: match e.status {
-            NodeStatus::Starting | NodeStatus::Dead => PoolNodeState::Starting,
-            NodeStatus::Serving => PoolNodeState::Serving,
-            NodeStatus::Draining => PoolNodeState::Draining,
-        },
-        capacity_total: e.capacity_total,
-        used_units: e.used + e.reserved,
-        cpu: e.load.cpu,
-        memory,
-        live_sessions: u32::try_from(e.hosted.len()).unwrap_or(u32::MAX),
+        state: PoolNodeState::Starting,
+        capacity_total: 0,
+        used_units: 0,
+        cpu: 0.0,
+        memory: 0.0,
+        live_sessions: 0,
         sessions_end_ms: None,
         launched_ms,
         drain_deadline_ms,
-        setup_p95_ms: e.load.setup_p95_ms,
+        setup_p95_ms: None,
+    };
+    refresh(&mut n, e, launched_ms, drain_deadline_ms);
+    n
+}
+
+/// Brings the view of a node (same id) up to date, copying strings only when they changed.
+fn refresh(n: &mut PoolNode, e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>) {
+    if n.zone != e.zone {
+        n.zone.clone_from(&e.zone);
     }
+    if n.machine != e.machine && e.machine.is_some() {
+        n.machine.clone_from(&e.machine);
+    }
+    refresh_load(n, e, launched_ms, drain_deadline_ms);
+}
+
+/// Brings the view of a node read from the same connection up to date (its strings cannot
+/// have changed).
+fn refresh_load(
+    n: &mut PoolNode,
+    e: &NodeEntry,
+    launched_ms: Millis,
+    drain_deadline_ms: Option<u64>,
+) {
+    n.state = pool_state(e.status);
+    n.capacity_total = e.capacity_total;
+    n.used_units = e.used + e.reserved;
+    n.cpu = e.load.cpu;
+    n.memory = memory_fraction(e);
+    n.live_sessions = u32::try_from(e.hosted.len()).unwrap_or(u32::MAX);
+    n.launched_ms = launched_ms;
+    n.drain_deadline_ms = drain_deadline_ms;
+    n.setup_p95_ms = e.load.setup_p95_ms;
 }

@@ -59,7 +59,7 @@ fn demand() -> Demand {
     Demand {
         session_units: 8,
         default_node_capacity: 100,
-        zones: vec!["z-a".into(), "z-b".into()],
+        zones: vec!["z-a".into(), "z-b".into()].into(),
         ..Demand::default()
     }
 }
@@ -475,7 +475,7 @@ mod over_the_fleet {
                 ..PoolPolicy::default_for(NodeKind::Media)
             },
             provider: "local".into(),
-            zones: vec!["eu-west-1a".into(), "eu-west-1b".into()],
+            zones: vec!["eu-west-1a".into(), "eu-west-1b".into()].into(),
             time_zone: time_zone("Europe/Dublin").expect("tz"),
             node_capacity: 100,
         }
