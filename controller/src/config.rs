@@ -8,8 +8,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolSetup};
 use fleet_geo::{RegionCatalog, RegionInfo};
-use fleet_proto::RegionId;
+use fleet_proto::{NodeKind, RegionId};
+
+use crate::pool_config::{AutoscaleConfig, PoolConfig, pool_setups};
 use serde::{Deserialize, Serialize};
 
 use fleet_core::{ConfigIssue, PlacementConfig, RegistryConfig};
@@ -52,6 +55,12 @@ pub struct Config {
     /// Region catalog; empty means the built-in one.
     pub regions: Vec<RegionInfo>,
     pub up: UpConfig,
+    /// `[autoscale]`: the scaler loop.
+    pub autoscale: AutoscaleConfig,
+    /// `[pool_defaults]`: policy fields every pool gets unless it sets its own.
+    pub pool_defaults: PolicyPatch,
+    /// `[[pools]]`: the pools the controller scales.
+    pub pools: Vec<PoolConfig>,
 }
 
 /// `[api]`: the HTTP listener for the signaling and ops APIs, metrics and health.
@@ -184,8 +193,12 @@ impl Default for GeoIpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpConfig {
     pub regions: Vec<RegionId>,
-    pub media_per_region: u32,
-    pub turn_per_region: u32,
+    /// Bounds of each region's media pool (unless `[[pools]]` sets that pool).
+    pub media_min: u32,
+    pub media_max: u32,
+    /// Bounds of each region's TURN pool.
+    pub turn_min: u32,
+    pub turn_max: u32,
     pub media_capacity: u64,
     pub turn_capacity: u64,
     pub report_interval_ms: u64,
@@ -199,8 +212,10 @@ impl Default for UpConfig {
                 .iter()
                 .filter_map(|r| RegionId::parse(r).ok())
                 .collect(),
-            media_per_region: 2,
-            turn_per_region: 1,
+            media_min: 1,
+            media_max: 4,
+            turn_min: 1,
+            turn_max: 2,
             media_capacity: 1000,
             turn_capacity: 1000,
             report_interval_ms: 1000,
@@ -270,7 +285,20 @@ impl Config {
         }
         self.placement.validate().map_err(in_section("placement"))?;
         self.registry.validate().map_err(in_section("registry"))?;
+        self.autoscale.validate().map_err(in_section("autoscale"))?;
         self.validate_regions()?;
+        self.pool_setups()?;
+        for (key, min, max) in [
+            ("up.media_min", self.up.media_min, self.up.media_max),
+            ("up.turn_min", self.up.turn_min, self.up.turn_max),
+        ] {
+            if min > max || max == 0 || max > 100 {
+                return Err(invalid(
+                    key,
+                    format!("expected min <= max with max in 1..=100, got {min}..={max}"),
+                ));
+            }
+        }
         if !(100..=60_000).contains(&self.up.report_interval_ms) {
             return Err(invalid("up.report_interval_ms", "expected 100..=60000"));
         }
@@ -334,6 +362,60 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The pools to scale, checked against the catalog: `[[pools]]` as given, and for
+    /// `fleet up` (`local_pools`) a local media and TURN pool in each `[up]` region that
+    /// `[[pools]]` does not set.
+    pub fn pool_setups(&self) -> Result<Vec<(PoolKey, PoolSetup)>, ConfigError> {
+        let catalog = self.catalog()?;
+        pool_setups(&self.pool_defaults, &self.pools, &catalog)
+            .map_err(|e| invalid(&e.field, e.message))
+    }
+
+    /// `[[pools]]` plus, for each `[up]` region and kind it leaves out, a local pool with the
+    /// `[up]` bounds: the pools of `fleet up`.
+    pub fn with_up_pools(&self) -> Config {
+        let mut config = self.clone();
+        for region in &self.up.regions {
+            for (kind, min, max, capacity) in [
+                (
+                    NodeKind::Media,
+                    self.up.media_min,
+                    self.up.media_max,
+                    self.up.media_capacity,
+                ),
+                (
+                    NodeKind::Turn,
+                    self.up.turn_min,
+                    self.up.turn_max,
+                    self.up.turn_capacity,
+                ),
+            ] {
+                if config
+                    .pools
+                    .iter()
+                    .any(|p| &p.region == region && p.kind == kind)
+                {
+                    continue;
+                }
+                config.pools.push(PoolConfig {
+                    region: region.clone(),
+                    kind,
+                    provider: "local".into(),
+                    zones: None,
+                    node_capacity: Some(capacity),
+                    policy: PolicyPatch {
+                        min: Some(min),
+                        max: Some(max),
+                        // A laptop fleet: new nodes may go as soon as load falls.
+                        min_node_age_secs: Some(0),
+                        ..PolicyPatch::default()
+                    },
+                });
+            }
+        }
+        config
     }
 
     /// Builds the region catalog in force (the controller builds it once, at start, and the

@@ -12,6 +12,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
 use crate::link::LinkShell;
+use crate::provider::PoolProvider;
+use crate::provider::local::{LocalProcessProvider, LocalTemplate};
+use crate::scaler::{EventHook, Scaler};
 use crate::state::AppState;
 use fleet_core::{Fleet, FleetConfig};
 
@@ -83,6 +86,31 @@ fn restrict_permissions(path: &std::path::Path) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
+/// The scaler for the config's pools (none without pools), with the providers they name.
+fn start_scaler(
+    config: &Config,
+    link_addr: SocketAddr,
+    hook: Option<EventHook>,
+) -> anyhow::Result<Option<Arc<Scaler>>> {
+    let setups = config.pool_setups()?;
+    if setups.is_empty() {
+        return Ok(None);
+    }
+    let mut providers: Vec<Arc<dyn PoolProvider>> = Vec::new();
+    if setups.iter().any(|(_, s)| s.provider == "local") {
+        let template = LocalTemplate::from_config(config, link_addr)?;
+        let logs = config.up.state_dir.join("logs");
+        providers.push(Arc::new(LocalProcessProvider::self_exec(logs, template)?));
+    }
+    Ok(Some(Arc::new(Scaler::new(
+        setups,
+        providers,
+        Duration::from_secs(config.autoscale.boot_timeout_secs),
+        Duration::from_secs(config.autoscale.provider_timeout_secs),
+        hook,
+    ))))
+}
+
 /// The pure core's configuration: the file's `[registry]` and `[placement]` sections are the
 /// core's own types.
 pub fn fleet_config(config: &Config) -> FleetConfig {
@@ -97,6 +125,15 @@ impl Controller {
     pub async fn start(
         config: Config,
         metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Controller> {
+        Self::start_with(config, metrics, None).await
+    }
+
+    /// Starts a controller; `hook` sees every scaling event (`fleet up` prints them).
+    pub async fn start_with(
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+        hook: Option<EventHook>,
     ) -> anyhow::Result<Controller> {
         require_secrets(&config)?;
         let identity = load_identity(&config)?;
@@ -152,6 +189,11 @@ impl Controller {
                 }
             }
         }));
+        if let Some(scaler) = start_scaler(&config, link_addr, hook)? {
+            let scaler = state.scaler.get_or_init(|| scaler).clone();
+            let every = Duration::from_millis(config.autoscale.tick_ms);
+            tasks.push(tokio::spawn(scaler.run(state.clone(), every, rx.clone())));
+        }
         let router = crate::api::router(state.clone());
         let mut http_rx = rx;
         tasks.push(tokio::spawn(async move {
@@ -179,7 +221,8 @@ impl Controller {
         self.state.close_links("controller shutting down");
         self.acceptor.shutdown().await;
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            // The scaler stops its local node processes (up to ~6 s) before it ends.
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use fleet_geo::{GeoIp, Location, RegionCatalog};
@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::ApiAuth;
+use crate::scaler::Scaler;
 use fleet_core::{Fleet, Millis, Now, Outgoing};
 
 /// A command sent to a node whose result is still outstanding.
@@ -33,6 +34,8 @@ pub struct AppState {
     pub catalog: Arc<RegionCatalog>,
     pub default_location: Location,
     pub metrics: Option<PrometheusHandle>,
+    /// The scaler, when the config has pools (set once the link is bound).
+    pub scaler: OnceLock<Arc<Scaler>>,
     started: Instant,
     senders: Mutex<HashMap<NodeId, (u64, CommandSender)>>,
     pending: Mutex<HashMap<u64, PendingCommand>>,
@@ -67,6 +70,7 @@ impl AppState {
             fleet: Mutex::new(fleet),
             geoip,
             metrics,
+            scaler: OnceLock::new(),
             started: Instant::now(),
             senders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),

@@ -1,19 +1,18 @@
-//! `fleet up`: a whole fleet on one machine. Starts a controller and, through the local process
-//! provider, media and TURN node processes in several regions on loopback; prints the API
-//! address, an admin token and a client token; Ctrl-C (or SIGTERM) stops everything.
+//! `fleet up`: a whole fleet on one machine. Starts a controller whose scaler runs, through the
+//! local process provider, an elastic media and TURN pool in each `[up]` region on loopback
+//! (each starts at its min and grows and shrinks with load; one line per scaling action);
+//! prints the API address, an admin token and a client token; Ctrl-C (or SIGTERM) stops
+//! everything.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
-use fleet_proto::NodeId;
 use rand::Rng;
 
 use crate::config::{ApiKey, Config};
 use crate::credentials::{ClientClaims, mint_client_token};
-use crate::provider::local::LocalProcessProvider;
+use crate::scaler::ScalingEvent;
 use crate::server::Controller;
 use fleet_core::NodeStatus;
 
@@ -49,58 +48,6 @@ pub fn fill_dev_defaults(config: &mut Config, state_dir: &Path) {
     }
 }
 
-/// The nodes `[up]` asks for, as typed launches.
-fn node_launches(
-    config: &Config,
-    link: std::net::SocketAddr,
-    cert: &Path,
-) -> anyhow::Result<Vec<NodeLaunch>> {
-    let mut launches = Vec::new();
-    for region in &config.up.regions {
-        let node = |node_id: String, capacity: u64| -> anyhow::Result<NodeArgs> {
-            Ok(NodeArgs {
-                node_id: Some(NodeId::parse(&node_id)?),
-                region: region.clone(),
-                zone: None,
-                machine_id: None,
-                controller: link.to_string(),
-                controller_name: config.link.server_name.clone(),
-                controller_cert: cert.to_path_buf(),
-                cluster_secret: config.link.cluster_secret.clone(),
-                capacity,
-                http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                public_ip: IpAddr::from([127, 0, 0, 1]),
-                report_interval_ms: config.up.report_interval_ms,
-                drain_grace_secs: 600,
-                session_idle_secs: 3600,
-            })
-        };
-        for i in 1..=config.up.media_per_region {
-            launches.push(NodeLaunch {
-                node: node(format!("media-{region}-{i}"), config.up.media_capacity)?,
-                kind: KindLaunch::Media {
-                    join_secret: config.media.join_secret.clone(),
-                },
-            });
-        }
-        for i in 1..=config.up.turn_per_region {
-            launches.push(NodeLaunch {
-                node: node(format!("turn-{region}-{i}"), config.up.turn_capacity)?,
-                kind: KindLaunch::Turn {
-                    auth_secret: config.turn.secret.clone(),
-                    // 0: the node picks a port free for both UDP and TCP and advertises it
-                    // (a port checked free for UDP only can be taken on TCP meanwhile).
-                    turn_port: 0,
-                    // Everything runs on loopback here, so the relay must be allowed to reach it
-                    // (production TURN nodes refuse loopback and private peers).
-                    allow_peer: vec!["127.0.0.0/8".into()],
-                },
-            });
-        }
-    }
-    Ok(launches)
-}
-
 /// Resolves when the process gets SIGINT or SIGTERM.
 async fn stop_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -121,20 +68,20 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     fill_dev_defaults(&mut config, &state_dir);
+    config.up.state_dir = state_dir.clone();
     config.validate()?;
-    let controller = Controller::start(config.clone(), crate::metrics::install()).await?;
-    let cert = config
-        .link
-        .cert_file
-        .clone()
-        .context("link.cert_file is set by fill_dev_defaults")?;
-    let mut provider = LocalProcessProvider::self_exec(state_dir.join("logs"))?;
-    let specs = node_launches(&config, controller.link_addr, &cert)?;
-    let expected = specs.len();
-    for spec in specs {
-        provider.spawn(spec)?;
-    }
-    wait_until_serving(&controller, expected, Duration::from_secs(20)).await;
+    let config = config.with_up_pools();
+    config.validate()?;
+    let expected: u32 = config
+        .pool_setups()?
+        .iter()
+        .map(|(_, s)| s.policy.min)
+        .sum();
+    let hook = Box::new(|e: &ScalingEvent| println!("{}", scaling_line(e)));
+    let metrics = crate::metrics::install();
+    let controller = Controller::start_with(config.clone(), metrics, Some(hook)).await?;
+    let limit = Duration::from_millis(config.registry.warmup_ms) + Duration::from_secs(30);
+    wait_until_serving(&controller, expected as usize, limit).await;
     let client_token = up_client_token(&config)?;
     let api = format!("http://{}", controller.api_addr);
     let env_file = state_dir.join("fleet-up.env");
@@ -157,12 +104,24 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         &env_file,
         &call_url,
     );
-    supervise(&mut provider).await;
+    stop_signal().await;
     println!("stopping the fleet…");
-    provider.stop_all(Duration::from_secs(5)).await;
     controller.shutdown().await;
     println!("fleet stopped");
     Ok(())
+}
+
+/// One line per scaling action: `scaling: eu-west-1 media launch ×1 (utilization)`.
+fn scaling_line(e: &ScalingEvent) -> String {
+    let what = match (&e.node_id, e.count) {
+        (Some(node), _) => format!(" {node}"),
+        (None, Some(n)) => format!(" ×{n}"),
+        (None, None) => String::new(),
+    };
+    format!(
+        "scaling: {} {} {}{what} ({})",
+        e.region, e.kind, e.action, e.reason
+    )
 }
 
 /// Waits until `expected` nodes serve and the controller is warmed up, or `limit` passes (then
@@ -230,11 +189,14 @@ fn print_banner(
     let names: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
     println!();
     println!(
-        "fleet is up: {} regions ({}), {} media and {} TURN nodes (logs in {})",
+        "fleet is up: {} regions ({}); each has an elastic media pool ({}..{} nodes) and TURN \
+         pool ({}..{}) that grow and shrink with load (logs in {})",
         regions.len(),
         names.join(", "),
-        regions.len() as u32 * config.up.media_per_region,
-        regions.len() as u32 * config.up.turn_per_region,
+        config.up.media_min,
+        config.up.media_max,
+        config.up.turn_min,
+        config.up.turn_max,
         state_dir.join("logs").display()
     );
     println!("  API:          {api}");
@@ -255,24 +217,4 @@ fn print_banner(
         "        curl -s -H 'Authorization: Bearer {client_token}' -H 'content-type: application/json' \\\n              -d '{{\"participants\":[{{\"id\":\"therapist\",\"region\":\"eu-west-1\"}},{{\"id\":\"client\",\"location\":{{\"lat\":0.35,\"lon\":32.58}}}}]}}' {api}/v1/sessions"
     );
     println!("Ctrl-C stops the fleet.");
-}
-
-/// Until a stop signal, restarts any node process that exits, as a pool provider would.
-async fn supervise(provider: &mut LocalProcessProvider) {
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    let mut check = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = check.tick() => {
-                for (spec, status) in provider.reap() {
-                    tracing::warn!(node = %spec.name(), %status, "node process exited; starting it again");
-                    if let Err(e) = provider.spawn(spec) {
-                        tracing::error!(error = %e, "cannot restart node");
-                    }
-                }
-            }
-        }
-    }
 }

@@ -19,6 +19,10 @@ pub struct RegionInfo {
     pub lat: f64,
     /// Longitude in degrees.
     pub lon: f64,
+    /// The region's IANA time zone (schedules are in local time), e.g. `Europe/London`;
+    /// UTC when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl RegionInfo {
@@ -134,33 +138,119 @@ impl RegionCatalog {
 }
 
 /// The default regions: AWS region ids placed at the coordinates of their cities.
-const DEFAULT_REGIONS: &[(&str, &str, f64, f64)] = &[
-    ("af-south-1", "Africa (Cape Town)", -33.9249, 18.4241),
-    ("eu-west-1", "Europe (Ireland)", 53.3498, -6.2603),
-    ("eu-west-2", "Europe (London)", 51.5074, -0.1278),
-    ("eu-central-1", "Europe (Frankfurt)", 50.1109, 8.6821),
-    ("eu-north-1", "Europe (Stockholm)", 59.3293, 18.0686),
-    ("me-central-1", "Middle East (UAE)", 25.2048, 55.2708),
-    ("us-east-1", "US East (N. Virginia)", 39.0438, -77.4874),
-    ("us-east-2", "US East (Ohio)", 39.9612, -82.9988),
-    ("us-west-2", "US West (Oregon)", 45.8399, -119.7006),
-    ("ca-central-1", "Canada (Central)", 45.5019, -73.5674),
-    ("sa-east-1", "South America (Sao Paulo)", -23.5505, -46.6333),
-    ("ap-south-1", "Asia Pacific (Mumbai)", 19.0760, 72.8777),
+const DEFAULT_REGIONS: &[(&str, &str, f64, f64, &str)] = &[
+    (
+        "af-south-1",
+        "Africa (Cape Town)",
+        -33.9249,
+        18.4241,
+        "Africa/Johannesburg",
+    ),
+    (
+        "eu-west-1",
+        "Europe (Ireland)",
+        53.3498,
+        -6.2603,
+        "Europe/Dublin",
+    ),
+    (
+        "eu-west-2",
+        "Europe (London)",
+        51.5074,
+        -0.1278,
+        "Europe/London",
+    ),
+    (
+        "eu-central-1",
+        "Europe (Frankfurt)",
+        50.1109,
+        8.6821,
+        "Europe/Berlin",
+    ),
+    (
+        "eu-north-1",
+        "Europe (Stockholm)",
+        59.3293,
+        18.0686,
+        "Europe/Stockholm",
+    ),
+    (
+        "me-central-1",
+        "Middle East (UAE)",
+        25.2048,
+        55.2708,
+        "Asia/Dubai",
+    ),
+    (
+        "us-east-1",
+        "US East (N. Virginia)",
+        39.0438,
+        -77.4874,
+        "America/New_York",
+    ),
+    (
+        "us-east-2",
+        "US East (Ohio)",
+        39.9612,
+        -82.9988,
+        "America/New_York",
+    ),
+    (
+        "us-west-2",
+        "US West (Oregon)",
+        45.8399,
+        -119.7006,
+        "America/Los_Angeles",
+    ),
+    (
+        "ca-central-1",
+        "Canada (Central)",
+        45.5019,
+        -73.5674,
+        "America/Toronto",
+    ),
+    (
+        "sa-east-1",
+        "South America (Sao Paulo)",
+        -23.5505,
+        -46.6333,
+        "America/Sao_Paulo",
+    ),
+    (
+        "ap-south-1",
+        "Asia Pacific (Mumbai)",
+        19.0760,
+        72.8777,
+        "Asia/Kolkata",
+    ),
     (
         "ap-southeast-1",
         "Asia Pacific (Singapore)",
         1.3521,
         103.8198,
+        "Asia/Singapore",
     ),
-    ("ap-northeast-1", "Asia Pacific (Tokyo)", 35.6762, 139.6503),
+    (
+        "ap-northeast-1",
+        "Asia Pacific (Tokyo)",
+        35.6762,
+        139.6503,
+        "Asia/Tokyo",
+    ),
     (
         "ap-southeast-2",
         "Asia Pacific (Sydney)",
         -33.8688,
         151.2093,
+        "Australia/Sydney",
     ),
-    ("ap-east-1", "Asia Pacific (Hong Kong)", 22.3193, 114.1694),
+    (
+        "ap-east-1",
+        "Asia Pacific (Hong Kong)",
+        22.3193,
+        114.1694,
+        "Asia/Hong_Kong",
+    ),
 ];
 
 impl Default for RegionCatalog {
@@ -172,12 +262,13 @@ impl Default for RegionCatalog {
         // cannot fail.
         let regions: Vec<RegionInfo> = DEFAULT_REGIONS
             .iter()
-            .filter_map(|&(id, name, lat, lon)| {
+            .filter_map(|&(id, name, lat, lon, tz)| {
                 Some(RegionInfo {
                     id: RegionId::parse(id).ok()?,
                     name: name.to_owned(),
                     lat,
                     lon,
+                    time_zone: Some(tz.to_owned()),
                 })
             })
             .collect();
@@ -205,6 +296,7 @@ mod tests {
             name: format!("Region {id}"),
             lat,
             lon,
+            time_zone: None,
         }
     }
 

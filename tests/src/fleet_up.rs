@@ -29,6 +29,11 @@ pub struct FleetUp {
 impl FleetUp {
     /// Starts `fleet up --state-dir dir` (reports every 300 ms) and waits for its banner.
     pub fn start(dir: &Path) -> anyhow::Result<FleetUp> {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`FleetUp::start`] with extra `FLEET__…` overrides in the environment.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<FleetUp> {
         let mut child = Command::new(bin("fleet"))
             .arg("up")
             .arg("--state-dir")
@@ -39,6 +44,7 @@ impl FleetUp {
                 format!("127.0.0.1:{}", free_udp_port()),
             )
             .env("FLEET__UP__REPORT_INTERVAL_MS", "300")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -96,6 +96,7 @@ fn loaded_fleet() -> Fleet {
             name: format!("Region {i}"),
             lat: -60.0 + (i as f64 * 0.23) % 120.0,
             lon: -180.0 + i as f64 * 0.7,
+            time_zone: None,
         })
         .collect();
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::new(regions).unwrap());

@@ -28,6 +28,7 @@ fn fleet() -> Fleet {
             name: format!("Region {i}"),
             lat: -60.0 + (i as f64 * 37.0) % 120.0,
             lon: -180.0 + i as f64 * 18.0,
+            time_zone: None,
         })
         .collect();
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::new(regions).unwrap());

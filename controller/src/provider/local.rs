@@ -1,19 +1,99 @@
 //! The local process provider: runs media and TURN nodes as real child processes on this
 //! machine (the `fleet` binary re-executed as `fleet media-node …` / `fleet turn-node …`, so one
-//! build is always consistent). Children get their own process group (a terminal's Ctrl-C
-//! reaches only `fleet`, which stops them in order) and die with the parent
-//! (`PR_SET_PDEATHSIG`), so no process is orphaned.
+//! build is always consistent). Each process is one "machine", named after its node. Children
+//! get their own process group (a terminal's Ctrl-C reaches only `fleet`, which stops them in
+//! order) and die with the parent (`PR_SET_PDEATHSIG`), so no process is orphaned.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_node::NodeLaunch;
+use fleet_core::autoscale::{Machine, PoolKey};
+use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
+use fleet_proto::{MachineId, NodeKind};
+use tokio::sync::Mutex;
+
+use super::{LaunchRequest, PoolProvider, ProviderError, machine_of};
+use crate::config::Config;
+
+/// What every local node is started with besides its id, pool, zone and capacity.
+#[derive(Debug, Clone)]
+pub struct LocalTemplate {
+    /// The controller's link address as nodes reach it.
+    pub controller: SocketAddr,
+    pub controller_name: String,
+    pub controller_cert: PathBuf,
+    pub cluster_secret: String,
+    pub join_secret: String,
+    pub turn_secret: String,
+    pub report_interval_ms: u64,
+}
+
+impl LocalTemplate {
+    /// The template for a controller with this config whose link listens on `link` (an
+    /// unspecified listen address is reached on loopback).
+    pub fn from_config(config: &Config, link: SocketAddr) -> anyhow::Result<LocalTemplate> {
+        let mut controller = link;
+        if controller.ip().is_unspecified() {
+            controller.set_ip(IpAddr::from([127, 0, 0, 1]));
+        }
+        Ok(LocalTemplate {
+            controller,
+            controller_name: config.link.server_name.clone(),
+            controller_cert: config
+                .link
+                .cert_file
+                .clone()
+                .context("config key `link.cert_file` must be set for local pools")?,
+            cluster_secret: config.link.cluster_secret.clone(),
+            join_secret: config.media.join_secret.clone(),
+            turn_secret: config.turn.secret.clone(),
+            report_interval_ms: config.up.report_interval_ms,
+        })
+    }
+
+    /// The launch of one node.
+    pub fn launch(&self, request: &LaunchRequest) -> NodeLaunch {
+        let node = NodeArgs {
+            node_id: Some(request.node.clone()),
+            region: request.pool.region.clone(),
+            zone: Some(request.zone.clone()).filter(|z| !z.is_empty()),
+            machine_id: Some(machine_of(&request.node)),
+            controller: self.controller.to_string(),
+            controller_name: self.controller_name.clone(),
+            controller_cert: self.controller_cert.clone(),
+            cluster_secret: self.cluster_secret.clone(),
+            capacity: request.capacity,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ip: IpAddr::from([127, 0, 0, 1]),
+            report_interval_ms: self.report_interval_ms,
+            drain_grace_secs: 600,
+            session_idle_secs: 3600,
+        };
+        let kind = match request.pool.kind {
+            NodeKind::Media => KindLaunch::Media {
+                join_secret: self.join_secret.clone(),
+            },
+            NodeKind::Turn => KindLaunch::Turn {
+                auth_secret: self.turn_secret.clone(),
+                // 0: the node picks a port free for both UDP and TCP and advertises it (a port
+                // checked free for UDP only can be taken on TCP meanwhile).
+                turn_port: 0,
+                // Everything runs on loopback here, so the relay must be allowed to reach it
+                // (production TURN nodes refuse loopback and private peers).
+                allow_peer: vec!["127.0.0.0/8".into()],
+            },
+        };
+        NodeLaunch { node, kind }
+    }
+}
 
 struct Running {
-    spec: NodeLaunch,
+    machine: Machine,
+    pool: PoolKey,
     child: tokio::process::Child,
 }
 
@@ -21,24 +101,32 @@ struct Running {
 pub struct LocalProcessProvider {
     program: PathBuf,
     log_dir: PathBuf,
-    nodes: BTreeMap<String, Running>,
+    template: LocalTemplate,
+    running: Mutex<BTreeMap<MachineId, Running>>,
+}
+
+fn failed(message: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Failed {
+        provider: "local",
+        message: message.to_string(),
+    }
 }
 
 impl LocalProcessProvider {
     /// A provider that re-executes the current binary; node logs go to `log_dir/<node>.log`.
-    pub fn self_exec(log_dir: PathBuf) -> anyhow::Result<LocalProcessProvider> {
+    pub fn self_exec(log_dir: PathBuf, template: LocalTemplate) -> anyhow::Result<Self> {
         let program = std::env::current_exe().context("cannot find the fleet executable")?;
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("cannot create {}", log_dir.display()))?;
         Ok(LocalProcessProvider {
             program,
             log_dir,
-            nodes: BTreeMap::new(),
+            template,
+            running: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Starts one node; returns its pid.
-    pub fn spawn(&mut self, spec: NodeLaunch) -> anyhow::Result<u32> {
+    fn spawn(&self, spec: &NodeLaunch) -> anyhow::Result<tokio::process::Child> {
         let name = spec.name();
         let log_path = self.log_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
@@ -67,52 +155,113 @@ impl LocalProcessProvider {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        let pid = child.id().unwrap_or(0);
-        tracing::info!(node = %name, pid, log = %log_path.display(), "started node process");
-        self.nodes.insert(name, Running { spec, child });
-        Ok(pid)
+        tracing::info!(node = %name, pid = child.id().unwrap_or(0), log = %log_path.display(),
+            "started node process");
+        Ok(child)
     }
 
     /// Pids of the running children.
-    pub fn pids(&self) -> Vec<u32> {
-        self.nodes.values().filter_map(|r| r.child.id()).collect()
+    pub async fn pids(&self) -> Vec<u32> {
+        let running = self.running.lock().await;
+        running.values().filter_map(|r| r.child.id()).collect()
     }
 
-    /// Children that exited since the last call, removed from the provider with their specs.
-    pub fn reap(&mut self) -> Vec<(NodeLaunch, ExitStatus)> {
-        let mut done = Vec::new();
-        for (id, r) in self.nodes.iter_mut() {
-            if let Ok(Some(status)) = r.child.try_wait() {
-                done.push((id.clone(), status));
+    /// Forgets children that exited (their machine is gone).
+    fn reap(running: &mut BTreeMap<MachineId, Running>) {
+        running.retain(|id, r| match r.child.try_wait() {
+            Ok(Some(status)) => {
+                tracing::warn!(machine = %id, %status, "node process exited");
+                false
             }
+            _ => true,
+        });
+    }
+}
+
+/// Sends `signal` to a child that is still running.
+fn signal(child: &tokio::process::Child, signal: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as i32, signal);
         }
-        done.into_iter()
-            .filter_map(|(id, status)| self.nodes.remove(&id).map(|r| (r.spec, status)))
-            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl PoolProvider for LocalProcessProvider {
+    fn name(&self) -> &'static str {
+        "local"
     }
 
-    /// Stops every child: SIGTERM twice (a node drains on the first and exits on the second),
-    /// then SIGKILL for any still running after `grace`.
-    pub async fn stop_all(&mut self, grace: Duration) {
+    async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError> {
+        let spec = self.template.launch(&request);
+        let child = self.spawn(&spec).map_err(failed)?;
+        let machine = Machine {
+            id: machine_of(&request.node),
+            node: request.node.clone(),
+            zone: request.zone.clone(),
+            launched_unix_ms: fleet_node::now_unix_ms(),
+        };
+        let mut running = self.running.lock().await;
+        running.insert(
+            machine.id.clone(),
+            Running {
+                machine: machine.clone(),
+                pool: request.pool,
+                child,
+            },
+        );
+        Ok(machine)
+    }
+
+    /// SIGTERM (a drained, empty node exits at once; a busy one starts draining), then SIGKILL
+    /// after 10 s.
+    async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError> {
+        let Some(mut r) = self.running.lock().await.remove(machine) else {
+            return Ok(());
+        };
+        signal(&r.child, libc::SIGTERM);
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(machine = %r.machine.id, "node did not stop in 10 s: killing it");
+                let _ = r.child.kill().await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn list(&self, pool: &PoolKey) -> Result<Vec<Machine>, ProviderError> {
+        let mut running = self.running.lock().await;
+        Self::reap(&mut running);
+        Ok(running
+            .values()
+            .filter(|r| &r.pool == pool)
+            .map(|r| r.machine.clone())
+            .collect())
+    }
+
+    /// SIGTERM twice (a node drains on the first and exits on the second), then SIGKILL for
+    /// any still running after 5 s.
+    async fn shutdown(&self) {
+        let mut running = self.running.lock().await;
         for _ in 0..2 {
-            for r in self.nodes.values() {
-                if let Some(pid) = r.child.id() {
-                    // SAFETY: plain kill(2) on our own child's pid.
-                    unsafe {
-                        libc::kill(pid as i32, libc::SIGTERM);
-                    }
-                }
+            for r in running.values() {
+                signal(&r.child, libc::SIGTERM);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        for r in self.nodes.values_mut() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for r in running.values_mut() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if tokio::time::timeout(left, r.child.wait()).await.is_err() {
-                tracing::warn!(node = %r.spec.name(), "node did not stop in time: killing it");
+                tracing::warn!(machine = %r.machine.id, "node did not stop in time: killing it");
                 let _ = r.child.kill().await;
             }
         }
-        self.nodes.clear();
+        running.clear();
     }
 }

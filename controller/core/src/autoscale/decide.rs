@@ -102,6 +102,23 @@ pub enum Reason {
     DrainDeadline,
 }
 
+impl Reason {
+    /// The reason's name in the decision log (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Floor => "floor",
+            Reason::Booking => "booking",
+            Reason::Buffer => "buffer",
+            Reason::UnmetDemand => "unmet_demand",
+            Reason::Utilization => "utilization",
+            Reason::SetupLatency => "setup_latency",
+            Reason::LowUtilization => "low_utilization",
+            Reason::DrainedEmpty => "drained_empty",
+            Reason::DrainDeadline => "drain_deadline",
+        }
+    }
+}
+
 /// One change to carry out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]

@@ -116,6 +116,16 @@ pub enum StepReason {
     BootTimeout,
 }
 
+impl StepReason {
+    /// The reason's name in the decision log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepReason::Scale(r) => r.as_str(),
+            StepReason::BootTimeout => "boot_timeout",
+        }
+    }
+}
+
 /// What one tick decided for one pool.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolTick {

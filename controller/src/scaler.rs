@@ -1,0 +1,312 @@
+//! The scaler loop: every `autoscale.tick_ms`, lists each pool's machines from its provider,
+//! asks the pure [`Autoscaler`] what to change, and carries the steps out: launches and
+//! terminations through the provider, drains and undrains as commands over the node link.
+//! Every step is logged with its reason and inputs ([`ScalingEvent`]).
+//!
+//! Provider calls have a timeout and never block a tick: launches and terminations run in
+//! their own tasks, and a pool whose list fails keeps its previous list (launches in flight are
+//! counted by the autoscaler itself, so a slow or failing provider never causes a second
+//! launch).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fleet_core::autoscale::{
+    Autoscaler, BookingBook, Inputs, Machine, PoolKey, PoolSetup, PoolTick, Step, StepReason,
+};
+use fleet_proto::{NodeId, NodeKind, RegionId};
+use serde::Serialize;
+
+use crate::provider::{LaunchRequest, PoolProvider, ProviderError, machine_of};
+use crate::state::AppState;
+
+/// How many events the in-memory log keeps.
+const EVENT_LOG_LEN: usize = 10_000;
+
+/// One scaling action, as the decision log and `GET /v1/scaling/events` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScalingEvent {
+    pub at_unix_ms: u64,
+    pub region: RegionId,
+    pub kind: NodeKind,
+    /// `launch`, `drain`, `undrain` or `terminate`.
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    pub reason: String,
+    /// The figures the decision was made from (absent for reconcile steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Inputs>,
+}
+
+/// Called with each event (e.g. `fleet up` prints one line per action).
+pub type EventHook = Box<dyn Fn(&ScalingEvent) + Send + Sync>;
+
+/// The autoscaler, its providers and its log.
+pub struct Scaler {
+    autoscaler: Mutex<Autoscaler>,
+    bookings: Mutex<BookingBook>,
+    providers: HashMap<&'static str, Arc<dyn PoolProvider>>,
+    lists: Mutex<HashMap<PoolKey, Vec<Machine>>>,
+    events: Mutex<VecDeque<ScalingEvent>>,
+    capacity: HashMap<PoolKey, u64>,
+    timeout: Duration,
+    hook: Option<EventHook>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Scaler {
+    /// A scaler over these pools; each pool's provider must be among `providers`.
+    pub fn new(
+        setups: Vec<(PoolKey, PoolSetup)>,
+        providers: Vec<Arc<dyn PoolProvider>>,
+        boot_timeout: Duration,
+        provider_timeout: Duration,
+        hook: Option<EventHook>,
+    ) -> Scaler {
+        let capacity = setups
+            .iter()
+            .map(|(k, s)| (k.clone(), s.node_capacity))
+            .collect();
+        let boot_timeout_ms = u64::try_from(boot_timeout.as_millis()).unwrap_or(u64::MAX);
+        Scaler {
+            autoscaler: Mutex::new(Autoscaler::new(setups, boot_timeout_ms)),
+            bookings: Mutex::new(BookingBook::default()),
+            providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
+            lists: Mutex::new(HashMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            capacity,
+            timeout: provider_timeout,
+            hook,
+        }
+    }
+
+    /// The autoscaler (pools, policies, pause), for the ops API.
+    pub fn autoscaler(&self) -> MutexGuard<'_, Autoscaler> {
+        lock(&self.autoscaler)
+    }
+
+    /// The most recent events first, filtered.
+    pub fn events(
+        &self,
+        region: Option<&RegionId>,
+        kind: Option<NodeKind>,
+        since_unix_ms: u64,
+        limit: usize,
+    ) -> Vec<ScalingEvent> {
+        lock(&self.events)
+            .iter()
+            .rev()
+            .filter(|e| region.is_none_or(|r| &e.region == r))
+            .filter(|e| kind.is_none_or(|k| e.kind == k))
+            .filter(|e| e.at_unix_ms >= since_unix_ms)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Runs ticks until `stop` turns true, then stops what the providers started locally.
+    pub async fn run(
+        self: Arc<Self>,
+        state: Arc<AppState>,
+        every: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => break,
+            }
+            if state.warmed_up() {
+                self.tick(&state).await;
+            }
+        }
+        for provider in self.providers.values() {
+            provider.shutdown().await;
+        }
+    }
+
+    /// One tick: list, decide, carry out.
+    pub async fn tick(self: &Arc<Self>, state: &Arc<AppState>) {
+        let machines = self.list_all().await;
+        let now = state.now();
+        let ticks = {
+            let fleet = state.fleet();
+            let bookings = lock(&self.bookings);
+            lock(&self.autoscaler).tick(now, &fleet, &machines, &bookings, &mut rand::rng())
+        };
+        for (key, pool) in lock(&self.autoscaler).pools() {
+            let labels = [
+                ("region", key.region.to_string()),
+                ("kind", key.kind.to_string()),
+            ];
+            metrics::gauge!("fleet_pool_desired_nodes", &labels).set(f64::from(pool.desired));
+        }
+        for tick in ticks {
+            self.carry_out(state, now.unix_ms, tick);
+        }
+    }
+
+    /// Lists every pool's machines (in parallel, each with the timeout); a pool whose list
+    /// fails keeps its previous one.
+    async fn list_all(&self) -> HashMap<PoolKey, Vec<Machine>> {
+        let pools: Vec<(PoolKey, String)> = lock(&self.autoscaler)
+            .pools()
+            .map(|(k, p)| (k.clone(), p.setup.provider.clone()))
+            .collect();
+        let mut calls = tokio::task::JoinSet::new();
+        for (key, provider) in pools {
+            let Some(provider) = self.providers.get(provider.as_str()).cloned() else {
+                continue;
+            };
+            let timeout = self.timeout;
+            calls.spawn(async move {
+                let listed = tokio::time::timeout(timeout, provider.list(&key)).await;
+                let listed = listed.unwrap_or(Err(ProviderError::Timeout {
+                    provider: provider.name(),
+                    call: "list",
+                }));
+                (key, listed)
+            });
+        }
+        let results: Vec<_> = calls.join_all().await;
+        let mut lists = lock(&self.lists);
+        for (key, listed) in results {
+            match listed {
+                Ok(machines) => {
+                    lists.insert(key, machines);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %format!("{} {}", key.region, key.kind), error = %e,
+                        "cannot list the pool's machines; using the previous list");
+                }
+            }
+        }
+        lists.clone()
+    }
+
+    fn record(&self, event: ScalingEvent) {
+        tracing::info!(region = %event.region, kind = %event.kind, action = event.action,
+            node = ?event.node_id.as_ref().map(|n| n.to_string()), count = ?event.count,
+            reason = %event.reason, "scaling");
+        metrics::counter!("fleet_scaling_actions_total",
+            "region" => event.region.to_string(), "kind" => event.kind.to_string(),
+            "action" => event.action, "reason" => event.reason.clone())
+        .increment(1);
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
+        let mut events = lock(&self.events);
+        if events.len() >= EVENT_LOG_LEN {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Logs and carries out one pool's steps.
+    fn carry_out(self: &Arc<Self>, state: &Arc<AppState>, now_unix_ms: u64, tick: PoolTick) {
+        let inputs = tick.decision.as_ref().map(|d| d.inputs);
+        let key = tick.pool;
+        for (step, reason) in tick.steps {
+            let (action, node_id, count) = match &step {
+                Step::Launch { nodes } => ("launch", None, Some(nodes.len() as u32)),
+                Step::Drain { node, .. } => ("drain", Some(node.clone()), None),
+                Step::Undrain { node } => ("undrain", Some(node.clone()), None),
+                Step::Terminate { node, .. } => ("terminate", Some(node.clone()), None),
+            };
+            self.record(ScalingEvent {
+                at_unix_ms: now_unix_ms,
+                region: key.region.clone(),
+                kind: key.kind,
+                action,
+                node_id,
+                count,
+                reason: reason.as_str().to_owned(),
+                inputs: match reason {
+                    StepReason::Scale(_) => inputs,
+                    StepReason::BootTimeout => None,
+                },
+            });
+            self.execute(state, &key, step);
+        }
+    }
+
+    fn provider_of(&self, key: &PoolKey) -> Option<Arc<dyn PoolProvider>> {
+        let autoscaler = lock(&self.autoscaler);
+        let name = autoscaler.pool(key)?.setup.provider.clone();
+        self.providers.get(name.as_str()).cloned()
+    }
+
+    fn execute(self: &Arc<Self>, state: &Arc<AppState>, key: &PoolKey, step: Step) {
+        match step {
+            Step::Launch { nodes } => {
+                let Some(provider) = self.provider_of(key) else {
+                    return;
+                };
+                let capacity = self.capacity.get(key).copied().unwrap_or(1000);
+                for launch in nodes {
+                    let request = LaunchRequest {
+                        pool: key.clone(),
+                        node: launch.node.clone(),
+                        zone: launch.zone.clone(),
+                        capacity,
+                    };
+                    let (scaler, provider, key) = (self.clone(), provider.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let result =
+                            tokio::time::timeout(scaler.timeout, provider.launch(request)).await;
+                        let error = match result {
+                            Ok(Ok(machine)) => {
+                                tracing::debug!(machine = %machine.id, "launched");
+                                return;
+                            }
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => format!("{} provider: launch timed out", provider.name()),
+                        };
+                        tracing::warn!(node = %launch.node, %error, "launch failed; deciding again");
+                        scaler.autoscaler().launch_failed(&key, &[launch.node]);
+                    });
+                }
+            }
+            Step::Drain {
+                node,
+                deadline_unix_ms,
+            } => {
+                let out = state.fleet().drain(&node, deadline_unix_ms);
+                match out {
+                    Ok(o) => state.send(vec![o]),
+                    Err(e) => tracing::warn!(%node, error = %e, "cannot drain"),
+                }
+            }
+            Step::Undrain { node } => {
+                let out = state.fleet().undrain(&node);
+                match out {
+                    Ok(o) => state.send(vec![o]),
+                    Err(e) => tracing::warn!(%node, error = %e, "cannot undrain"),
+                }
+            }
+            Step::Terminate { node, machine } => {
+                let Some(provider) = self.provider_of(key) else {
+                    return;
+                };
+                let machine = machine.unwrap_or_else(|| machine_of(&node));
+                let timeout = self.timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, provider.terminate(&machine)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(%machine, error = %e, "terminate failed"),
+                        Err(_) => tracing::warn!(%machine, "terminate timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
