@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleet_core::autoscale::{
-    Autoscaler, BookingBook, Inputs, Machine, PoolKey, PoolSetup, PoolTick, Step, StepReason,
+    Autoscaler, Booking, BookingBook, BookingError, Inputs, Machine, PoolKey, PoolSetup, PoolTick,
+    Step, StepReason,
 };
 use fleet_proto::{NodeId, NodeKind, RegionId};
 use serde::Serialize;
@@ -92,6 +93,26 @@ impl Scaler {
         lock(&self.autoscaler)
     }
 
+    /// The bookings.
+    pub fn bookings(&self) -> MutexGuard<'_, BookingBook> {
+        lock(&self.bookings)
+    }
+
+    /// Adds a booking (checked against the clock and the session size).
+    pub fn add_booking(
+        &self,
+        now_unix_ms: u64,
+        booking: Booking,
+        max_participants: usize,
+    ) -> Result<(), BookingError> {
+        lock(&self.bookings).add(now_unix_ms, booking, max_participants)
+    }
+
+    /// Removes a booking; `None` when there was none with that id.
+    pub fn remove_booking(&self, id: &str) -> Option<Booking> {
+        lock(&self.bookings).remove(id)
+    }
+
     /// The most recent events first, filtered.
     pub fn events(
         &self,
@@ -138,6 +159,9 @@ impl Scaler {
     pub async fn tick(self: &Arc<Self>, state: &Arc<AppState>) {
         let machines = self.list_all().await;
         let now = state.now();
+        for id in lock(&self.bookings).expire(now.unix_ms) {
+            tracing::debug!(booking = %id, "booking past its start");
+        }
         let ticks = {
             let fleet = state.fleet();
             let bookings = lock(&self.bookings);

@@ -123,3 +123,195 @@ async fn a_pool_grows_when_full_and_shrinks_by_draining_its_empty_node() {
     assert_eq!((status, &view["state"]), (200, &json!("live")), "{view}");
     assert_eq!(view["media"]["node_id"], second_node.as_str());
 }
+
+async fn admin_send(
+    up: &FleetUp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http()
+        .request(method, format!("{}{path}", up.api))
+        .bearer_auth(&up.admin);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn book(up: &FleetUp, body: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}/v1/bookings", up.api))
+        .bearer_auth(&up.client)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = FleetUp::start_with(
+        dir.path(),
+        &[
+            ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
+            ("FLEET__UP__MEDIA_CAPACITY", "16"),
+            ("FLEET__AUTOSCALE__TICK_MS", "300"),
+            ("FLEET__REGISTRY__WARMUP_MS", "500"),
+            ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
+            ("FLEET__POOL_DEFAULTS__BOOT_SECS", "5"),
+        ],
+    )
+    .unwrap();
+    wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
+
+    // The pools, as the ops API shows them.
+    let (status, pools) = admin_send(&up, reqwest::Method::GET, "/v1/pools", None).await;
+    assert_eq!(status, 200, "{pools}");
+    let pools = pools["pools"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pools.len(), 2, "{pools:?}");
+    let media = &pools[0];
+    assert_eq!(
+        (&media["region"], &media["kind"], &media["provider"]),
+        (&json!("eu-west-1"), &json!("media"), &json!("local"))
+    );
+    assert_eq!(
+        (&media["policy"]["min"], &media["policy"]["max"]),
+        (&json!(1), &json!(4))
+    );
+
+    // A bad change is refused by field and changes nothing; a good one applies.
+    let path = "/v1/pools/eu-west-1/media";
+    let (status, body) = admin_send(
+        &up,
+        reqwest::Method::PATCH,
+        path,
+        Some(json!({"min": 5, "max": 3})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("min"),
+        "{body}"
+    );
+    let (status, body) = admin_send(
+        &up,
+        reqwest::Method::PATCH,
+        path,
+        Some(json!({"cpu_target": 2})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        admin_send(&up, reqwest::Method::PATCH, path, Some(json!({"max": 3}))).await;
+    assert_eq!((status, &body["policy"]["max"]), (200, &json!(3)), "{body}");
+    assert_eq!(body["policy"]["min"], 1);
+    let (status, body) =
+        admin_send(&up, reqwest::Method::GET, "/v1/pools/eu-west-1/gpu", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        admin_send(&up, reqwest::Method::GET, "/v1/pools/us-east-1/media", None).await;
+    assert_eq!(status, 404, "{body}");
+
+    // Bookings: bad ones are refused by field; nothing is kept.
+    let start = unix_now() + 30;
+    let here = json!({"region": "eu-west-1"});
+    for (body, field) in [
+        (
+            json!({"start_unix": unix_now() - 60, "duration_secs": 3000, "participants": [here]}),
+            "start_unix",
+        ),
+        (
+            json!({"start_unix": unix_now() + 91 * 86_400, "duration_secs": 3000, "participants": [here]}),
+            "start_unix",
+        ),
+        (
+            json!({"start_unix": start, "duration_secs": 0, "participants": [here]}),
+            "duration_secs",
+        ),
+        (
+            json!({"start_unix": start, "duration_secs": 3000, "participants": []}),
+            "participants",
+        ),
+        (
+            json!({"start_unix": start, "duration_secs": 3000, "participants": [{"location": {"lat": 91, "lon": 0}}]}),
+            "participants[0].location",
+        ),
+        (
+            json!({"start_unix": start, "duration_secs": 3000, "participants": [{"region": "mars-1"}]}),
+            "participants[0].region",
+        ),
+    ] {
+        let (status, err) = book(&up, body).await;
+        assert_eq!(status, 400, "{field}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or("");
+        assert!(message.starts_with(field), "{field}: {err}");
+    }
+
+    // With a call on the node (8 of its 16 units), a 4-person video session (16 units) starts
+    // in 30 s, within boot_secs + 60 s: the pool grows now, for the booking.
+    let (status, live) = call(&up, 1).await;
+    assert_eq!(status, 201, "{live}");
+    let (status, booked) = book(
+        &up,
+        json!({"start_unix": start, "duration_secs": 3000, "profile": "video",
+               "participants": [here, here, here, here]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!(booked["region"], "eu-west-1");
+    let id = booked["booking_id"].as_str().unwrap().to_owned();
+    wait_media(&up, "the booking's node serves", |n| n["serving"] == 2).await;
+    let (_, events) = admin_send(
+        &up,
+        reqwest::Method::GET,
+        "/v1/scaling/events?region=eu-west-1&kind=media",
+        None,
+    )
+    .await;
+    let events = events["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["action"] == "launch"
+            && e["reason"] == "booking"
+            && e["inputs"]["booked_units"] == 16),
+        "{events:?}"
+    );
+    let r = http()
+        .get(format!("{}/v1/bookings?region=eu-west-1", up.api))
+        .bearer_auth(&up.client)
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed["bookings"][0]["booking_id"], id.as_str(), "{listed}");
+    let delete = |id: String| {
+        let (api, client) = (up.api.clone(), up.client.clone());
+        async move {
+            http()
+                .delete(format!("{api}/v1/bookings/{id}"))
+                .bearer_auth(client)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(delete(id.clone()).await, 204);
+    assert_eq!(delete(id).await, 404);
+}

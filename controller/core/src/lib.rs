@@ -21,7 +21,7 @@ pub use fleet::{
     Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, ParticipantPlan,
     RegionDemand, SessionPlan, TurnChoice,
 };
-pub use locate::{LocationClues, UnknownRegion, locate};
+pub use locate::{LocationClues, UnknownRegion, best_region, locate};
 pub use placement::{PlacementConfig, PlacementError, Strategy};
 pub use registry::{NodeEntry, NodeStatus, Registry, RegistryConfig, RegistryError};
 pub use sessions::{ParticipantRecord, SessionRecord, SessionState};

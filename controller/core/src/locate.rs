@@ -3,7 +3,7 @@
 //! address, which wins over the default. The shell parses and looks things up; the order is
 //! decided here, once.
 
-use fleet_geo::{Location, RegionCatalog};
+use fleet_geo::{Location, RegionCatalog, RegionInfo};
 
 /// What is known about where one participant is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,6 +37,34 @@ pub fn locate(
             .ok_or_else(|| UnknownRegion(r.chars().take(64).collect()));
     }
     Ok(clues.geoip.unwrap_or(default))
+}
+
+/// The region whose farthest participant is nearest: where a session of these participants
+/// goes when every region has room (bookings are planned there). `None` without participants.
+pub fn best_region<'c>(
+    catalog: &'c RegionCatalog,
+    participants: &[Location],
+) -> Option<&'c RegionInfo> {
+    let units: Vec<[f64; 3]> = participants.iter().map(|l| l.unit_vector()).collect();
+    let dot = |a: &[f64; 3], b: &[f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    // The farthest participant has the smallest dot product; keep the region maximizing it.
+    let worst = |region: &[f64; 3]| {
+        units
+            .iter()
+            .map(|u| dot(region, u))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (best, _) = catalog
+        .unit_vectors()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, worst(r)))
+        .filter(|_| !units.is_empty())
+        .fold(None, |acc: Option<(usize, f64)>, (i, d)| match acc {
+            Some((_, best)) if best >= d => acc,
+            _ => Some((i, d)),
+        })?;
+    catalog.regions().get(best)
 }
 
 #[cfg(test)]
@@ -90,5 +118,17 @@ mod tests {
             locate(&RegionCatalog::default(), &clues, NOWHERE),
             Err(UnknownRegion("mars-1".into()))
         );
+    }
+
+    #[test]
+    fn the_best_region_minimizes_the_farthest_participant() {
+        let catalog = RegionCatalog::default();
+        let best = |ps: &[Location]| best_region(&catalog, ps).map(|r| r.id.to_string());
+        assert_eq!(best(&[LONDON]).as_deref(), Some("eu-west-2"));
+        // London and Kampala: somewhere between them beats London's own region.
+        let both = best(&[LONDON, KAMPALA]).unwrap_or_default();
+        assert_ne!(both, "eu-west-2");
+        assert_ne!(both, "af-south-1");
+        assert_eq!(best(&[]), None);
     }
 }

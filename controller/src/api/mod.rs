@@ -1,10 +1,12 @@
 //! The controller's HTTP surface (axum): the signaling API for the app, the ops API for
 //! operators, the demo call page, Prometheus metrics and health probes.
 
+pub mod bookings;
 pub mod demo;
 pub mod error;
 mod json_errors;
 pub mod ops;
+pub mod pools;
 pub mod signaling;
 
 use std::sync::Arc;
@@ -39,6 +41,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/nodes/{id}/drain", post(ops::drain_node))
         .route("/v1/nodes/{id}/undrain", post(ops::undrain_node))
         .route("/v1/regions", get(ops::list_regions))
+        .route("/v1/pools", get(pools::list_pools))
+        .route(
+            "/v1/pools/{region}/{kind}",
+            get(pools::get_pool).patch(pools::patch_pool),
+        )
+        .route("/v1/pools/{region}/{kind}/pause", post(pools::pause_pool))
+        .route("/v1/pools/{region}/{kind}/resume", post(pools::resume_pool))
+        .route("/v1/scaling/events", get(pools::scaling_events))
+        .route(
+            "/v1/bookings",
+            get(bookings::list_bookings).post(bookings::create_booking),
+        )
+        .route(
+            "/v1/bookings/{id}",
+            axum::routing::delete(bookings::delete_booking),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -1,4 +1,4 @@
-//! The ops API (admin bearer token): nodes, regions, drain and undrain.
+//! The ops API (admin bearer token): nodes, regions, drain and undrain (pools: [`super::pools`]).
 
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use super::error::{ApiError, bearer, parse_json};
 use crate::state::AppState;
 use fleet_core::{Capacity, NodeEntry, NodeStatus, RegionSummary};
 
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the admin bearer token.
+pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     state
         .auth
         .verify_admin(bearer(headers)?)

@@ -108,7 +108,7 @@ fn unix_now() -> std::time::Duration {
 }
 
 /// Checks the client JWT.
-fn client(state: &AppState, headers: &HeaderMap) -> Result<ClientClaims, ApiError> {
+pub(super) fn client(state: &AppState, headers: &HeaderMap) -> Result<ClientClaims, ApiError> {
     state
         .auth
         .verify_client(bearer(headers)?)
@@ -133,20 +133,37 @@ fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
 /// ([`fleet_core::locate`]). The address is always checked; GeoIP is asked only when nothing
 /// stronger is given.
 fn locate(state: &AppState, p: &ParticipantRequest, field: &str) -> Result<Location, ApiError> {
-    let location = match &p.location {
+    locate_clues(
+        state,
+        p.ip.as_deref(),
+        p.location.as_ref(),
+        p.region.as_deref(),
+        field,
+    )
+}
+
+/// [`locate`] from the three clues a request may carry about one person.
+pub(super) fn locate_clues(
+    state: &AppState,
+    ip: Option<&str>,
+    location: Option<&LocationRequest>,
+    region: Option<&str>,
+    field: &str,
+) -> Result<Location, ApiError> {
+    let location = match location {
         Some(l) => Some(
             Location::new(l.lat, l.lon)
                 .map_err(|e| ApiError::BadRequest(format!("{field}.location: {e}")))?,
         ),
         None => None,
     };
-    let ip: Option<IpAddr> = match &p.ip {
+    let ip: Option<IpAddr> = match ip {
         Some(ip) => Some(ip.trim().parse().map_err(|_| {
             ApiError::BadRequest(format!("{field}.ip: not an IPv4 or IPv6 address"))
         })?),
         None => None,
     };
-    let geoip = match (location, &p.region, ip, &state.geoip) {
+    let geoip = match (location, region, ip, &state.geoip) {
         (None, None, Some(ip), Some(db)) => match db.lookup(ip) {
             Ok(found) => found.map(|f| f.location),
             Err(e) => {
@@ -158,7 +175,7 @@ fn locate(state: &AppState, p: &ParticipantRequest, field: &str) -> Result<Locat
     };
     let clues = LocationClues {
         location,
-        region: p.region.as_deref(),
+        region,
         geoip,
     };
     fleet_core::locate(&state.catalog, &clues, state.default_location)

@@ -1,0 +1,207 @@
+//! The ops API for pools (admin token): list and read pools, change a pool's policy at run time,
+//! pause and resume automatic changes, and read the scaling decision log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolPolicy, PoolState};
+use fleet_proto::{NodeKind, RegionId};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, parse_json};
+use super::ops::admin;
+use crate::scaler::{Scaler, ScalingEvent};
+use crate::state::AppState;
+
+/// Node counts of a pool, as of its latest decision.
+#[derive(Debug, Serialize)]
+pub struct PoolNodes {
+    pub starting: u32,
+    pub serving: u32,
+    pub draining: u32,
+}
+
+/// One pool.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    pub region: RegionId,
+    pub kind: NodeKind,
+    pub provider: String,
+    pub policy: PoolPolicy,
+    pub desired: u32,
+    pub nodes: PoolNodes,
+    /// Capacity units used or reserved over total, on SERVING nodes.
+    pub utilization: f64,
+    pub paused: bool,
+}
+
+fn view(key: &PoolKey, pool: &PoolState) -> PoolView {
+    let inputs = pool.last.as_ref().map(|d| d.inputs).unwrap_or_default();
+    PoolView {
+        region: key.region.clone(),
+        kind: key.kind,
+        provider: pool.setup.provider.clone(),
+        policy: pool.setup.policy.clone(),
+        desired: pool.desired,
+        nodes: PoolNodes {
+            starting: inputs.starting,
+            serving: inputs.serving,
+            draining: inputs.draining,
+        },
+        utilization: inputs.units_utilization,
+        paused: pool.paused,
+    }
+}
+
+fn scaler(state: &AppState) -> Result<&Arc<Scaler>, ApiError> {
+    state.scaler.get().ok_or_else(|| {
+        ApiError::NotFound("this controller scales no pools (no [[pools]] in its config)".into())
+    })
+}
+
+fn pool_key(region: &str, kind: &str) -> Result<PoolKey, ApiError> {
+    Ok(PoolKey {
+        region: RegionId::parse(region).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        kind: kind
+            .parse()
+            .map_err(|e: fleet_proto::ids::ParseNodeKindError| {
+                ApiError::BadRequest(e.to_string())
+            })?,
+    })
+}
+
+fn unknown_pool(key: &PoolKey) -> ApiError {
+    ApiError::NotFound(format!("no {} pool in {}", key.kind, key.region))
+}
+
+/// `GET /v1/pools`.
+pub async fn list_pools(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin(&state, &headers)?;
+    let pools: Vec<PoolView> = match state.scaler.get() {
+        Some(s) => s.autoscaler().pools().map(|(k, p)| view(k, p)).collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(serde_json::json!({ "pools": pools })))
+}
+
+/// `GET /v1/pools/{region}/{kind}`.
+pub async fn get_pool(
+    State(state): State<Arc<AppState>>,
+    Path((region, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<PoolView>, ApiError> {
+    admin(&state, &headers)?;
+    let key = pool_key(&region, &kind)?;
+    let autoscaler = scaler(&state)?.autoscaler();
+    let pool = autoscaler.pool(&key).ok_or_else(|| unknown_pool(&key))?;
+    Ok(Json(view(&key, pool)))
+}
+
+/// `PATCH /v1/pools/{region}/{kind}`: any policy fields; the whole new policy is checked before
+/// anything changes.
+pub async fn patch_pool(
+    State(state): State<Arc<AppState>>,
+    Path((region, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<PoolView>, ApiError> {
+    admin(&state, &headers)?;
+    let key = pool_key(&region, &kind)?;
+    let patch: PolicyPatch = parse_json(&body, false)?;
+    let mut autoscaler = scaler(&state)?.autoscaler();
+    let pool = autoscaler
+        .pool_mut(&key)
+        .ok_or_else(|| unknown_pool(&key))?;
+    let policy = patch
+        .apply(&pool.setup.policy)
+        .map_err(|e| ApiError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+    tracing::info!(region = %key.region, kind = %key.kind, by = "admin",
+        change = %serde_json::to_string(&patch).unwrap_or_default(), "pool policy changed");
+    pool.setup.policy = policy;
+    Ok(Json(view(&key, pool)))
+}
+
+async fn set_paused(
+    state: Arc<AppState>,
+    region: String,
+    kind: String,
+    headers: HeaderMap,
+    paused: bool,
+) -> Result<Json<PoolView>, ApiError> {
+    admin(&state, &headers)?;
+    let key = pool_key(&region, &kind)?;
+    let mut autoscaler = scaler(&state)?.autoscaler();
+    let pool = autoscaler
+        .pool_mut(&key)
+        .ok_or_else(|| unknown_pool(&key))?;
+    pool.paused = paused;
+    tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
+    Ok(Json(view(&key, pool)))
+}
+
+/// `POST /v1/pools/{region}/{kind}/pause`: no automatic changes until resumed (drains already
+/// started still finish).
+pub async fn pause_pool(
+    State(state): State<Arc<AppState>>,
+    Path((region, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<PoolView>, ApiError> {
+    set_paused(state, region, kind, headers, true).await
+}
+
+/// `POST /v1/pools/{region}/{kind}/resume`.
+pub async fn resume_pool(
+    State(state): State<Arc<AppState>>,
+    Path((region, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<PoolView>, ApiError> {
+    set_paused(state, region, kind, headers, false).await
+}
+
+/// Query of `GET /v1/scaling/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    pub region: Option<String>,
+    pub kind: Option<String>,
+    pub since_unix_ms: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/scaling/events?region=&kind=&since_unix_ms=&limit=`: newest first.
+pub async fn scaling_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let region = match &q.region {
+        Some(r) => {
+            Some(RegionId::parse(r).map_err(|e| ApiError::BadRequest(format!("region: {e}")))?)
+        }
+        None => None,
+    };
+    let kind = match &q.kind {
+        Some(k) => Some(
+            k.parse::<NodeKind>()
+                .map_err(|e| ApiError::BadRequest(format!("kind: {e}")))?,
+        ),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit: expected 1..=1000".into()));
+    }
+    let events: Vec<ScalingEvent> = match state.scaler.get() {
+        Some(s) => s.events(region.as_ref(), kind, q.since_unix_ms.unwrap_or(0), limit),
+        None => Vec::new(),
+    };
+    Ok(Json(serde_json::json!({ "events": events })))
+}
