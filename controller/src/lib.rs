@@ -19,4 +19,5 @@ pub mod provider;
 pub mod scaler;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod up;

@@ -41,6 +41,9 @@ pub struct AutoscaleConfig {
     pub boot_timeout_secs: u64,
     /// A provider call (launch, list, terminate) that takes longer fails.
     pub provider_timeout_secs: u64,
+    /// The store (SQLite) for the decision log, policy changes, bookings and scaling in
+    /// progress [default: `<up.state_dir>/fleet.db`].
+    pub store: Option<std::path::PathBuf>,
 }
 
 impl Default for AutoscaleConfig {
@@ -49,6 +52,7 @@ impl Default for AutoscaleConfig {
             tick_ms: 2_000,
             boot_timeout_secs: 300,
             provider_timeout_secs: 30,
+            store: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! counted by the autoscaler itself, so a slow or failing provider never causes a second
 //! launch).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::provider::{LaunchRequest, PoolProvider, ProviderError, machine_of};
 use crate::state::AppState;
+use crate::store::{Saved, Write};
 
 /// How many events the in-memory log keeps.
 const EVENT_LOG_LEN: usize = 10_000;
@@ -56,6 +57,17 @@ pub struct Scaler {
     capacity: HashMap<PoolKey, u64>,
     timeout: Duration,
     hook: Option<EventHook>,
+    /// The store's write queue (none without a store).
+    store: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
+    /// Launches and drains as last written to the store.
+    persisted: Mutex<Persisted>,
+}
+
+/// The scaling in progress as the store has it.
+#[derive(Default)]
+struct Persisted {
+    launches: HashSet<NodeId>,
+    drains: HashSet<NodeId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,6 +97,109 @@ impl Scaler {
             capacity,
             timeout: provider_timeout,
             hook,
+            store: None,
+            persisted: Mutex::new(Persisted::default()),
+        }
+    }
+
+    /// Keeps every change in the store from now on, after resuming what it saved: policies
+    /// changed at run time, pauses, bookings, drains and launches in progress, and the newest
+    /// events.
+    pub fn with_store(
+        mut self,
+        saved: Saved,
+        writes: tokio::sync::mpsc::UnboundedSender<Write>,
+    ) -> Self {
+        {
+            let mut autoscaler = lock(&self.autoscaler);
+            let mut persisted = lock(&self.persisted);
+            for (key, policy) in saved.policies {
+                if let Some(p) = autoscaler.pool_mut(&key) {
+                    p.setup.policy = policy;
+                }
+            }
+            for key in saved.paused {
+                if let Some(p) = autoscaler.pool_mut(&key) {
+                    p.paused = true;
+                }
+            }
+            for (key, node, deadline) in saved.drains {
+                if let Some(p) = autoscaler.pool_mut(&key) {
+                    p.drains.insert(node.clone(), deadline);
+                    persisted.drains.insert(node);
+                }
+            }
+            for (key, launch) in saved.launches {
+                if let Some(p) = autoscaler.pool_mut(&key) {
+                    persisted.launches.insert(launch.node.clone());
+                    p.in_flight.push(launch);
+                }
+            }
+        }
+        {
+            let mut bookings = lock(&self.bookings);
+            for b in saved.bookings {
+                bookings.insert(b);
+            }
+        }
+        lock(&self.events).extend(saved.events);
+        self.store = Some(writes);
+        self
+    }
+
+    /// Queues a write for the store (nothing without one).
+    pub fn persist(&self, write: Write) {
+        if let Some(store) = &self.store
+            && store.send(write).is_err()
+        {
+            tracing::error!("the store's writer has stopped; a change was not saved");
+        }
+    }
+
+    /// Writes the launches and drains in progress that changed since the last call.
+    fn persist_progress(&self) {
+        if self.store.is_none() {
+            return;
+        }
+        let mut launches = HashMap::new();
+        let mut drains = HashMap::new();
+        for (key, pool) in lock(&self.autoscaler).pools() {
+            for f in &pool.in_flight {
+                launches.insert(f.node.clone(), (key.clone(), f.clone()));
+            }
+            for (node, deadline) in &pool.drains {
+                drains.insert(node.clone(), (key.clone(), *deadline));
+            }
+        }
+        let mut persisted = lock(&self.persisted);
+        for (node, (pool, launch)) in &launches {
+            if persisted.launches.insert(node.clone()) {
+                self.persist(Write::Launched {
+                    pool: pool.clone(),
+                    launch: launch.clone(),
+                });
+            }
+        }
+        for node in persisted.launches.clone() {
+            if !launches.contains_key(&node) {
+                persisted.launches.remove(&node);
+                self.persist(Write::LaunchSeen(node));
+            }
+        }
+        for (node, (pool, deadline)) in &drains {
+            if persisted.drains.insert(node.clone()) {
+                self.persist(Write::DrainStarted {
+                    pool: pool.clone(),
+                    node: node.clone(),
+                    deadline_unix_ms: *deadline,
+                });
+            }
+        }
+        for node in persisted.drains.clone() {
+            if !drains.contains_key(&node) {
+                persisted.drains.remove(&node);
+                self.persist(Write::DrainEnded(node));
+            }
         }
     }
 
@@ -105,12 +220,16 @@ impl Scaler {
         booking: Booking,
         max_participants: usize,
     ) -> Result<(), BookingError> {
-        lock(&self.bookings).add(now_unix_ms, booking, max_participants)
+        lock(&self.bookings).add(now_unix_ms, booking.clone(), max_participants)?;
+        self.persist(Write::BookingAdded(booking));
+        Ok(())
     }
 
     /// Removes a booking; `None` when there was none with that id.
     pub fn remove_booking(&self, id: &str) -> Option<Booking> {
-        lock(&self.bookings).remove(id)
+        let removed = lock(&self.bookings).remove(id)?;
+        self.persist(Write::BookingRemoved(removed.id.clone()));
+        Some(removed)
     }
 
     /// The most recent events first, filtered.
@@ -159,8 +278,10 @@ impl Scaler {
     pub async fn tick(self: &Arc<Self>, state: &Arc<AppState>) {
         let machines = self.list_all().await;
         let now = state.now();
-        for id in lock(&self.bookings).expire(now.unix_ms) {
+        let expired = lock(&self.bookings).expire(now.unix_ms);
+        for id in expired {
             tracing::debug!(booking = %id, "booking past its start");
+            self.persist(Write::BookingRemoved(id));
         }
         let ticks = {
             let fleet = state.fleet();
@@ -177,6 +298,7 @@ impl Scaler {
         for tick in ticks {
             self.carry_out(state, now.unix_ms, tick);
         }
+        self.persist_progress();
     }
 
     /// Lists every pool's machines (in parallel, each with the timeout); a pool whose list
@@ -228,6 +350,7 @@ impl Scaler {
         if let Some(hook) = &self.hook {
             hook(&event);
         }
+        self.persist(Write::Event(event.clone()));
         let mut events = lock(&self.events);
         if events.len() >= EVENT_LOG_LEN {
             events.pop_front();

@@ -16,6 +16,7 @@ use crate::provider::PoolProvider;
 use crate::provider::local::{LocalProcessProvider, LocalTemplate};
 use crate::scaler::{EventHook, Scaler};
 use crate::state::AppState;
+use crate::store::Store;
 use fleet_core::{Fleet, FleetConfig};
 
 /// A running controller.
@@ -87,7 +88,7 @@ fn restrict_permissions(path: &std::path::Path) {
 }
 
 /// The scaler for the config's pools (none without pools), with the providers they name.
-fn start_scaler(
+async fn start_scaler(
     config: &Config,
     link_addr: SocketAddr,
     hook: Option<EventHook>,
@@ -102,13 +103,27 @@ fn start_scaler(
         let logs = config.up.state_dir.join("logs");
         providers.push(Arc::new(LocalProcessProvider::self_exec(logs, template)?));
     }
-    Ok(Some(Arc::new(Scaler::new(
+    let scaler = Scaler::new(
         setups,
         providers,
         Duration::from_secs(config.autoscale.boot_timeout_secs),
         Duration::from_secs(config.autoscale.provider_timeout_secs),
         hook,
-    ))))
+    );
+    let path = match &config.autoscale.store {
+        Some(p) => p.clone(),
+        None => config.up.state_dir.join("fleet.db"),
+    };
+    let store = Store::open(&path).await.with_context(|| {
+        format!(
+            "config key `autoscale.store`: cannot open {}",
+            path.display()
+        )
+    })?;
+    let saved = store.load(10_000).await?;
+    tracing::info!(store = %path.display(), bookings = saved.bookings.len(),
+        drains = saved.drains.len(), launches = saved.launches.len(), "resumed scaling state");
+    Ok(Some(Arc::new(scaler.with_store(saved, store.writer()))))
 }
 
 /// The pure core's configuration: the file's `[registry]` and `[placement]` sections are the
@@ -189,7 +204,7 @@ impl Controller {
                 }
             }
         }));
-        if let Some(scaler) = start_scaler(&config, link_addr, hook)? {
+        if let Some(scaler) = start_scaler(&config, link_addr, hook).await? {
             let scaler = state.scaler.get_or_init(|| scaler).clone();
             let every = Duration::from_millis(config.autoscale.tick_ms);
             tasks.push(tokio::spawn(scaler.run(state.clone(), every, rx.clone())));

@@ -15,6 +15,7 @@ use super::error::{ApiError, parse_json};
 use super::ops::admin;
 use crate::scaler::{Scaler, ScalingEvent};
 use crate::state::AppState;
+use crate::store::Write;
 
 /// Node counts of a pool, as of its latest decision.
 #[derive(Debug, Serialize)]
@@ -114,7 +115,8 @@ pub async fn patch_pool(
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let patch: PolicyPatch = parse_json(&body, false)?;
-    let mut autoscaler = scaler(&state)?.autoscaler();
+    let scaler = scaler(&state)?;
+    let mut autoscaler = scaler.autoscaler();
     let pool = autoscaler
         .pool_mut(&key)
         .ok_or_else(|| unknown_pool(&key))?;
@@ -123,7 +125,14 @@ pub async fn patch_pool(
         .map_err(|e| ApiError::BadRequest(format!("{}: {}", e.field, e.message)))?;
     tracing::info!(region = %key.region, kind = %key.kind, by = "admin",
         change = %serde_json::to_string(&patch).unwrap_or_default(), "pool policy changed");
-    pool.setup.policy = policy;
+    pool.setup.policy = policy.clone();
+    scaler.persist(Write::Policy {
+        pool: key.clone(),
+        policy,
+        change: patch,
+        by: "admin".into(),
+        at_unix_ms: state.now().unix_ms,
+    });
     Ok(Json(view(&key, pool)))
 }
 
@@ -136,11 +145,16 @@ async fn set_paused(
 ) -> Result<Json<PoolView>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
-    let mut autoscaler = scaler(&state)?.autoscaler();
+    let scaler = scaler(&state)?;
+    let mut autoscaler = scaler.autoscaler();
     let pool = autoscaler
         .pool_mut(&key)
         .ok_or_else(|| unknown_pool(&key))?;
     pool.paused = paused;
+    scaler.persist(Write::Paused {
+        pool: key.clone(),
+        paused,
+    });
     tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
     Ok(Json(view(&key, pool)))
 }

@@ -135,7 +135,7 @@ pub enum Action {
 }
 
 /// The figures a decision was made from (kept in the decision log).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Inputs {
     pub serving: u32,
     pub starting: u32,

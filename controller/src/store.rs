@@ -1,0 +1,501 @@
+//! What the controller alone knows and must keep (DESIGN.md): the scaling decision log, pool
+//! policy changes (and who made them), pool pauses, bookings, and the drains and launches in
+//! progress (so a restarted controller resumes them instead of repeating them).
+//!
+//! Embedded SQLite through sqlx, in the controller's state directory. sqlx because the same
+//! async API and pool also speak PostgreSQL, which the highly available controller (several
+//! controllers, one shared store) will use; SQLite (WAL) for one controller because it needs
+//! no server. Writes from the scaler go through a queue to one writer task, so a slow disk never
+//! stalls a tick.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use fleet_core::Profile;
+use fleet_core::autoscale::{Booking, InFlight, PolicyPatch, PoolKey, PoolPolicy};
+use fleet_proto::{NodeId, NodeKind, RegionId};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::mpsc;
+
+use crate::scaler::ScalingEvent;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("store: a saved value does not read back: {0}")]
+    Corrupt(String),
+}
+
+/// One write, queued for the writer task.
+#[derive(Debug)]
+pub enum Write {
+    Event(ScalingEvent),
+    Policy {
+        pool: PoolKey,
+        policy: PoolPolicy,
+        change: PolicyPatch,
+        by: String,
+        at_unix_ms: u64,
+    },
+    Paused {
+        pool: PoolKey,
+        paused: bool,
+    },
+    BookingAdded(Booking),
+    BookingRemoved(String),
+    DrainStarted {
+        pool: PoolKey,
+        node: NodeId,
+        deadline_unix_ms: u64,
+    },
+    DrainEnded(NodeId),
+    Launched {
+        pool: PoolKey,
+        launch: InFlight,
+    },
+    LaunchSeen(NodeId),
+}
+
+/// What a restarted controller reads back.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// Policies changed at run time (they win over the config file's).
+    pub policies: Vec<(PoolKey, PoolPolicy)>,
+    pub paused: Vec<PoolKey>,
+    pub bookings: Vec<Booking>,
+    /// Drains in progress: (pool, node, deadline).
+    pub drains: Vec<(PoolKey, NodeId, u64)>,
+    /// Launches decided and not yet seen as a node.
+    pub launches: Vec<(PoolKey, InFlight)>,
+    /// The newest events, oldest first.
+    pub events: Vec<ScalingEvent>,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS scaling_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at_unix_ms INTEGER NOT NULL, region TEXT NOT NULL,
+        kind TEXT NOT NULL, action TEXT NOT NULL, node_id TEXT, count INTEGER,
+        reason TEXT NOT NULL, inputs TEXT)",
+    "CREATE INDEX IF NOT EXISTS scaling_events_at ON scaling_events (at_unix_ms)",
+    "CREATE TABLE IF NOT EXISTS pool_policies (
+        region TEXT NOT NULL, kind TEXT NOT NULL, policy TEXT NOT NULL,
+        PRIMARY KEY (region, kind))",
+    "CREATE TABLE IF NOT EXISTS policy_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at_unix_ms INTEGER NOT NULL, region TEXT NOT NULL,
+        kind TEXT NOT NULL, change TEXT NOT NULL, changed_by TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pool_pauses (
+        region TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (region, kind))",
+    "CREATE TABLE IF NOT EXISTS bookings (
+        id TEXT PRIMARY KEY, region TEXT NOT NULL, start_unix_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL, participants INTEGER NOT NULL, profile TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS drains (
+        node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL,
+        deadline_unix_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS launches (
+        node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL,
+        launched_unix_ms INTEGER NOT NULL)",
+];
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn pool_key(region: &str, kind: &str) -> Result<PoolKey, StoreError> {
+    Ok(PoolKey {
+        region: RegionId::parse(region).map_err(corrupt)?,
+        kind: NodeKind::from_str(kind).map_err(corrupt)?,
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating it when missing) the SQLite store at `path`.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// Starts the writer task; writes sent to the returned queue are applied in order (a failed
+    /// write is logged and the next one goes on).
+    pub fn writer(&self) -> mpsc::UnboundedSender<Write> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
+        let store = self.clone();
+        tokio::spawn(async move {
+            while let Some(write) = rx.recv().await {
+                if let Err(e) = store.apply(&write).await {
+                    tracing::error!(error = %e, ?write, "store write failed");
+                }
+            }
+        });
+        tx
+    }
+
+    /// Applies one write now.
+    pub async fn apply(&self, write: &Write) -> Result<(), StoreError> {
+        let p = &self.pool;
+        match write {
+            Write::Event(e) => {
+                sqlx::query(
+                    "INSERT INTO scaling_events (at_unix_ms, region, kind, action, node_id, count, reason, inputs)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(i64_of(e.at_unix_ms))
+                .bind(e.region.as_str())
+                .bind(e.kind.as_str())
+                .bind(e.action)
+                .bind(e.node_id.as_ref().map(|n| n.to_string()))
+                .bind(e.count.map(i64::from))
+                .bind(&e.reason)
+                .bind(e.inputs.as_ref().map(json))
+                .execute(p)
+                .await?;
+            }
+            Write::Policy {
+                pool,
+                policy,
+                change,
+                by,
+                at_unix_ms,
+            } => {
+                sqlx::query(
+                    "INSERT INTO pool_policies (region, kind, policy) VALUES (?, ?, ?)
+                     ON CONFLICT (region, kind) DO UPDATE SET policy = excluded.policy",
+                )
+                .bind(pool.region.as_str())
+                .bind(pool.kind.as_str())
+                .bind(json(policy))
+                .execute(p)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO policy_changes (at_unix_ms, region, kind, change, changed_by)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(i64_of(*at_unix_ms))
+                .bind(pool.region.as_str())
+                .bind(pool.kind.as_str())
+                .bind(json(change))
+                .bind(by)
+                .execute(p)
+                .await?;
+            }
+            Write::Paused { pool, paused } => {
+                let sql = if *paused {
+                    "INSERT OR IGNORE INTO pool_pauses (region, kind) VALUES (?, ?)"
+                } else {
+                    "DELETE FROM pool_pauses WHERE region = ? AND kind = ?"
+                };
+                sqlx::query(sql)
+                    .bind(pool.region.as_str())
+                    .bind(pool.kind.as_str())
+                    .execute(p)
+                    .await?;
+            }
+            Write::BookingAdded(b) => {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO bookings (id, region, start_unix_ms, duration_ms, participants, profile)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&b.id)
+                .bind(b.region.as_str())
+                .bind(i64_of(b.start_unix_ms))
+                .bind(i64_of(b.duration_ms))
+                .bind(i64::from(b.participants))
+                .bind(json(&b.profile))
+                .execute(p)
+                .await?;
+            }
+            Write::BookingRemoved(id) => {
+                sqlx::query("DELETE FROM bookings WHERE id = ?")
+                    .bind(id)
+                    .execute(p)
+                    .await?;
+            }
+            Write::DrainStarted {
+                pool,
+                node,
+                deadline_unix_ms,
+            } => {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO drains (node_id, region, kind, deadline_unix_ms) VALUES (?, ?, ?, ?)",
+                )
+                .bind(node.as_str())
+                .bind(pool.region.as_str())
+                .bind(pool.kind.as_str())
+                .bind(i64_of(*deadline_unix_ms))
+                .execute(p)
+                .await?;
+            }
+            Write::DrainEnded(node) => {
+                sqlx::query("DELETE FROM drains WHERE node_id = ?")
+                    .bind(node.as_str())
+                    .execute(p)
+                    .await?;
+            }
+            Write::Launched { pool, launch } => {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO launches (node_id, region, kind, zone, launched_unix_ms) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(launch.node.as_str())
+                .bind(pool.region.as_str())
+                .bind(pool.kind.as_str())
+                .bind(&launch.zone)
+                .bind(i64_of(launch.launched_unix_ms))
+                .execute(p)
+                .await?;
+            }
+            Write::LaunchSeen(node) => {
+                sqlx::query("DELETE FROM launches WHERE node_id = ?")
+                    .bind(node.as_str())
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything a restarted controller resumes from, and the newest `events` events.
+    pub async fn load(&self, events: usize) -> Result<Saved, StoreError> {
+        let p = &self.pool;
+        let mut saved = Saved::default();
+        for row in sqlx::query("SELECT region, kind, policy FROM pool_policies")
+            .fetch_all(p)
+            .await?
+        {
+            let key = pool_key(row.try_get("region")?, row.try_get("kind")?)?;
+            let policy: PoolPolicy =
+                serde_json::from_str(row.try_get("policy")?).map_err(corrupt)?;
+            saved.policies.push((key, policy));
+        }
+        for row in sqlx::query("SELECT region, kind FROM pool_pauses")
+            .fetch_all(p)
+            .await?
+        {
+            saved
+                .paused
+                .push(pool_key(row.try_get("region")?, row.try_get("kind")?)?);
+        }
+        for row in sqlx::query(
+            "SELECT id, region, start_unix_ms, duration_ms, participants, profile FROM bookings",
+        )
+        .fetch_all(p)
+        .await?
+        {
+            let profile: Profile =
+                serde_json::from_str(row.try_get("profile")?).map_err(corrupt)?;
+            saved.bookings.push(Booking {
+                id: row.try_get("id")?,
+                region: RegionId::parse(row.try_get("region")?).map_err(corrupt)?,
+                start_unix_ms: u64_of(row.try_get("start_unix_ms")?),
+                duration_ms: u64_of(row.try_get("duration_ms")?),
+                participants: u32::try_from(row.try_get::<i64, _>("participants")?)
+                    .map_err(corrupt)?,
+                profile,
+            });
+        }
+        for row in sqlx::query("SELECT node_id, region, kind, deadline_unix_ms FROM drains")
+            .fetch_all(p)
+            .await?
+        {
+            saved.drains.push((
+                pool_key(row.try_get("region")?, row.try_get("kind")?)?,
+                NodeId::parse(row.try_get("node_id")?).map_err(corrupt)?,
+                u64_of(row.try_get("deadline_unix_ms")?),
+            ));
+        }
+        for row in sqlx::query("SELECT node_id, region, kind, zone, launched_unix_ms FROM launches")
+            .fetch_all(p)
+            .await?
+        {
+            saved.launches.push((
+                pool_key(row.try_get("region")?, row.try_get("kind")?)?,
+                InFlight {
+                    node: NodeId::parse(row.try_get("node_id")?).map_err(corrupt)?,
+                    zone: row.try_get("zone")?,
+                    launched_unix_ms: u64_of(row.try_get("launched_unix_ms")?),
+                },
+            ));
+        }
+        let rows = sqlx::query(
+            "SELECT at_unix_ms, region, kind, action, node_id, count, reason, inputs
+             FROM scaling_events ORDER BY id DESC LIMIT ?",
+        )
+        .bind(i64::try_from(events).unwrap_or(i64::MAX))
+        .fetch_all(p)
+        .await?;
+        for row in rows.into_iter().rev() {
+            let action = match row.try_get::<String, _>("action")?.as_str() {
+                "launch" => "launch",
+                "drain" => "drain",
+                "undrain" => "undrain",
+                "terminate" => "terminate",
+                other => return Err(corrupt(format!("unknown action {other:?}"))),
+            };
+            let node_id: Option<String> = row.try_get("node_id")?;
+            let inputs: Option<String> = row.try_get("inputs")?;
+            let key = pool_key(row.try_get("region")?, row.try_get("kind")?)?;
+            saved.events.push(ScalingEvent {
+                at_unix_ms: u64_of(row.try_get("at_unix_ms")?),
+                region: key.region,
+                kind: key.kind,
+                action,
+                node_id: node_id
+                    .map(|n| NodeId::parse(&n))
+                    .transpose()
+                    .map_err(corrupt)?,
+                count: row
+                    .try_get::<Option<i64>, _>("count")?
+                    .map(|c| u32::try_from(c).unwrap_or(0)),
+                reason: row.try_get("reason")?,
+                inputs: inputs
+                    .map(|i| serde_json::from_str(&i))
+                    .transpose()
+                    .map_err(corrupt)?,
+            });
+        }
+        Ok(saved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PoolKey {
+        PoolKey {
+            region: RegionId::parse("eu-west-1").expect("region"),
+            kind: NodeKind::Media,
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_written_reads_back_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state/fleet.db");
+        let store = Store::open(&path).await.expect("open");
+        let node = NodeId::parse("media-eu-west-1-1").expect("id");
+        let policy = PoolPolicy {
+            max: 20,
+            ..PoolPolicy::default_for(NodeKind::Media)
+        };
+        let writes = [
+            Write::Event(ScalingEvent {
+                at_unix_ms: 5,
+                region: key().region,
+                kind: NodeKind::Media,
+                action: "launch",
+                node_id: None,
+                count: Some(2),
+                reason: "unmet_demand".into(),
+                inputs: Some(Default::default()),
+            }),
+            Write::Policy {
+                pool: key(),
+                policy: policy.clone(),
+                change: PolicyPatch {
+                    max: Some(20),
+                    ..Default::default()
+                },
+                by: "admin".into(),
+                at_unix_ms: 6,
+            },
+            Write::Paused {
+                pool: key(),
+                paused: true,
+            },
+            Write::BookingAdded(Booking {
+                id: "b_1".into(),
+                region: key().region,
+                start_unix_ms: 1_000,
+                duration_ms: 60_000,
+                participants: 2,
+                profile: Profile::Video,
+            }),
+            Write::BookingAdded(Booking {
+                id: "b_2".into(),
+                region: key().region,
+                start_unix_ms: 2_000,
+                duration_ms: 60_000,
+                participants: 3,
+                profile: Profile::Hd,
+            }),
+            Write::BookingRemoved("b_1".into()),
+            Write::DrainStarted {
+                pool: key(),
+                node: node.clone(),
+                deadline_unix_ms: 99,
+            },
+            Write::Launched {
+                pool: key(),
+                launch: InFlight {
+                    node: NodeId::parse("media-eu-west-1-2").expect("id"),
+                    zone: "eu-west-1b".into(),
+                    launched_unix_ms: 7,
+                },
+            },
+        ];
+        for w in &writes {
+            store.apply(w).await.expect("write");
+        }
+        drop(store);
+        let saved = Store::open(&path)
+            .await
+            .expect("reopen")
+            .load(10)
+            .await
+            .expect("load");
+        assert_eq!(saved.policies, vec![(key(), policy)]);
+        assert_eq!(saved.paused, vec![key()]);
+        assert_eq!(saved.bookings.len(), 1);
+        assert_eq!(saved.bookings[0].id, "b_2");
+        assert_eq!(saved.bookings[0].profile, Profile::Hd);
+        assert_eq!(saved.drains, vec![(key(), node.clone(), 99)]);
+        assert_eq!(saved.launches.len(), 1);
+        assert_eq!(saved.events.len(), 1);
+        assert_eq!(saved.events[0].count, Some(2));
+        assert_eq!(saved.events[0].inputs, Some(Default::default()));
+        // Ending what was in progress removes it.
+        let store = Store::open(&path).await.expect("reopen");
+        store.apply(&Write::DrainEnded(node)).await.expect("end");
+        store
+            .apply(&Write::LaunchSeen(
+                NodeId::parse("media-eu-west-1-2").expect("id"),
+            ))
+            .await
+            .expect("seen");
+        let saved = store.load(10).await.expect("load");
+        assert!(saved.drains.is_empty() && saved.launches.is_empty());
+    }
+}
