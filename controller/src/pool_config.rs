@@ -44,6 +44,9 @@ pub struct AutoscaleConfig {
     /// The store (SQLite) for the decision log, policy changes, bookings and scaling in
     /// progress [default: `<up.state_dir>/fleet.db`].
     pub store: Option<std::path::PathBuf>,
+    /// Local provider: node processes outlive the controller, like cloud machines, and a
+    /// restarted controller finds them again (`fleet up` sets false: its nodes stop with it).
+    pub local_nodes_outlive_controller: bool,
 }
 
 impl Default for AutoscaleConfig {
@@ -53,6 +56,7 @@ impl Default for AutoscaleConfig {
             boot_timeout_secs: 300,
             provider_timeout_secs: 30,
             store: None,
+            local_nodes_outlive_controller: true,
         }
     }
 }

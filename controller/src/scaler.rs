@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleet_core::autoscale::{
-    Autoscaler, Booking, BookingBook, BookingError, Inputs, Machine, PoolKey, PoolSetup, PoolTick,
-    Step, StepReason,
+    Autoscaler, Booking, BookingBook, BookingError, InFlight, Inputs, Machine, PoolKey, PoolSetup,
+    PoolTick, Step, StepReason,
 };
 use fleet_proto::{NodeId, NodeKind, RegionId};
 use serde::Serialize;
@@ -61,6 +61,8 @@ pub struct Scaler {
     store: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
     /// Launches and drains as last written to the store.
     persisted: Mutex<Persisted>,
+    /// Launches a previous controller decided, re-issued (idempotently) at the first tick.
+    resume: Mutex<Vec<(PoolKey, InFlight)>>,
 }
 
 /// The scaling in progress as the store has it.
@@ -99,6 +101,7 @@ impl Scaler {
             hook,
             store: None,
             persisted: Mutex::new(Persisted::default()),
+            resume: Mutex::new(Vec::new()),
         }
     }
 
@@ -132,7 +135,8 @@ impl Scaler {
             for (key, launch) in saved.launches {
                 if let Some(p) = autoscaler.pool_mut(&key) {
                     persisted.launches.insert(launch.node.clone());
-                    p.in_flight.push(launch);
+                    p.in_flight.push(launch.clone());
+                    lock(&self.resume).push((key, launch));
                 }
             }
         }
@@ -276,6 +280,17 @@ impl Scaler {
 
     /// One tick: list, decide, carry out.
     pub async fn tick(self: &Arc<Self>, state: &Arc<AppState>) {
+        let resume = std::mem::take(&mut *lock(&self.resume));
+        for (key, launch) in resume {
+            tracing::info!(node = %launch.node, "re-issuing a launch decided before the restart");
+            self.execute(
+                state,
+                &key,
+                Step::Launch {
+                    nodes: vec![launch],
+                },
+            );
+        }
         let machines = self.list_all().await;
         let now = state.now();
         let expired = lock(&self.bookings).expire(now.unix_ms);

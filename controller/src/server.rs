@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::link::LinkShell;
 use crate::provider::PoolProvider;
-use crate::provider::local::{LocalProcessProvider, LocalTemplate};
+use crate::provider::local::{Lifetime, LocalProcessProvider, LocalTemplate};
 use crate::scaler::{EventHook, Scaler};
 use crate::state::AppState;
 use crate::store::Store;
@@ -100,8 +100,13 @@ async fn start_scaler(
     let mut providers: Vec<Arc<dyn PoolProvider>> = Vec::new();
     if setups.iter().any(|(_, s)| s.provider == "local") {
         let template = LocalTemplate::from_config(config, link_addr)?;
-        let logs = config.up.state_dir.join("logs");
-        providers.push(Arc::new(LocalProcessProvider::self_exec(logs, template)?));
+        let lifetime = if config.autoscale.local_nodes_outlive_controller {
+            Lifetime::Detached
+        } else {
+            Lifetime::Tied
+        };
+        let provider = LocalProcessProvider::self_exec(&config.up.state_dir, template, lifetime)?;
+        providers.push(Arc::new(provider));
     }
     let scaler = Scaler::new(
         setups,

@@ -69,6 +69,8 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     fill_dev_defaults(&mut config, &state_dir);
     config.up.state_dir = state_dir.clone();
+    // The nodes of `fleet up` stop with it.
+    config.autoscale.local_nodes_outlive_controller = false;
     config.validate()?;
     let config = config.with_up_pools();
     config.validate()?;

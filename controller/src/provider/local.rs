@@ -1,8 +1,15 @@
-//! The local process provider: runs media and TURN nodes as real child processes on this
-//! machine (the `fleet` binary re-executed as `fleet media-node …` / `fleet turn-node …`, so one
-//! build is always consistent). Each process is one "machine", named after its node. Children
-//! get their own process group (a terminal's Ctrl-C reaches only `fleet`, which stops them in
-//! order) and die with the parent (`PR_SET_PDEATHSIG`), so no process is orphaned.
+//! The local process provider: runs media and TURN nodes as real processes on this machine (the
+//! `fleet` binary re-executed as `fleet media-node …` / `fleet turn-node …`, so one build is
+//! always consistent). Each process is one "machine", named after its node.
+//!
+//! Two lifetimes:
+//! - [`Lifetime::Tied`] (`fleet up`): children get their own process group (a terminal's Ctrl-C
+//!   reaches only `fleet`, which stops them in order) and die with the parent
+//!   (`PR_SET_PDEATHSIG`), so no process is orphaned.
+//! - [`Lifetime::Detached`] (`fleet serve`): like cloud machines, the processes outlive the
+//!   controller (their own session), and each has a record in `<state_dir>/machines/`, so a
+//!   restarted controller lists them again and resumes instead of launching twice. A record
+//!   whose process is gone (or whose pid now runs something else) is dropped.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -97,11 +104,54 @@ struct Running {
     child: tokio::process::Child,
 }
 
-/// Runs nodes as child processes.
+/// Whether the node processes outlive the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// They die with the controller and stop at its shutdown (`fleet up`).
+    Tied,
+    /// They outlive it and are found again from their records (`fleet serve`).
+    Detached,
+}
+
+/// A detached machine's record, `<machines>/<machine>.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MachineRecord {
+    machine: MachineId,
+    node: fleet_proto::NodeId,
+    region: fleet_proto::RegionId,
+    kind: NodeKind,
+    zone: String,
+    launched_unix_ms: u64,
+    pid: u32,
+}
+
+impl MachineRecord {
+    fn machine(&self) -> Machine {
+        Machine {
+            id: self.machine.clone(),
+            node: self.node.clone(),
+            zone: self.zone.clone(),
+            launched_unix_ms: self.launched_unix_ms,
+        }
+    }
+
+    /// Whether its process still runs this node (a reused pid runs something else).
+    fn alive(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|cmdline| {
+            let node = self.node.as_str().as_bytes();
+            cmdline.split(|b| *b == 0).any(|arg| arg == node)
+        })
+    }
+}
+
+/// Runs nodes as processes.
 pub struct LocalProcessProvider {
     program: PathBuf,
     log_dir: PathBuf,
     template: LocalTemplate,
+    lifetime: Lifetime,
+    /// Where detached machines' records live.
+    machines_dir: PathBuf,
     running: Mutex<BTreeMap<MachineId, Running>>,
 }
 
@@ -113,17 +163,55 @@ fn failed(message: impl std::fmt::Display) -> ProviderError {
 }
 
 impl LocalProcessProvider {
-    /// A provider that re-executes the current binary; node logs go to `log_dir/<node>.log`.
-    pub fn self_exec(log_dir: PathBuf, template: LocalTemplate) -> anyhow::Result<Self> {
+    /// A provider that re-executes the current binary, keeping its files under `state_dir`
+    /// (node logs in `logs/<node>.log`, detached machines' records in `machines/`).
+    pub fn self_exec(
+        state_dir: &std::path::Path,
+        template: LocalTemplate,
+        lifetime: Lifetime,
+    ) -> anyhow::Result<Self> {
         let program = std::env::current_exe().context("cannot find the fleet executable")?;
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("cannot create {}", log_dir.display()))?;
+        let log_dir = state_dir.join("logs");
+        let machines_dir = state_dir.join("machines");
+        for dir in [&log_dir, &machines_dir] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         Ok(LocalProcessProvider {
             program,
             log_dir,
             template,
+            lifetime,
+            machines_dir,
             running: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    fn record_path(&self, machine: &MachineId) -> PathBuf {
+        self.machines_dir.join(format!("{machine}.json"))
+    }
+
+    /// The detached machines' records whose processes still run; records of gone ones are
+    /// removed.
+    fn records(&self) -> Vec<MachineRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.machines_dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let record = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<MachineRecord>(&b).ok());
+            match record {
+                Some(r) if r.alive() => out.push(r),
+                _ => {
+                    tracing::info!(record = %path.display(), "machine gone: dropping its record");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        out
     }
 
     fn spawn(&self, spec: &NodeLaunch) -> anyhow::Result<tokio::process::Child> {
@@ -142,15 +230,24 @@ impl LocalProcessProvider {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls (setpgid, prctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setpgid(0, 0);
-                #[cfg(target_os = "linux")]
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+            .kill_on_drop(self.lifetime == Lifetime::Tied);
+        match self.lifetime {
+            // SAFETY: only async-signal-safe calls (setpgid, prctl) between fork and exec.
+            Lifetime::Tied => unsafe {
+                cmd.pre_exec(|| {
+                    libc::setpgid(0, 0);
+                    #[cfg(target_os = "linux")]
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            },
+            // SAFETY: setsid is async-signal-safe.
+            Lifetime::Detached => unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            },
         }
         let child = cmd
             .spawn()
@@ -194,7 +291,18 @@ impl PoolProvider for LocalProcessProvider {
         "local"
     }
 
+    /// Idempotent by node id: a machine already running that node (e.g. launched by a
+    /// controller that died before it saw the node) is returned instead of a second one.
     async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError> {
+        let machine_id = machine_of(&request.node);
+        if let Some(r) = self.running.lock().await.get(&machine_id) {
+            return Ok(r.machine.clone());
+        }
+        if self.lifetime == Lifetime::Detached
+            && let Some(r) = self.records().into_iter().find(|r| r.node == request.node)
+        {
+            return Ok(r.machine());
+        }
         let spec = self.template.launch(&request);
         let child = self.spawn(&spec).map_err(failed)?;
         let machine = Machine {
@@ -203,6 +311,21 @@ impl PoolProvider for LocalProcessProvider {
             zone: request.zone.clone(),
             launched_unix_ms: fleet_node::now_unix_ms(),
         };
+        if self.lifetime == Lifetime::Detached {
+            let record = MachineRecord {
+                machine: machine.id.clone(),
+                node: machine.node.clone(),
+                region: request.pool.region.clone(),
+                kind: request.pool.kind,
+                zone: machine.zone.clone(),
+                launched_unix_ms: machine.launched_unix_ms,
+                pid: child.id().unwrap_or(0),
+            };
+            let path = self.record_path(&machine.id);
+            let json = serde_json::to_vec(&record).map_err(failed)?;
+            std::fs::write(&path, json)
+                .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+        }
         let mut running = self.running.lock().await;
         running.insert(
             machine.id.clone(),
@@ -218,7 +341,39 @@ impl PoolProvider for LocalProcessProvider {
     /// SIGTERM (a drained, empty node exits at once; a busy one starts draining), then SIGKILL
     /// after 10 s.
     async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError> {
-        let Some(mut r) = self.running.lock().await.remove(machine) else {
+        let owned = self.running.lock().await.remove(machine);
+        if self.lifetime == Lifetime::Detached {
+            let path = self.record_path(machine);
+            let record = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<MachineRecord>(&b).ok());
+            let _ = std::fs::remove_file(&path);
+            if owned.is_none()
+                && let Some(record) = record.filter(MachineRecord::alive)
+            {
+                // A machine a previous controller launched: signal it by pid.
+                let pid = record.pid as i32;
+                // SAFETY: plain kill(2) on a pid whose command line names our node.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if !record.alive() {
+                            return;
+                        }
+                    }
+                    tracing::warn!(machine = %record.machine, "node did not stop in 10 s: killing it");
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                });
+                return Ok(());
+            }
+        }
+        let Some(mut r) = owned else {
             return Ok(());
         };
         signal(&r.child, libc::SIGTERM);
@@ -237,6 +392,14 @@ impl PoolProvider for LocalProcessProvider {
     async fn list(&self, pool: &PoolKey) -> Result<Vec<Machine>, ProviderError> {
         let mut running = self.running.lock().await;
         Self::reap(&mut running);
+        if self.lifetime == Lifetime::Detached {
+            return Ok(self
+                .records()
+                .into_iter()
+                .filter(|r| r.region == pool.region && r.kind == pool.kind)
+                .map(|r| r.machine())
+                .collect());
+        }
         Ok(running
             .values()
             .filter(|r| &r.pool == pool)
@@ -248,6 +411,11 @@ impl PoolProvider for LocalProcessProvider {
     /// any still running after 5 s.
     async fn shutdown(&self) {
         let mut running = self.running.lock().await;
+        if self.lifetime == Lifetime::Detached {
+            // Like cloud machines, they outlive the controller; the next one lists them.
+            running.clear();
+            return;
+        }
         for _ in 0..2 {
             for r in running.values() {
                 signal(&r.child, libc::SIGTERM);

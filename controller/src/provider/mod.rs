@@ -45,7 +45,9 @@ pub trait PoolProvider: Send + Sync {
     /// The provider's name in `[[pools]] provider = …`.
     fn name(&self) -> &'static str;
 
-    /// Starts one machine running one node.
+    /// Starts one machine running one node. Idempotent by node id: asked again for a node
+    /// whose machine exists, it returns that machine (a restarted controller re-issues the
+    /// launches it had decided, never knowing whether they were carried out).
     async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError>;
 
     /// Stops a machine (its node first gets SIGTERM where the provider can send one).

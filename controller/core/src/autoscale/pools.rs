@@ -76,6 +76,8 @@ pub struct PoolState {
     pub in_flight: Vec<InFlight>,
     /// Deadlines of the drains this autoscaler started.
     pub drains: BTreeMap<NodeId, u64>,
+    /// Listed machines without a live node, and since when this autoscaler has seen them so.
+    unseen_since: HashMap<NodeId, u64>,
     /// The latest decision (for the ops API).
     pub last: Option<Decision>,
     /// Desired size after the latest decision.
@@ -160,6 +162,7 @@ impl Autoscaler {
                     paused: false,
                     in_flight: Vec::new(),
                     drains: BTreeMap::new(),
+                    unseen_since: HashMap::new(),
                     last: None,
                     desired,
                     region_idx: None,
@@ -220,13 +223,13 @@ impl Autoscaler {
                     None => continue,
                 },
             };
-            let entries = by_pool
+            let (entries, dead) = by_pool
                 .get(pool_slot(region_idx, key.kind))
-                .map(Vec::as_slice)
+                .map(|(live, dead)| (live.as_slice(), dead.as_slice()))
                 .unwrap_or_default();
             let listed = machines.get(key).unwrap_or(&no_machines);
             let mut steps = Vec::new();
-            let nodes = pool.observe(now, entries, listed, self.boot_timeout_ms, &mut steps);
+            let nodes = pool.observe(now, entries, dead, listed, self.boot_timeout_ms, &mut steps);
             let media = key.kind == NodeKind::Media;
             let policy = &pool.setup.policy;
             let demand = Demand {
@@ -312,14 +315,17 @@ fn pool_slot(region_idx: usize, kind: NodeKind) -> usize {
     region_idx * 2 + usize::from(kind == NodeKind::Turn)
 }
 
-/// The registry's live nodes grouped by pool ([`pool_slot`]), in registry order.
-fn nodes_by_pool(fleet: &Fleet) -> Vec<Vec<&NodeEntry>> {
-    let mut by_pool: Vec<Vec<&NodeEntry>> = vec![Vec::new(); fleet.registry().catalog().len() * 2];
+/// The registry's nodes grouped by pool ([`pool_slot`]), in registry order: the live ones,
+/// and the ids of the dead ones (their link closed or their reports stopped).
+fn nodes_by_pool(fleet: &Fleet) -> Vec<(Vec<&NodeEntry>, Vec<&NodeId>)> {
+    let mut by_pool = vec![(Vec::new(), Vec::new()); fleet.registry().catalog().len() * 2];
     for n in fleet.registry().nodes() {
-        if n.status != NodeStatus::Dead
-            && let Some(slot) = by_pool.get_mut(pool_slot(n.region_idx, n.kind))
-        {
-            slot.push(n);
+        if let Some((live, dead)) = by_pool.get_mut(pool_slot(n.region_idx, n.kind)) {
+            if n.status == NodeStatus::Dead {
+                dead.push(&n.id);
+            } else {
+                live.push(n);
+            }
         }
     }
     by_pool
@@ -333,6 +339,7 @@ impl PoolState {
         &mut self,
         now: Now,
         entries: &[&NodeEntry],
+        dead: &[&NodeId],
         listed: &[Machine],
         boot_timeout_ms: u64,
         steps: &mut Vec<(Step, StepReason)>,
@@ -375,50 +382,88 @@ impl PoolState {
                 nodes[i].machine = Some(m.id.clone());
             }
         }
-        if listed.is_empty() && self.in_flight.is_empty() && self.drains.is_empty() {
+        if listed.is_empty()
+            && self.in_flight.is_empty()
+            && self.drains.is_empty()
+            && self.unseen_since.is_empty()
+        {
             return nodes;
         }
         let known = Known::of(entries);
-        // Launches now listed by the provider or connected are no longer in flight.
+        // Launches now listed by the provider or connected are no longer in flight; a listed
+        // launch of ours has had its boot time since its launch.
+        let ours: Vec<NodeId> = self
+            .in_flight
+            .iter()
+            .filter(|f| launched_of.contains_key(&f.node))
+            .map(|f| f.node.clone())
+            .collect();
         self.in_flight
             .retain(|f| !known.contains(&f.node) && !launched_of.contains_key(&f.node));
-        let booting = listed
-            .iter()
-            .filter(|m| !known.contains(&m.node))
-            .map(|m| {
-                let machine = Some(m.id.clone());
-                (m.node.clone(), m.zone.clone(), m.launched_unix_ms, machine)
-            })
-            .chain(
-                self.in_flight
-                    .iter()
-                    .map(|f| (f.node.clone(), f.zone.clone(), f.launched_unix_ms, None)),
-            );
+        // A listed machine without a live node: a drained node that ended (its machine goes
+        // too), or a node not connected (yet): it has `boot_timeout` from when this autoscaler
+        // first saw it so (after a controller restart, nodes get time to reconnect).
         let mut timed_out = Vec::new();
-        for (node, zone, launched, machine) in booting {
-            if now.unix_ms.saturating_sub(launched) >= boot_timeout_ms {
-                timed_out.push(node.clone());
+        for m in listed.iter().filter(|m| !known.contains(&m.node)) {
+            let machine = Some(m.id.clone());
+            // A drained node that ended: it was seen and its link closed (after a controller
+            // restart, a node not reconnected yet is not "ended").
+            if dead.contains(&&m.node) && self.drains.remove(&m.node).is_some() {
+                let reason = StepReason::Scale(Reason::DrainedEmpty);
+                let node = m.node.clone();
+                steps.push((Step::Terminate { node, machine }, reason));
+                continue;
+            }
+            let first_seen = if ours.contains(&m.node) {
+                m.launched_unix_ms
+            } else {
+                now.unix_ms
+            };
+            let since = *self
+                .unseen_since
+                .entry(m.node.clone())
+                .or_insert(first_seen);
+            let waited_from = since.max(m.launched_unix_ms);
+            if now.unix_ms.saturating_sub(waited_from) >= boot_timeout_ms {
+                timed_out.push(m.node.clone());
+                let node = m.node.clone();
                 steps.push((Step::Terminate { node, machine }, StepReason::BootTimeout));
                 continue;
             }
-            nodes.push(PoolNode {
-                id: node,
+            nodes.push(starting_node(
+                m.node.clone(),
                 machine,
-                zone,
-                state: PoolNodeState::Starting,
-                capacity_total: 0,
-                used_units: 0,
-                cpu: 0.0,
-                memory: 0.0,
-                live_sessions: 0,
-                sessions_end_ms: None,
-                launched_ms: launched,
-                drain_deadline_ms: None,
-                setup_p95_ms: None,
-            });
+                m.zone.clone(),
+                m.launched_unix_ms,
+            ));
+        }
+        for f in &self.in_flight {
+            if now.unix_ms.saturating_sub(f.launched_unix_ms) >= boot_timeout_ms {
+                timed_out.push(f.node.clone());
+                let node = f.node.clone();
+                steps.push((
+                    Step::Terminate {
+                        node,
+                        machine: None,
+                    },
+                    StepReason::BootTimeout,
+                ));
+                continue;
+            }
+            nodes.push(starting_node(
+                f.node.clone(),
+                None,
+                f.zone.clone(),
+                f.launched_unix_ms,
+            ));
         }
         self.in_flight.retain(|f| !timed_out.contains(&f.node));
-        self.drains.retain(|id, _| known.contains(id));
+        self.unseen_since.retain(|node, _| {
+            !known.contains(node) && !timed_out.contains(node) && launched_of.contains_key(node)
+        });
+        // Drains of nodes that are gone with their machines are over.
+        self.drains
+            .retain(|id, _| known.contains(id) || launched_of.contains_key(id));
         nodes
     }
 
@@ -482,6 +527,25 @@ fn new_node_id(key: &PoolKey, rng: &mut impl Rng) -> NodeId {
     let suffix: u32 = rng.random();
     NodeId::parse(&format!("{}-{}-{suffix:08x}", key.kind, key.region))
         .unwrap_or_else(|_| unreachable!("kind, region and hex are valid id characters"))
+}
+
+/// A launched machine whose node has not said Hello.
+fn starting_node(id: NodeId, machine: Option<MachineId>, zone: String, launched: u64) -> PoolNode {
+    PoolNode {
+        id,
+        machine,
+        zone,
+        state: PoolNodeState::Starting,
+        capacity_total: 0,
+        used_units: 0,
+        cpu: 0.0,
+        memory: 0.0,
+        live_sessions: 0,
+        sessions_end_ms: None,
+        launched_ms: launched,
+        drain_deadline_ms: None,
+        setup_p95_ms: None,
+    }
 }
 
 fn memory_fraction(e: &NodeEntry) -> f32 {
