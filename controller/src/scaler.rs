@@ -309,6 +309,16 @@ impl Scaler {
                 ("kind", key.kind.to_string()),
             ];
             metrics::gauge!("fleet_pool_desired_nodes", &labels).set(f64::from(pool.desired));
+            let inputs = pool.last.as_ref().map(|d| d.inputs).unwrap_or_default();
+            for (state, n) in [
+                ("starting", inputs.starting),
+                ("serving", inputs.serving),
+                ("draining", inputs.draining),
+            ] {
+                let (region, kind) = (key.region.to_string(), key.kind.to_string());
+                metrics::gauge!("fleet_pool_nodes", "region" => region, "kind" => kind, "state" => state)
+                    .set(f64::from(n));
+            }
         }
         for tick in ticks {
             self.carry_out(state, now.unix_ms, tick);

@@ -1,6 +1,7 @@
-//! Pure traffic meters of the SFU: the packets a publisher's RTP sequence numbers say were sent
-//! ([`SeqTracker`]), and bitrates and loss over a window of at least [`RATE_WINDOW`]
-//! ([`RateMeter`]), computed from running counters at the `now` the caller passes.
+//! Pure meters of the SFU: the packets a publisher's RTP sequence numbers say were sent
+//! ([`SeqTracker`]), bitrates and loss over a window of at least [`RATE_WINDOW`]
+//! ([`RateMeter`]), computed from running counters at the `now` the caller passes, and the p95
+//! of recent session setups, offer to connected ([`SetupTimes`], an autoscaling signal).
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,48 @@ impl RateMeter {
     }
 }
 
+/// How far back [`SetupTimes::p95`] looks.
+pub const SETUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// The most setups kept.
+const SETUP_SAMPLES: usize = 256;
+
+/// Recent session setup times (offer received to media connected).
+#[derive(Debug, Default)]
+pub struct SetupTimes {
+    samples: std::collections::VecDeque<(Instant, u32)>,
+}
+
+impl SetupTimes {
+    /// Records one setup that took `took`, finished at `now`.
+    pub fn record(&mut self, now: Instant, took: Duration) {
+        if self.samples.len() == SETUP_SAMPLES {
+            self.samples.pop_front();
+        }
+        let ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+        self.samples.push_back((now, ms));
+    }
+
+    /// The p95 (nearest rank) of the setups finished in the last [`SETUP_WINDOW`] before `now`;
+    /// `None` without any.
+    pub fn p95(&mut self, now: Instant) -> Option<u32> {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > SETUP_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let mut ms: Vec<u32> = self.samples.iter().map(|(_, ms)| *ms).collect();
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_unstable();
+        let rank = (ms.len() * 95).div_ceil(100).max(1);
+        ms.get(rank - 1).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +189,21 @@ mod tests {
         // Nothing new over the next window: zero rates, no loss.
         let r = m.update(t0 + Duration::from_secs(2), totals);
         assert_eq!(r, Rates::default());
+    }
+
+    #[test]
+    fn setup_p95_over_the_recent_window() {
+        let t0 = Instant::now();
+        let mut times = SetupTimes::default();
+        assert_eq!(times.p95(t0), None);
+        for i in 1..=100u64 {
+            times.record(t0, Duration::from_millis(i * 10));
+        }
+        // Nearest rank: the 95th of 100 samples.
+        assert_eq!(times.p95(t0), Some(950));
+        times.record(t0 + Duration::from_secs(30), Duration::from_millis(40));
+        // A minute later only the newest sample counts.
+        assert_eq!(times.p95(t0 + Duration::from_secs(61)), Some(40));
+        assert_eq!(times.p95(t0 + Duration::from_secs(120)), None);
     }
 }

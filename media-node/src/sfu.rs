@@ -54,7 +54,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_remote::TrackRemote;
 
 use crate::admission::{Admission, Gate, JoinError};
-use crate::meter::{RateMeter, SeqTracker, Totals};
+use crate::meter::{RateMeter, SeqTracker, SetupTimes, Totals};
 use crate::offer::{OfferSummary, check_offer};
 use crate::room::Room;
 use fleet_proto::join_token::TokenError;
@@ -188,6 +188,8 @@ pub struct Sfu {
     generation: AtomicU64,
     udp_addr: SocketAddr,
     rates: Mutex<RateMeter>,
+    /// Recent setup times, offer to connected (reported as `setup_p95_ms`).
+    setups: Arc<Mutex<SetupTimes>>,
     /// Bounds the offers handled at once (each costs a peer connection and ICE gathering).
     offers: tokio::sync::Semaphore,
 }
@@ -259,6 +261,7 @@ impl Sfu {
             udp_addr: SocketAddr::new(config.public_ip, port),
             offers: tokio::sync::Semaphore::new(MAX_CONCURRENT_OFFERS),
             rates: Mutex::new(RateMeter::new(Instant::now())),
+            setups: Arc::new(Mutex::new(SetupTimes::default())),
         }))
     }
 
@@ -352,13 +355,14 @@ impl Sfu {
         offer: String,
         summary: OfferSummary,
     ) -> Result<String, JoinError> {
+        let offered = Instant::now();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst);
         let (peer, senders) = self.new_peer(&summary).await?;
         for (slot, sender) in senders {
             watch_feedback(session, who.participant(), slot, sender);
         }
         forward_media(&peer, &self.stats);
-        self.watch_connection(&peer, who, generation);
+        self.watch_connection(&peer, who, generation, offered);
         let answer = match negotiate(&peer.pc, offer).await {
             Ok(a) => a,
             Err(e) => {
@@ -441,13 +445,28 @@ impl Sfu {
 
     /// A participant whose connection fails or closes leaves (that connection only: a rejoin
     /// may have replaced it).
-    fn watch_connection(self: &Arc<Self>, peer: &Peer, who: &Admission, generation: u64) {
+    /// Its first `Connected` records the setup time (from `offered`).
+    fn watch_connection(
+        self: &Arc<Self>,
+        peer: &Peer,
+        who: &Admission,
+        generation: u64,
+        offered: Instant,
+    ) {
         let weak_sfu = Arc::downgrade(self);
         let who = who.clone();
+        let setups = Arc::clone(&self.setups);
+        let connected_once = Arc::new(AtomicBool::new(false));
         peer.pc
             .on_peer_connection_state_change(Box::new(move |state| {
                 let weak_sfu = weak_sfu.clone();
                 let who = who.clone();
+                if state == RTCPeerConnectionState::Connected
+                    && !connected_once.swap(true, Ordering::Relaxed)
+                {
+                    let now = Instant::now();
+                    lock(&setups).record(now, now.saturating_duration_since(offered));
+                }
                 Box::pin(async move {
                     if matches!(
                         state,
@@ -694,6 +713,7 @@ impl DataPlane for Sfu {
         load.packets_out = self.stats.packets_out.load(Ordering::Relaxed);
         load.participants = self.participant_count() as u64;
         load.tracks = self.stats.tracks.load(Ordering::Relaxed);
+        load.setup_p95_ms = lock(&self.setups).p95(Instant::now());
     }
 
     fn live_sessions(&self) -> Option<Vec<LiveSession>> {

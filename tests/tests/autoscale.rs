@@ -291,6 +291,22 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
             && e["inputs"]["booked_units"] == 16),
         "{events:?}"
     );
+    // The pools and their actions are in the metrics.
+    let metrics = http()
+        .get(format!("{}/metrics", up.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        r#"fleet_pool_desired_nodes{region="eu-west-1",kind="media"} 2"#,
+        r#"fleet_pool_nodes{region="eu-west-1",kind="media",state="serving"}"#,
+        r#"fleet_scaling_actions_total{region="eu-west-1",kind="media",action="launch",reason="booking"} 1"#,
+    ] {
+        assert!(metrics.contains(want), "{want} not in:\n{metrics}");
+    }
     let r = http()
         .get(format!("{}/v1/bookings?region=eu-west-1", up.api))
         .bearer_auth(&up.client)

@@ -258,20 +258,29 @@ async fn call() {
             .is_some(),
         "controller shows the session live with two participants"
     );
-    // ... and the node's report carries the connected participants and received tracks.
+    // ... and the node's report carries the connected participants, received tracks and the
+    // p95 of their setups (offer to connected: an autoscaling signal).
     let load = eventually(Duration::from_secs(10), || async {
         let nodes = c.nodes().await.ok()?;
         let node = nodes.iter().find(|n| n["id"] == "m-sfu")?.clone();
         let load = node["load"].clone();
-        (load["participants"] == 2 && load["tracks"] == 4 && load["packets_in"].as_u64()? > 0)
+        (load["participants"] == 2
+            && load["tracks"] == 4
+            && load["packets_in"].as_u64()? > 0
+            && load["setup_p95_ms"].as_u64()? > 0)
             .then_some(load)
     })
     .await;
     assert!(
         load.is_some(),
-        "node reports 2 participants and 4 tracks: {:?}",
+        "node reports 2 participants, 4 tracks and a setup p95: {:?}",
         c.nodes().await
     );
+    let setup_ms = load
+        .as_ref()
+        .and_then(|l| l["setup_p95_ms"].as_u64())
+        .unwrap_or(0);
+    assert!(setup_ms < 10_000, "setup p95 {setup_ms} ms");
 
     // Leaving: DELETE with the token, then the participant is gone.
     let r = http()
