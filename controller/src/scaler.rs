@@ -435,16 +435,24 @@ impl Scaler {
                     tokio::spawn(async move {
                         let result =
                             tokio::time::timeout(scaler.timeout, provider.launch(request)).await;
-                        let error = match result {
+                        match result {
                             Ok(Ok(machine)) => {
                                 tracing::debug!(machine = %machine.id, "launched");
-                                return;
                             }
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => format!("{} provider: launch timed out", provider.name()),
-                        };
-                        tracing::warn!(node = %launch.node, %error, "launch failed; deciding again");
-                        scaler.autoscaler().launch_failed(&key, &[launch.node]);
+                            // Refused: nothing was started, so the pool decides again.
+                            Ok(Err(e)) => {
+                                tracing::warn!(node = %launch.node, error = %e,
+                                    "launch failed; deciding again");
+                                scaler.autoscaler().launch_failed(&key, &[launch.node]);
+                            }
+                            // No answer: the machine may still come. It stays counted (in
+                            // flight) until it shows up or its boot timeout ends it, so a slow
+                            // provider never gets a second launch for the same need.
+                            Err(_) => {
+                                tracing::warn!(node = %launch.node, provider = provider.name(),
+                                    "launch timed out; waiting for the machine until the boot timeout");
+                            }
+                        }
                     });
                 }
             }
@@ -480,5 +488,158 @@ impl Scaler {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scaler against providers that misbehave (fault-injecting doubles of the provider
+    //! trait; the real local provider is tested end to end in `tests/tests/autoscale*.rs`).
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use fleet_core::autoscale::{PoolPolicy, time_zone};
+    use fleet_core::{Fleet, FleetConfig};
+    use fleet_geo::RegionCatalog;
+    use fleet_proto::MachineId;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Behaviour {
+        Hangs,
+        Fails,
+        ListsStrangers,
+    }
+
+    struct Faulty {
+        behaviour: Behaviour,
+        launches: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl PoolProvider for Faulty {
+        fn name(&self) -> &'static str {
+            "local"
+        }
+
+        async fn launch(&self, _: LaunchRequest) -> Result<Machine, ProviderError> {
+            self.launches.fetch_add(1, Ordering::SeqCst);
+            if self.behaviour == Behaviour::Hangs {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Err(ProviderError::Failed {
+                provider: "local",
+                message: "quota exceeded".into(),
+            })
+        }
+
+        async fn terminate(&self, _: &MachineId) -> Result<(), ProviderError> {
+            Ok(())
+        }
+
+        async fn list(&self, _: &PoolKey) -> Result<Vec<Machine>, ProviderError> {
+            match self.behaviour {
+                Behaviour::Hangs => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(Vec::new())
+                }
+                Behaviour::Fails => Ok(Vec::new()),
+                Behaviour::ListsStrangers => Ok((0..5)
+                    .map(|i| Machine {
+                        id: MachineId::parse(&format!("stranger-{i}")).expect("id"),
+                        node: NodeId::parse(&format!("stranger-{i}")).expect("id"),
+                        zone: "eu-west-1a".into(),
+                        launched_unix_ms: 0,
+                    })
+                    .collect()),
+            }
+        }
+    }
+
+    fn scaler(behaviour: Behaviour) -> (Arc<Scaler>, Arc<Faulty>, Arc<AppState>) {
+        let key = PoolKey {
+            region: RegionId::parse("eu-west-1").expect("region"),
+            kind: NodeKind::Media,
+        };
+        let setup = PoolSetup {
+            policy: PoolPolicy {
+                min: 2,
+                ..PoolPolicy::default_for(NodeKind::Media)
+            },
+            provider: "local".into(),
+            zones: vec!["eu-west-1a".into()].into(),
+            time_zone: time_zone("UTC").expect("tz"),
+            node_capacity: 100,
+        };
+        let provider = Arc::new(Faulty {
+            behaviour,
+            launches: AtomicUsize::new(0),
+        });
+        let scaler = Scaler::new(
+            vec![(key, setup)],
+            vec![provider.clone() as Arc<dyn PoolProvider>],
+            Duration::from_secs(300),
+            Duration::from_millis(100),
+            None,
+        );
+        let fleet = Fleet::new(FleetConfig::default(), RegionCatalog::default());
+        let state = AppState::new(Config::default(), fleet, None, None).expect("state");
+        (Arc::new(scaler), provider, Arc::new(state))
+    }
+
+    fn launches_logged(s: &Scaler) -> usize {
+        s.events(None, None, 0, 1000)
+            .iter()
+            .filter(|e| e.action == "launch")
+            .map(|e| e.count.unwrap_or(0) as usize)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_hanging_provider_gets_each_launch_once_and_never_stalls_a_tick() {
+        let (s, provider, state) = scaler(Behaviour::Hangs);
+        for _ in 0..5 {
+            // A tick waits at most the provider timeout for the hanging list.
+            let tick = tokio::time::timeout(Duration::from_secs(2), s.tick(&state)).await;
+            assert!(tick.is_ok(), "a hanging provider stalled the tick");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // Two launches (the floor), asked once each: timed out, still counted as in flight.
+        assert_eq!(provider.launches.load(Ordering::SeqCst), 2);
+        assert_eq!(launches_logged(&s), 2);
+        // Placement does not wait for the provider.
+        assert!(state.fleet.try_lock().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_launch_is_decided_again() {
+        let (s, provider, state) = scaler(Behaviour::Fails);
+        s.tick(&state).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(provider.launches.load(Ordering::SeqCst), 2);
+        s.tick(&state).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Nothing was started, so the pool asks again, for the same two nodes' worth.
+        assert_eq!(provider.launches.load(Ordering::SeqCst), 4);
+        assert_eq!(launches_logged(&s), 4);
+    }
+
+    #[tokio::test]
+    async fn machines_listed_unasked_are_counted_not_doubled() {
+        let (s, provider, state) = scaler(Behaviour::ListsStrangers);
+        for _ in 0..3 {
+            s.tick(&state).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Five machines are listed (starting, not yet connected): the floor of 2 is met.
+        assert_eq!(provider.launches.load(Ordering::SeqCst), 0);
+        assert!(
+            !s.events(None, None, 0, 100)
+                .iter()
+                .any(|e| e.action == "terminate"),
+            "nothing is terminated before the boot timeout"
+        );
     }
 }
