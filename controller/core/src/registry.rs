@@ -54,6 +54,9 @@ pub struct RegistryConfig {
     pub dead_retention_secs: u64,
     /// After a (re)start, how long to wait for nodes to reconnect before placing sessions.
     pub warmup_ms: Millis,
+    /// A node reporting more CPU than this (fraction of its machine) is full for placement,
+    /// whatever its capacity units say.
+    pub cpu_limit: f32,
 }
 
 impl Default for RegistryConfig {
@@ -62,6 +65,7 @@ impl Default for RegistryConfig {
             dead_after_missed_reports: 3,
             dead_retention_secs: 300,
             warmup_ms: 2_500,
+            cpu_limit: 0.9,
         }
     }
 }
@@ -77,6 +81,12 @@ impl RegistryConfig {
         }
         if self.warmup_ms > 600_000 {
             return Err(ConfigIssue::new("warmup_ms", "expected 0..=600000"));
+        }
+        if !(self.cpu_limit > 0.0 && self.cpu_limit <= 1.0) {
+            return Err(ConfigIssue::new(
+                "cpu_limit",
+                "expected a fraction in (0, 1]",
+            ));
         }
         Ok(())
     }
@@ -124,11 +134,17 @@ pub struct NodeEntry {
     /// A state the controller asked for (drain, undrain) that wins over reports until a report
     /// agrees, so a report already on its way cannot undo an operator's drain.
     pub desired: Option<NodeStatus>,
+    /// Its reported CPU is above the registry's `cpu_limit`: full for placement.
+    pub cpu_saturated: bool,
 }
 
 impl NodeEntry {
-    /// Capacity units still free after reported use and in-flight reservations.
+    /// Capacity units still free after reported use and in-flight reservations (none while
+    /// its CPU is above the limit).
     pub fn free(&self) -> u64 {
+        if self.cpu_saturated {
+            return 0;
+        }
         self.capacity_total
             .saturating_sub(self.used)
             .saturating_sub(self.reserved)
@@ -278,6 +294,7 @@ impl Registry {
             used: 0,
             pool_pos: 0,
             desired: None,
+            cpu_saturated: false,
         };
         let mut was_serving = false;
         match self.by_id.get(&hello.node_id) {
@@ -314,6 +331,7 @@ impl Registry {
         report: Report,
     ) -> Option<Vec<SessionId>> {
         let &i = self.by_id.get(id)?;
+        let cpu_limit = self.config.cpu_limit;
         let node = &mut self.nodes[i];
         if node.conn != Some(conn) {
             return None;
@@ -331,6 +349,7 @@ impl Registry {
         node.dead_since_ms = None;
         node.last_report_ms = now;
         node.used = report.load.capacity_used;
+        node.cpu_saturated = report.load.cpu > cpu_limit;
         node.load = report.load;
         let hosted = report.sessions;
         let now_ids: HashSet<&SessionId> = hosted.iter().map(|s| &s.id).collect();

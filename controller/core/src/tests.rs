@@ -758,3 +758,40 @@ fn the_plan_hands_each_participant_turn_servers_near_them() {
         vec!["turn:turn-us-east-1.test:3478?transport=udp".to_string()]
     );
 }
+
+#[test]
+fn a_node_above_the_cpu_limit_is_full_for_placement() {
+    // Two London nodes with plenty of units; the one whose CPU is at 95 % gets nothing.
+    let (mut f, conns) = fleet(&["eu-west-2"], 2, 1000);
+    let (hot, hot_conn) = conns[0].clone();
+    let mut r = report(NodeState::Serving, vec![], 1000);
+    r.load.cpu = 0.95;
+    f.on_report(at(1), hot_conn, &hot, r);
+    let mut rng = rng();
+    for _ in 0..20 {
+        let (plan, _) = f
+            .create_session(
+                at(2),
+                new_session(&[("a", LONDON), ("b", LONDON)]),
+                &mut rng,
+            )
+            .expect("placed");
+        assert_ne!(plan.node, hot, "placed on a node above the CPU limit");
+    }
+    // Back under the limit, it takes sessions again.
+    f.on_report(
+        at(3),
+        hot_conn,
+        &hot,
+        report(NodeState::Serving, vec![], 1000),
+    );
+    let placed_on_hot = (0..40).any(|_| {
+        f.create_session(
+            at(4),
+            new_session(&[("a", LONDON), ("b", LONDON)]),
+            &mut rng,
+        )
+        .is_ok_and(|(p, _)| p.node == hot)
+    });
+    assert!(placed_on_hot);
+}
