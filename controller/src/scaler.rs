@@ -443,7 +443,8 @@ impl Scaler {
                             Ok(Err(e)) => {
                                 tracing::warn!(node = %launch.node, error = %e,
                                     "launch failed; deciding again");
-                                scaler.autoscaler().launch_failed(&key, &[launch.node]);
+                                let now = fleet_node::now_unix_ms();
+                                scaler.autoscaler().launch_failed(&key, &[launch.node], now);
                             }
                             // No answer: the machine may still come. It stays counted (in
                             // flight) until it shows up or its boot timeout ends it, so a slow
@@ -621,7 +622,11 @@ mod tests {
         assert_eq!(provider.launches.load(Ordering::SeqCst), 2);
         s.tick(&state).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // Nothing was started, so the pool asks again, for the same two nodes' worth.
+        // Nothing was started: the pool backs off (2 s after a first refusal), then asks again.
+        assert_eq!(provider.launches.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        s.tick(&state).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(provider.launches.load(Ordering::SeqCst), 4);
         assert_eq!(launches_logged(&s), 4);
     }

@@ -78,6 +78,9 @@ pub struct PoolState {
     pub drains: BTreeMap<NodeId, u64>,
     /// Listed machines without a live node, and since when this autoscaler has seen them so.
     unseen_since: HashMap<NodeId, u64>,
+    /// Launches refused in a row, and until when the next one waits.
+    pub launch_failures: u32,
+    pub launch_backoff_until: u64,
     /// The latest decision (for the ops API).
     pub last: Option<Decision>,
     /// Desired size after the latest decision.
@@ -163,6 +166,8 @@ impl Autoscaler {
                     in_flight: Vec::new(),
                     drains: BTreeMap::new(),
                     unseen_since: HashMap::new(),
+                    launch_failures: 0,
+                    launch_backoff_until: 0,
                     last: None,
                     desired,
                     region_idx: None,
@@ -194,11 +199,18 @@ impl Autoscaler {
         self.pools.get_mut(key)
     }
 
-    /// Takes back launches the provider failed to carry out (they are no longer in flight; the
-    /// next tick decides again).
-    pub fn launch_failed(&mut self, key: &PoolKey, nodes: &[NodeId]) {
+    /// Takes back launches the provider refused (they are no longer in flight) and backs the
+    /// pool's launches off: 2 s after the first refusal, doubling up to 5 min, until a launched
+    /// node is seen again.
+    pub fn launch_failed(&mut self, key: &PoolKey, nodes: &[NodeId], now_unix_ms: u64) {
         if let Some(p) = self.pools.get_mut(key) {
             p.in_flight.retain(|f| !nodes.contains(&f.node));
+            // Refusals of one round of launches (already backing off) count once.
+            if now_unix_ms >= p.launch_backoff_until {
+                p.launch_failures = p.launch_failures.saturating_add(1);
+                let backoff = (1_000u64 << p.launch_failures.min(9)).min(MAX_LAUNCH_BACKOFF_MS);
+                p.launch_backoff_until = now_unix_ms + backoff;
+            }
         }
     }
 
@@ -282,6 +294,9 @@ impl Autoscaler {
             .collect()
     }
 }
+
+/// The longest wait between launch attempts after refusals.
+pub const MAX_LAUNCH_BACKOFF_MS: u64 = 300_000;
 
 /// Booked sessions are served this long before `boot_secs` ahead of their start.
 pub const BOOKING_MARGIN_SECS: u64 = 60;
@@ -398,8 +413,14 @@ impl PoolState {
             .filter(|f| launched_of.contains_key(&f.node))
             .map(|f| f.node.clone())
             .collect();
+        let before = self.in_flight.len();
         self.in_flight
             .retain(|f| !known.contains(&f.node) && !launched_of.contains_key(&f.node));
+        if self.in_flight.len() < before {
+            // A launch worked: the provider is back.
+            self.launch_failures = 0;
+            self.launch_backoff_until = 0;
+        }
         // A listed machine without a live node: a drained node that ended (its machine goes
         // too), or a node not connected (yet): it has `boot_timeout` from when this autoscaler
         // first saw it so (after a controller restart, nodes get time to reconnect).
@@ -486,6 +507,7 @@ impl PoolState {
         for (action, reason) in &decision.actions {
             let reason = StepReason::Scale(*reason);
             let step = match action {
+                Action::Launch { .. } if now_unix_ms < self.launch_backoff_until => continue,
                 Action::Launch { count, zones } => {
                     let launches: Vec<InFlight> = (0..*count as usize)
                         .map(|i| InFlight {

@@ -559,10 +559,19 @@ mod over_the_fleet {
         let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
         let first = launches(&a.tick(at(1_000), &f, &none, &book, &mut rng));
         assert_eq!(first.len(), 1);
-        a.launch_failed(&pool, &[first[0].node.clone()]);
-        let retry = launches(&a.tick(at(2_000), &f, &none, &book, &mut rng));
+        a.launch_failed(&pool, &[first[0].node.clone()], at(1_500).unix_ms);
+        // Backed off for 2 s after the refusal, then decided again.
+        assert!(launches(&a.tick(at(2_000), &f, &none, &book, &mut rng)).is_empty());
+        let retry = launches(&a.tick(at(3_600), &f, &none, &book, &mut rng));
         assert_eq!(retry.len(), 1);
         assert_ne!(retry[0].node, first[0].node);
+        // A second refusal doubles the wait.
+        a.launch_failed(&pool, &[retry[0].node.clone()], at(3_700).unix_ms);
+        assert!(launches(&a.tick(at(6_000), &f, &none, &book, &mut rng)).is_empty());
+        assert_eq!(
+            launches(&a.tick(at(7_800), &f, &none, &book, &mut rng)).len(),
+            1
+        );
     }
 
     #[test]
