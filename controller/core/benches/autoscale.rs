@@ -46,6 +46,7 @@ fn pool(p: usize) -> Vec<PoolNode> {
             used_units: used,
             cpu: used as f32 / 150.0,
             memory: 0.3,
+            bitrate_bps: 0,
             live_sessions: (used / 8) as u32,
             sessions_end_ms: None,
             launched_ms: 0,

@@ -47,6 +47,8 @@ pub struct PoolNode {
     /// CPU and memory, fractions of the machine.
     pub cpu: f32,
     pub memory: f32,
+    /// Bitrate in + out, bits/s.
+    pub bitrate_bps: u64,
     /// Sessions live on the node.
     pub live_sessions: u32,
     /// When the last of its sessions is expected to end, when known (booked durations).
@@ -199,6 +201,7 @@ struct Tally {
     used_all: u64,
     cpu_sum: f64,
     memory_sum: f64,
+    bitrate_sum: f64,
     capacity_sum: u64,
     capacity_known: u64,
     setup_p95: Option<u32>,
@@ -220,6 +223,7 @@ fn tally(nodes: &[PoolNode]) -> Tally {
                 t.serving_used += n.used_units;
                 t.cpu_sum += f64::from(n.cpu);
                 t.memory_sum += f64::from(n.memory);
+                t.bitrate_sum += n.bitrate_bps as f64;
                 if n.live_sessions > 0 {
                     t.setup_p95 = t.setup_p95.max(n.setup_p95_ms);
                 }
@@ -342,9 +346,13 @@ impl PoolScaler {
             0.0
         };
         let (cpu, memory) = (t.cpu_sum / n, t.memory_sum / n);
+        let bandwidth = policy
+            .bandwidth_target_bps
+            .map_or(0.0, |target| t.bitrate_sum / n / target as f64);
         let ratio = (units / policy.target_utilization)
             .max(cpu / policy.cpu_target)
-            .max(memory / policy.memory_target);
+            .max(memory / policy.memory_target)
+            .max(bandwidth);
         inputs.units_utilization = units;
         inputs.cpu = cpu;
         inputs.memory = memory;

@@ -41,6 +41,10 @@ pub struct PoolPolicy {
     /// p95 session-setup time (offer to ICE connected) above which the pool grows, when
     /// sustained for the up window.
     pub setup_p95_limit_ms: u32,
+    /// Relayed or forwarded bitrate (in + out, bits/s) one node is meant to carry at the
+    /// target; when set, mean bitrate against it counts like CPU (TURN pools: bandwidth).
+    #[serde(default)]
+    pub bandwidth_target_bps: Option<u64>,
     /// Floors by weekday and local time in the region's time zone.
     pub schedule: Vec<ScheduleRule>,
 }
@@ -63,6 +67,7 @@ impl PoolPolicy {
             min_node_age_secs: 300,
             boot_secs: 120,
             setup_p95_limit_ms: 200,
+            bandwidth_target_bps: None,
             schedule: Vec::new(),
         };
         match kind {
@@ -71,6 +76,8 @@ impl PoolPolicy {
                 min: 1,
                 max: 6,
                 scale_up_window_secs: 60,
+                // 70 % of a 1 Gbit/s NIC.
+                bandwidth_target_bps: Some(700_000_000),
                 ..media
             },
         }
@@ -116,6 +123,12 @@ impl PoolPolicy {
         if self.buffer_sessions > 100_000 {
             return Err(ConfigIssue::new("buffer_sessions", "expected 0..=100000"));
         }
+        if self.bandwidth_target_bps == Some(0) {
+            return Err(ConfigIssue::new(
+                "bandwidth_target_bps",
+                "must be at least 1",
+            ));
+        }
         if !(1..=60_000).contains(&self.setup_p95_limit_ms) {
             return Err(ConfigIssue::new("setup_p95_limit_ms", "expected 1..=60000"));
         }
@@ -140,6 +153,7 @@ pub struct PolicyPatch {
     pub min_node_age_secs: Option<u64>,
     pub boot_secs: Option<u64>,
     pub setup_p95_limit_ms: Option<u32>,
+    pub bandwidth_target_bps: Option<u64>,
     pub schedule: Option<Vec<ScheduleRule>>,
 }
 
@@ -164,6 +178,7 @@ impl PolicyPatch {
             min_node_age_secs: self.min_node_age_secs.unwrap_or(base.min_node_age_secs),
             boot_secs: self.boot_secs.unwrap_or(base.boot_secs),
             setup_p95_limit_ms: self.setup_p95_limit_ms.unwrap_or(base.setup_p95_limit_ms),
+            bandwidth_target_bps: self.bandwidth_target_bps.or(base.bandwidth_target_bps),
             schedule: self
                 .schedule
                 .clone()
@@ -189,6 +204,7 @@ impl PolicyPatch {
             min_node_age_secs: self.min_node_age_secs.or(base.min_node_age_secs),
             boot_secs: self.boot_secs.or(base.boot_secs),
             setup_p95_limit_ms: self.setup_p95_limit_ms.or(base.setup_p95_limit_ms),
+            bandwidth_target_bps: self.bandwidth_target_bps.or(base.bandwidth_target_bps),
             schedule: self.schedule.clone().or_else(|| base.schedule.clone()),
         }
     }

@@ -562,6 +562,7 @@ fn starting_node(id: NodeId, machine: Option<MachineId>, zone: String, launched:
         used_units: 0,
         cpu: 0.0,
         memory: 0.0,
+        bitrate_bps: 0,
         live_sessions: 0,
         sessions_end_ms: None,
         launched_ms: launched,
@@ -596,6 +597,7 @@ fn pool_node(e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>)
         used_units: 0,
         cpu: 0.0,
         memory: 0.0,
+        bitrate_bps: 0,
         live_sessions: 0,
         sessions_end_ms: None,
         launched_ms,
@@ -630,6 +632,7 @@ fn refresh_load(
     n.used_units = e.used + e.reserved;
     n.cpu = e.load.cpu;
     n.memory = memory_fraction(e);
+    n.bitrate_bps = e.load.bitrate_in_bps.saturating_add(e.load.bitrate_out_bps);
     n.live_sessions = u32::try_from(e.hosted.len()).unwrap_or(u32::MAX);
     n.launched_ms = launched_ms;
     n.drain_deadline_ms = drain_deadline_ms;

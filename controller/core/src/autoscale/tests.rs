@@ -21,6 +21,7 @@ fn node(id: &str, zone: &str, state: PoolNodeState, used: u64, sessions: u32) ->
         used_units: used,
         cpu: 0.1,
         memory: 0.1,
+        bitrate_bps: 0,
         live_sessions: sessions,
         sessions_end_ms: None,
         launched_ms: 0,
@@ -611,4 +612,22 @@ mod over_the_fleet {
             2
         );
     }
+}
+
+#[test]
+fn turn_pools_follow_relayed_bandwidth() {
+    let p = PoolPolicy {
+        min: 1,
+        ..PoolPolicy::default_for(NodeKind::Turn)
+    };
+    // Two relays with few allocations but 1.05 Gbit/s each against a 700 Mbit/s target.
+    let mut nodes = serving(2, 5);
+    for n in &mut nodes {
+        n.bitrate_bps = 1_050_000_000;
+    }
+    let mut s = PoolScaler::default();
+    s.decide(T0, &p, &nodes, &demand());
+    let d = s.decide(T0 + 60 * SEC, &p, &nodes, &demand());
+    assert_eq!((d.desired, d.reason), (3, Some(Reason::Utilization)));
+    assert!((d.inputs.ratio - 1.5).abs() < 1e-9, "{:?}", d.inputs);
 }
