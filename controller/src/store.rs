@@ -35,8 +35,8 @@ pub enum Write {
     Event(ScalingEvent),
     Policy {
         pool: PoolKey,
-        policy: PoolPolicy,
-        change: PolicyPatch,
+        policy: Box<PoolPolicy>,
+        change: Box<PolicyPatch>,
         by: String,
         at_unix_ms: u64,
     },
@@ -423,11 +423,11 @@ mod tests {
             }),
             Write::Policy {
                 pool: key(),
-                policy: policy.clone(),
-                change: PolicyPatch {
+                policy: Box::new(policy.clone()),
+                change: Box::new(PolicyPatch {
                     max: Some(20),
                     ..Default::default()
-                },
+                }),
                 by: "admin".into(),
                 at_unix_ms: 6,
             },

@@ -128,8 +128,8 @@ pub async fn patch_pool(
     pool.setup.policy = policy.clone();
     scaler.persist(Write::Policy {
         pool: key.clone(),
-        policy,
-        change: patch,
+        policy: Box::new(policy),
+        change: Box::new(patch),
         by: "admin".into(),
         at_unix_ms: state.now().unix_ms,
     });
