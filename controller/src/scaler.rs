@@ -63,6 +63,8 @@ pub struct Scaler {
     persisted: Mutex<Persisted>,
     /// Launches a previous controller decided, re-issued (idempotently) at the first tick.
     resume: Mutex<Vec<(PoolKey, InFlight)>>,
+    /// Pools whose list failed: failures in a row, and when to ask again.
+    list_backoff: Mutex<HashMap<PoolKey, (u32, tokio::time::Instant)>>,
 }
 
 /// The scaling in progress as the store has it.
@@ -102,6 +104,7 @@ impl Scaler {
             store: None,
             persisted: Mutex::new(Persisted::default()),
             resume: Mutex::new(Vec::new()),
+            list_backoff: Mutex::new(HashMap::new()),
         }
     }
 
@@ -334,10 +337,18 @@ impl Scaler {
             .map(|(k, p)| (k.clone(), p.setup.provider.clone()))
             .collect();
         let mut calls = tokio::task::JoinSet::new();
+        let now = tokio::time::Instant::now();
         for (key, provider) in pools {
             let Some(provider) = self.providers.get(provider.as_str()).cloned() else {
                 continue;
             };
+            // A pool whose list failed waits out its backoff on its previous list.
+            if lock(&self.list_backoff)
+                .get(&key)
+                .is_some_and(|(_, until)| now < *until)
+            {
+                continue;
+            }
             let timeout = self.timeout;
             calls.spawn(async move {
                 let listed = tokio::time::timeout(timeout, provider.list(&key)).await;
@@ -350,14 +361,21 @@ impl Scaler {
         }
         let results: Vec<_> = calls.join_all().await;
         let mut lists = lock(&self.lists);
+        let mut backoff = lock(&self.list_backoff);
         for (key, listed) in results {
             match listed {
                 Ok(machines) => {
+                    backoff.remove(&key);
                     lists.insert(key, machines);
                 }
                 Err(e) => {
+                    // 1 s after the first failure, doubling to 1 min.
+                    let failures = backoff.get(&key).map_or(0, |(n, _)| *n) + 1;
+                    let wait =
+                        Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
                     tracing::warn!(pool = %format!("{} {}", key.region, key.kind), error = %e,
-                        "cannot list the pool's machines; using the previous list");
+                        retry_in = ?wait, "cannot list the pool's machines; using the previous list");
+                    backoff.insert(key, (failures, tokio::time::Instant::now() + wait));
                 }
             }
         }
@@ -404,7 +422,7 @@ impl Scaler {
                 reason: reason.as_str().to_owned(),
                 inputs: match reason {
                     StepReason::Scale(_) => inputs,
-                    StepReason::BootTimeout => None,
+                    StepReason::BootTimeout | StepReason::NodeGone => None,
                 },
             });
             self.execute(state, &key, step);
@@ -601,10 +619,18 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_provider_gets_each_launch_once_and_never_stalls_a_tick() {
         let (s, provider, state) = scaler(Behaviour::Hangs);
-        for _ in 0..5 {
-            // A tick waits at most the provider timeout for the hanging list.
+        for i in 0..5 {
+            // A tick waits at most the provider timeout (100 ms) for the hanging list, and not
+            // at all while that pool's list backs off.
+            let started = tokio::time::Instant::now();
             let tick = tokio::time::timeout(Duration::from_secs(2), s.tick(&state)).await;
             assert!(tick.is_ok(), "a hanging provider stalled the tick");
+            if i > 0 {
+                assert!(
+                    started.elapsed() < Duration::from_millis(90),
+                    "tick {i} waited"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         // Two launches (the floor), asked once each: timed out, still counted as in flight.

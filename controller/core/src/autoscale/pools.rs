@@ -119,6 +119,8 @@ pub enum StepReason {
     Scale(Reason),
     /// A launched machine never said Hello within the boot timeout.
     BootTimeout,
+    /// A machine's node died (not drained) and did not come back within the boot timeout.
+    NodeGone,
 }
 
 impl StepReason {
@@ -127,6 +129,7 @@ impl StepReason {
         match self {
             StepReason::Scale(r) => r.as_str(),
             StepReason::BootTimeout => "boot_timeout",
+            StepReason::NodeGone => "node_gone",
         }
     }
 }
@@ -448,7 +451,12 @@ impl PoolState {
             if now.unix_ms.saturating_sub(waited_from) >= boot_timeout_ms {
                 timed_out.push(m.node.clone());
                 let node = m.node.clone();
-                steps.push((Step::Terminate { node, machine }, StepReason::BootTimeout));
+                let reason = if dead.contains(&&m.node) {
+                    StepReason::NodeGone
+                } else {
+                    StepReason::BootTimeout
+                };
+                steps.push((Step::Terminate { node, machine }, reason));
                 continue;
             }
             nodes.push(starting_node(

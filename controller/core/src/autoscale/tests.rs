@@ -553,6 +553,45 @@ mod over_the_fleet {
     }
 
     #[test]
+    fn a_machine_whose_node_died_is_replaced_after_the_boot_timeout() {
+        let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(2))], BOOT_TIMEOUT);
+        let (book, mut rng) = (BookingBook::default(), rng());
+        let (dead_node, conn) = conns[0].clone();
+        let listed: HashMap<PoolKey, Vec<Machine>> = HashMap::from([(
+            pool.clone(),
+            conns
+                .iter()
+                .filter(|(id, _)| id.as_str().starts_with("media"))
+                .map(|(id, _)| Machine {
+                    id: MachineId::parse(id.as_str()).expect("machine"),
+                    node: id.clone(),
+                    zone: "eu-west-1a".into(),
+                    launched_unix_ms: 0,
+                })
+                .collect(),
+        )]);
+        assert!(a.tick(at(1_000), &f, &listed, &book, &mut rng).is_empty());
+        // Its process crashed; the machine is still listed. It may come back: no launch yet.
+        f.on_closed(at(2_000), conn, &dead_node);
+        let waiting = a.tick(at(3_000), &f, &listed, &book, &mut rng);
+        assert!(launches(&waiting).is_empty(), "{waiting:?}");
+        // It did not come back within the boot timeout: its machine goes and is replaced.
+        let late = a.tick(at(3_000 + BOOT_TIMEOUT), &f, &listed, &book, &mut rng);
+        let gone: Vec<_> = late
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter(|(s, r)| {
+                matches!(s, Step::Terminate { node, .. } if *node == dead_node)
+                    && *r == StepReason::NodeGone
+            })
+            .collect();
+        assert_eq!(gone.len(), 1, "{late:?}");
+        assert_eq!(launches(&late).len(), 1);
+    }
+
+    #[test]
     fn a_failed_launch_is_decided_again() {
         let (f, _) = fleet(&["eu-west-1"], 1, 100);
         let pool = key("eu-west-1", NodeKind::Media);
