@@ -191,6 +191,11 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
         (&media["policy"]["min"], &media["policy"]["max"]),
         (&json!(1), &json!(4))
     );
+    assert_eq!(
+        (&media["nodes"]["serving"], &media["desired"], &media["paused"]),
+        (&json!(1), &json!(1), &json!(false)),
+        "{media}"
+    );
 
     // A bad change is refused by field and changes nothing; a good one applies.
     let path = "/v1/pools/eu-west-1/media";

@@ -1,12 +1,14 @@
 //! The ops API for pools (admin token): list and read pools, change a pool's policy at run time,
 //! pause and resume automatic changes, and read the scaling decision log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use fleet_core::NodeStatus;
 use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolPolicy, PoolState};
 use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use crate::scaler::{Scaler, ScalingEvent};
 use crate::state::AppState;
 use crate::store::Write;
 
-/// Node counts of a pool, as of its latest decision.
+/// Node counts of a pool, now (STARTING includes launches not yet connected).
 #[derive(Debug, Serialize)]
 pub struct PoolNodes {
     pub starting: u32,
@@ -39,8 +41,43 @@ pub struct PoolView {
     pub paused: bool,
 }
 
-fn view(key: &PoolKey, pool: &PoolState) -> PoolView {
-    let inputs = pool.last.as_ref().map(|d| d.inputs).unwrap_or_default();
+/// A pool's nodes right now, from the registry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Live {
+    starting: u32,
+    serving: u32,
+    draining: u32,
+    serving_used: u64,
+    serving_total: u64,
+}
+
+/// Every pool's live counts. Takes the fleet lock alone (the scaler takes the fleet lock,
+/// then the autoscaler's: never the other way round).
+fn live_counts(state: &AppState) -> HashMap<(RegionId, NodeKind), Live> {
+    let fleet = state.fleet();
+    let mut out: HashMap<(RegionId, NodeKind), Live> = HashMap::new();
+    for n in fleet.registry().nodes() {
+        let live = out.entry((n.region.clone(), n.kind)).or_default();
+        match n.status {
+            NodeStatus::Starting => live.starting += 1,
+            NodeStatus::Draining => live.draining += 1,
+            NodeStatus::Serving => {
+                live.serving += 1;
+                live.serving_used += n.used + n.reserved;
+                live.serving_total += n.capacity_total;
+            }
+            NodeStatus::Dead => {}
+        }
+    }
+    out
+}
+
+fn view(key: &PoolKey, pool: &PoolState, live: &HashMap<(RegionId, NodeKind), Live>) -> PoolView {
+    let l = live
+        .get(&(key.region.clone(), key.kind))
+        .copied()
+        .unwrap_or_default();
+    let in_flight = u32::try_from(pool.in_flight.len()).unwrap_or(u32::MAX);
     PoolView {
         region: key.region.clone(),
         kind: key.kind,
@@ -48,11 +85,15 @@ fn view(key: &PoolKey, pool: &PoolState) -> PoolView {
         policy: pool.setup.policy.clone(),
         desired: pool.desired,
         nodes: PoolNodes {
-            starting: inputs.starting,
-            serving: inputs.serving,
-            draining: inputs.draining,
+            starting: l.starting + in_flight,
+            serving: l.serving,
+            draining: l.draining,
         },
-        utilization: inputs.units_utilization,
+        utilization: if l.serving_total > 0 {
+            l.serving_used as f64 / l.serving_total as f64
+        } else {
+            0.0
+        },
         paused: pool.paused,
     }
 }
@@ -84,8 +125,13 @@ pub async fn list_pools(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers)?;
+    let live = live_counts(&state);
     let pools: Vec<PoolView> = match state.scaler.get() {
-        Some(s) => s.autoscaler().pools().map(|(k, p)| view(k, p)).collect(),
+        Some(s) => s
+            .autoscaler()
+            .pools()
+            .map(|(k, p)| view(k, p, &live))
+            .collect(),
         None => Vec::new(),
     };
     Ok(Json(serde_json::json!({ "pools": pools })))
@@ -99,9 +145,10 @@ pub async fn get_pool(
 ) -> Result<Json<PoolView>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
+    let live = live_counts(&state);
     let autoscaler = scaler(&state)?.autoscaler();
     let pool = autoscaler.pool(&key).ok_or_else(|| unknown_pool(&key))?;
-    Ok(Json(view(&key, pool)))
+    Ok(Json(view(&key, pool, &live)))
 }
 
 /// `PATCH /v1/pools/{region}/{kind}`: any policy fields; the whole new policy is checked before
@@ -115,6 +162,7 @@ pub async fn patch_pool(
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let patch: PolicyPatch = parse_json(&body, false)?;
+    let live = live_counts(&state);
     let scaler = scaler(&state)?;
     let mut autoscaler = scaler.autoscaler();
     let pool = autoscaler
@@ -133,7 +181,7 @@ pub async fn patch_pool(
         by: "admin".into(),
         at_unix_ms: state.now().unix_ms,
     });
-    Ok(Json(view(&key, pool)))
+    Ok(Json(view(&key, pool, &live)))
 }
 
 async fn set_paused(
@@ -145,6 +193,7 @@ async fn set_paused(
 ) -> Result<Json<PoolView>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
+    let live = live_counts(&state);
     let scaler = scaler(&state)?;
     let mut autoscaler = scaler.autoscaler();
     let pool = autoscaler
@@ -156,7 +205,7 @@ async fn set_paused(
         paused,
     });
     tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
-    Ok(Json(view(&key, pool)))
+    Ok(Json(view(&key, pool, &live)))
 }
 
 /// `POST /v1/pools/{region}/{kind}/pause`: no automatic changes until resumed (drains already
