@@ -716,6 +716,20 @@ impl DataPlane for Sfu {
         load.setup_p95_ms = lock(&self.setups).p95(Instant::now());
     }
 
+    /// Hangs up every participant of the session (their connections close).
+    fn close_session(&self, session: &SessionId) {
+        let Some(closed) = lock(&self.sessions).remove(session) else {
+            return;
+        };
+        let peers: Vec<Arc<Peer>> = lock(&closed.state).peers.values().cloned().collect();
+        tracing::info!(%session, participants = peers.len(), "session closed by the controller");
+        tokio::spawn(async move {
+            for peer in peers {
+                let _ = peer.pc.close().await;
+            }
+        });
+    }
+
     fn live_sessions(&self) -> Option<Vec<LiveSession>> {
         let live = self
             .sessions()

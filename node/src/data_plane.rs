@@ -38,6 +38,10 @@ pub trait DataPlane: Send + Sync {
         None
     }
 
+    /// The controller ended the session (its app hung up for everyone): disconnect its
+    /// participants. The TURN relay has no sessions and ignores it.
+    fn close_session(&self, _session: &SessionId) {}
+
     /// Lines printed to stdout right after `LISTENING http=<addr>` (e.g. bound data ports).
     fn announce(&self) -> Vec<String> {
         Vec::new()

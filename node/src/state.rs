@@ -196,9 +196,16 @@ impl ReportSource for NodeShared {
 
     fn on_command(&self, command: Command) -> Result<(), String> {
         let name = command_name(&command);
+        let closing = match &command {
+            Command::CloseSession { session } => Some(session.clone()),
+            _ => None,
+        };
         let result = self
             .with_core(|core| core.apply(command, now_unix_ms()))
             .map_err(|e| e.to_string());
+        if let Some(session) = closing {
+            self.data_plane.close_session(&session);
+        }
         self.sync_data_plane();
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         self.metrics.record(|| {

@@ -192,7 +192,11 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
         (&json!(1), &json!(4))
     );
     assert_eq!(
-        (&media["nodes"]["serving"], &media["desired"], &media["paused"]),
+        (
+            &media["nodes"]["serving"],
+            &media["desired"],
+            &media["paused"]
+        ),
         (&json!(1), &json!(1), &json!(false)),
         "{media}"
     );
@@ -335,4 +339,122 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
     };
     assert_eq!(delete(id.clone()).await, 204);
     assert_eq!(delete(id).await, 404);
+}
+
+/// The node a scale-down drains keeps carrying its call (real WebRTC media) until the call
+/// ends; then it ends, and the call on the other node is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_drain_keeps_media_flowing_until_the_call_ends() {
+    tokio::time::timeout(Duration::from_secs(120), drain_with_media())
+        .await
+        .expect("finished in time");
+}
+
+async fn drain_with_media() {
+    use fleet_e2e::rtc_peer::{PACKETS, Peer};
+    let dir = tempfile::tempdir().unwrap();
+    let up = FleetUp::start_with(
+        dir.path(),
+        &[
+            ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
+            ("FLEET__UP__MEDIA_CAPACITY", "16"),
+            ("FLEET__AUTOSCALE__TICK_MS", "300"),
+            ("FLEET__REGISTRY__WARMUP_MS", "500"),
+            ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
+            ("FLEET__POOL_DEFAULTS__TARGET_UTILIZATION", "1.0"),
+            ("FLEET__POOL_DEFAULTS__SCALE_DOWN_WINDOW_SECS", "3"),
+            // Setups take ~250 ms on this loaded loopback (ICE gathering): not a signal here.
+            ("FLEET__POOL_DEFAULTS__SETUP_P95_LIMIT_MS", "10000"),
+        ],
+    )
+    .unwrap();
+    wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
+    // Node A gets two calls and is full; a third is refused and the pool grows by node B.
+    let (_, first) = call(&up, 1).await;
+    let (_, second) = call(&up, 2).await;
+    assert_eq!(call(&up, 3).await.0, 503);
+    wait_media(&up, "the pool grows", |n| n["serving"] == 2).await;
+    let (status, on_b) = call(&up, 4).await;
+    assert_eq!(status, 201, "{on_b}");
+    let node_b = on_b["media"]["node_id"].as_str().unwrap().to_owned();
+    assert_ne!(first["media"]["node_id"], node_b.as_str());
+
+    // Real media on B's call.
+    let sid = on_b["session_id"].as_str().unwrap().to_owned();
+    let base = on_b["media"]["url"].as_str().unwrap().to_owned();
+    let url = |pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
+    let token = |i: usize| {
+        on_b["participants"][i]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a, b) = (Peer::new().await, Peer::new().await);
+    a.join(&url("t4"), &token(0)).await;
+    b.join(&url("c4"), &token(1)).await;
+    a.wait_connected().await;
+    b.wait_connected().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send(b'b', 0).await;
+    let want = usize::from(PACKETS) * 9 / 10;
+    let flowing = eventually(Duration::from_secs(10), || {
+        let n = a.counts(b'b');
+        async move { (n.0 >= want && n.1 >= want).then_some(n) }
+    })
+    .await;
+    assert!(flowing.is_some(), "media flows on B: {:?}", a.counts(b'b'));
+
+    // One call ends on A: one call per node at 50 % against a 100 % target is one node too
+    // many. Tied on calls, the newer node (B) is drained after the down window.
+    end(&up, second["session_id"].as_str().unwrap()).await;
+    let state_of = |id: String| {
+        let up = &up;
+        async move {
+            let nodes = up.admin_get("/v1/nodes").await.ok()?;
+            nodes["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == id.as_str())
+                .map(|n| n["state"].as_str().unwrap_or("").to_owned())
+        }
+    };
+    let drained = eventually(Duration::from_secs(20), || {
+        let s = state_of(node_b.clone());
+        async move { (s.await.as_deref() == Some("draining")).then_some(()) }
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "B drains: {:?}",
+        up.admin_get("/v1/nodes").await
+    );
+    // The drained node keeps the call flowing for as long as it lasts.
+    for round in 1..4 {
+        let before = a.counts(b'b');
+        b.send(b'b', round).await;
+        let more = eventually(Duration::from_secs(10), || {
+            let n = a.counts(b'b');
+            async move { (n.0 > before.0 && n.1 > before.1).then_some(n) }
+        })
+        .await;
+        assert!(
+            more.is_some(),
+            "media still flows in round {round} of the drain"
+        );
+        assert_eq!(state_of(node_b.clone()).await.as_deref(), Some("draining"));
+    }
+    // The call ends: B ends too, and A's call is untouched.
+    end(&up, &sid).await;
+    wait_media(&up, "B is gone", |n| {
+        n["serving"] == 1 && n["draining"] == 0
+    })
+    .await;
+    let (status, view) = up
+        .sessions()
+        .get(first["session_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((status, &view["state"]), (200, &json!("live")), "{view}");
+    let _ = a.pc.close().await;
+    let _ = b.pc.close().await;
 }
