@@ -298,6 +298,10 @@ impl Autoscaler {
     }
 }
 
+/// How long a therapy session usually lasts (a 50-minute hour): the victim order's "sessions
+/// end soonest" expects a node's calls to end this long after its newest one started.
+pub const TYPICAL_SESSION_MS: u64 = 50 * 60_000;
+
 /// The longest wait between launch attempts after refusals.
 pub const MAX_LAUNCH_BACKOFF_MS: u64 = 300_000;
 
@@ -642,6 +646,14 @@ fn refresh_load(
     n.memory = memory_fraction(e);
     n.bitrate_bps = e.load.bitrate_in_bps.saturating_add(e.load.bitrate_out_bps);
     n.live_sessions = u32::try_from(e.hosted.len()).unwrap_or(u32::MAX);
+    // Without booked durations, a node's calls are expected to end a typical session after
+    // its newest one started.
+    n.sessions_end_ms = e
+        .hosted
+        .iter()
+        .map(|s| s.created_unix_ms)
+        .max()
+        .map(|newest| newest + TYPICAL_SESSION_MS);
     n.launched_ms = launched_ms;
     n.drain_deadline_ms = drain_deadline_ms;
     n.setup_p95_ms = e.load.setup_p95_ms;

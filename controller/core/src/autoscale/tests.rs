@@ -592,6 +592,46 @@ mod over_the_fleet {
     }
 
     #[test]
+    fn between_equally_busy_nodes_the_one_whose_call_ends_first_drains() {
+        use fleet_proto::{HostedSession, NodeState, SessionId};
+        let (mut f, conns) = fleet(&["eu-west-1"], 2, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut setup = setup(1);
+        setup.policy.scale_down_window_secs = 1;
+        setup.policy.min_node_age_secs = 0;
+        setup.policy.target_utilization = 1.0;
+        let mut a = Autoscaler::new([(pool.clone(), setup)], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        // One call each; the call on the second node started 20 minutes before the other.
+        let started = [at(0).unix_ms, at(0).unix_ms - 20 * 60_000];
+        let medias: Vec<_> = conns
+            .iter()
+            .filter(|(id, _)| id.as_str().starts_with("media"))
+            .collect();
+        for ((id, conn), created) in medias.iter().zip(started) {
+            let call = HostedSession {
+                id: SessionId::random(),
+                participants: vec![],
+                cost: 8,
+                created_unix_ms: created,
+            };
+            let r = crate::tests::report(NodeState::Serving, vec![call], 100);
+            f.on_report(at(1), *conn, id, r);
+        }
+        a.tick(at(1_000), &f, &none, &book, &mut rng);
+        let ticks = a.tick(at(2_500), &f, &none, &book, &mut rng);
+        let drained: Vec<_> = ticks
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter_map(|(s, _)| match s {
+                Step::Drain { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(drained, vec![medias[1].0.clone()], "{ticks:?}");
+    }
+
+    #[test]
     fn a_failed_launch_is_decided_again() {
         let (f, _) = fleet(&["eu-west-1"], 1, 100);
         let pool = key("eu-west-1", NodeKind::Media);
