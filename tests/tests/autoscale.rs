@@ -376,22 +376,22 @@ async fn drain_with_media() {
     wait_media(&up, "the pool grows", |n| n["serving"] == 2).await;
     let (status, on_b) = call(&up, 4).await;
     assert_eq!(status, 201, "{on_b}");
-    let node_b = on_b["media"]["node_id"].as_str().unwrap().to_owned();
-    assert_ne!(first["media"]["node_id"], node_b.as_str());
+    let node_a = first["media"]["node_id"].as_str().unwrap().to_owned();
+    assert_ne!(on_b["media"]["node_id"], node_a.as_str());
 
-    // Real media on B's call.
-    let sid = on_b["session_id"].as_str().unwrap().to_owned();
-    let base = on_b["media"]["url"].as_str().unwrap().to_owned();
+    // Real media on A's first call.
+    let sid = first["session_id"].as_str().unwrap().to_owned();
+    let base = first["media"]["url"].as_str().unwrap().to_owned();
     let url = |pid: &str| format!("{base}/v1/sessions/{sid}/participants/{pid}");
     let token = |i: usize| {
-        on_b["participants"][i]["join_token"]
+        first["participants"][i]["join_token"]
             .as_str()
             .unwrap()
             .to_owned()
     };
     let (a, b) = (Peer::new().await, Peer::new().await);
-    a.join(&url("t4"), &token(0)).await;
-    b.join(&url("c4"), &token(1)).await;
+    a.join(&url("t1"), &token(0)).await;
+    b.join(&url("c1"), &token(1)).await;
     a.wait_connected().await;
     b.wait_connected().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -402,10 +402,11 @@ async fn drain_with_media() {
         async move { (n.0 >= want && n.1 >= want).then_some(n) }
     })
     .await;
-    assert!(flowing.is_some(), "media flows on B: {:?}", a.counts(b'b'));
+    assert!(flowing.is_some(), "media flows on A: {:?}", a.counts(b'b'));
 
-    // One call ends on A: one call per node at 50 % against a 100 % target is one node too
-    // many. Tied on calls, the newer node (B) is drained after the down window.
+    // A's other call ends: one call per node at 50 % against a 100 % target is one node too
+    // many. Tied on calls, the node whose call should end first (A's, the older) is drained
+    // after the down window.
     end(&up, second["session_id"].as_str().unwrap()).await;
     let state_of = |id: String| {
         let up = &up;
@@ -419,13 +420,13 @@ async fn drain_with_media() {
         }
     };
     let drained = eventually(Duration::from_secs(20), || {
-        let s = state_of(node_b.clone());
+        let s = state_of(node_a.clone());
         async move { (s.await.as_deref() == Some("draining")).then_some(()) }
     })
     .await;
     assert!(
         drained.is_some(),
-        "B drains: {:?}",
+        "A drains: {:?}",
         up.admin_get("/v1/nodes").await
     );
     // The drained node keeps the call flowing for as long as it lasts.
@@ -441,17 +442,17 @@ async fn drain_with_media() {
             more.is_some(),
             "media still flows in round {round} of the drain"
         );
-        assert_eq!(state_of(node_b.clone()).await.as_deref(), Some("draining"));
+        assert_eq!(state_of(node_a.clone()).await.as_deref(), Some("draining"));
     }
-    // The call ends: B ends too, and A's call is untouched.
+    // The call ends: A ends too, and B's call is untouched.
     end(&up, &sid).await;
-    wait_media(&up, "B is gone", |n| {
+    wait_media(&up, "A is gone", |n| {
         n["serving"] == 1 && n["draining"] == 0
     })
     .await;
     let (status, view) = up
         .sessions()
-        .get(first["session_id"].as_str().unwrap())
+        .get(on_b["session_id"].as_str().unwrap())
         .await
         .unwrap();
     assert_eq!((status, &view["state"]), (200, &json!("live")), "{view}");
