@@ -12,7 +12,7 @@ use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolSetup};
 use fleet_geo::{RegionCatalog, RegionInfo};
 use fleet_proto::{NodeKind, RegionId};
 
-use crate::pool_config::{AutoscaleConfig, PoolConfig, pool_setups};
+use crate::pool_config::{AutoscaleConfig, PoolConfig, SimConfig, pool_setups};
 use serde::{Deserialize, Serialize};
 
 use fleet_core::{ConfigIssue, PlacementConfig, RegistryConfig};
@@ -61,6 +61,8 @@ pub struct Config {
     pub pool_defaults: PolicyPatch,
     /// `[[pools]]`: the pools the controller scales.
     pub pools: Vec<PoolConfig>,
+    /// `[sim]`: the trace simulator's node sizes and boot times.
+    pub sim: SimConfig,
 }
 
 /// `[api]`: the HTTP listener for the signaling and ops APIs, metrics and health.
@@ -286,6 +288,7 @@ impl Config {
         self.placement.validate().map_err(in_section("placement"))?;
         self.registry.validate().map_err(in_section("registry"))?;
         self.autoscale.validate().map_err(in_section("autoscale"))?;
+        self.sim.validate().map_err(in_section("sim"))?;
         self.validate_regions()?;
         self.pool_setups()?;
         for (key, min, max) in [
@@ -371,6 +374,28 @@ impl Config {
         let catalog = self.catalog()?;
         pool_setups(&self.pool_defaults, &self.pools, &catalog)
             .map_err(|e| invalid(&e.field, e.message))
+    }
+
+    /// Every pool's floor: a `[[pools]]` entry's min, else `[pool_defaults]` over the kind's
+    /// defaults, for every region of the catalog and both kinds.
+    pub fn pool_mins(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(RegionId, NodeKind), u32>, ConfigError> {
+        let catalog = self.catalog()?;
+        let mut mins = std::collections::BTreeMap::new();
+        for region in catalog.regions() {
+            for kind in [NodeKind::Media, NodeKind::Turn] {
+                let default = self
+                    .pool_defaults
+                    .apply(&fleet_core::autoscale::PoolPolicy::default_for(kind))
+                    .map_err(|e| invalid(&format!("pool_defaults.{}", e.field), e.message))?;
+                mins.insert((region.id.clone(), kind), default.min);
+            }
+        }
+        for (key, setup) in self.pool_setups()? {
+            mins.insert((key.region, key.kind), setup.policy.min);
+        }
+        Ok(mins)
     }
 
     /// `[[pools]]` plus, for each `[up]` region and kind it leaves out, a local pool with the

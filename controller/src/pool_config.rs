@@ -80,6 +80,50 @@ impl AutoscaleConfig {
     }
 }
 
+/// `[sim]`: what `fleet simulate` needs besides the pools.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Capacity units of one simulated media node.
+    pub media_capacity: u64,
+    /// Allocations one simulated TURN node holds.
+    pub turn_capacity: u64,
+    /// Launch to SERVING of a simulated node.
+    pub boot_secs: u64,
+    /// Up to this much more, at random per node.
+    pub boot_jitter_secs: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            media_capacity: 1000,
+            turn_capacity: 1000,
+            boot_secs: 90,
+            boot_jitter_secs: 0,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Ranges serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        if self.media_capacity == 0 {
+            return Err(ConfigIssue::new("media_capacity", "must be at least 1"));
+        }
+        if self.turn_capacity == 0 {
+            return Err(ConfigIssue::new("turn_capacity", "must be at least 1"));
+        }
+        if self.boot_secs > 3_600 || self.boot_jitter_secs > 3_600 {
+            return Err(ConfigIssue::new(
+                "boot_secs",
+                "expected 0..=3600 (and jitter too)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One `[[pools]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolConfig {

@@ -2,7 +2,7 @@
 //! media node, TURN node). `fleet up` runs a whole fleet on this machine, `fleet serve` runs a
 //! controller from a config file, `fleet token` mints a development client token, and
 //! `fleet media-node` / `fleet turn-node` run a node (what `fleet up` starts as child processes,
-//! re-executing this binary).
+//! re-executing this binary), and `fleet simulate` scores a demand trace.
 
 use std::path::PathBuf;
 
@@ -11,6 +11,8 @@ use clap::{CommandFactory, FromArgMatches, Subcommand};
 use fleet_controller::config::Config;
 use fleet_controller::credentials::{ClientClaims, mint_client_token};
 use fleet_proto::NodeKind;
+
+mod simulate;
 
 /// mimalloc instead of glibc malloc: the signaling path allocates many small short-lived
 /// buffers (JSON, JWTs, QUIC frames) and glibc spent ~20% of the controller's CPU in malloc/free
@@ -63,6 +65,21 @@ enum Cmd {
         #[arg(long)]
         participant: Option<String>,
     },
+    /// Score a demand trace (CSV: session_id,start_s,duration_s,participants,booked_s,profile).
+    Simulate {
+        /// The trace file.
+        #[arg(long)]
+        trace: PathBuf,
+        /// Regions, pools and `[sim]` node sizes (no secrets needed).
+        #[arg(long, env = "FLEET_CONFIG")]
+        config: Option<PathBuf>,
+        /// Comma-separated: ours, hpa, oracle (this build: oracle).
+        #[arg(long, default_value = "oracle")]
+        policy: String,
+        /// Write the report as JSON here instead of printing a table.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a media node (as `fleet up` does).
     MediaNode(media_node::Args),
     /// Run a TURN node (as `fleet up` does).
@@ -113,6 +130,12 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Cmd::Simulate {
+            trace,
+            config,
+            policy,
+            json,
+        } => simulate::run(&trace, config.as_deref(), &policy, json),
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;
             fleet_controller::server::require_secrets(&c)?;

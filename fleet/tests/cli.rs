@@ -91,3 +91,83 @@ fn token_command_mints_a_jwt_with_the_configured_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.api_keys"));
 }
+
+#[test]
+fn simulate_scores_a_trace_with_the_oracle_and_names_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sim.toml");
+    std::fs::write(
+        &config,
+        "[pool_defaults]\nmin = 0\n[sim]\nmedia_capacity = 16\nturn_capacity = 100\n",
+    )
+    .unwrap();
+    // London calls needing 1, 2, then 1 node over 30-minute steps, and a Mumbai call with one
+    // relayed participant: 2 + 1 media node-hours and 1 TURN node-hour.
+    let trace = dir.path().join("week.csv");
+    std::fs::write(
+        &trace,
+        "session_id,start_s,duration_s,participants,booked_s,profile
+s1,0,3600,51.51:-0.13;51.5:-0.12,,
+s2,1800,3600,51.51:-0.13;51.5:-0.12,,video
+s3,1800,1800,51.51:-0.13;51.5:-0.12,0,
+s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
+",
+    )
+    .unwrap();
+    let out = dir.path().join("report.json");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fleet"))
+            .arg("simulate")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let trace_arg = trace.to_str().unwrap();
+    let config_arg = config.to_str().unwrap();
+    let ok = run(&[
+        "--trace",
+        trace_arg,
+        "--config",
+        config_arg,
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let oracle = &report["policies"][0];
+    assert_eq!(
+        (&oracle["policy"], &oracle["sessions"]),
+        (&"oracle".into(), &4.into())
+    );
+    let hours = |k: &str| oracle["node_hours"][k].as_f64().unwrap();
+    assert!((hours("media") - 3.0).abs() < 1e-9, "{report}");
+    assert!((hours("turn") - 1.0).abs() < 1e-9, "{report}");
+    assert_eq!(oracle["node_hours_by_pool"]["eu-west-2/media"], 2.0);
+
+    // A malformed row stops the run with its line; unknown and unbuilt policies are named.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "session_id,start_s,duration_s,participants,booked_s,profile\ns1,0,60,1:1,,\ns2,0,60,95:1,,\n",
+    )
+    .unwrap();
+    let err = run(&["--trace", bad.to_str().unwrap(), "--config", config_arg]);
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        stderr.contains("trace line 3") && stderr.contains("latitude"),
+        "{stderr}"
+    );
+    for (policy, want) in [("fastest", "unknown policy"), ("hpa", "not in this build")] {
+        let err = run(&[
+            "--trace", trace_arg, "--config", config_arg, "--policy", policy,
+        ]);
+        assert!(!err.status.success());
+        let stderr = String::from_utf8_lossy(&err.stderr);
+        assert!(stderr.contains(want), "{policy}: {stderr}");
+    }
+}

@@ -1,0 +1,16 @@
+//! `fleet-sim`: replays demand through the fleet's decision code on a virtual clock.
+//!
+//! - [`trace`]: the demand trace format (`session_id,start_s,duration_s,participants,booked_s,
+//!   profile`), parsed with line-numbered errors, and written back.
+//! - [`oracle`]: the perfect-foresight lower bound, per region and kind:
+//!   ∫ max(min, ⌈load(t) / capacity⌉) dt, each session in the region that minimises its worse
+//!   participant's estimated RTT, no boot time.
+//!
+//! May depend on: `fleet-core`, `fleet-geo`, `fleet-proto`, serde. Never on an async runtime, a
+//! network stack or a cloud SDK: the simulator links the same pure core as the controller.
+
+pub mod oracle;
+pub mod trace;
+
+pub use oracle::{OracleInput, PoolHours, oracle};
+pub use trace::{TraceError, TraceParticipant, TraceSession, parse_trace, write_trace};
