@@ -66,10 +66,13 @@ enum Cmd {
         participant: Option<String>,
     },
     /// Score a demand trace (CSV: session_id,start_s,duration_s,participants,booked_s,profile).
+    #[command(args_conflicts_with_subcommands = true)]
     Simulate {
+        #[command(subcommand)]
+        action: Option<SimulateCmd>,
         /// The trace file.
-        #[arg(long)]
-        trace: PathBuf,
+        #[arg(long, required = true)]
+        trace: Option<PathBuf>,
         /// Regions, pools and `[sim]` node sizes (no secrets needed).
         #[arg(long, env = "FLEET_CONFIG")]
         config: Option<PathBuf>,
@@ -84,6 +87,24 @@ enum Cmd {
     MediaNode(media_node::Args),
     /// Run a TURN node (as `fleet up` does).
     TurnNode(turn_node::Args),
+}
+
+#[derive(Subcommand)]
+enum SimulateCmd {
+    /// Write a synthetic week of teletherapy demand as a trace.
+    Generate {
+        /// `week`, or `surge` (a week plus a regional surge of walk-ins).
+        #[arg(long, default_value = "week")]
+        kind: String,
+        /// About how many sessions.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write the trace.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -131,11 +152,25 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Simulate {
+            action:
+                Some(SimulateCmd::Generate {
+                    kind,
+                    sessions,
+                    seed,
+                    out,
+                }),
+            ..
+        } => simulate::generate_trace(&kind, sessions, seed, &out),
+        Cmd::Simulate {
+            action: None,
             trace,
             config,
             policy,
             json,
-        } => simulate::run(&trace, config.as_deref(), &policy, json),
+        } => {
+            let trace = trace.context("--trace is required")?;
+            simulate::run(&trace, config.as_deref(), &policy, json)
+        }
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;
             fleet_controller::server::require_secrets(&c)?;

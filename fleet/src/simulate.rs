@@ -9,11 +9,28 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use fleet_controller::config::Config;
 use fleet_proto::NodeKind;
-use fleet_sim::{OracleInput, oracle, parse_trace};
+use fleet_sim::{OracleInput, TraceKind, generate, oracle, parse_trace, write_trace};
 use serde_json::json;
 
 /// The policies `--policy` names.
 const POLICIES: &[&str] = &["ours", "hpa", "oracle"];
+
+/// `fleet simulate generate`: writes a synthetic week.
+pub fn generate_trace(kind: &str, sessions: usize, seed: u64, out: &Path) -> anyhow::Result<()> {
+    let kind = match kind {
+        "week" => TraceKind::Week,
+        "surge" => TraceKind::Surge,
+        other => bail!("--kind: expected week or surge, got {other:?}"),
+    };
+    if !(1..=10_000_000).contains(&sessions) {
+        bail!("--sessions: expected 1..=10000000");
+    }
+    let trace = generate(kind, sessions, seed);
+    std::fs::write(out, write_trace(&trace))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("{}: {} sessions", out.display(), trace.len());
+    Ok(())
+}
 
 /// Runs `fleet simulate`.
 pub fn run(

@@ -2,6 +2,8 @@
 //!
 //! - [`trace`]: the demand trace format (`session_id,start_s,duration_s,participants,booked_s,
 //!   profile`), parsed with line-numbered errors, and written back.
+//! - [`generate`]: synthetic teletherapy weeks (diurnal curves in each city's local time,
+//!   booked sessions at :00 and :30, walk-ins, a regional surge), deterministic for a seed.
 //! - [`oracle`]: the perfect-foresight lower bound, per region and kind:
 //!   ∫ max(min, ⌈load(t) / capacity⌉) dt, each session in the region that minimises its worse
 //!   participant's estimated RTT, no boot time.
@@ -9,8 +11,10 @@
 //! May depend on: `fleet-core`, `fleet-geo`, `fleet-proto`, serde. Never on an async runtime, a
 //! network stack or a cloud SDK: the simulator links the same pure core as the controller.
 
+pub mod generate;
 pub mod oracle;
 pub mod trace;
 
+pub use generate::{TraceKind, WEEK_S, generate};
 pub use oracle::{OracleInput, PoolHours, oracle};
 pub use trace::{TraceError, TraceParticipant, TraceSession, parse_trace, write_trace};
