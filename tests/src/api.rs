@@ -85,3 +85,30 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// A region's node counts of one kind (`{"starting","serving","draining","dead"}`) in a
+/// `GET /v1/regions` body; `null` when the region is not there.
+pub fn pool_nodes(regions: &Value, region: &str, kind: &str) -> Value {
+    regions["regions"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["id"] == region))
+        .map(|r| r[kind]["nodes"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// `method url` with a bearer `token` and an optional JSON body: (status, the JSON body or
+/// `null`). Panics when the request cannot be sent (the test's server is gone).
+pub async fn send_json(
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut r = http().request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    let r = r.send().await.expect("request sent");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}

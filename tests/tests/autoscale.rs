@@ -11,11 +11,20 @@ use serde_json::{Value, json};
 /// The eu-west-1 media pool's node counts from `/v1/regions`.
 async fn media_nodes(up: &FleetUp) -> Value {
     let regions = up.admin_get("/v1/regions").await.unwrap_or(Value::Null);
-    regions["regions"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["id"] == "eu-west-1"))
-        .map(|r| r["media"]["nodes"].clone())
-        .unwrap_or(Value::Null)
+    pool_nodes(&regions, "eu-west-1", "media")
+}
+
+/// `fleet up` with one region (eu-west-1) whose media nodes hold 16 units (two video calls),
+/// quick ticks and no headroom buffer; `extra` overrides are added.
+fn small_region_up(dir: &std::path::Path, extra: &[(&str, &str)]) -> FleetUp {
+    let common = [
+        ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
+        ("FLEET__UP__MEDIA_CAPACITY", "16"),
+        ("FLEET__AUTOSCALE__TICK_MS", "300"),
+        ("FLEET__REGISTRY__WARMUP_MS", "500"),
+        ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
+    ];
+    FleetUp::start_with(dir, &[&common[..], extra].concat()).unwrap()
 }
 
 async fn wait_media(up: &FleetUp, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -35,18 +44,12 @@ async fn wait_media(up: &FleetUp, what: &str, pred: impl Fn(&Value) -> bool) -> 
 
 /// Creates a 1:1 video session in eu-west-1; the status and body.
 async fn call(up: &FleetUp, n: usize) -> (u16, Value) {
-    let r = http()
-        .post(format!("{}/v1/sessions", up.api))
-        .bearer_auth(&up.client)
-        .json(&json!({"participants": [
-            {"id": format!("t{n}"), "region": "eu-west-1"},
-            {"id": format!("c{n}"), "region": "eu-west-1"}
-        ]}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let body = json!({"participants": [
+        {"id": format!("t{n}"), "region": "eu-west-1"},
+        {"id": format!("c{n}"), "region": "eu-west-1"}
+    ]});
+    let url = format!("{}/v1/sessions", up.api);
+    send_json(reqwest::Method::POST, &url, &up.client, Some(&body)).await
 }
 
 async fn end(up: &FleetUp, sid: &str) {
@@ -62,19 +65,13 @@ async fn end(up: &FleetUp, sid: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_grows_when_full_and_shrinks_by_draining_its_empty_node() {
     let dir = tempfile::tempdir().unwrap();
-    let up = FleetUp::start_with(
+    let up = small_region_up(
         dir.path(),
         &[
-            ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
-            ("FLEET__UP__MEDIA_CAPACITY", "16"),
-            ("FLEET__AUTOSCALE__TICK_MS", "300"),
-            ("FLEET__REGISTRY__WARMUP_MS", "500"),
-            ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
             ("FLEET__POOL_DEFAULTS__SCALE_UP_WINDOW_SECS", "2"),
             ("FLEET__POOL_DEFAULTS__SCALE_DOWN_WINDOW_SECS", "3"),
         ],
-    )
-    .unwrap();
+    );
     wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
 
     // Two video calls (8 units each) fill the node; the third finds no room.
@@ -130,27 +127,13 @@ async fn admin_send(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = http()
-        .request(method, format!("{}{path}", up.api))
-        .bearer_auth(&up.admin);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let url = format!("{}{path}", up.api);
+    send_json(method, &url, &up.admin, body.as_ref()).await
 }
 
 async fn book(up: &FleetUp, body: Value) -> (u16, Value) {
-    let r = http()
-        .post(format!("{}/v1/bookings", up.api))
-        .bearer_auth(&up.client)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let url = format!("{}/v1/bookings", up.api);
+    send_json(reqwest::Method::POST, &url, &up.client, Some(&body)).await
 }
 
 fn unix_now() -> u64 {
@@ -163,18 +146,7 @@ fn unix_now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early() {
     let dir = tempfile::tempdir().unwrap();
-    let up = FleetUp::start_with(
-        dir.path(),
-        &[
-            ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
-            ("FLEET__UP__MEDIA_CAPACITY", "16"),
-            ("FLEET__AUTOSCALE__TICK_MS", "300"),
-            ("FLEET__REGISTRY__WARMUP_MS", "500"),
-            ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
-            ("FLEET__POOL_DEFAULTS__BOOT_SECS", "5"),
-        ],
-    )
-    .unwrap();
+    let up = small_region_up(dir.path(), &[("FLEET__POOL_DEFAULTS__BOOT_SECS", "5")]);
     wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
 
     // The pools, as the ops API shows them.
@@ -353,21 +325,15 @@ async fn a_scale_down_drain_keeps_media_flowing_until_the_call_ends() {
 async fn drain_with_media() {
     use fleet_e2e::rtc_peer::{PACKETS, Peer};
     let dir = tempfile::tempdir().unwrap();
-    let up = FleetUp::start_with(
+    let up = small_region_up(
         dir.path(),
         &[
-            ("FLEET__UP__REGIONS", r#"["eu-west-1"]"#),
-            ("FLEET__UP__MEDIA_CAPACITY", "16"),
-            ("FLEET__AUTOSCALE__TICK_MS", "300"),
-            ("FLEET__REGISTRY__WARMUP_MS", "500"),
-            ("FLEET__POOL_DEFAULTS__BUFFER_SESSIONS", "0"),
             ("FLEET__POOL_DEFAULTS__TARGET_UTILIZATION", "1.0"),
             ("FLEET__POOL_DEFAULTS__SCALE_DOWN_WINDOW_SECS", "3"),
             // Setups take ~250 ms on this loaded loopback (ICE gathering): not a signal here.
             ("FLEET__POOL_DEFAULTS__SETUP_P95_LIMIT_MS", "10000"),
         ],
-    )
-    .unwrap();
+    );
     wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
     // Node A gets two calls and is full; a third is refused and the pool grows by node B.
     let (_, first) = call(&up, 1).await;

@@ -39,11 +39,7 @@ fn machine_pids(dir: &Path) -> Vec<u32> {
 
 async fn media_nodes(c: &Controller) -> Value {
     let regions = c.admin_get("/v1/regions").await.unwrap_or(Value::Null);
-    regions["regions"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["id"] == "eu-west-1"))
-        .map(|r| r["media"]["nodes"].clone())
-        .unwrap_or(Value::Null)
+    pool_nodes(&regions, "eu-west-1", "media")
 }
 
 async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -58,15 +54,13 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
 }
 
 async fn admin(c: &Controller, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-    let r = http()
-        .request(method, format!("{}{path}", c.api))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    send_json(
+        method,
+        &format!("{}{path}", c.api),
+        ADMIN_TOKEN,
+        Some(&body),
+    )
+    .await
 }
 
 fn unix_ms() -> u64 {

@@ -600,22 +600,7 @@ fn pool_state(status: NodeStatus) -> PoolNodeState {
 }
 
 fn pool_node(e: &NodeEntry, launched_ms: Millis, drain_deadline_ms: Option<u64>) -> PoolNode {
-    let mut n = PoolNode {
-        id: e.id.clone(),
-        machine: e.machine.clone(),
-        zone: e.zone.clone(),
-        state: PoolNodeState::Starting,
-        capacity_total: 0,
-        used_units: 0,
-        cpu: 0.0,
-        memory: 0.0,
-        bitrate_bps: 0,
-        live_sessions: 0,
-        sessions_end_ms: None,
-        launched_ms,
-        drain_deadline_ms,
-        setup_p95_ms: None,
-    };
+    let mut n = starting_node(e.id.clone(), e.machine.clone(), e.zone.clone(), launched_ms);
     refresh(&mut n, e, launched_ms, drain_deadline_ms);
     n
 }
