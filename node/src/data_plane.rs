@@ -3,17 +3,10 @@
 //! live, keeps a draining node alive while it still carries live work, learns when the node
 //! drains or undrains, and may print extra start-up lines next to `LISTENING`.
 
-use fleet_proto::ids::{ParticipantId, SessionId};
+use fleet_proto::ids::SessionId;
 use fleet_proto::messages::Load;
 
-/// A session as the data plane sees it: the participants connected to it right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveSession {
-    /// The session.
-    pub id: SessionId,
-    /// Its connected participants.
-    pub participants: Vec<ParticipantId>,
-}
+pub use fleet_node_core::LiveSession;
 
 /// A node's data plane as the shared runtime sees it. Every method is called often and from
 /// several tasks: keep them cheap and non-blocking.

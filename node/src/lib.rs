@@ -1,9 +1,10 @@
 //! `fleet-node`: the node SDK both node kinds share: the hosted-session state machine and drain
-//! rules ([`NodeCore`], pure, `now` passed in), the process sampler, the health/metrics HTTP
+//! rules ([`NodeCore`], pure, `now` passed in; from `fleet-node-core`, which the simulator also
+//! uses), the process sampler, the health/metrics HTTP
 //! server, the [`DataPlane`] hook and the run loop that reports to the controller over
 //! `fleet-link` and obeys its commands.
 //!
-//! May depend on: `fleet-proto`, `fleet-link`, tokio, axum, the metrics exporter. Never on a data
+//! May depend on: `fleet-proto`, `fleet-node-core`, `fleet-link`, tokio, axum, the metrics exporter. Never on a data
 //! plane (webrtc, turn): the media and TURN nodes plug theirs in through [`DataPlane`].
 //!
 //! A node binary maps its command line into a [`NodeConfig`], calls [`Node::bind`], builds its
@@ -11,7 +12,10 @@
 //! extra HTTP routes ([`Node::run_with`] also takes a [`DataPlane`] hook).
 
 pub mod args;
-pub mod core;
+/// The pure node state (re-exported from `fleet-node-core`).
+pub mod core {
+    pub use fleet_node_core::*;
+}
 pub mod data_plane;
 mod http;
 pub mod launch;
@@ -26,9 +30,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-pub use self::core::{CommandError, ExitReason, NodeCore};
 pub use args::{EXAMPLE_FLAGS, NodeArgs, env_name, env_prefix, parse_node_args, with_env_prefix};
 pub use data_plane::{DataPlane, LiveSession, NoDataPlane};
+pub use fleet_node_core::{CommandError, ExitReason, NodeCore};
 pub use launch::{KindLaunch, NodeLaunch};
 pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;

@@ -19,13 +19,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::core::{ExitReason, NodeCore};
 use crate::data_plane::{DataPlane, NoDataPlane};
 use crate::http::router;
 use crate::state::{NodeShared, now_unix_ms};
 use crate::{NodeConfig, NodeError};
 use fleet_link::load_pinned_cert;
 use fleet_link::{LinkStatus, ReporterConfig, run_reporter};
+use fleet_node_core::{ExitReason, NodeCore};
 use fleet_proto::messages::Hello;
 
 /// How often the exit rule and idle sessions are checked.

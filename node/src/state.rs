@@ -6,11 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::core::NodeCore;
 use crate::data_plane::DataPlane;
 use crate::process::ProcessSampler;
 use crate::telemetry::NodeMetrics;
 use fleet_link::{LinkStatus, ReportSource};
+use fleet_node_core::NodeCore;
 use fleet_proto::ids::{NodeId, NodeKind, NodeState, RegionId};
 use fleet_proto::messages::{Command, HostedSession, Load, Report};
 

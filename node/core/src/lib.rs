@@ -1,4 +1,8 @@
-//! The node's pure state: hosted sessions, capacity accounting and the drain state machine.
+//! `fleet-node-core`: the node's pure state: hosted sessions, capacity accounting and the drain
+//! state machine. Its own crate so that the trace simulator builds its simulated nodes from the
+//! same rules as the real ones without linking the node runtime.
+//!
+//! May depend on: `fleet-proto`, thiserror. Never on an async runtime or a network stack.
 //!
 //! No I/O and no clock of its own: every time-dependent call takes `now_unix_ms`, so the rules
 //! are unit-tested directly. The node owns its sessions (the controller's view is rebuilt from
@@ -23,9 +27,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::data_plane::LiveSession;
 use fleet_proto::ids::{NodeState, ParticipantId, SessionId};
 use fleet_proto::messages::{Command, HostedSession};
+
+/// A session as the data plane sees it: the participants connected to it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSession {
+    /// The session.
+    pub id: SessionId,
+    /// Its connected participants.
+    pub participants: Vec<ParticipantId>,
+}
 
 /// Why a command was refused; the `Display` text goes back to the controller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
