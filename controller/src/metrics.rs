@@ -1,5 +1,6 @@
 //! Prometheus metrics of the controller: counters are bumped where things happen; fleet gauges
-//! (nodes by state, capacity, sessions, unmet demand per region) are computed at scrape time.
+//! (nodes by state, capacity, sessions, unmet demand per region, scaled pools' nodes) are
+//! computed at scrape time.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -33,6 +34,26 @@ pub fn refresh(state: &AppState) {
         }
         metrics::gauge!("fleet_unmet_demand_units", "region" => r.id.to_string())
             .set(r.demand.unmet_units as f64);
+    }
+    // The scaled pools' nodes, from the same summaries (launches not yet connected count as
+    // starting).
+    if let Some(scaler) = state.scaler.get() {
+        for (key, pool) in scaler.autoscaler().pools() {
+            let Some(r) = regions.iter().find(|r| r.id == key.region) else {
+                continue;
+            };
+            let nodes = &r.pool(key.kind).nodes;
+            let in_flight = pool.in_flight.len() as u32;
+            for (name, n) in [
+                ("starting", nodes.starting + in_flight),
+                ("serving", nodes.serving),
+                ("draining", nodes.draining),
+            ] {
+                metrics::gauge!("fleet_pool_nodes", "region" => key.region.to_string(),
+                    "kind" => key.kind.to_string(), "state" => name)
+                .set(f64::from(n));
+            }
+        }
     }
     metrics::gauge!("fleet_sessions").set(sessions as f64);
 }

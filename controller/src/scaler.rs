@@ -54,7 +54,6 @@ pub struct Scaler {
     providers: HashMap<&'static str, Arc<dyn PoolProvider>>,
     lists: Mutex<HashMap<PoolKey, Vec<Machine>>>,
     events: Mutex<VecDeque<ScalingEvent>>,
-    capacity: HashMap<PoolKey, u64>,
     timeout: Duration,
     hook: Option<EventHook>,
     /// The store's write queue (none without a store).
@@ -87,10 +86,6 @@ impl Scaler {
         provider_timeout: Duration,
         hook: Option<EventHook>,
     ) -> Scaler {
-        let capacity = setups
-            .iter()
-            .map(|(k, s)| (k.clone(), s.node_capacity))
-            .collect();
         let boot_timeout_ms = u64::try_from(boot_timeout.as_millis()).unwrap_or(u64::MAX);
         Scaler {
             autoscaler: Mutex::new(Autoscaler::new(setups, boot_timeout_ms)),
@@ -98,7 +93,6 @@ impl Scaler {
             providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
             lists: Mutex::new(HashMap::new()),
             events: Mutex::new(VecDeque::new()),
-            capacity,
             timeout: provider_timeout,
             hook,
             store: None,
@@ -312,16 +306,6 @@ impl Scaler {
                 ("kind", key.kind.to_string()),
             ];
             metrics::gauge!("fleet_pool_desired_nodes", &labels).set(f64::from(pool.desired));
-            let inputs = pool.last.as_ref().map(|d| d.inputs).unwrap_or_default();
-            for (state, n) in [
-                ("starting", inputs.starting),
-                ("serving", inputs.serving),
-                ("draining", inputs.draining),
-            ] {
-                let (region, kind) = (key.region.to_string(), key.kind.to_string());
-                metrics::gauge!("fleet_pool_nodes", "region" => region, "kind" => kind, "state" => state)
-                    .set(f64::from(n));
-            }
         }
         for tick in ticks {
             self.carry_out(state, now.unix_ms, tick);
@@ -429,19 +413,20 @@ impl Scaler {
         }
     }
 
-    fn provider_of(&self, key: &PoolKey) -> Option<Arc<dyn PoolProvider>> {
+    /// The pool's provider and the capacity of its new nodes.
+    fn provider_of(&self, key: &PoolKey) -> Option<(Arc<dyn PoolProvider>, u64)> {
         let autoscaler = lock(&self.autoscaler);
-        let name = autoscaler.pool(key)?.setup.provider.clone();
-        self.providers.get(name.as_str()).cloned()
+        let setup = &autoscaler.pool(key)?.setup;
+        let provider = self.providers.get(setup.provider.as_str()).cloned()?;
+        Some((provider, setup.node_capacity))
     }
 
     fn execute(self: &Arc<Self>, state: &Arc<AppState>, key: &PoolKey, step: Step) {
         match step {
             Step::Launch { nodes } => {
-                let Some(provider) = self.provider_of(key) else {
+                let Some((provider, capacity)) = self.provider_of(key) else {
                     return;
                 };
-                let capacity = self.capacity.get(key).copied().unwrap_or(1000);
                 for launch in nodes {
                     let request = LaunchRequest {
                         pool: key.clone(),
@@ -493,7 +478,7 @@ impl Scaler {
                 }
             }
             Step::Terminate { node, machine } => {
-                let Some(provider) = self.provider_of(key) else {
+                let Some((provider, _)) = self.provider_of(key) else {
                     return;
                 };
                 let machine = machine.unwrap_or_else(|| machine_of(&node));

@@ -18,7 +18,7 @@ use fleet_proto::RegionId;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, parse_json};
+use super::error::{ApiError, parse_json, parse_region_query};
 use super::signaling::{LocationRequest, client, locate_clues};
 use crate::scaler::Scaler;
 use crate::state::AppState;
@@ -154,12 +154,7 @@ pub async fn list_bookings(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     client(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let region = match &q.region {
-        Some(r) => {
-            Some(RegionId::parse(r).map_err(|e| ApiError::BadRequest(format!("region: {e}")))?)
-        }
-        None => None,
-    };
+    let region = parse_region_query(q.region.as_deref())?;
     let bookings: Vec<BookingView> = scaler(&state)?
         .bookings()
         .list(region.as_ref())

@@ -102,6 +102,16 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or(ApiError::Unauthorized(AuthError::Missing))
 }
 
+/// The optional `region` query parameter, validated.
+pub fn parse_region_query(region: Option<&str>) -> Result<Option<fleet_proto::RegionId>, ApiError> {
+    region
+        .map(|r| {
+            fleet_proto::RegionId::parse(r)
+                .map_err(|e| ApiError::BadRequest(format!("region: {e}")))
+        })
+        .transpose()
+}
+
 /// Parses a JSON body; the error names the field that was wrong. An empty body parses as `{}`
 /// when `empty_ok`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, ApiError> {

@@ -1,19 +1,18 @@
 //! The ops API for pools (admin token): list and read pools, change a pool's policy at run time,
 //! pause and resume automatic changes, and read the scaling decision log.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use fleet_core::NodeStatus;
+use fleet_core::RegionSummary;
 use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolPolicy, PoolState};
 use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, parse_json};
+use super::error::{ApiError, parse_json, parse_region_query};
 use super::ops::admin;
 use crate::scaler::{Scaler, ScalingEvent};
 use crate::state::AppState;
@@ -36,47 +35,25 @@ pub struct PoolView {
     pub policy: PoolPolicy,
     pub desired: u32,
     pub nodes: PoolNodes,
-    /// Capacity units used or reserved over total, on SERVING nodes.
+    /// Capacity units used or reserved over total, on the pool's live nodes.
     pub utilization: f64,
     pub paused: bool,
 }
 
-/// A pool's nodes right now, from the registry.
-#[derive(Debug, Default, Clone, Copy)]
-struct Live {
-    starting: u32,
-    serving: u32,
-    draining: u32,
-    serving_used: u64,
-    serving_total: u64,
+/// Every region's pools as the core summarises them (the same figures as `/v1/regions` and
+/// `/metrics`). Takes the fleet lock alone: the scaler takes the fleet lock, then the
+/// autoscaler's, never the other way round.
+fn summaries(state: &AppState) -> Vec<RegionSummary> {
+    state.fleet().region_summaries()
 }
 
-/// Every pool's live counts. Takes the fleet lock alone (the scaler takes the fleet lock,
-/// then the autoscaler's: never the other way round).
-fn live_counts(state: &AppState) -> HashMap<(RegionId, NodeKind), Live> {
-    let fleet = state.fleet();
-    let mut out: HashMap<(RegionId, NodeKind), Live> = HashMap::new();
-    for n in fleet.registry().nodes() {
-        let live = out.entry((n.region.clone(), n.kind)).or_default();
-        match n.status {
-            NodeStatus::Starting => live.starting += 1,
-            NodeStatus::Draining => live.draining += 1,
-            NodeStatus::Serving => {
-                live.serving += 1;
-                live.serving_used += n.used + n.reserved;
-                live.serving_total += n.capacity_total;
-            }
-            NodeStatus::Dead => {}
-        }
-    }
-    out
-}
-
-fn view(key: &PoolKey, pool: &PoolState, live: &HashMap<(RegionId, NodeKind), Live>) -> PoolView {
-    let l = live
-        .get(&(key.region.clone(), key.kind))
-        .copied()
+fn view(key: &PoolKey, pool: &PoolState, summaries: &[RegionSummary]) -> PoolView {
+    let summary = summaries
+        .iter()
+        .find(|r| r.id == key.region)
+        .map(|r| r.pool(key.kind).clone())
         .unwrap_or_default();
+    let (nodes, capacity) = (&summary.nodes, &summary.capacity);
     let in_flight = u32::try_from(pool.in_flight.len()).unwrap_or(u32::MAX);
     PoolView {
         region: key.region.clone(),
@@ -85,12 +62,12 @@ fn view(key: &PoolKey, pool: &PoolState, live: &HashMap<(RegionId, NodeKind), Li
         policy: pool.setup.policy.clone(),
         desired: pool.desired,
         nodes: PoolNodes {
-            starting: l.starting + in_flight,
-            serving: l.serving,
-            draining: l.draining,
+            starting: nodes.starting + in_flight,
+            serving: nodes.serving,
+            draining: nodes.draining,
         },
-        utilization: if l.serving_total > 0 {
-            l.serving_used as f64 / l.serving_total as f64
+        utilization: if capacity.total > 0 {
+            (capacity.used + capacity.reserved) as f64 / capacity.total as f64
         } else {
             0.0
         },
@@ -125,12 +102,12 @@ pub async fn list_pools(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers)?;
-    let live = live_counts(&state);
+    let summaries = summaries(&state);
     let pools: Vec<PoolView> = match state.scaler.get() {
         Some(s) => s
             .autoscaler()
             .pools()
-            .map(|(k, p)| view(k, p, &live))
+            .map(|(k, p)| view(k, p, &summaries))
             .collect(),
         None => Vec::new(),
     };
@@ -145,10 +122,25 @@ pub async fn get_pool(
 ) -> Result<Json<PoolView>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
-    let live = live_counts(&state);
+    let summaries = summaries(&state);
     let autoscaler = scaler(&state)?.autoscaler();
     let pool = autoscaler.pool(&key).ok_or_else(|| unknown_pool(&key))?;
-    Ok(Json(view(&key, pool, &live)))
+    Ok(Json(view(&key, pool, &summaries)))
+}
+
+/// Changes one pool under the scaler's lock (`change` gets the scaler, to persist what it
+/// changed); answers the pool as it is afterwards.
+fn change_pool(
+    state: &AppState,
+    key: &PoolKey,
+    change: impl FnOnce(&Scaler, &mut PoolState) -> Result<(), ApiError>,
+) -> Result<Json<PoolView>, ApiError> {
+    let summaries = summaries(state);
+    let scaler = scaler(state)?;
+    let mut autoscaler = scaler.autoscaler();
+    let pool = autoscaler.pool_mut(key).ok_or_else(|| unknown_pool(key))?;
+    change(scaler, pool)?;
+    Ok(Json(view(key, pool, &summaries)))
 }
 
 /// `PATCH /v1/pools/{region}/{kind}`: any policy fields; the whole new policy is checked before
@@ -162,26 +154,23 @@ pub async fn patch_pool(
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let patch: PolicyPatch = parse_json(&body, false)?;
-    let live = live_counts(&state);
-    let scaler = scaler(&state)?;
-    let mut autoscaler = scaler.autoscaler();
-    let pool = autoscaler
-        .pool_mut(&key)
-        .ok_or_else(|| unknown_pool(&key))?;
-    let policy = patch
-        .apply(&pool.setup.policy)
-        .map_err(|e| ApiError::BadRequest(format!("{}: {}", e.field, e.message)))?;
-    tracing::info!(region = %key.region, kind = %key.kind, by = "admin",
-        change = %serde_json::to_string(&patch).unwrap_or_default(), "pool policy changed");
-    pool.setup.policy = policy.clone();
-    scaler.persist(Write::Policy {
-        pool: key.clone(),
-        policy: Box::new(policy),
-        change: Box::new(patch),
-        by: "admin".into(),
-        at_unix_ms: state.now().unix_ms,
-    });
-    Ok(Json(view(&key, pool, &live)))
+    let now = state.now().unix_ms;
+    change_pool(&state, &key, |scaler, pool| {
+        let policy = patch
+            .apply(&pool.setup.policy)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+        tracing::info!(region = %key.region, kind = %key.kind, by = "admin",
+            change = %serde_json::to_string(&patch).unwrap_or_default(), "pool policy changed");
+        pool.setup.policy = policy.clone();
+        scaler.persist(Write::Policy {
+            pool: key.clone(),
+            policy: Box::new(policy),
+            change: Box::new(patch),
+            by: "admin".into(),
+            at_unix_ms: now,
+        });
+        Ok(())
+    })
 }
 
 async fn set_paused(
@@ -193,19 +182,15 @@ async fn set_paused(
 ) -> Result<Json<PoolView>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
-    let live = live_counts(&state);
-    let scaler = scaler(&state)?;
-    let mut autoscaler = scaler.autoscaler();
-    let pool = autoscaler
-        .pool_mut(&key)
-        .ok_or_else(|| unknown_pool(&key))?;
-    pool.paused = paused;
-    scaler.persist(Write::Paused {
-        pool: key.clone(),
-        paused,
-    });
-    tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
-    Ok(Json(view(&key, pool, &live)))
+    change_pool(&state, &key, |scaler, pool| {
+        pool.paused = paused;
+        scaler.persist(Write::Paused {
+            pool: key.clone(),
+            paused,
+        });
+        tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
+        Ok(())
+    })
 }
 
 /// `POST /v1/pools/{region}/{kind}/pause`: no automatic changes until resumed (drains already
@@ -245,12 +230,7 @@ pub async fn scaling_events(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let region = match &q.region {
-        Some(r) => {
-            Some(RegionId::parse(r).map_err(|e| ApiError::BadRequest(format!("region: {e}")))?)
-        }
-        None => None,
-    };
+    let region = parse_region_query(q.region.as_deref())?;
     let kind = match &q.kind {
         Some(k) => Some(
             k.parse::<NodeKind>()

@@ -81,8 +81,6 @@ pub struct PoolState {
     /// Launches refused in a row, and until when the next one waits.
     pub launch_failures: u32,
     pub launch_backoff_until: u64,
-    /// The latest decision (for the ops API).
-    pub last: Option<Decision>,
     /// Desired size after the latest decision.
     pub desired: u32,
     /// The pool's region's position in the catalog, once looked up.
@@ -171,7 +169,6 @@ impl Autoscaler {
                     unseen_since: HashMap::new(),
                     launch_failures: 0,
                     launch_backoff_until: 0,
-                    last: None,
                     desired,
                     region_idx: None,
                     scratch: Vec::new(),
@@ -266,7 +263,6 @@ impl Autoscaler {
                 let d = pool.scaler.decide(now.unix_ms, policy, &nodes, &demand);
                 pool.desired = d.desired;
                 pool.carry_out(key, now.unix_ms, &d, &nodes, &mut steps, rng);
-                pool.last = Some(d.clone());
                 Some(d)
             };
             pool.scratch = nodes;
