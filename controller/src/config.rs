@@ -12,7 +12,9 @@ use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolSetup};
 use fleet_geo::{RegionCatalog, RegionInfo};
 use fleet_proto::{NodeKind, RegionId};
 
-use crate::pool_config::{AutoscaleConfig, PoolConfig, SimConfig, pool_setups};
+use crate::pool_config::{
+    AutoscaleConfig, PoolConfig, PriceConfig, SimConfig, pool_setups, validate_prices,
+};
 use serde::{Deserialize, Serialize};
 
 use fleet_core::{ConfigIssue, PlacementConfig, RegistryConfig};
@@ -63,6 +65,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// `[sim]`: the trace simulator's node sizes and boot times.
     pub sim: SimConfig,
+    /// `[[prices]]`: machine-hour prices, for the simulator's cost.
+    pub prices: Vec<PriceConfig>,
 }
 
 /// `[api]`: the HTTP listener for the signaling and ops APIs, metrics and health.
@@ -291,6 +295,8 @@ impl Config {
         self.sim.validate().map_err(in_section("sim"))?;
         self.validate_regions()?;
         self.pool_setups()?;
+        validate_prices(&self.prices, &self.catalog()?)
+            .map_err(|e| invalid(&e.field, e.message))?;
         for (key, min, max) in [
             ("up.media_min", self.up.media_min, self.up.media_max),
             ("up.turn_min", self.up.turn_min, self.up.turn_max),
@@ -374,6 +380,28 @@ impl Config {
         let catalog = self.catalog()?;
         pool_setups(&self.pool_defaults, &self.pools, &catalog)
             .map_err(|e| invalid(&e.field, e.message))
+    }
+
+    /// The pools `fleet simulate` scales: `[[pools]]` as given, or, when none are listed, a
+    /// media and a TURN pool in every catalog region with `[pool_defaults]`.
+    pub fn sim_pool_setups(&self) -> Result<Vec<(PoolKey, PoolSetup)>, ConfigError> {
+        if !self.pools.is_empty() {
+            return self.pool_setups();
+        }
+        let mut config = self.clone();
+        for region in self.catalog()?.regions() {
+            for kind in [NodeKind::Media, NodeKind::Turn] {
+                config.pools.push(PoolConfig {
+                    region: region.id.clone(),
+                    kind,
+                    provider: "local".into(),
+                    zones: None,
+                    node_capacity: None,
+                    policy: PolicyPatch::default(),
+                });
+            }
+        }
+        config.pool_setups()
     }
 
     /// Every pool's floor: a `[[pools]]` entry's min, else `[pool_defaults]` over the kind's

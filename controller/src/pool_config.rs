@@ -124,6 +124,55 @@ impl SimConfig {
     }
 }
 
+/// One `[[prices]]` entry: what a pool's machines cost per hour, for `fleet simulate`'s cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// The region; absent for every region without its own entry.
+    #[serde(default)]
+    pub region: Option<RegionId>,
+    pub kind: NodeKind,
+    /// On-demand price of one machine-hour.
+    pub on_demand_hourly: f64,
+    /// Spot price of one machine-hour, when the pool may use spot.
+    #[serde(default)]
+    pub spot_hourly: Option<f64>,
+}
+
+/// Checks `[[prices]]`: known regions, prices that are finite and not negative, one entry per
+/// (region, kind).
+pub fn validate_prices(prices: &[PriceConfig], catalog: &RegionCatalog) -> Result<(), ConfigIssue> {
+    let mut seen = BTreeSet::new();
+    for (i, p) in prices.iter().enumerate() {
+        let at = |field: &str| format!("prices[{i}].{field}");
+        if let Some(r) = &p.region
+            && catalog.get(r).is_none()
+        {
+            return Err(ConfigIssue::new(
+                at("region"),
+                format!("unknown region \"{r}\""),
+            ));
+        }
+        for (field, v) in [
+            ("on_demand_hourly", Some(p.on_demand_hourly)),
+            ("spot_hourly", p.spot_hourly),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(ConfigIssue::new(at(field), "expected a price of 0 or more"));
+            }
+        }
+        if !seen.insert((p.region.clone(), p.kind)) {
+            return Err(ConfigIssue::new(
+                format!("prices[{i}]"),
+                "a second price for the same region and kind",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One `[[pools]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolConfig {

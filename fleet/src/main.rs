@@ -76,9 +76,13 @@ enum Cmd {
         /// Regions, pools and `[sim]` node sizes (no secrets needed).
         #[arg(long, env = "FLEET_CONFIG")]
         config: Option<PathBuf>,
-        /// Comma-separated: ours, hpa, oracle (this build: oracle).
-        #[arg(long, default_value = "oracle")]
+        /// Comma-separated: ours (the configured autoscaler), hpa (the Kubernetes HPA
+        /// baseline), oracle (the perfect-foresight lower bound).
+        #[arg(long, default_value = "ours,hpa,oracle")]
         policy: String,
+        /// Seed of the replay's random choices (same trace, config and seed: same report).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Write the report as JSON here instead of printing a table.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -166,10 +170,17 @@ fn main() -> anyhow::Result<()> {
             trace,
             config,
             policy,
+            seed,
             json,
         } => {
             let trace = trace.context("--trace is required")?;
-            simulate::run(&trace, config.as_deref(), &policy, json)
+            simulate::run(simulate::SimulateArgs {
+                trace: &trace,
+                config: config.as_deref(),
+                policies: &policy,
+                seed,
+                json,
+            })
         }
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;

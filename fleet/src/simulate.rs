@@ -1,19 +1,27 @@
-//! `fleet simulate`: scores a demand trace. This build computes the `oracle` policy (the
-//! perfect-foresight lower bound on node-hours); `ours` and `hpa`, which replay the trace
-//! through the autoscaler on a virtual clock, are not in this build yet and are refused by name.
+//! `fleet simulate`: scores a demand trace under the configured pools. `ours` and `hpa`
+//! replay it through `fleet-sim` (the controller's own placement and autoscaling code, or the
+//! Kubernetes HPA baseline) on a virtual clock; `oracle` is the perfect-foresight lower bound.
+//! The report is a table, or JSON with `--json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use fleet_controller::config::Config;
-use fleet_proto::NodeKind;
-use fleet_sim::{OracleInput, TraceKind, generate, oracle, parse_trace, write_trace};
+use fleet_core::FleetConfig;
+use fleet_sim::{
+    HpaConfig, KindHours, OracleInput, Policy, PolicyReport, Price, ReplaySetup, TraceKind,
+    TraceSession, generate, oracle, parse_trace, replay, write_trace,
+};
 use serde_json::json;
 
 /// The policies `--policy` names.
 const POLICIES: &[&str] = &["ours", "hpa", "oracle"];
+
+/// Timeline resolution of a replay (for the plot).
+const SAMPLE_MS: u64 = 300_000;
 
 /// `fleet simulate generate`: writes a synthetic week.
 pub fn generate_trace(kind: &str, sessions: usize, seed: u64, out: &Path) -> anyhow::Result<()> {
@@ -32,71 +40,201 @@ pub fn generate_trace(kind: &str, sessions: usize, seed: u64, out: &Path) -> any
     Ok(())
 }
 
-/// Runs `fleet simulate`.
-pub fn run(
-    trace: &Path,
-    config: Option<&Path>,
-    policies: &str,
-    json_out: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let config = Config::load(config, std::env::vars())?;
-    let wanted: Vec<&str> = policies.split(',').map(str::trim).collect();
-    for p in &wanted {
-        if !POLICIES.contains(p) {
+/// What `fleet simulate` was asked.
+pub struct SimulateArgs<'a> {
+    pub trace: &'a Path,
+    pub config: Option<&'a Path>,
+    pub policies: &'a str,
+    pub seed: u64,
+    pub json: Option<PathBuf>,
+}
+
+/// The policies asked for, checked, in the order given (each once).
+fn parse_policies(text: &str) -> anyhow::Result<Vec<&str>> {
+    let mut wanted = Vec::new();
+    for p in text.split(',').map(str::trim) {
+        if !POLICIES.contains(&p) {
             bail!(
-                "--policy: unknown policy {p:?}; expected one of {}",
+                "--policy: unknown policy {p:?}; expected one or more of {}, comma-separated",
                 POLICIES.join(", ")
             );
         }
-        if *p != "oracle" {
-            bail!("--policy: {p:?} is not in this build yet (only \"oracle\" is)");
+        if !wanted.contains(&p) {
+            wanted.push(p);
         }
     }
-    let text = std::fs::read_to_string(trace)
-        .with_context(|| format!("cannot read the trace {}", trace.display()))?;
-    let sessions = parse_trace(&text)?;
-    let catalog = config.catalog()?;
-    let mins = config.pool_mins()?;
-    let input = OracleInput {
-        catalog: &catalog,
+    Ok(wanted)
+}
+
+/// The replay's inputs from the config.
+fn replay_setup(config: &Config, seed: u64) -> anyhow::Result<ReplaySetup> {
+    Ok(ReplaySetup {
+        catalog: Arc::new(config.catalog()?),
+        fleet: FleetConfig {
+            registry: config.registry.clone(),
+            placement: config.placement.clone(),
+        },
+        pools: config.sim_pool_setups()?,
+        tick_ms: config.autoscale.tick_ms,
+        boot_timeout_ms: config.autoscale.boot_timeout_secs * 1000,
         media_capacity: config.sim.media_capacity,
         turn_capacity: config.sim.turn_capacity,
-        mins,
+        boot_ms: config.sim.boot_secs * 1000,
+        boot_jitter_ms: config.sim.boot_jitter_secs * 1000,
+        prices: config
+            .prices
+            .iter()
+            .map(|p| Price {
+                region: p.region.clone(),
+                kind: p.kind,
+                on_demand_hourly: p.on_demand_hourly,
+                spot_hourly: p.spot_hourly,
+            })
+            .collect(),
+        seed,
+        sample_ms: SAMPLE_MS,
+    })
+}
+
+/// The oracle's bound over the simulated pools, as a report.
+fn oracle_report(sessions: &[TraceSession], setup: &ReplaySetup) -> PolicyReport {
+    let input = OracleInput {
+        catalog: &setup.catalog,
+        media_capacity: setup.media_capacity,
+        turn_capacity: setup.turn_capacity,
+        mins: setup
+            .pools
+            .iter()
+            .map(|(k, s)| ((k.region.clone(), k.kind), s.policy.min))
+            .collect(),
         default_min: 0,
     };
-    let hours = oracle(&sessions, &input);
-    let total = |kind: NodeKind| -> f64 {
-        hours
-            .iter()
-            .filter(|h| h.kind == kind)
-            .map(|h| h.node_hours)
-            .sum()
-    };
-    let by_pool: BTreeMap<String, f64> = hours
-        .iter()
-        .map(|h| (format!("{}/{}", h.region, h.kind), h.node_hours))
-        .collect();
-    let (media, turn) = (total(NodeKind::Media), total(NodeKind::Turn));
+    let hours = oracle(sessions, &input);
+    let mut node_hours = KindHours::default();
+    let mut by_pool = BTreeMap::new();
+    let mut peaks = BTreeMap::new();
+    let mut cost = 0.0;
+    for h in &hours {
+        node_hours.add(h.kind, h.node_hours);
+        let key = fleet_core::autoscale::PoolKey {
+            region: h.region.clone(),
+            kind: h.kind,
+        };
+        cost += h.node_hours * fleet_sim::replay::price_of(&setup.prices, &key).unwrap_or(0.0);
+        let name = format!("{}/{}", h.region, h.kind);
+        by_pool.insert(name.clone(), h.node_hours);
+        peaks.insert(name, u32::try_from(h.peak_nodes).unwrap_or(u32::MAX));
+    }
+    PolicyReport {
+        policy: "oracle".into(),
+        sessions: sessions.len() as u64,
+        refused: 0,
+        refused_media: 0,
+        refused_turn: 0,
+        spilled: 0,
+        dropped: 0,
+        dropped_by: BTreeMap::new(),
+        p50_worse_rtt_ms: 0.0,
+        p95_worse_rtt_ms: 0.0,
+        node_hours,
+        node_hours_by_pool: by_pool,
+        peak_nodes_by_pool: peaks,
+        cost: (!setup.prices.is_empty()).then_some(cost),
+        actions: BTreeMap::new(),
+        ratio_to_oracle: Some(KindHours {
+            media: 1.0,
+            turn: 1.0,
+        }),
+        sessions_per_sec: None,
+    }
+}
+
+/// `a / b`, or 1 when both are zero (no node-hours needed, none used).
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else if a > 0.0 {
+        f64::INFINITY
+    } else {
+        1.0
+    }
+}
+
+/// Runs `fleet simulate`.
+pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = Config::load(args.config, std::env::vars())?;
+    let wanted = parse_policies(args.policies)?;
+    let text = std::fs::read_to_string(args.trace)
+        .with_context(|| format!("cannot read the trace {}", args.trace.display()))?;
+    let sessions = parse_trace(&text)?;
+    let setup = replay_setup(&config, args.seed)?;
+    let bound = oracle_report(&sessions, &setup);
+    let mut reports = Vec::new();
+    for name in &wanted {
+        let policy = match *name {
+            "ours" => Policy::Ours,
+            "hpa" => Policy::Hpa(HpaConfig::default()),
+            _ => {
+                reports.push(bound.clone());
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        let mut progress = |_: u64, _: u64| {};
+        let mut out = replay(&sessions, &setup, policy, &mut progress);
+        let secs = t0.elapsed().as_secs_f64();
+        out.report.sessions_per_sec = Some(sessions.len() as f64 / secs.max(1e-9));
+        out.report.ratio_to_oracle = Some(KindHours {
+            media: ratio(out.report.node_hours.media, bound.node_hours.media),
+            turn: ratio(out.report.node_hours.turn, bound.node_hours.turn),
+        });
+        reports.push(out.report);
+    }
     let report = json!({
-        "policies": [{
-            "policy": "oracle",
-            "sessions": sessions.len(),
-            "node_hours": {"media": media, "turn": turn},
-            "node_hours_by_pool": by_pool,
-        }],
+        "policies": reports,
         "wall_secs": started.elapsed().as_secs_f64(),
     });
-    match json_out {
+    match args.json {
         Some(path) => std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => {
-            println!("policy   sessions   media node-hours   TURN node-hours");
-            println!(
-                "oracle   {:>8}   {media:>16.1}   {turn:>15.1}",
-                sessions.len()
-            );
-        }
+        None => print_table(&reports),
     }
     Ok(())
+}
+
+/// The report as an aligned table.
+fn print_table(reports: &[PolicyReport]) {
+    println!(
+        "{:<7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7} {:>7} {:>10}",
+        "policy",
+        "sessions",
+        "refused",
+        "spilled",
+        "dropped",
+        "p95 rtt",
+        "media n-h",
+        "TURN n-h",
+        "×media",
+        "×TURN",
+        "cost"
+    );
+    for r in reports {
+        let ratio = r.ratio_to_oracle.unwrap_or_default();
+        let cost = r.cost.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
+        println!(
+            "{:<7} {:>9} {:>8} {:>8} {:>8} {:>7.0}ms {:>11.1} {:>10.1} {:>7.3} {:>7.3} {:>10}",
+            r.policy,
+            r.sessions,
+            r.refused,
+            r.spilled,
+            r.dropped,
+            r.p95_worse_rtt_ms,
+            r.node_hours.media,
+            r.node_hours.turn,
+            ratio.media,
+            ratio.turn,
+            cost
+        );
+    }
 }

@@ -124,20 +124,27 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
     };
     let trace_arg = trace.to_str().unwrap();
     let config_arg = config.to_str().unwrap();
-    let ok = run(&[
-        "--trace",
-        trace_arg,
-        "--config",
-        config_arg,
-        "--json",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let report_of = |policies: &str, seed: &str| -> serde_json::Value {
+        let ok = run(&[
+            "--trace",
+            trace_arg,
+            "--config",
+            config_arg,
+            "--policy",
+            policies,
+            "--seed",
+            seed,
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    };
+    let report = report_of("oracle", "1");
     let oracle = &report["policies"][0];
     assert_eq!(
         (&oracle["policy"], &oracle["sessions"]),
@@ -148,7 +155,44 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
     assert!((hours("turn") - 1.0).abs() < 1e-9, "{report}");
     assert_eq!(oracle["node_hours_by_pool"]["eu-west-2/media"], 2.0);
 
-    // A malformed row stops the run with its line; unknown and unbuilt policies are named.
+    // All three policies, in the documented shape; the same seed gives the same figures.
+    let all = report_of("ours,hpa,oracle", "7");
+    let names: Vec<&str> = all["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ours", "hpa", "oracle"], "{all}");
+    for p in all["policies"].as_array().unwrap() {
+        for field in [
+            "sessions",
+            "refused",
+            "spilled",
+            "dropped",
+            "p95_worse_rtt_ms",
+            "node_hours_by_pool",
+            "actions",
+        ] {
+            assert!(!p[field].is_null(), "{field} missing: {p}");
+        }
+        assert_eq!(p["sessions"], 4, "{p}");
+        assert!(p["node_hours"]["media"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(
+            p["ratio_to_oracle"]["media"].as_f64().unwrap() >= 1.0,
+            "{p}"
+        );
+    }
+    assert!(all["wall_secs"].as_f64().is_some());
+    let figures = |mut v: serde_json::Value| {
+        for p in v["policies"].as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("sessions_per_sec");
+        }
+        v["policies"].clone()
+    };
+    assert_eq!(figures(all), figures(report_of("ours,hpa,oracle", "7")));
+
+    // A malformed row stops the run with its line; an unknown policy is named.
     let bad = dir.path().join("bad.csv");
     std::fs::write(
         &bad,
@@ -162,7 +206,7 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
         stderr.contains("trace line 3") && stderr.contains("latitude"),
         "{stderr}"
     );
-    for (policy, want) in [("fastest", "unknown policy"), ("hpa", "not in this build")] {
+    for (policy, want) in [("fastest", "unknown policy"), ("ours,", "unknown policy")] {
         let err = run(&[
             "--trace", trace_arg, "--config", config_arg, "--policy", policy,
         ]);
@@ -203,7 +247,7 @@ fn simulate_generate_writes_the_same_week_for_the_same_seed() {
     // 500 sessions and the surge's 100, after the header.
     assert_eq!(a.lines().count(), 601);
     let scored = Command::new(env!("CARGO_BIN_EXE_fleet"))
-        .args(["simulate", "--trace"])
+        .args(["simulate", "--policy", "oracle", "--trace"])
         .arg(dir.path().join("a.csv"))
         .output()
         .unwrap();

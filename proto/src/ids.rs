@@ -5,9 +5,13 @@
 //! stricter, 1..=32 characters of `[a-z0-9-]` (cloud region names such as `eu-west-2`). Ids serialize as plain JSON strings
 //! (serde `into`/`try_from` String: the wire form of `transparent`, but validated), so a
 //! malformed id on the wire is a decode error, never a value that reaches the rest of the code.
+//!
+//! An id holds its text in an `Arc<str>`: ids are cloned into every index, report and command, and
+//! a clone is a reference count, not an allocation.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -99,11 +103,11 @@ macro_rules! define_id {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
@@ -111,7 +115,7 @@ macro_rules! define_id {
             /// Validates `s` against this kind's rule (see the module doc).
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 validate($what, &$rule, s)?;
-                Ok(Self(s.to_owned()))
+                Ok(Self(Arc::from(s)))
             }
 
             /// The id as a string slice.
@@ -125,7 +129,7 @@ macro_rules! define_id {
 
             fn try_from(s: String) -> Result<Self, IdError> {
                 validate($what, &$rule, &s)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
         }
 
@@ -157,13 +161,13 @@ macro_rules! define_id {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                &*self.0 == other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                &*self.0 == *other
             }
         }
     };
@@ -212,7 +216,7 @@ impl SessionId {
             let i = usize::from(rng.random::<u8>() & 31);
             s.push(char::from(ALPHABET[i]));
         }
-        Self(s)
+        Self(Arc::from(s))
     }
 }
 

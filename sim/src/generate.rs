@@ -29,7 +29,7 @@ pub const WEEK_S: u64 = 7 * 86_400;
 
 /// Monday 2026-03-02 00:00 UTC: t = 0 of generated traces (local times are computed at this
 /// week's dates).
-const WEEK_START: i64 = 1_772_409_600;
+pub const WEEK_START: i64 = 1_772_409_600;
 
 /// (name, lat, lon, IANA zone, share of demand).
 const CITIES: &[(&str, f64, f64, &str, f64)] = &[

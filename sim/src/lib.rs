@@ -7,14 +7,23 @@
 //! - [`oracle`]: the perfect-foresight lower bound, per region and kind:
 //!   ∫ max(min, ⌈load(t) / capacity⌉) dt, each session in the region that minimises its worse
 //!   participant's estimated RTT, no boot time.
+//! - [`replay`]: the trace through `fleet-core`'s `Fleet` and autoscaler (`ours`) or the
+//!   Kubernetes HPA baseline ([`hpa`]) on a virtual clock, with simulated nodes built on
+//!   `fleet-node-core`; [`report`]: what a replay reports.
 //!
-//! May depend on: `fleet-core`, `fleet-geo`, `fleet-proto`, serde. Never on an async runtime, a
+//! May depend on: `fleet-core`, `fleet-node-core`, `fleet-geo`, `fleet-proto`, serde, rand, jiff. Never on an async runtime, a
 //! network stack or a cloud SDK: the simulator links the same pure core as the controller.
 
 pub mod generate;
+pub mod hpa;
 pub mod oracle;
+pub mod replay;
+pub mod report;
 pub mod trace;
 
 pub use generate::{TraceKind, WEEK_S, generate};
+pub use hpa::{HpaConfig, HpaScaler};
 pub use oracle::{OracleInput, PoolHours, oracle};
+pub use replay::{Policy, Price, Replay, ReplaySetup, replay};
+pub use report::{KindHours, PolicyReport, Timeline};
 pub use trace::{TraceError, TraceParticipant, TraceSession, parse_trace, write_trace};

@@ -162,7 +162,7 @@ impl Fleet {
     /// A node reported.
     pub fn on_report(&mut self, now: Now, conn: u64, node: &NodeId, report: Report) {
         let now = now.mono_ms;
-        let Some(ended) = self.registry.report(now, conn, node, report) else {
+        let Some(diff) = self.registry.report(now, conn, node, report) else {
             return;
         };
         let Some(n) = self.registry.get(node) else {
@@ -171,8 +171,9 @@ impl Fleet {
         if n.kind != NodeKind::Media {
             return;
         }
+        let changed = diff.changed.iter().filter_map(|&i| n.hosted.get(i));
         self.sessions
-            .apply_report(now, node, &n.region, &n.hosted, &ended);
+            .apply_report(now, node, &n.region, changed, &diff.ended);
     }
 
     /// A node's link closed.
@@ -200,11 +201,12 @@ impl Fleet {
     /// A node refused to open `session`: see [`Fleet::on_command_refused`].
     fn on_session_refused(&mut self, node: &NodeId, session: &SessionId) {
         self.registry.release(node, session);
-        if let Some(r) = self.sessions.get_mut(session)
-            && &r.node == node
-            && r.state == SessionState::Pending
+        if self
+            .sessions
+            .get(session)
+            .is_some_and(|r| &r.node == node && r.state == SessionState::Pending)
         {
-            r.state = SessionState::Lost;
+            self.sessions.mark_lost(session);
         }
     }
 

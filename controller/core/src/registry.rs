@@ -136,6 +136,9 @@ pub struct NodeEntry {
     pub desired: Option<NodeStatus>,
     /// Its reported CPU is above the registry's `cpu_limit`: full for placement.
     pub cpu_saturated: bool,
+    /// The next report is compared with nothing: every session in it counts as changed
+    /// (after a Hello, the session index must learn everything the node hosts again).
+    pub full_report_due: bool,
 }
 
 impl NodeEntry {
@@ -154,6 +157,59 @@ impl NodeEntry {
     pub fn hosts(&self, session: &SessionId) -> bool {
         self.hosted.iter().any(|s| &s.id == session)
     }
+}
+
+/// How a node's report differs from its previous one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportDiff {
+    /// Sessions the previous report had and this one does not: they ended on the node.
+    pub ended: Vec<SessionId>,
+    /// Positions (in the report's session list, now the node's `hosted`) of the sessions that
+    /// are new or whose participants changed.
+    pub changed: Vec<usize>,
+}
+
+/// Compares two session lists. Nodes list their sessions sorted by id, so this is one merge
+/// (O(n), no hashing); unsorted lists (another implementation) are compared through a hash
+/// set and all their sessions count as changed.
+fn diff_sessions(old: &[HostedSession], new: &[HostedSession]) -> ReportDiff {
+    let mut diff = ReportDiff::default();
+    let by_id = |a: &HostedSession, b: &HostedSession| a.id <= b.id;
+    if !(old.is_sorted_by(by_id) && new.is_sorted_by(by_id)) {
+        let now_ids: HashSet<&SessionId> = new.iter().map(|s| &s.id).collect();
+        diff.ended = old
+            .iter()
+            .filter(|s| !now_ids.contains(&s.id))
+            .map(|s| s.id.clone())
+            .collect();
+        diff.changed = (0..new.len()).collect();
+        return diff;
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) if o.id == n.id => {
+                if o.participants != n.participants {
+                    diff.changed.push(j);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(o), Some(n)) if o.id < n.id => {
+                diff.ended.push(o.id.clone());
+                i += 1;
+            }
+            (Some(o), None) => {
+                diff.ended.push(o.id.clone());
+                i += 1;
+            }
+            _ => {
+                diff.changed.push(j);
+                j += 1;
+            }
+        }
+    }
+    diff
 }
 
 /// Why a Hello was refused.
@@ -295,6 +351,7 @@ impl Registry {
             pool_pos: 0,
             desired: None,
             cpu_saturated: false,
+            full_report_due: true,
         };
         let mut was_serving = false;
         match self.by_id.get(&hello.node_id) {
@@ -320,16 +377,16 @@ impl Registry {
         Ok(())
     }
 
-    /// A report arrived on connection `conn`. Returns the sessions its previous report had and
-    /// this one does not (they ended on the node); `None` when the report was ignored because
-    /// `conn` is no longer the node's current connection.
+    /// A report arrived on connection `conn`. Returns how its sessions differ from the previous
+    /// report's; `None` when the report was ignored because `conn` is no longer the node's
+    /// current connection.
     pub fn report(
         &mut self,
         now: Millis,
         conn: u64,
         id: &NodeId,
         report: Report,
-    ) -> Option<Vec<SessionId>> {
+    ) -> Option<ReportDiff> {
         let &i = self.by_id.get(id)?;
         let cpu_limit = self.config.cpu_limit;
         let node = &mut self.nodes[i];
@@ -352,14 +409,20 @@ impl Registry {
         node.cpu_saturated = report.load.cpu > cpu_limit;
         node.load = report.load;
         let hosted = report.sessions;
-        let now_ids: HashSet<&SessionId> = hosted.iter().map(|s| &s.id).collect();
-        node.reservations.retain(|r| !now_ids.contains(&r.session));
-        let ended = node
-            .hosted
-            .iter()
-            .filter(|s| !now_ids.contains(&s.id))
-            .map(|s| s.id.clone())
-            .collect();
+        let mut diff = diff_sessions(&node.hosted, &hosted);
+        if std::mem::take(&mut node.full_report_due) {
+            diff.changed = (0..hosted.len()).collect();
+        }
+        if !node.reservations.is_empty() {
+            let sorted = hosted.is_sorted_by(|a, b| a.id <= b.id);
+            node.reservations.retain(|r| {
+                if sorted {
+                    hosted.binary_search_by(|h| h.id.cmp(&r.session)).is_err()
+                } else {
+                    !hosted.iter().any(|h| h.id == r.session)
+                }
+            });
+        }
         node.reserved = node.reservations.iter().map(|r| r.cost).sum();
         node.hosted = hosted;
         if node.status != old_status {
@@ -367,7 +430,7 @@ impl Registry {
         } else {
             self.free_changed(i, old_free);
         }
-        Some(ended)
+        Some(diff)
     }
 
     /// The link of `conn` closed: the node is DEAD (if that was its current link).

@@ -6,7 +6,8 @@
 //! disappears from its node's report has ended and is removed. After a controller restart the
 //! index is rebuilt from the nodes' reports, so no session is forgotten.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use fleet_geo::Location;
 use fleet_proto::{NodeId, ParticipantId, RegionId, SessionId};
@@ -62,6 +63,11 @@ pub struct SessionIndex {
     /// Recently deleted sessions and when their tombstone lapses: a node's report that was
     /// already on its way when the session was deleted must not bring it back.
     tombstones: HashMap<SessionId, Millis>,
+    /// PENDING deadlines, soonest first (entries of sessions that went LIVE or were removed
+    /// are skipped when they come up): expiry looks only at what is due, not at every session.
+    pending: BinaryHeap<Reverse<(Millis, SessionId)>>,
+    /// Sessions marked LOST (entries of sessions placed again are skipped).
+    lost: HashSet<SessionId>,
 }
 
 /// How long a deleted session's id is ignored in node reports.
@@ -95,7 +101,24 @@ impl SessionIndex {
 
     /// Adds or replaces a session.
     pub fn insert(&mut self, record: SessionRecord) {
+        match record.state {
+            SessionState::Pending => self
+                .pending
+                .push(Reverse((record.pending_until_ms, record.id.clone()))),
+            SessionState::Lost => {
+                self.lost.insert(record.id.clone());
+            }
+            SessionState::Live => {}
+        }
         self.sessions.insert(record.id.clone(), record);
+    }
+
+    /// Marks a session LOST (its node died or refused it): the next join places it again.
+    pub fn mark_lost(&mut self, id: &SessionId) {
+        if let Some(r) = self.sessions.get_mut(id) {
+            r.state = SessionState::Lost;
+            self.lost.insert(id.clone());
+        }
     }
 
     /// Removes a session.
@@ -109,20 +132,21 @@ impl SessionIndex {
         self.sessions.remove(id)
     }
 
-    /// Applies a node's report: its hosted sessions become LIVE (created if unknown, as after a
-    /// controller restart; their participants taken from the node), and the sessions its
-    /// previous report had but this one lacks (`ended`, from the registry) are removed when they
-    /// still live on that node. Returns the removed sessions. Cost: O(hosted + ended).
-    pub fn apply_report(
+    /// Applies a node's report: its hosted sessions that are new or changed since its previous
+    /// report (`changed`, from the registry; all of them after a Hello) become LIVE (created if
+    /// unknown, as after a controller restart; their participants taken from the node), and the
+    /// sessions its previous report had but this one lacks (`ended`) are removed when they
+    /// still live on that node. Returns the removed sessions. Cost: O(changed + ended).
+    pub fn apply_report<'h>(
         &mut self,
         now: Millis,
         node: &NodeId,
         region: &RegionId,
-        hosted: &[fleet_proto::HostedSession],
+        changed: impl IntoIterator<Item = &'h fleet_proto::HostedSession>,
         ended: &[SessionId],
     ) -> Vec<SessionId> {
-        for h in hosted {
-            if self.tombstones.get(&h.id).is_some_and(|&t| t > now) {
+        for h in changed {
+            if !self.tombstones.is_empty() && self.tombstones.get(&h.id).is_some_and(|&t| t > now) {
                 continue;
             }
             match self.sessions.get_mut(&h.id) {
@@ -189,25 +213,48 @@ impl SessionIndex {
         for r in self.sessions.values_mut() {
             if &r.node == node {
                 r.state = SessionState::Lost;
+                self.lost.insert(r.id.clone());
             }
         }
     }
 
     /// Drops PENDING sessions whose node never reported them in time, and LOST sessions of nodes
-    /// the registry forgot. Returns the dropped ids.
+    /// the registry forgot. Returns the dropped ids. Cost: the sessions due and the LOST ones,
+    /// not every session (it runs on every controller tick).
     pub fn expire(&mut self, now: Millis, node_known: impl Fn(&NodeId) -> bool) -> Vec<SessionId> {
-        self.tombstones.retain(|_, &mut t| t > now);
-        let dropped: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|r| {
-                (r.state == SessionState::Pending && r.pending_until_ms <= now)
-                    || (r.state == SessionState::Lost && !node_known(&r.node))
-            })
-            .map(|r| r.id.clone())
-            .collect();
-        for id in &dropped {
-            self.sessions.remove(id);
+        if !self.tombstones.is_empty() {
+            self.tombstones.retain(|_, &mut t| t > now);
+        }
+        let mut dropped = Vec::new();
+        while let Some(Reverse((due, _))) = self.pending.peek()
+            && *due <= now
+        {
+            let Some(Reverse((_, id))) = self.pending.pop() else {
+                break;
+            };
+            // Skipped: gone, LIVE, or pending again with a later deadline (its own entry).
+            if self
+                .sessions
+                .get(&id)
+                .is_some_and(|r| r.state == SessionState::Pending && r.pending_until_ms <= now)
+            {
+                self.sessions.remove(&id);
+                dropped.push(id);
+            }
+        }
+        if !self.lost.is_empty() {
+            let sessions = &mut self.sessions;
+            self.lost.retain(|id| match sessions.get(id) {
+                Some(r) if r.state == SessionState::Lost => {
+                    if node_known(&r.node) {
+                        return true;
+                    }
+                    sessions.remove(id);
+                    dropped.push(id.clone());
+                    false
+                }
+                _ => false,
+            });
         }
         dropped
     }

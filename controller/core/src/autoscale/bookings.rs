@@ -3,7 +3,7 @@
 //! answers how many capacity units are booked to start soon in a region. Pure: times are passed
 //! in as Unix milliseconds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fleet_proto::RegionId;
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,10 @@ pub enum BookingError {
 #[derive(Debug, Clone, Default)]
 pub struct BookingBook {
     by_id: HashMap<String, Booking>,
-    /// (region, start, id) → () for range queries.
-    by_start: BTreeMap<(RegionId, Millis, String), ()>,
+    /// Per region, (start, id) → capacity units, for range queries.
+    by_start: HashMap<RegionId, BTreeMap<(Millis, String), u64>>,
+    /// (start, id), for expiry without looking at every booking.
+    by_time: BTreeSet<(Millis, String)>,
 }
 
 impl BookingBook {
@@ -96,22 +98,22 @@ impl BookingBook {
 
     /// Adds a booking read back from the store (already checked when it was made).
     pub fn insert(&mut self, booking: Booking) {
-        self.by_start.insert(
-            (
-                booking.region.clone(),
-                booking.start_unix_ms,
-                booking.id.clone(),
-            ),
-            (),
-        );
+        self.by_start
+            .entry(booking.region.clone())
+            .or_default()
+            .insert((booking.start_unix_ms, booking.id.clone()), booking.units());
+        self.by_time
+            .insert((booking.start_unix_ms, booking.id.clone()));
         self.by_id.insert(booking.id.clone(), booking);
     }
 
     /// Removes a booking; `None` when there was none with that id.
     pub fn remove(&mut self, id: &str) -> Option<Booking> {
         let b = self.by_id.remove(id)?;
-        self.by_start
-            .remove(&(b.region.clone(), b.start_unix_ms, b.id.clone()));
+        if let Some(region) = self.by_start.get_mut(&b.region) {
+            region.remove(&(b.start_unix_ms, b.id.clone()));
+        }
+        self.by_time.remove(&(b.start_unix_ms, b.id.clone()));
         Some(b)
     }
 
@@ -125,9 +127,10 @@ impl BookingBook {
         let mut out: Vec<&Booking> = match region {
             Some(r) => self
                 .by_start
-                .range((r.clone(), 0, String::new())..)
-                .take_while(|((reg, _, _), _)| reg == r)
-                .filter_map(|((_, _, id), _)| self.by_id.get(id))
+                .get(r)
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .filter_map(|(_, id)| self.by_id.get(id))
                 .collect(),
             None => self.by_id.values().collect(),
         };
@@ -140,23 +143,25 @@ impl BookingBook {
     pub fn units_due(&self, region: &RegionId, now_unix_ms: Millis, lead_ms: Millis) -> u64 {
         let from = now_unix_ms.saturating_sub(BOOKING_JOIN_GRACE_MS);
         let to = now_unix_ms.saturating_add(lead_ms);
-        self.by_start
-            .range((region.clone(), from, String::new())..(region.clone(), to, String::new()))
-            .filter_map(|((_, _, id), _)| self.by_id.get(id))
-            .map(Booking::units)
-            .sum()
+        self.by_start.get(region).map_or(0, |m| {
+            m.range((from, String::new())..(to, String::new()))
+                .map(|(_, units)| units)
+                .sum()
+        })
     }
 
-    /// Drops bookings whose grace has passed; returns their ids (for the store).
+    /// Drops bookings whose grace has passed; returns their ids (for the store). Cost: the
+    /// bookings dropped (it runs on every autoscaler tick).
     pub fn expire(&mut self, now_unix_ms: Millis) -> Vec<String> {
-        let gone: Vec<String> = self
-            .by_id
-            .values()
-            .filter(|b| b.start_unix_ms + BOOKING_JOIN_GRACE_MS < now_unix_ms)
-            .map(|b| b.id.clone())
-            .collect();
-        for id in &gone {
-            self.remove(id);
+        let mut gone = Vec::new();
+        while let Some((start, _)) = self.by_time.first()
+            && start + BOOKING_JOIN_GRACE_MS < now_unix_ms
+        {
+            let Some((_, id)) = self.by_time.pop_first() else {
+                break;
+            };
+            self.remove(&id);
+            gone.push(id);
         }
         gone
     }

@@ -626,7 +626,13 @@ fn refresh_load(
     n.cpu = e.load.cpu;
     n.memory = memory_fraction(e);
     n.bitrate_bps = e.load.bitrate_in_bps.saturating_add(e.load.bitrate_out_bps);
-    n.live_sessions = u32::try_from(e.hosted.len()).unwrap_or(u32::MAX);
+    // What a drain waits for: a media node's sessions, a TURN node's allocations (it reports
+    // no sessions, and must not be terminated as empty while it relays).
+    let live = match e.kind {
+        NodeKind::Media => e.hosted.len() as u64,
+        NodeKind::Turn => e.load.allocations,
+    };
+    n.live_sessions = u32::try_from(live).unwrap_or(u32::MAX);
     // Without booked durations, a node's calls are expected to end a typical session after
     // its newest one started.
     n.sessions_end_ms = e

@@ -631,6 +631,47 @@ mod over_the_fleet {
         assert_eq!(drained, vec![medias[1].0.clone()], "{ticks:?}");
     }
 
+    /// A TURN node reports allocations, not sessions: while it relays, its drain is not over
+    /// (found by the trace simulator: relayed calls were cut as "drained_empty").
+    #[test]
+    fn a_draining_relay_is_kept_while_it_holds_allocations() {
+        let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Turn);
+        let mut turn_setup = setup(0);
+        turn_setup.policy = PoolPolicy {
+            min: 0,
+            buffer_sessions: 0,
+            ..PoolPolicy::default_for(NodeKind::Turn)
+        };
+        let mut a = Autoscaler::new([(pool.clone(), turn_setup)], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        let (turn, conn) = conns
+            .iter()
+            .find(|(id, _)| id.as_str().starts_with("turn"))
+            .cloned()
+            .expect("a relay");
+        let relaying = |allocations: u64| {
+            let mut r = crate::tests::report(fleet_proto::NodeState::Draining, vec![], 100);
+            r.load.allocations = allocations;
+            r.load.capacity_used = allocations;
+            r
+        };
+        f.drain(&turn, at(0).unix_ms + 3_600_000).expect("drain");
+        f.on_report(at(1), conn, &turn, relaying(3));
+        let terminated = |ticks: &[PoolTick]| {
+            ticks
+                .iter()
+                .flat_map(|t| &t.steps)
+                .any(|(s, _)| matches!(s, Step::Terminate { node, .. } if *node == turn))
+        };
+        let ticks = a.tick(at(1_000), &f, &none, &book, &mut rng);
+        assert!(!terminated(&ticks), "{ticks:?}");
+        // The last relayed call ends: now it is drained.
+        f.on_report(at(2_000), conn, &turn, relaying(0));
+        let ticks = a.tick(at(3_000), &f, &none, &book, &mut rng);
+        assert!(terminated(&ticks), "{ticks:?}");
+    }
+
     #[test]
     fn a_failed_launch_is_decided_again() {
         let (f, _) = fleet(&["eu-west-1"], 1, 100);
