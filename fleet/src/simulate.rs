@@ -1,7 +1,7 @@
 //! `fleet simulate`: scores a demand trace under the configured pools. `ours` and `hpa`
 //! replay it through `fleet-sim` (the controller's own placement and autoscaling code, or the
 //! Kubernetes HPA baseline) on a virtual clock; `oracle` is the perfect-foresight lower bound.
-//! The report is a table, or JSON with `--json`.
+//! The report is a table, or JSON with `--json`; a progress bar shows on a terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,8 +181,17 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
             }
         };
         let t0 = Instant::now();
-        let mut progress = |_: u64, _: u64| {};
+        let bar = progress_bar(name);
+        let mut progress = |at: u64, of: u64| {
+            if let Some(bar) = &bar {
+                bar.set_length(of);
+                bar.set_position(at);
+            }
+        };
         let mut out = replay(&sessions, &setup, policy, &mut progress);
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         let secs = t0.elapsed().as_secs_f64();
         out.report.sessions_per_sec = Some(sessions.len() as f64 / secs.max(1e-9));
         out.report.ratio_to_oracle = Some(KindHours {
@@ -201,6 +210,23 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
         None => print_table(&reports),
     }
     Ok(())
+}
+
+/// A progress bar over the trace's seconds on a terminal; none when stderr is not one.
+fn progress_bar(policy: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>6} [{bar:40}] {percent:>3}% of the trace, {elapsed} (eta {eta})",
+    )
+    .ok()?
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(policy.to_owned());
+    Some(bar)
 }
 
 /// The report as an aligned table.
