@@ -12,6 +12,7 @@ use fleet_controller::config::Config;
 use fleet_controller::credentials::{ClientClaims, mint_client_token};
 use fleet_proto::NodeKind;
 
+mod plot;
 mod simulate;
 
 /// mimalloc instead of glibc malloc: the signaling path allocates many small short-lived
@@ -86,6 +87,10 @@ enum Cmd {
         /// Write the report as JSON here instead of printing a table.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write an SVG of demand and media nodes per region over the trace, one line per
+        /// replayed policy.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Run a media node (as `fleet up` does).
     MediaNode(media_node::Args),
@@ -172,6 +177,7 @@ fn main() -> anyhow::Result<()> {
             policy,
             seed,
             json,
+            plot,
         } => {
             let trace = trace.context("--trace is required")?;
             simulate::run(simulate::SimulateArgs {
@@ -180,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 policies: &policy,
                 seed,
                 json,
+                plot,
             })
         }
         Cmd::CheckConfig { config } => {

@@ -47,6 +47,8 @@ pub struct SimulateArgs<'a> {
     pub policies: &'a str,
     pub seed: u64,
     pub json: Option<PathBuf>,
+    /// An SVG of demand and media nodes per region, one line per replayed policy.
+    pub plot: Option<PathBuf>,
 }
 
 /// The policies asked for, checked, in the order given (each once).
@@ -171,6 +173,7 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
     let setup = replay_setup(&config, args.seed)?;
     let bound = oracle_report(&sessions, &setup);
     let mut reports = Vec::new();
+    let mut timelines = Vec::new();
     for name in &wanted {
         let policy = match *name {
             "ours" => Policy::Ours,
@@ -199,6 +202,13 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
             turn: ratio(out.report.node_hours.turn, bound.node_hours.turn),
         });
         reports.push(out.report);
+        timelines.push(((*name).to_owned(), out.timeline));
+    }
+    if let Some(path) = &args.plot {
+        if timelines.is_empty() {
+            bail!("--plot needs a replayed policy (ours or hpa)");
+        }
+        crate::plot::write_plot(path, &timelines, setup.media_capacity)?;
     }
     let report = json!({
         "policies": reports,

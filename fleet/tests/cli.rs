@@ -192,6 +192,43 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
     };
     assert_eq!(figures(all), figures(report_of("ours,hpa,oracle", "7")));
 
+    // --plot: one panel per region with the demand and a line per replayed policy.
+    let plot = dir.path().join("plot.svg");
+    let plotted = run(&[
+        "--trace",
+        trace_arg,
+        "--config",
+        config_arg,
+        "--policy",
+        "ours,hpa",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(
+        plotted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plotted.stderr)
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    for text in ["eu-west-2", "ap-south-1", "demand", "ours", "hpa"] {
+        assert!(svg.contains(text), "{text} missing from the plot");
+    }
+    // 16 regions × (demand + 2 policies), plus the legend samples.
+    assert!(svg.matches("<polyline").count() >= 48);
+    let err = run(&[
+        "--trace",
+        trace_arg,
+        "--config",
+        config_arg,
+        "--policy",
+        "oracle",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--plot needs"));
+
     // A malformed row stops the run with its line; an unknown policy is named.
     let bad = dir.path().join("bad.csv");
     std::fs::write(
