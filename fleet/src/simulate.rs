@@ -140,6 +140,7 @@ fn oracle_report(sessions: &[TraceSession], setup: &ReplaySetup) -> PolicyReport
         p95_worse_rtt_ms: 0.0,
         node_hours,
         node_hours_by_pool: by_pool,
+        media_hours_by_state: None,
         peak_nodes_by_pool: peaks,
         cost: (!setup.prices.is_empty()).then_some(cost),
         actions: BTreeMap::new(),

@@ -48,7 +48,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::generate::WEEK_START;
 use crate::hpa::{HpaConfig, HpaPod, HpaScaler, replica_set_victims};
-use crate::report::{KindHours, PolicyReport, Sample, Timeline, quantile};
+use crate::report::{KindHours, MediaStateHours, PolicyReport, Sample, Timeline, quantile};
 use crate::trace::TraceSession;
 
 /// How often a simulated node reports when nothing changed (it reports at once when something
@@ -190,6 +190,8 @@ struct World<'a> {
     dropped_by: BTreeMap<String, u64>,
     rtts: Vec<f32>,
     node_ms: Vec<u128>,
+    /// Media machine time booting, serving, draining, and exited but not yet terminated.
+    state_ms: [u128; 4],
     peak: Vec<u32>,
     actions: BTreeMap<String, u64>,
     timeline: Timeline,
@@ -248,6 +250,7 @@ pub fn replay(
             world.node_ms[p] += u128::from(*count) * u128::from(dt);
             world.peak[p] = world.peak[p].max(*count);
         }
+        world.bill_states(dt);
         if t >= next_sample {
             world.sample(t);
             next_sample = t + setup.sample_ms.max(1000);
@@ -327,6 +330,7 @@ impl<'a> World<'a> {
             dropped_by: BTreeMap::new(),
             rtts: Vec::with_capacity(trace.len()),
             node_ms: vec![0; n],
+            state_ms: [0; 4],
             peak: vec![0; n],
             actions: BTreeMap::new(),
         }
@@ -844,6 +848,25 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Media machine time by what the machine is doing: where the node-hours go.
+    fn bill_states(&mut self, dt: Millis) {
+        for &slot in &self.active {
+            let Some(n) = self.nodes[slot].as_ref() else {
+                continue;
+            };
+            if self.keys[n.pool].kind != NodeKind::Media {
+                continue;
+            }
+            let state = match (n.booted, n.conn.is_some(), n.core.state()) {
+                (false, _, _) => 0,
+                (true, false, _) => 3,
+                (true, true, NodeState::Draining) => 2,
+                (true, true, _) => 1,
+            };
+            self.state_ms[state] += u128::from(dt);
+        }
+    }
+
     fn sample(&mut self, t: Millis) {
         let mut used = vec![0u64; self.keys.len()];
         for n in self.active.iter().filter_map(|&s| self.nodes[s].as_ref()) {
@@ -876,6 +899,13 @@ impl<'a> World<'a> {
             cost += hours * price_of(&self.setup.prices, key).unwrap_or(0.0);
         }
         let refused = self.refused_media + self.refused_turn;
+        let state_hours = |i: usize| self.state_ms[i] as f64 / 3_600_000.0;
+        let media_hours_by_state = MediaStateHours {
+            booting: state_hours(0),
+            serving: state_hours(1),
+            draining: state_hours(2),
+            exited: state_hours(3),
+        };
         let report = PolicyReport {
             policy: self.policy.name().into(),
             sessions: self.trace.len() as u64,
@@ -889,6 +919,7 @@ impl<'a> World<'a> {
             p95_worse_rtt_ms: quantile(&mut self.rtts, 0.95),
             node_hours,
             node_hours_by_pool: by_pool,
+            media_hours_by_state: Some(media_hours_by_state),
             peak_nodes_by_pool: peaks,
             cost: (!self.setup.prices.is_empty()).then_some(cost),
             actions: self.actions,

@@ -110,6 +110,10 @@ fn node_hours_and_cost_follow_the_machines() {
     assert_eq!((r.refused, r.dropped, r.spilled), (0, 0, 0), "{r:?}");
     assert!((r.node_hours.media - 2.0).abs() < 1e-9, "{r:?}");
     assert!((r.node_hours.turn - 2.0).abs() < 1e-9, "{r:?}");
+    // The one media machine served the whole time.
+    let states = r.media_hours_by_state.expect("states");
+    assert!((states.serving - 2.0).abs() < 1e-9, "{states:?}");
+    assert_eq!(states.booting + states.draining + states.exited, 0.0);
     // Only media has a price: 2 h × 0.5.
     assert_eq!(r.cost, Some(1.0));
     assert!(r.p95_worse_rtt_ms < 30.0, "{r:?}");

@@ -48,6 +48,9 @@ pub struct PolicyReport {
     /// (`region/kind`).
     pub node_hours: KindHours,
     pub node_hours_by_pool: BTreeMap<String, f64>,
+    /// Media node-hours by what the machines were doing (replays only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_hours_by_state: Option<MediaStateHours>,
     /// Most machines at once, per pool.
     pub peak_nodes_by_pool: BTreeMap<String, u32>,
     /// Node-hours priced by `[[prices]]` (on-demand), `None` without prices.
@@ -60,6 +63,19 @@ pub struct PolicyReport {
     /// Replay speed: trace sessions per second of wall time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sessions_per_sec: Option<f64>,
+}
+
+/// Media machine time by state: where a policy's node-hours go beyond serving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MediaStateHours {
+    /// Launched, not yet serving.
+    pub booting: f64,
+    /// Taking sessions.
+    pub serving: f64,
+    /// Draining: no new sessions, waiting for its calls to end.
+    pub draining: f64,
+    /// Its node exited; the machine waits for the scaler's terminate.
+    pub exited: f64,
 }
 
 /// Nodes and load per pool over time (for `--plot`), sampled at a fixed interval.
