@@ -8,7 +8,8 @@
 //! 1. bookings that became known are added to the [`BookingBook`] (region: [`best_region`]);
 //! 2. launched machines whose boot time has passed say Hello and start serving;
 //! 3. sessions whose time is up end on their nodes (participants hang up);
-//! 4. sessions whose start has come are placed by `Fleet::create_session`; relayed
+//! 4. sessions whose start has come are placed by `Fleet::create_session` (a booked one takes
+//!    its booking out of the book, as `POST /v1/sessions` with `booking_id` does); relayed
 //!    participants take an allocation on the first TURN server of their plan with room;
 //!    a session without a media node, or with a relayed participant without a TURN node, is
 //!    refused;
@@ -556,6 +557,11 @@ impl<'a> World<'a> {
     /// A trace session starts: placed as the API would place it.
     fn start_session(&mut self, now: Now, i: u32) {
         let s = &self.trace[i as usize];
+        if s.booked_s.is_some() {
+            // The app creates a booked session with its `booking_id`: the booking stops
+            // counting as the session's own capacity starts to (as the live API does).
+            self.bookings.remove(&format!("s{i}"));
+        }
         let req = NewSession {
             id: session_id(i),
             participants: s

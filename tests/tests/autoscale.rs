@@ -309,8 +309,30 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
                 .as_u16()
         }
     };
-    assert_eq!(delete(id.clone()).await, 204);
-    assert_eq!(delete(id).await, 404);
+    // The booked session starts: created with its booking id, it takes the booking out.
+    let body = json!({"booking_id": id, "participants": [
+        {"id": "t-booked", "region": "eu-west-1"},
+        {"id": "c-booked", "region": "eu-west-1"}
+    ]});
+    let url = format!("{}/v1/sessions", up.api);
+    let (status, created) = send_json(reqwest::Method::POST, &url, &up.client, Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(delete(id).await, 404, "the booking went with its session");
+    // A booking cancelled before its start is deleted once.
+    let (status, other) = book(
+        &up,
+        json!({"start_unix": start + 3600, "duration_secs": 3000, "participants": [here]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{other}");
+    let other = other["booking_id"].as_str().unwrap().to_owned();
+    assert_eq!(delete(other.clone()).await, 204);
+    assert_eq!(delete(other).await, 404);
+    let long =
+        json!({"booking_id": "x".repeat(65), "participants": [{"id": "a", "region": "eu-west-1"}]});
+    let (status, refused) = send_json(reqwest::Method::POST, &url, &up.client, Some(&long)).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("booking_id"), "{refused}");
 }
 
 /// The node a scale-down drains keeps carrying its call (real WebRTC media) until the call

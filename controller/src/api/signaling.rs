@@ -49,6 +49,10 @@ pub struct CreateSessionRequest {
     pub participants: Vec<ParticipantRequest>,
     #[serde(default)]
     pub profile: Option<String>,
+    /// The booking this session fulfils: once the session is placed, the booking's capacity
+    /// stops counting (the session's own does), so the pool does not hold both.
+    #[serde(default)]
+    pub booking_id: Option<String>,
 }
 
 /// The browser's `RTCIceServer`.
@@ -272,6 +276,15 @@ pub async fn create_session(
             ApiError::BadRequest(format!("profile: expected audio, video or hd, got {p:?}"))
         })?,
     };
+    if req
+        .booking_id
+        .as_ref()
+        .is_some_and(|b| b.is_empty() || b.len() > 64)
+    {
+        return Err(ApiError::BadRequest(
+            "booking_id: expected 1..=64 characters".into(),
+        ));
+    }
     let mut participants = Vec::with_capacity(req.participants.len());
     for (i, p) in req.participants.iter().enumerate() {
         let field = format!("participants[{i}]");
@@ -297,6 +310,10 @@ pub async fn create_session(
         )?
     };
     state.send(out);
+    // An unknown or already fulfilled booking is not an error: the session is placed.
+    if let (Some(booking), Some(scaler)) = (&req.booking_id, state.scaler.get()) {
+        scaler.remove_booking(booking);
+    }
     metrics::counter!("fleet_sessions_created_total", "region" => plan.region.to_string())
         .increment(1);
     if plan.spilled {
