@@ -34,9 +34,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use fleet_core::autoscale::{
-    Autoscaler, Booking, BookingBook, Machine, PoolKey, PoolSetup, Step, StepReason,
-};
+use fleet_core::autoscale::{Autoscaler, Booking, BookingBook, Machine, PoolKey, PoolSetup};
 use fleet_core::{Fleet, FleetConfig, Millis, NewSession, Now, Outgoing, best_region};
 use fleet_geo::RegionCatalog;
 use fleet_node_core::{ExitReason, NodeCore};
@@ -47,8 +45,10 @@ use fleet_proto::{
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod scale;
+
 use crate::generate::WEEK_START;
-use crate::hpa::{HpaConfig, HpaPod, HpaScaler, replica_set_victims};
+use crate::hpa::{HpaConfig, HpaScaler};
 use crate::report::{KindHours, MediaStateHours, PolicyReport, Sample, Timeline, quantile};
 use crate::trace::TraceSession;
 
@@ -737,123 +737,6 @@ impl<'a> World<'a> {
         }
     }
 
-    /// The policy's turn.
-    fn scale(&mut self, now: Now) {
-        match self.policy {
-            Policy::Ours => self.scale_ours(now),
-            Policy::Hpa(config) => self.scale_hpa(now, &config),
-        }
-    }
-
-    /// The live controller's autoscaler tick, carried out as its shell does.
-    fn scale_ours(&mut self, now: Now) {
-        self.bookings.expire(now.unix_ms);
-        let ticks = self.autoscaler.tick(
-            now,
-            &self.fleet,
-            &self.machines,
-            &self.bookings,
-            &mut self.rng,
-        );
-        for tick in ticks {
-            let Some(&p) = self.pool_of.get(&tick.pool) else {
-                continue;
-            };
-            for (step, reason) in tick.steps {
-                self.carry_out(now, p, step, reason);
-            }
-        }
-    }
-
-    fn carry_out(&mut self, now: Now, p: usize, step: Step, reason: StepReason) {
-        match step {
-            Step::Launch { nodes } => {
-                self.count("launch", nodes.len() as u64);
-                for f in nodes {
-                    self.launch(p, f.node, f.zone, now);
-                }
-            }
-            Step::Drain {
-                node,
-                deadline_unix_ms,
-            } => {
-                self.count("drain", 1);
-                if let Ok(out) = self.fleet.drain(&node, deadline_unix_ms) {
-                    self.deliver(now, vec![out]);
-                }
-            }
-            Step::Undrain { node } => {
-                self.count("undrain", 1);
-                if let Ok(out) = self.fleet.undrain(&node) {
-                    self.deliver(now, vec![out]);
-                }
-            }
-            Step::Terminate { node, .. } => {
-                self.count("terminate", 1);
-                if let Some(&slot) = self.by_id.get(&node) {
-                    self.terminate(now, slot, reason.as_str());
-                }
-            }
-        }
-    }
-
-    /// The HPA baseline over every pool.
-    fn scale_hpa(&mut self, now: Now, config: &HpaConfig) {
-        let mut by_pool: Vec<Vec<(usize, HpaPod)>> = vec![Vec::new(); self.keys.len()];
-        for &slot in &self.active {
-            let Some(n) = self.nodes[slot].as_ref().filter(|n| !n.terminating) else {
-                continue;
-            };
-            let used = match self.keys[n.pool].kind {
-                NodeKind::Media => n.core.capacity_used(),
-                NodeKind::Turn => n.allocations,
-            };
-            let pod = HpaPod {
-                id: n.id.clone(),
-                ready: n.conn.is_some() && n.core.state() == NodeState::Serving,
-                used,
-                capacity: n.core.capacity_total(),
-                created_ms: n.launched_ms,
-            };
-            by_pool[n.pool].push((slot, pod));
-        }
-        for (p, pods) in by_pool.into_iter().enumerate() {
-            let policy = &self.setup.pools[p].1.policy;
-            let (bounds, target) = ((policy.min, policy.max), policy.target_utilization);
-            let list: Vec<HpaPod> = pods.iter().map(|(_, pod)| pod.clone()).collect();
-            let desired = self.hpa[p].decide(config, now.mono_ms, &list, bounds, target) as usize;
-            if desired > list.len() {
-                let add = desired - list.len();
-                self.count("launch", add as u64);
-                let zones = Arc::clone(&self.setup.pools[p].1.zones);
-                for i in 0..add {
-                    let id = self.mint(&self.keys[p].clone());
-                    let zone = zones.get((list.len() + i) % zones.len().max(1)).cloned();
-                    self.launch(p, id, zone.unwrap_or_default(), now);
-                }
-            } else if desired < list.len() {
-                for victim in replica_set_victims(&list, list.len() - desired) {
-                    let Some(&slot) = self.by_id.get(&victim) else {
-                        continue;
-                    };
-                    let ready = pods.iter().any(|(s, pod)| *s == slot && pod.ready);
-                    if ready {
-                        self.count("drain", 1);
-                        if let Some(n) = self.nodes[slot].as_mut() {
-                            // SIGTERM: the pod drains itself for its grace period.
-                            n.core.drain(now.unix_ms + config.grace_ms);
-                            n.terminating = true;
-                            n.dirty = true;
-                        }
-                    } else {
-                        self.count("terminate", 1);
-                        self.terminate(now, slot, "scale_down");
-                    }
-                }
-            }
-        }
-    }
-
     /// Media machine time by what the machine is doing: where the node-hours go.
     fn bill_states(&mut self, dt: Millis) {
         for &slot in &self.active {
@@ -958,5 +841,4 @@ fn session_id(i: u32) -> SessionId {
 }
 
 #[cfg(test)]
-#[path = "replay_tests.rs"]
 mod tests;
