@@ -67,6 +67,28 @@ pub struct Config {
     pub sim: SimConfig,
     /// `[[prices]]`: machine-hour prices, for the simulator's cost.
     pub prices: Vec<PriceConfig>,
+    /// `[demand]`: the recording of real sessions as a demand trace.
+    pub demand: DemandConfig,
+}
+
+/// `[demand]`: the controller keeps the sessions it placed as a demand trace (no ids or IPs,
+/// locations rounded to 0.1°) in its store, served by `GET /v1/demand/trace`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemandConfig {
+    /// Record finished sessions (the store is opened even without pools).
+    pub record: bool,
+    /// Days a recorded session is kept.
+    pub retention_days: u32,
+}
+
+impl Default for DemandConfig {
+    fn default() -> Self {
+        DemandConfig {
+            record: true,
+            retention_days: 35,
+        }
+    }
 }
 
 /// `[api]`: the HTTP listener for the signaling and ops APIs, metrics and health.
@@ -293,6 +315,9 @@ impl Config {
         self.registry.validate().map_err(in_section("registry"))?;
         self.autoscale.validate().map_err(in_section("autoscale"))?;
         self.sim.validate().map_err(in_section("sim"))?;
+        if !(1..=366).contains(&self.demand.retention_days) {
+            return Err(invalid("demand.retention_days", "expected 1..=366 days"));
+        }
         self.validate_regions()?;
         self.pool_setups()?;
         validate_prices(&self.prices, &self.catalog()?)

@@ -26,9 +26,11 @@ impl LinkHandler for LinkShell {
         Ok(())
     }
 
-    fn on_report(&self, conn: ConnId, node: &NodeId, report: Report) {
+    fn on_report(&self, conn: ConnId, node: &NodeId, mut report: Report) {
         let now = self.state.now();
+        let relay_started = std::mem::take(&mut report.relay_started);
         self.state.fleet().on_report(now, conn, node, report);
+        crate::demand::relay_started(&self.state, &relay_started);
         metrics::counter!("fleet_link_reports_total").increment(1);
     }
 

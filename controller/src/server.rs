@@ -15,7 +15,7 @@ use crate::link::LinkShell;
 use crate::provider::PoolProvider;
 use crate::provider::local::{Lifetime, LocalProcessProvider, LocalTemplate};
 use crate::scaler::{EventHook, Scaler};
-use crate::state::AppState;
+use crate::state::{AppState, StoreHandle};
 use crate::store::Store;
 use fleet_core::{Fleet, FleetConfig};
 
@@ -87,16 +87,41 @@ fn restrict_permissions(path: &std::path::Path) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
+/// The store, when the controller keeps one: for its pools' scaling state or for the demand
+/// trace. Its writer task is started here.
+async fn open_store(config: &Config) -> anyhow::Result<Option<StoreHandle>> {
+    if !config.demand.record && config.pool_setups()?.is_empty() {
+        return Ok(None);
+    }
+    let path = match &config.autoscale.store {
+        Some(p) => p.clone(),
+        None => config.up.state_dir.join("fleet.db"),
+    };
+    let store = Store::open(&path).await.with_context(|| {
+        format!(
+            "config key `autoscale.store`: cannot open {}",
+            path.display()
+        )
+    })?;
+    tracing::info!(store = %path.display(), "store opened");
+    let writer = store.writer();
+    Ok(Some(StoreHandle { store, writer }))
+}
+
 /// The scaler for the config's pools (none without pools), with the providers they name.
 async fn start_scaler(
     config: &Config,
     link_addr: SocketAddr,
     hook: Option<EventHook>,
+    store: Option<&StoreHandle>,
 ) -> anyhow::Result<Option<Arc<Scaler>>> {
     let setups = config.pool_setups()?;
     if setups.is_empty() {
         return Ok(None);
     }
+    let Some(store) = store else {
+        anyhow::bail!("pools are configured but no store was opened");
+    };
     let mut providers: Vec<Arc<dyn PoolProvider>> = Vec::new();
     if setups.iter().any(|(_, s)| s.provider == "local") {
         let template = LocalTemplate::from_config(config, link_addr)?;
@@ -115,20 +140,16 @@ async fn start_scaler(
         Duration::from_secs(config.autoscale.provider_timeout_secs),
         hook,
     );
-    let path = match &config.autoscale.store {
-        Some(p) => p.clone(),
-        None => config.up.state_dir.join("fleet.db"),
-    };
-    let store = Store::open(&path).await.with_context(|| {
-        format!(
-            "config key `autoscale.store`: cannot open {}",
-            path.display()
-        )
-    })?;
-    let saved = store.load(10_000).await?;
-    tracing::info!(store = %path.display(), bookings = saved.bookings.len(),
-        drains = saved.drains.len(), launches = saved.launches.len(), "resumed scaling state");
-    Ok(Some(Arc::new(scaler.with_store(saved, store.writer()))))
+    let saved = store.store.load(10_000).await?;
+    tracing::info!(
+        bookings = saved.bookings.len(),
+        drains = saved.drains.len(),
+        launches = saved.launches.len(),
+        "resumed scaling state"
+    );
+    Ok(Some(Arc::new(
+        scaler.with_store(saved, store.writer.clone()),
+    )))
 }
 
 /// The pure core's configuration: the file's `[registry]` and `[placement]` sections are the
@@ -196,6 +217,7 @@ impl Controller {
         let mut tick_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
+            let (mut next_sweep_ms, mut next_prune_ms) = (0, 0);
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
@@ -207,9 +229,21 @@ impl Controller {
                     tracing::warn!(%node, "node missed its reports: DEAD");
                     metrics::counter!("fleet_nodes_died_total").increment(1);
                 }
+                if now.mono_ms >= next_sweep_ms {
+                    next_sweep_ms = now.mono_ms + crate::demand::SWEEP_EVERY_MS;
+                    crate::demand::sweep(&tick_state, now.unix_ms);
+                }
+                if now.mono_ms >= next_prune_ms {
+                    next_prune_ms = now.mono_ms + crate::demand::PRUNE_EVERY_MS;
+                    crate::demand::prune(&tick_state, now.unix_ms);
+                }
             }
         }));
-        if let Some(scaler) = start_scaler(&config, link_addr, hook).await? {
+        let store = open_store(&config).await?;
+        if let Some(store) = &store {
+            let _ = state.store.set(store.clone());
+        }
+        if let Some(scaler) = start_scaler(&config, link_addr, hook, store.as_ref()).await? {
             let scaler = state.scaler.get_or_init(|| scaler).clone();
             let every = Duration::from_millis(config.autoscale.tick_ms);
             tasks.push(tokio::spawn(scaler.run(state.clone(), every, rx.clone())));

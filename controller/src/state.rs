@@ -14,6 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::{Config, ConfigError};
 use crate::credentials::ApiAuth;
 use crate::scaler::Scaler;
+use crate::store::{Store, Write};
+use fleet_core::demand::DemandRecorder;
 use fleet_core::{Fleet, Millis, Now, Outgoing};
 
 /// A command sent to a node whose result is still outstanding.
@@ -21,6 +23,13 @@ use fleet_core::{Fleet, Millis, Now, Outgoing};
 pub struct PendingCommand {
     pub node: NodeId,
     pub command: Command,
+}
+
+/// The store, and the queue its one writer task applies in order.
+#[derive(Clone)]
+pub struct StoreHandle {
+    pub store: Store,
+    pub writer: tokio::sync::mpsc::UnboundedSender<Write>,
 }
 
 /// Everything the shells share.
@@ -36,6 +45,11 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The scaler, when the config has pools (set once the link is bound).
     pub scaler: OnceLock<Arc<Scaler>>,
+    /// The store and its write queue, when the controller keeps one (pools or demand
+    /// recording).
+    pub store: OnceLock<StoreHandle>,
+    /// The sessions open now, followed for the demand trace.
+    pub demand: Mutex<DemandRecorder>,
     started: Instant,
     senders: Mutex<HashMap<NodeId, (u64, CommandSender)>>,
     pending: Mutex<HashMap<u64, PendingCommand>>,
@@ -71,6 +85,8 @@ impl AppState {
             geoip,
             metrics,
             scaler: OnceLock::new(),
+            store: OnceLock::new(),
+            demand: Mutex::new(DemandRecorder::new()),
             started: Instant::now(),
             senders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -100,6 +116,18 @@ impl AppState {
     /// data and stays consistent between operations.
     pub fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks the demand recorder (after the fleet, when both are held).
+    pub fn demand(&self) -> std::sync::MutexGuard<'_, DemandRecorder> {
+        lock(&self.demand)
+    }
+
+    /// Queues a store write; without a store there is nothing to keep it in.
+    pub fn persist(&self, write: Write) {
+        if let Some(handle) = self.store.get() {
+            let _ = handle.writer.send(write);
+        }
     }
 
     /// Remembers the command channel of a node's current connection.

@@ -1,6 +1,7 @@
 //! What the controller alone knows and must keep (DESIGN.md): the scaling decision log, pool
-//! policy changes (and who made them), pool pauses, bookings, and the drains and launches in
-//! progress (so a restarted controller resumes them instead of repeating them).
+//! policy changes (and who made them), pool pauses, bookings, the drains and launches in
+//! progress (so a restarted controller resumes them instead of repeating them), and the demand
+//! trace (finished sessions in the trace format's terms: no ids, locations rounded to 0.1°).
 //!
 //! Embedded SQLite through sqlx, in the controller's state directory. sqlx because the same
 //! async API and pool also speak PostgreSQL, which the highly available controller (several
@@ -13,6 +14,8 @@ use std::str::FromStr;
 
 use fleet_core::Profile;
 use fleet_core::autoscale::{Booking, InFlight, PolicyPatch, PoolKey, PoolPolicy};
+use fleet_core::demand::DemandRow;
+use fleet_core::trace::{format_participants, parse_participants};
 use fleet_proto::{NodeId, NodeKind, RegionId};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -57,6 +60,12 @@ pub enum Write {
         launch: InFlight,
     },
     LaunchSeen(NodeId),
+    /// A finished session, for the demand trace.
+    Demand(DemandRow),
+    /// Forget demand rows that started before this time (retention).
+    DemandPrune {
+        before_unix_ms: u64,
+    },
 }
 
 /// What a restarted controller reads back.
@@ -96,14 +105,25 @@ const SCHEMA: &[&str] = &[
         region TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (region, kind))",
     "CREATE TABLE IF NOT EXISTS bookings (
         id TEXT PRIMARY KEY, region TEXT NOT NULL, start_unix_ms INTEGER NOT NULL,
-        duration_ms INTEGER NOT NULL, participants INTEGER NOT NULL, profile TEXT NOT NULL)",
+        duration_ms INTEGER NOT NULL, participants INTEGER NOT NULL, profile TEXT NOT NULL,
+        made_unix_ms INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS drains (
         node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL,
         deadline_unix_ms INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS launches (
         node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL,
         launched_unix_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demand (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, start_unix_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL, participants TEXT NOT NULL, booked_unix_ms INTEGER,
+        profile TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS demand_start ON demand (start_unix_ms)",
 ];
+
+/// Columns added after a table's first release: (table, column, definition). Added to a store
+/// written by an older controller; already there in a new one.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("bookings", "made_unix_ms", "INTEGER NOT NULL DEFAULT 0")];
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -144,6 +164,21 @@ impl Store {
             .await?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
+        }
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&pool)
+                    .await?;
+            if present == 0 {
+                sqlx::query(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))
+                .execute(&pool)
+                .await?;
+            }
         }
         Ok(Store { pool })
     }
@@ -225,8 +260,8 @@ impl Store {
             }
             Write::BookingAdded(b) => {
                 sqlx::query(
-                    "INSERT OR REPLACE INTO bookings (id, region, start_unix_ms, duration_ms, participants, profile)
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO bookings (id, region, start_unix_ms, duration_ms, participants, profile, made_unix_ms)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&b.id)
                 .bind(b.region.as_str())
@@ -234,6 +269,7 @@ impl Store {
                 .bind(i64_of(b.duration_ms))
                 .bind(i64::from(b.participants))
                 .bind(json(&b.profile))
+                .bind(i64_of(b.made_unix_ms))
                 .execute(p)
                 .await?;
             }
@@ -282,6 +318,25 @@ impl Store {
                     .execute(p)
                     .await?;
             }
+            Write::Demand(row) => {
+                sqlx::query(
+                    "INSERT INTO demand (start_unix_ms, duration_ms, participants, booked_unix_ms, profile)
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(i64_of(row.start_unix_ms))
+                .bind(i64_of(row.duration_ms))
+                .bind(format_participants(&row.participants))
+                .bind(row.booked_unix_ms.map(i64_of))
+                .bind(row.profile.as_str())
+                .execute(p)
+                .await?;
+            }
+            Write::DemandPrune { before_unix_ms } => {
+                sqlx::query("DELETE FROM demand WHERE start_unix_ms < ?")
+                    .bind(i64_of(*before_unix_ms))
+                    .execute(p)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -308,7 +363,7 @@ impl Store {
                 .push(pool_key(row.try_get("region")?, row.try_get("kind")?)?);
         }
         for row in sqlx::query(
-            "SELECT id, region, start_unix_ms, duration_ms, participants, profile FROM bookings",
+            "SELECT id, region, start_unix_ms, duration_ms, participants, profile, made_unix_ms FROM bookings",
         )
         .fetch_all(p)
         .await?
@@ -323,6 +378,7 @@ impl Store {
                 participants: u32::try_from(row.try_get::<i64, _>("participants")?)
                     .map_err(corrupt)?,
                 profile,
+                made_unix_ms: u64_of(row.try_get("made_unix_ms")?),
             });
         }
         for row in sqlx::query("SELECT node_id, region, kind, deadline_unix_ms FROM drains")
@@ -387,6 +443,31 @@ impl Store {
         }
         Ok(saved)
     }
+
+    /// The finished sessions that started at or after `since_unix_ms`, in start order.
+    pub async fn demand_since(&self, since_unix_ms: u64) -> Result<Vec<DemandRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT start_unix_ms, duration_ms, participants, booked_unix_ms, profile
+             FROM demand WHERE start_unix_ms >= ? ORDER BY start_unix_ms, id",
+        )
+        .bind(i64_of(since_unix_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let profile: String = row.try_get("profile")?;
+                Ok(DemandRow {
+                    start_unix_ms: u64_of(row.try_get("start_unix_ms")?),
+                    duration_ms: u64_of(row.try_get("duration_ms")?),
+                    participants: parse_participants(row.try_get("participants")?)
+                        .map_err(corrupt)?,
+                    booked_unix_ms: row.try_get::<Option<i64>, _>("booked_unix_ms")?.map(u64_of),
+                    profile: Profile::parse(&profile)
+                        .ok_or_else(|| corrupt(format!("unknown profile {profile:?}")))?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -442,6 +523,7 @@ mod tests {
                 duration_ms: 60_000,
                 participants: 2,
                 profile: Profile::Video,
+                made_unix_ms: 500,
             }),
             Write::BookingAdded(Booking {
                 id: "b_2".into(),
@@ -450,6 +532,7 @@ mod tests {
                 duration_ms: 60_000,
                 participants: 3,
                 profile: Profile::Hd,
+                made_unix_ms: 1_500,
             }),
             Write::BookingRemoved("b_1".into()),
             Write::DrainStarted {
@@ -481,6 +564,7 @@ mod tests {
         assert_eq!(saved.bookings.len(), 1);
         assert_eq!(saved.bookings[0].id, "b_2");
         assert_eq!(saved.bookings[0].profile, Profile::Hd);
+        assert_eq!(saved.bookings[0].made_unix_ms, 1_500);
         assert_eq!(saved.drains, vec![(key(), node.clone(), 99)]);
         assert_eq!(saved.launches.len(), 1);
         assert_eq!(saved.events.len(), 1);
@@ -497,5 +581,86 @@ mod tests {
             .expect("seen");
         let saved = store.load(10).await.expect("load");
         assert!(saved.drains.is_empty() && saved.launches.is_empty());
+    }
+
+    #[tokio::test]
+    async fn demand_rows_read_back_in_start_order_and_are_pruned() {
+        use fleet_core::trace::TraceParticipant;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("fleet.db"))
+            .await
+            .expect("open");
+        let row = |start: u64, relay: bool, booked: Option<u64>| DemandRow {
+            start_unix_ms: start,
+            duration_ms: 3_000_000,
+            participants: vec![
+                TraceParticipant {
+                    location: fleet_geo::Location::new(51.5, -0.1).expect("loc"),
+                    relay: false,
+                },
+                TraceParticipant {
+                    location: fleet_geo::Location::new(-33.9, 151.2).expect("loc"),
+                    relay,
+                },
+            ],
+            booked_unix_ms: booked,
+            profile: Profile::Audio,
+        };
+        for w in [
+            row(3_000, true, Some(1_000)),
+            row(1_000, false, None),
+            row(2_000, false, None),
+        ] {
+            store.apply(&Write::Demand(w)).await.expect("write");
+        }
+        let got = store.demand_since(1_500).await.expect("read");
+        assert_eq!(
+            got,
+            vec![row(2_000, false, None), row(3_000, true, Some(1_000))]
+        );
+        store
+            .apply(&Write::DemandPrune {
+                before_unix_ms: 2_500,
+            })
+            .await
+            .expect("prune");
+        assert_eq!(
+            store.demand_since(0).await.expect("read"),
+            vec![row(3_000, true, Some(1_000))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_booking_times_gains_the_column() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("fleet.db");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.expect("old store");
+            sqlx::query(
+                "CREATE TABLE bookings (id TEXT PRIMARY KEY, region TEXT NOT NULL,
+                 start_unix_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+                 participants INTEGER NOT NULL, profile TEXT NOT NULL)",
+            )
+            .execute(&pool)
+            .await
+            .expect("old table");
+            sqlx::query("INSERT INTO bookings VALUES ('b_old', 'eu-west-1', 5, 6, 2, '\"video\"')")
+                .execute(&pool)
+                .await
+                .expect("old row");
+            pool.close().await;
+        }
+        let saved = Store::open(&path)
+            .await
+            .expect("open")
+            .load(1)
+            .await
+            .expect("load");
+        assert_eq!(saved.bookings.len(), 1);
+        assert_eq!(saved.bookings[0].id, "b_old");
+        assert_eq!(saved.bookings[0].made_unix_ms, 0);
     }
 }

@@ -112,6 +112,7 @@ impl ReportSource for TestSource {
                 capacity_total: 10,
                 ..Load::default()
             },
+            relay_started: Vec::new(),
         }
     }
     fn on_command(&self, command: Command) -> Result<(), String> {

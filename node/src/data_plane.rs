@@ -3,7 +3,7 @@
 //! live, keeps a draining node alive while it still carries live work, learns when the node
 //! drains or undrains, and may print extra start-up lines next to `LISTENING`.
 
-use fleet_proto::ids::SessionId;
+use fleet_proto::ids::{ParticipantId, SessionId};
 use fleet_proto::messages::Load;
 
 pub use fleet_node_core::LiveSession;
@@ -29,6 +29,12 @@ pub trait DataPlane: Send + Sync {
     /// ends when its last participant has left.
     fn live_sessions(&self) -> Option<Vec<LiveSession>> {
         None
+    }
+
+    /// The users (participant ids from the TURN credentials) that took an allocation since
+    /// the previous call, for the next report (the TURN relay; others have none).
+    fn take_relay_started(&self) -> Vec<ParticipantId> {
+        Vec::new()
     }
 
     /// The controller ended the session (its app hung up for everyone): disconnect its

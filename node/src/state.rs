@@ -189,8 +189,10 @@ impl ReportSource for NodeShared {
                 capacity_total: core.capacity_total(),
                 ..Load::default()
             },
+            relay_started: Vec::new(),
         });
         self.data_plane.fill_load(&mut report.load);
+        report.relay_started = self.data_plane.take_relay_started();
         report
     }
 

@@ -57,6 +57,11 @@ pub struct Report {
     pub sessions: Vec<HostedSession>,
     /// Resource use.
     pub load: Load,
+    /// The users (participant ids, from the TURN credentials) that took a TURN allocation
+    /// since the previous report: TURN nodes only, empty elsewhere. The controller's demand
+    /// recording marks them as relayed participants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_started: Vec<ParticipantId>,
 }
 
 /// One session hosted by a node.

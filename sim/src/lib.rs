@@ -1,6 +1,6 @@
 //! `fleet-sim`: replays demand through the fleet's decision code on a virtual clock.
 //!
-//! - [`trace`]: the demand trace format (`session_id,start_s,duration_s,participants,booked_s,
+//! - [`trace`] (from `fleet-core`, which the controller's demand recording shares): the demand trace format (`session_id,start_s,duration_s,participants,booked_s,
 //!   profile`), parsed with line-numbered errors, and written back.
 //! - [`generate`]: synthetic teletherapy weeks (diurnal curves in each city's local time,
 //!   booked sessions at :00 and :30, walk-ins, a regional surge), deterministic for a seed.
@@ -19,7 +19,8 @@ pub mod hpa;
 pub mod oracle;
 pub mod replay;
 pub mod report;
-pub mod trace;
+/// The trace format lives in `fleet-core`: the live controller records demand in it too.
+pub use fleet_core::trace;
 
 pub use generate::{TraceKind, WEEK_S, generate};
 pub use hpa::{HpaConfig, HpaScaler};

@@ -55,6 +55,7 @@ pub fn report() -> Report {
             capacity_used: 20,
             capacity_total: 1000,
         },
+        relay_started: vec![ParticipantId::parse("p2").expect("id")],
     }
 }
 

@@ -93,12 +93,20 @@ warmup_ms = {warmup}
 [geoip]
 database = "{dir}/geo.mmdb"
 default_region = "us-east-1"
+{up}
 {extra}
 "#,
         link = opts.link_port,
         dir = dir.display(),
         warmup = opts.warmup_ms,
         extra = opts.extra_toml,
+        // The store (demand trace, scaling state) goes in the test's directory, unless the
+        // test sets its own `[up]`.
+        up = if opts.extra_toml.contains("[up]") {
+            String::new()
+        } else {
+            format!("[up]\nstate_dir = \"{}\"", dir.display())
+        },
     )
 }
 

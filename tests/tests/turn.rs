@@ -503,4 +503,74 @@ async fn turn_ice_servers_from_the_controller_work_with_uclient_long_term_creden
     );
     assert_eq!(run.exit, Some(255), "{}", run.output);
     assert_eq!(run.received(), 0, "{}", run.output);
+
+    // The ended session is in the demand trace, the participant who relayed marked as such,
+    // with no id in it.
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    let r = http()
+        .delete(format!("{}/v1/sessions/{sid}", c.api))
+        .bearer_auth(c.client_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let trace_url = format!("{}/v1/demand/trace?since_unix={}", c.api, now_unix() - 60);
+    let get_trace = async |url: &str, token: &str| {
+        let r = http().get(url).bearer_auth(token).send().await.unwrap();
+        let epoch = r.headers().get("x-trace-epoch-unix").cloned();
+        (r.status().as_u16(), epoch, r.text().await.unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (epoch, text) = loop {
+        let (status, epoch, text) = get_trace(&trace_url, ADMIN_TOKEN).await;
+        assert_eq!(status, 200, "{text}");
+        if text.lines().count() > 1 {
+            break (epoch, text);
+        }
+        assert!(Instant::now() < deadline, "no session recorded: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "session_id,start_s,duration_s,participants,booked_s,profile"
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+    let fields: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(fields[0], "d1", "{text}");
+    let epoch: u64 = epoch.unwrap().to_str().unwrap().parse().unwrap();
+    let start: u64 = fields[1].parse().unwrap();
+    assert!(
+        epoch + start <= now_unix() && epoch + start + 600 >= now_unix(),
+        "{text}"
+    );
+    assert!(fields[2].parse::<u64>().unwrap() >= 1, "{text}");
+    let people: Vec<&str> = fields[3].split(';').collect();
+    assert_eq!(people.len(), 2, "{text}");
+    assert!(people[0].ends_with(":relay"), "therapist-1 relayed: {text}");
+    assert!(!people[1].ends_with(":relay"), "client-9 did not: {text}");
+    for p in &people {
+        let lat = p.split(':').next().unwrap();
+        assert!(
+            lat.split('.').nth(1).is_none_or(|d| d.len() <= 1),
+            "rounded: {text}"
+        );
+    }
+    assert_eq!(fields[4], "", "a walk-in: {text}");
+    assert_eq!(fields[5], "video", "{text}");
+    assert!(!text.contains("therapist") && !text.contains("client") && !text.contains(&sid));
+    // Only for operators, and a bad query is named.
+    let (status, _, _) = get_trace(&trace_url, &c.client_token()).await;
+    assert_eq!(status, 401);
+    let (status, _, text) = get_trace(
+        &format!("{}/v1/demand/trace?since_unix=soon", c.api),
+        ADMIN_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("since_unix"), "{text}");
+    let future = format!("{}/v1/demand/trace?since_unix={}", c.api, now_unix() + 3600);
+    let (status, _, text) = get_trace(&future, ADMIN_TOKEN).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("in the future"), "{text}");
 }

@@ -60,7 +60,13 @@ pub struct Allocations {
     total_quota: usize,
     by_key: HashMap<AllocationKey, String>,
     per_user: HashMap<String, usize>,
+    /// Users that allocated since the last [`Allocations::take_started`], at most
+    /// [`STARTED_MAX`] of them.
+    started: Vec<String>,
 }
+
+/// Most users remembered between two reports (a report carries at most this many).
+pub const STARTED_MAX: usize = 4096;
 
 impl Allocations {
     /// No allocations yet, with these quotas.
@@ -70,6 +76,7 @@ impl Allocations {
             total_quota,
             by_key: HashMap::new(),
             per_user: HashMap::new(),
+            started: Vec::new(),
         }
     }
 
@@ -95,6 +102,12 @@ impl Allocations {
         }
         self.by_key.insert(key, user.to_owned());
         *self.per_user.entry(user.to_owned()).or_insert(0) += 1;
+        if !user.is_empty()
+            && self.started.len() < STARTED_MAX
+            && !self.started.iter().any(|u| u == user)
+        {
+            self.started.push(user.to_owned());
+        }
         true
     }
 
@@ -108,6 +121,11 @@ impl Allocations {
             }
         }
         Some(user)
+    }
+
+    /// The users that allocated since the previous call (each once).
+    pub fn take_started(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.started)
     }
 
     /// Whether `key` is live.
@@ -146,6 +164,23 @@ mod tests {
 
     fn key(t: Transport, port: u16) -> AllocationKey {
         (t, SocketAddr::from(([192, 0, 2, 1], port)))
+    }
+
+    #[test]
+    fn users_that_allocated_are_taken_once_each() {
+        let mut a = Allocations::new(5, 10);
+        a.insert(key(Transport::Udp, 1), "alice");
+        a.insert(key(Transport::Tcp, 2), "alice");
+        a.insert(key(Transport::Udp, 3), "bob");
+        a.insert(key(Transport::Udp, 4), "");
+        assert_eq!(
+            a.take_started(),
+            vec!["alice".to_string(), "bob".to_string()]
+        );
+        assert!(a.take_started().is_empty());
+        a.remove(&key(Transport::Udp, 1));
+        a.insert(key(Transport::Udp, 1), "alice");
+        assert_eq!(a.take_started(), vec!["alice".to_string()]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_node::DataPlane;
+use fleet_proto::ParticipantId;
 use fleet_proto::messages::Load;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -373,6 +374,16 @@ impl DataPlane for Relay {
 
     fn active(&self) -> usize {
         self.shared.allocations().len()
+    }
+
+    fn take_relay_started(&self) -> Vec<ParticipantId> {
+        let users = self.shared.allocations().take_started();
+        // A user that is not a participant id (credentials minted by someone else) is not
+        // ours to record.
+        users
+            .iter()
+            .filter_map(|u| ParticipantId::parse(u).ok())
+            .collect()
     }
 
     fn set_draining(&self, draining: bool) {

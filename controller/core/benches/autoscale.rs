@@ -133,6 +133,7 @@ fn loaded_fleet() -> Fleet {
                     state,
                     sessions: vec![],
                     load,
+                    relay_started: Vec::new(),
                 };
                 f.on_report(at, conn, &id, report);
             }

@@ -67,6 +67,7 @@ fn fleet() -> Fleet {
                     capacity_total: cap,
                     ..Load::default()
                 },
+                relay_started: Vec::new(),
             },
         );
     }

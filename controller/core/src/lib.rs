@@ -10,12 +10,14 @@
 //! stack, TLS, a cloud SDK, a database or a metrics exporter (checked with `cargo tree`).
 
 pub mod autoscale;
+pub mod demand;
 pub mod fleet;
 pub mod locate;
 pub mod placement;
 pub mod registry;
 pub mod sessions;
 pub mod summary;
+pub mod trace;
 
 pub use fleet::{
     Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, ParticipantPlan,
@@ -106,6 +108,15 @@ impl Profile {
             "video" => Some(Profile::Video),
             "hd" => Some(Profile::Hd),
             _ => None,
+        }
+    }
+
+    /// The API's name of the profile.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Audio => "audio",
+            Profile::Video => "video",
+            Profile::Hd => "hd",
         }
     }
 

@@ -68,6 +68,7 @@ pub(crate) fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -
             capacity_total: cap,
             ..Load::default()
         },
+        relay_started: Vec::new(),
     }
 }
 

@@ -122,6 +122,7 @@ pub async fn create_booking(
     let region = fleet_core::best_region(&state.catalog, &locations)
         .map(|r| r.id.clone())
         .ok_or_else(|| ApiError::BadRequest(BookingError::NoParticipants.to_string()))?;
+    let now_unix_ms = state.now().unix_ms;
     let booking = Booking {
         id: booking_id(),
         region,
@@ -129,10 +130,11 @@ pub async fn create_booking(
         duration_ms: req.duration_secs.saturating_mul(1000),
         participants: u32::try_from(req.participants.len()).unwrap_or(u32::MAX),
         profile,
+        made_unix_ms: now_unix_ms,
     };
     let scaler = scaler(&state)?;
     scaler
-        .add_booking(state.now().unix_ms, booking.clone(), max)
+        .add_booking(now_unix_ms, booking.clone(), max)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::info!(booking = %booking.id, region = %booking.region,
         start_unix = req.start_unix, "session booked");

@@ -2,6 +2,7 @@
 //! operators, the demo call page, Prometheus metrics and health probes.
 
 pub mod bookings;
+pub mod demand;
 pub mod demo;
 pub mod error;
 mod json_errors;
@@ -57,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/bookings/{id}",
             axum::routing::delete(bookings::delete_booking),
         )
+        .route("/v1/demand/trace", get(demand::demand_trace))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

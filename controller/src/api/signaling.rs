@@ -290,6 +290,7 @@ pub async fn create_session(
         let field = format!("participants[{i}]");
         participants.push((participant_id(&p.id, &field)?, locate(&state, p, &field)?));
     }
+    let recorded = participants.clone();
     let now = state.now();
     let (plan, out) = {
         // One lock for the warm-up check and the decision.
@@ -311,9 +312,18 @@ pub async fn create_session(
     };
     state.send(out);
     // An unknown or already fulfilled booking is not an error: the session is placed.
-    if let (Some(booking), Some(scaler)) = (&req.booking_id, state.scaler.get()) {
-        scaler.remove_booking(booking);
-    }
+    let booking = match (&req.booking_id, state.scaler.get()) {
+        (Some(booking), Some(scaler)) => scaler.remove_booking(booking),
+        _ => None,
+    };
+    crate::demand::session_started(
+        &state,
+        &plan.session,
+        now.unix_ms,
+        &recorded,
+        booking.map(|b| b.made_unix_ms).filter(|&t| t > 0),
+        profile,
+    );
     metrics::counter!("fleet_sessions_created_total", "region" => plan.region.to_string())
         .increment(1);
     if plan.spilled {
@@ -351,6 +361,7 @@ pub async fn join_session(
         &mut rand::rng(),
     )?;
     state.send(out);
+    crate::demand::participant_joined(&state, &session, participant, location);
     if outcome.replaced {
         metrics::counter!("fleet_sessions_replaced_total").increment(1);
     }

@@ -507,6 +507,7 @@ impl<'a> World<'a> {
             duration_ms: s.duration_s * 1000,
             participants: s.participants.len() as u32,
             profile: s.profile,
+            made_unix_ms: now.unix_ms,
         };
         let max = self.setup.fleet.placement.max_participants;
         // A booking the API would refuse (too short, too big) is not counted, as live.
@@ -732,6 +733,7 @@ impl<'a> World<'a> {
                 state: node.core.state(),
                 sessions: node.core.sessions(),
                 load,
+                relay_started: Vec::new(),
             };
             self.fleet.on_report(now, conn, &node.id, report);
         }

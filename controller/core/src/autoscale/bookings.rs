@@ -27,6 +27,9 @@ pub struct Booking {
     pub duration_ms: Millis,
     pub participants: u32,
     pub profile: Profile,
+    /// When the booking was made (Unix ms): how far ahead it was known, for demand recording.
+    #[serde(default)]
+    pub made_unix_ms: Millis,
 }
 
 impl Booking {
@@ -191,6 +194,7 @@ mod tests {
             duration_ms: 50 * MIN,
             participants: 2,
             profile: Profile::Video,
+            made_unix_ms: 0,
         }
     }
 

@@ -247,6 +247,7 @@ fn a_bookings_capacity_serves_before_it_starts() {
                 duration_ms: 50 * MIN,
                 participants: 2,
                 profile: crate::Profile::Video,
+                made_unix_ms: T0,
             },
             8,
         )

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use fleet_core::Profile;
+use crate::Profile;
 use fleet_geo::Location;
 
 /// The header line every trace starts with.
@@ -76,6 +76,35 @@ fn parse_participant(text: &str) -> Result<TraceParticipant, String> {
     Ok(TraceParticipant { location, relay })
 }
 
+/// Parses a `participants` field: `;`-separated `lat:lon` or `lat:lon:relay`, 1 to
+/// [`MAX_PARTICIPANTS`] of them.
+pub fn parse_participants(text: &str) -> Result<Vec<TraceParticipant>, String> {
+    let participants = text
+        .split(';')
+        .map(parse_participant)
+        .collect::<Result<Vec<_>, _>>()?;
+    if participants.len() > MAX_PARTICIPANTS {
+        return Err(format!(
+            "{} participants, at most {MAX_PARTICIPANTS}",
+            participants.len()
+        ));
+    }
+    Ok(participants)
+}
+
+/// Writes a `participants` field.
+pub fn format_participants(participants: &[TraceParticipant]) -> String {
+    let mut out = String::with_capacity(24 * participants.len());
+    for (i, p) in participants.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        let relay = if p.relay { ":relay" } else { "" };
+        let _ = write!(out, "{}:{}{relay}", p.location.lat, p.location.lon);
+    }
+    out
+}
+
 fn parse_row(fields: &[&str]) -> Result<TraceSession, String> {
     let [id, start, duration, participants, booked, profile] = fields else {
         return Err(format!("expected 6 fields, found {}", fields.len()));
@@ -93,17 +122,8 @@ fn parse_row(fields: &[&str]) -> Result<TraceSession, String> {
     if duration_s == 0 {
         return Err("duration_s: must be at least 1".into());
     }
-    let participants = participants
-        .split(';')
-        .map(parse_participant)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("participants: {e}"))?;
-    if participants.len() > MAX_PARTICIPANTS {
-        return Err(format!(
-            "participants: {} participants, at most {MAX_PARTICIPANTS}",
-            participants.len()
-        ));
-    }
+    let participants =
+        parse_participants(participants).map_err(|e| format!("participants: {e}"))?;
     let booked_s = match booked.trim() {
         "" => None,
         b => {
@@ -162,27 +182,15 @@ pub fn write_trace(sessions: &[TraceSession]) -> String {
     out.push_str(HEADER);
     out.push('\n');
     for s in sessions {
-        let participants: Vec<String> = s
-            .participants
-            .iter()
-            .map(|p| {
-                let relay = if p.relay { ":relay" } else { "" };
-                format!("{}:{}{relay}", p.location.lat, p.location.lon)
-            })
-            .collect();
         let booked = s.booked_s.map(|b| b.to_string()).unwrap_or_default();
-        let profile = match s.profile {
-            Profile::Audio => "audio",
-            Profile::Video => "video",
-            Profile::Hd => "hd",
-        };
+        let profile = s.profile.as_str();
         let _ = writeln!(
             out,
             "{},{},{},{},{booked},{profile}",
             s.id,
             s.start_s,
             s.duration_s,
-            participants.join(";")
+            format_participants(&s.participants)
         );
     }
     out
