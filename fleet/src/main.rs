@@ -91,6 +91,10 @@ enum Cmd {
         /// replayed policy.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Write each replayed policy's machines and used capacity per pool every 5 minutes of
+        /// the trace as CSV (`policy,t_s,pool,nodes,used`).
+        #[arg(long)]
+        timeline: Option<PathBuf>,
     },
     /// Run a media node (as `fleet up` does).
     MediaNode(media_node::Args),
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             json,
             plot,
+            timeline,
         } => {
             let trace = trace.context("--trace is required")?;
             simulate::run(simulate::SimulateArgs {
@@ -187,6 +192,7 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 json,
                 plot,
+                timeline,
             })
         }
         Cmd::CheckConfig { config } => {

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use fleet_controller::config::Config;
 use fleet_core::FleetConfig;
 use fleet_sim::{
-    HpaConfig, KindHours, OracleInput, Policy, PolicyReport, Price, ReplaySetup, TraceKind,
-    TraceSession, generate, oracle, parse_trace, replay, write_trace,
+    HpaConfig, KindHours, OracleInput, Policy, PolicyReport, Price, ReplaySetup, Timeline,
+    TraceKind, TraceSession, generate, oracle, parse_trace, replay, write_trace,
 };
 use serde_json::json;
 
@@ -49,6 +49,8 @@ pub struct SimulateArgs<'a> {
     pub json: Option<PathBuf>,
     /// An SVG of demand and media nodes per region, one line per replayed policy.
     pub plot: Option<PathBuf>,
+    /// A CSV of each replayed policy's machines and used capacity per pool over the trace.
+    pub timeline: Option<PathBuf>,
 }
 
 /// The policies asked for, checked, in the order given (each once).
@@ -211,6 +213,13 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
         }
         crate::plot::write_plot(path, &timelines, setup.media_capacity)?;
     }
+    if let Some(path) = &args.timeline {
+        if timelines.is_empty() {
+            bail!("--timeline needs a replayed policy (ours or hpa)");
+        }
+        std::fs::write(path, timeline_csv(&timelines))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let report = json!({
         "policies": reports,
         "wall_secs": started.elapsed().as_secs_f64(),
@@ -221,6 +230,22 @@ pub fn run(args: SimulateArgs<'_>) -> anyhow::Result<()> {
         None => print_table(&reports),
     }
     Ok(())
+}
+
+/// The timelines as CSV: `policy,t_s,pool,nodes,used`, one row per policy, sample and pool.
+fn timeline_csv(timelines: &[(String, Timeline)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("policy,t_s,pool,nodes,used\n");
+    for (policy, timeline) in timelines {
+        for sample in &timeline.samples {
+            for (i, pool) in timeline.pools.iter().enumerate() {
+                let nodes = sample.nodes.get(i).copied().unwrap_or(0);
+                let used = sample.used.get(i).copied().unwrap_or(0);
+                let _ = writeln!(out, "{policy},{},{pool},{nodes},{used}", sample.t_s);
+            }
+        }
+    }
+    out
 }
 
 /// A progress bar over the trace's seconds on a terminal; none when stderr is not one.

@@ -192,8 +192,10 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
     };
     assert_eq!(figures(all), figures(report_of("ours,hpa,oracle", "7")));
 
-    // --plot: one panel per region with the demand and a line per replayed policy.
+    // --plot: one panel per region with the demand and a line per replayed policy; --timeline
+    // the same figures as CSV.
     let plot = dir.path().join("plot.svg");
+    let timeline = dir.path().join("timeline.csv");
     let plotted = run(&[
         "--trace",
         trace_arg,
@@ -203,6 +205,8 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
         "ours,hpa",
         "--plot",
         plot.to_str().unwrap(),
+        "--timeline",
+        timeline.to_str().unwrap(),
     ]);
     assert!(
         plotted.status.success(),
@@ -216,6 +220,26 @@ s4,3600,3600,19.08:72.88;19.1:72.9:relay,,
     }
     // 16 regions × (demand + 2 policies), plus the legend samples.
     assert!(svg.matches("<polyline").count() >= 48);
+    let csv = std::fs::read_to_string(&timeline).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("policy,t_s,pool,nodes,used"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 5), "{csv}");
+    for policy in ["ours", "hpa"] {
+        let first = rows
+            .iter()
+            .filter(|r| r[0] == policy && r[1] == "0")
+            .count();
+        assert_eq!(first, 32, "{policy}: 16 regions × 2 kinds at t = 0");
+        // The London calls ran in eu-west-2 on machines the policy launched.
+        assert!(
+            rows.iter().any(|r| r[0] == policy
+                && r[2] == "eu-west-2/media"
+                && r[3].parse::<u32>().unwrap() >= 1
+                && r[4].parse::<u64>().unwrap() >= 8),
+            "{policy}: {csv}"
+        );
+    }
     let err = run(&[
         "--trace",
         trace_arg,

@@ -119,6 +119,7 @@ fn bench(c: &mut Criterion) {
                         id: SessionId::random(),
                         participants: vec![(a.clone(), la), (bp.clone(), lb)],
                         profile: Profile::Video,
+                        booked: false,
                     },
                     &mut rng,
                 )

@@ -24,6 +24,9 @@ pub struct NewSession {
     pub id: SessionId,
     pub participants: Vec<(ParticipantId, Location)>,
     pub profile: Profile,
+    /// The session fulfils a booking (its capacity was planned); otherwise it is a walk-in,
+    /// whose arrival rate the autoscaler keeps headroom for.
+    pub booked: bool,
 }
 
 /// A TURN node handed to a participant.
@@ -100,6 +103,9 @@ pub struct RegionDemand {
     pub spilled_sessions: u64,
     /// Sessions refused for lack of capacity.
     pub refused_sessions: u64,
+    /// Capacity units of walk-in (not booked) sessions that preferred this region, placed or
+    /// not: the autoscaler's arrival-rate signal.
+    pub walk_in_units: u64,
 }
 
 /// All decision state.
@@ -247,7 +253,11 @@ impl Fleet {
             .map(|(_, l)| l.unit_vector())
             .collect();
         let cost = req.profile.session_cost(req.participants.len());
-        let choice = self.choose(&vectors, cost, None, rng)?;
+        let choice = self.choose(&vectors, cost, None, rng);
+        if !req.booked {
+            self.count_walk_in(&choice, cost);
+        }
+        let choice = choice?;
         let located = req.participants.clone();
         let participants = req
             .participants
@@ -329,6 +339,20 @@ impl Fleet {
         );
         self.sessions.insert(record);
         (plan, out)
+    }
+
+    /// Adds a walk-in's units to the region it preferred.
+    fn count_walk_in(&mut self, choice: &Result<Choice, FleetError>, cost: u64) {
+        let preferred = match choice {
+            Ok(c) => Some(c.preferred_region_idx),
+            Err(FleetError::Placement(PlacementError::NoCapacity {
+                preferred_region, ..
+            })) => self.registry.catalog().index_of(preferred_region),
+            Err(_) => None,
+        };
+        if let Some(d) = preferred.and_then(|i| self.demand.get_mut(i)) {
+            d.walk_in_units += cost;
+        }
     }
 
     /// Placement with demand accounting.

@@ -110,6 +110,7 @@ pub(crate) fn new_session(people: &[(&str, Location)]) -> NewSession {
         id: SessionId::random(),
         participants: people.iter().map(|(p, l)| (pid(p), *l)).collect(),
         profile: Profile::Video,
+        booked: false,
     }
 }
 
@@ -256,6 +257,17 @@ fn full_region_spills_within_budget_and_counts_demand() {
     assert_eq!(d.spilled_sessions, 1);
     assert_eq!(d.refused_sessions, 1);
     assert_eq!(d.unmet_units, 16);
+    // All three were walk-ins that preferred eu-west-1, the refused one too.
+    assert_eq!(d.walk_in_units, 24);
+    // A booked session is planned capacity, not a walk-in.
+    let booked = NewSession {
+        booked: true,
+        ..new_session(&[("b", dublin)])
+    };
+    let _ = f.create_session(at(0), booked, &mut r);
+    let d = &f.demand()[f.registry().catalog().index_of("eu-west-1").unwrap()];
+    assert_eq!(d.walk_in_units, 24);
+    assert_eq!(d.refused_sessions, 2);
 }
 
 #[test]

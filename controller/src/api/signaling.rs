@@ -306,6 +306,7 @@ pub async fn create_session(
                 id: SessionId::random(),
                 participants,
                 profile,
+                booked: req.booking_id.is_some(),
             },
             &mut rand::rng(),
         )?

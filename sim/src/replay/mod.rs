@@ -572,6 +572,7 @@ impl<'a> World<'a> {
                 .map(|(p, id)| (id.clone(), p.location))
                 .collect(),
             profile: s.profile,
+            booked: s.booked_s.is_some(),
         };
         let Ok((plan, out)) = self.fleet.create_session(now, req, &mut self.rng) else {
             self.refused_media += 1;

@@ -4,13 +4,16 @@
 //! [`PoolScaler`] that remembers since when each signal has held.
 //!
 //! Signals, strongest first: the floor (policy min, schedule), capacity that must exist now
-//! (booked sessions about to start, the headroom buffer) and unmet demand (sessions spilled or
+//! (booked sessions about to start, the headroom buffer, the walk-ins expected at the recent
+//! arrival rate while a new node would boot) and unmet demand (sessions spilled or
 //! refused for lack of room) act at once; utilization (capacity units, CPU, memory against their
 //! targets, the Kubernetes HPA rule with a 0.1 tolerance) and session-setup latency act only
 //! when sustained for the up window. The pool shrinks only when every signal has asked for
 //! fewer nodes for the whole down window, and then to the highest size any of them asked for in
-//! that window.
+//! that window (the HPA's scale-down stabilization: a sliding window, so a falling demand is
+//! followed one window behind, not one window per step).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use fleet_proto::{MachineId, NodeId};
@@ -69,6 +72,9 @@ pub struct Demand {
     pub unmet_units: u64,
     /// Capacity units of booked sessions starting within the boot time (plus a margin).
     pub booked_units: u64,
+    /// Capacity units of walk-in sessions expected within the boot time, at the recent
+    /// arrival rate: kept free so that walk-ins arriving while a new node boots find room.
+    pub walk_in_units: u64,
     /// The schedule's floor at this instant.
     pub schedule_floor: u32,
     /// Capacity units of one session of the default profile (for the headroom buffer).
@@ -88,7 +94,7 @@ pub enum Reason {
     Floor,
     /// Booked sessions start within the boot time.
     Booking,
-    /// Free capacity below the headroom buffer.
+    /// Free capacity below the headroom: the buffer, and the walk-ins expected within a boot.
     Buffer,
     /// Sessions spilled or refused for lack of room.
     UnmetDemand,
@@ -151,6 +157,8 @@ pub struct Inputs {
     pub setup_p95_ms: Option<u32>,
     pub unmet_units: u64,
     pub booked_units: u64,
+    #[serde(default)]
+    pub walk_in_units: u64,
     pub floor: u32,
     /// Nodes needed for used + booked + buffer capacity.
     pub capacity_floor: u32,
@@ -170,13 +178,16 @@ pub struct Decision {
     pub inputs: Inputs,
 }
 
-/// Per-pool memory between decisions: since when each sustained signal has held.
+/// Per-pool memory between decisions: since when the up signal has held, and the sizes asked
+/// for over the down window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PoolScaler {
     up_since: Option<Millis>,
-    down_since: Option<Millis>,
-    /// The highest size asked for since `down_since`.
-    down_highest: u32,
+    /// The sizes asked for within the down window, as a monotonic queue for the window's
+    /// maximum: times increase and sizes strictly decrease from front to back.
+    asks: VecDeque<(Millis, u32)>,
+    /// The first decision's time: the pool shrinks only once a whole window was seen.
+    first_decision: Option<Millis>,
 }
 
 /// Tolerance of the HPA rule: within ±10 % of target, the size holds.
@@ -259,6 +270,7 @@ impl PoolScaler {
             setup_p95_ms: t.setup_p95,
             unmet_units: demand.unmet_units,
             booked_units: demand.booked_units,
+            walk_in_units: demand.walk_in_units,
             ..Inputs::default()
         };
 
@@ -266,7 +278,7 @@ impl PoolScaler {
         let floor = policy.min.max(demand.schedule_floor).min(policy.max);
         let buffer_units = u64::from(policy.buffer_sessions) * demand.session_units;
         let capacity_floor = clamp_u32(ceil_div(
-            t.used_all + demand.booked_units + buffer_units,
+            t.used_all + demand.booked_units + buffer_units + demand.walk_in_units,
             node_capacity,
         ));
         let unmet_nodes = clamp_u32(ceil_div(demand.unmet_units, node_capacity));
@@ -380,9 +392,9 @@ impl PoolScaler {
     ) -> (u32, Reason) {
         let up_window = policy.scale_up_window_secs * 1000;
         let down_window = policy.scale_down_window_secs * 1000;
+        let highest = self.highest_ask(now, down_window, immediate.0.max(windowed.0));
         if windowed.0 > current {
             let since = *self.up_since.get_or_insert(now);
-            self.down_since = None;
             if now.saturating_sub(since) >= up_window && windowed.0 >= immediate.0 {
                 return windowed;
             }
@@ -390,29 +402,35 @@ impl PoolScaler {
             self.up_since = None;
         }
         if immediate.0 > current {
-            self.down_since = None;
             return immediate;
         }
-        let asked = immediate.0.max(windowed.0);
-        if asked >= current {
-            self.down_since = None;
+        let seen = self
+            .first_decision
+            .is_some_and(|first| now.saturating_sub(first) >= down_window);
+        if highest >= current || !seen {
             return (current, windowed.1);
         }
-        match self.down_since {
-            None => {
-                self.down_since = Some(now);
-                self.down_highest = asked;
-            }
-            Some(_) => self.down_highest = self.down_highest.max(asked),
+        // The HPA's scale-down stabilization: the highest size asked for within the window,
+        // so the pool follows a falling demand one window behind it, step after step.
+        (highest, Reason::LowUtilization)
+    }
+
+    /// Records this decision's ask and returns the highest ask within the down window
+    /// (`(now - window, now]`).
+    fn highest_ask(&mut self, now: Millis, window: Millis, asked: u32) -> u32 {
+        self.first_decision.get_or_insert(now);
+        while self.asks.back().is_some_and(|&(_, a)| a <= asked) {
+            self.asks.pop_back();
         }
-        let since = self.down_since.unwrap_or(now);
-        if now.saturating_sub(since) >= down_window {
-            let to = self.down_highest;
-            // The next step down needs a window of its own.
-            self.down_since = None;
-            return (to, Reason::LowUtilization);
+        self.asks.push_back((now, asked));
+        while self
+            .asks
+            .front()
+            .is_some_and(|&(t, _)| t + window <= now && self.asks.len() > 1)
+        {
+            self.asks.pop_front();
         }
-        (current, Reason::LowUtilization)
+        self.asks.front().map_or(asked, |&(_, a)| a)
     }
 }
 

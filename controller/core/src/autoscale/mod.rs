@@ -17,6 +17,7 @@ pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, Pool
 pub use policy::{PolicyPatch, PoolPolicy};
 pub use pools::{
     Autoscaler, InFlight, Machine, PoolKey, PoolSetup, PoolState, PoolTick, Step, StepReason,
+    WalkInRate,
 };
 pub use schedule::{ScheduleRule, floor_at, time_zone};
 

@@ -11,7 +11,7 @@
 //! Times are Unix milliseconds (`now.unix_ms`): the provider's launch times are wall-clock
 //! times, and the registry's monotonic times are converted with the same `Now`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
@@ -146,6 +146,8 @@ pub struct Autoscaler {
     pools: BTreeMap<PoolKey, PoolState>,
     /// Unmet demand counters per region as of the previous tick (the fleet's only grow).
     unmet_seen: Vec<u64>,
+    /// Per region, the walk-in units counter at recent ticks (for the arrival rate).
+    walk_ins: Vec<WalkInRate>,
     /// How long a launched machine may take to say Hello.
     pub boot_timeout_ms: u64,
 }
@@ -180,6 +182,7 @@ impl Autoscaler {
         Autoscaler {
             pools,
             unmet_seen: Vec::new(),
+            walk_ins: Vec::new(),
             boot_timeout_ms,
         }
     }
@@ -225,6 +228,11 @@ impl Autoscaler {
     ) -> Vec<PoolTick> {
         let by_pool = nodes_by_pool(fleet);
         let unmet = self.unmet_since_last_tick(fleet);
+        self.walk_ins
+            .resize_with(fleet.demand().len(), WalkInRate::default);
+        for (rate, d) in self.walk_ins.iter_mut().zip(fleet.demand()) {
+            rate.record(now.unix_ms, d.walk_in_units);
+        }
         let no_machines = Vec::new();
         let mut out = Vec::new();
         for (key, pool) in &mut self.pools {
@@ -249,6 +257,11 @@ impl Autoscaler {
                 booked_units: if media {
                     let lead = (policy.boot_secs + BOOKING_MARGIN_SECS) * 1000;
                     bookings.units_due(&key.region, now.unix_ms, lead)
+                } else {
+                    0
+                },
+                walk_in_units: if media {
+                    self.walk_ins[region_idx].expected(policy.boot_secs * 1000)
                 } else {
                     0
                 },
@@ -291,6 +304,47 @@ impl Autoscaler {
                 new
             })
             .collect()
+    }
+}
+
+/// The span the walk-in arrival rate is measured over.
+pub const WALK_IN_WINDOW_MS: u64 = 5 * 60_000;
+
+/// A region's walk-in arrivals: the cumulative units counter sampled at each tick over the
+/// last [`WALK_IN_WINDOW_MS`], and the rate they show.
+#[derive(Debug, Clone, Default)]
+pub struct WalkInRate {
+    samples: VecDeque<(Millis, u64)>,
+}
+
+impl WalkInRate {
+    /// Records the counter at `now` (an older sample is kept as the window's start).
+    pub fn record(&mut self, now: Millis, cumulative_units: u64) {
+        if self.samples.back().is_some_and(|&(t, _)| t >= now) {
+            return;
+        }
+        self.samples.push_back((now, cumulative_units));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|&(t, _)| t + WALK_IN_WINDOW_MS <= now)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Units expected to arrive within `lead_ms` at the rate of the window (0 before the window
+    /// holds a minute of samples).
+    pub fn expected(&self, lead_ms: u64) -> u64 {
+        let (Some(&(t0, u0)), Some(&(t1, u1))) = (self.samples.front(), self.samples.back()) else {
+            return 0;
+        };
+        let span = t1.saturating_sub(t0);
+        if span < 60_000 {
+            return 0;
+        }
+        (u1.saturating_sub(u0) as u128 * lead_ms as u128).div_ceil(span as u128) as u64
     }
 }
 

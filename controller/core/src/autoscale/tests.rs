@@ -157,6 +157,68 @@ fn shrinks_only_after_the_down_window_to_the_highest_ask() {
     assert_eq!(d.desired, 3);
     assert_eq!(d.reason, Some(Reason::LowUtilization));
     assert_eq!(drained(&d).len(), 3);
+    // The window slides: once the ask for 3 (at 300 s) is older than 600 s, down to the floor,
+    // without a window of its own for the next step.
+    let three = serving(3, 14);
+    assert_eq!(s.decide(T0 + 899 * SEC, &p, &three, &demand()).desired, 3);
+    let d = s.decide(T0 + 900 * SEC, &p, &three, &demand());
+    assert_eq!(d.desired, 2);
+    assert_eq!(drained(&d).len(), 1);
+}
+
+#[test]
+fn an_ask_above_the_size_holds_the_pool_for_a_whole_window() {
+    let p = policy();
+    let mut s = PoolScaler::default();
+    let idle = serving(6, 7);
+    let busy = serving(6, 70); // on target: holds 6
+    assert_eq!(s.decide(T0, &p, &idle, &demand()).desired, 6);
+    assert_eq!(s.decide(T0 + 700 * SEC, &p, &busy, &demand()).desired, 6);
+    // The ask for 6 at 700 s holds until 1300 s.
+    assert_eq!(s.decide(T0 + 1_299 * SEC, &p, &idle, &demand()).desired, 6);
+    assert_eq!(s.decide(T0 + 1_300 * SEC, &p, &idle, &demand()).desired, 2);
+}
+
+#[test]
+fn walk_ins_expected_within_a_boot_are_kept_free() {
+    let p = policy();
+    // 3 nodes of 100 units, 250 used: 50 free; walk-ins expected within a boot: 120 units.
+    let d = PoolScaler::default().decide(
+        T0,
+        &p,
+        &serving(3, 83),
+        &Demand {
+            walk_in_units: 120,
+            ..demand()
+        },
+    );
+    assert_eq!((d.desired, launched(&d)), (4, 1));
+    assert_eq!(d.reason, Some(Reason::Buffer));
+    assert_eq!(d.inputs.walk_in_units, 120);
+}
+
+#[test]
+fn the_walk_in_rate_is_measured_over_the_last_five_minutes() {
+    let mut rate = WalkInRate::default();
+    // Less than a minute of samples: no estimate yet.
+    rate.record(T0, 1_000);
+    rate.record(T0 + 30 * SEC, 1_030);
+    assert_eq!(rate.expected(120 * SEC), 0);
+    // 1 unit per second for 10 minutes.
+    for s in (60..=600).step_by(2) {
+        rate.record(T0 + s * SEC, 1_000 + s);
+    }
+    assert_eq!(rate.expected(120 * SEC), 120);
+    // Then 10 units per second: once the window holds only the new rate, 1,200 per boot.
+    for s in (602..=900).step_by(2) {
+        rate.record(T0 + s * SEC, 1_600 + (s - 600) * 10);
+    }
+    assert_eq!(rate.expected(120 * SEC), 1_200);
+    // Nothing more arrives: the estimate falls to 0 within the window.
+    for s in (902..=1_202).step_by(2) {
+        rate.record(T0 + s * SEC, 4_600);
+    }
+    assert_eq!(rate.expected(120 * SEC), 0);
 }
 
 #[test]
