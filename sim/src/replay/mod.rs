@@ -198,6 +198,17 @@ struct World<'a> {
     timeline: Timeline,
 }
 
+/// The fleet was running before the trace began: the replay starts this long before t = 0, so
+/// the pools can get ready for the sessions booked at the trace's first instants as a running
+/// fleet would have (bookings known at t = 0 are fed then). Machines are billed, and the
+/// timeline sampled, from t = 0 only, like the oracle's node-hours.
+pub const PREROLL_MS: Millis = 15 * 60_000;
+
+/// Unix ms of the virtual clock's 0: [`PREROLL_MS`] before the trace's Monday 00:00 UTC.
+fn epoch_unix_ms() -> u64 {
+    WEEK_START as u64 * 1000 - PREROLL_MS
+}
+
 /// Replays `trace` under `policy`. `progress` is called now and then with the trace second
 /// reached and the last one.
 pub fn replay(
@@ -220,20 +231,28 @@ pub fn replay(
         .collect();
     known.sort_by_key(|&i| (trace[i as usize].booked_s, i));
     let (mut next_start, mut next_known) = (0, 0);
-    let (mut next_tick, mut next_sample) = (0, 0);
+    let (mut next_tick, mut next_sample) = (0, PREROLL_MS);
     world.start_pools();
+    // `t` is the virtual clock, PREROLL_MS ahead of trace time.
+    let horizon_ms = horizon_ms + PREROLL_MS;
     let mut t: Millis = 0;
     while t < horizon_ms {
-        let now = Now::virtual_at(t, WEEK_START as u64 * 1000);
+        let now = Now::virtual_at(t, epoch_unix_ms());
+        // A booking known at t = 0 was known before the trace: it is fed when the replay starts.
         while next_known < known.len()
-            && trace[known[next_known] as usize].booked_s.unwrap_or(0) * 1000 <= t
+            && match trace[known[next_known] as usize].booked_s.unwrap_or(0) {
+                0 => true,
+                b => b * 1000 + PREROLL_MS <= t,
+            }
         {
             world.book(now, known[next_known] as usize);
             next_known += 1;
         }
         world.boot_due(now);
         world.end_due(now);
-        while next_start < starts.len() && trace[starts[next_start] as usize].start_s * 1000 <= t {
+        while next_start < starts.len()
+            && trace[starts[next_start] as usize].start_s * 1000 + PREROLL_MS <= t
+        {
             world.start_session(now, starts[next_start]);
             next_start += 1;
         }
@@ -247,20 +266,26 @@ pub fn replay(
             next_tick = t + tick_every;
         }
         let dt = step.min(horizon_ms - t);
-        for (p, count) in world.machine_count.iter().enumerate() {
-            world.node_ms[p] += u128::from(*count) * u128::from(dt);
-            world.peak[p] = world.peak[p].max(*count);
+        // Machines are billed, and the timeline sampled, over the trace only.
+        if t >= PREROLL_MS {
+            for (p, count) in world.machine_count.iter().enumerate() {
+                world.node_ms[p] += u128::from(*count) * u128::from(dt);
+                world.peak[p] = world.peak[p].max(*count);
+            }
+            world.bill_states(dt);
         }
-        world.bill_states(dt);
         if t >= next_sample {
-            world.sample(t);
+            world.sample(t - PREROLL_MS);
             next_sample = t + setup.sample_ms.max(1000);
-            progress(t / 1000, horizon_ms / 1000);
+            progress((t - PREROLL_MS) / 1000, (horizon_ms - PREROLL_MS) / 1000);
         }
         t += dt;
     }
-    world.sample(t);
-    progress(horizon_ms / 1000, horizon_ms / 1000);
+    world.sample(t - PREROLL_MS);
+    progress(
+        (horizon_ms - PREROLL_MS) / 1000,
+        (horizon_ms - PREROLL_MS) / 1000,
+    );
     world.finish()
 }
 
@@ -343,7 +368,7 @@ impl<'a> World<'a> {
 
     /// Each pool's floor, serving at t = 0.
     fn start_pools(&mut self) {
-        let now = Now::virtual_at(0, WEEK_START as u64 * 1000);
+        let now = Now::virtual_at(0, epoch_unix_ms());
         for (p, (key, setup)) in self.setup.pools.iter().enumerate() {
             let min = match self.policy {
                 Policy::Ours => setup.policy.min,
@@ -503,7 +528,7 @@ impl<'a> World<'a> {
         let booking = Booking {
             id: format!("s{i}"),
             region: region.id.clone(),
-            start_unix_ms: now.unix_ms - now.mono_ms + s.start_s * 1000,
+            start_unix_ms: WEEK_START as u64 * 1000 + s.start_s * 1000,
             duration_ms: s.duration_s * 1000,
             participants: s.participants.len() as u32,
             profile: s.profile,

@@ -98,6 +98,25 @@ fn a_booked_session_finds_capacity_that_a_walk_in_waits_for() {
     assert_eq!(hpa.refused, 2, "{hpa:?}");
 }
 
+/// Sessions booked before the trace for its first instant: the replay starts before t = 0 (a
+/// running fleet would have), so the pool is ready; billing still starts at t = 0.
+#[test]
+fn bookings_for_the_trace_start_find_capacity() {
+    let mut text = String::from(crate::trace::HEADER);
+    text.push('\n');
+    for i in 0..4 {
+        text.push_str(&format!("c{i},0,1800,{LONDON};{LONDON},0,video\n"));
+    }
+    let r = run(&text, &london_setup(), Policy::Ours).report;
+    assert_eq!((r.refused, r.dropped), (0, 0), "{r:?}");
+    // The two nodes the calls need served from t = 0 (launched and booted before it), and
+    // machine time counts the trace's 30 minutes only.
+    let states = r.media_hours_by_state.expect("states");
+    assert!(states.serving >= 1.0, "{states:?}");
+    let peak = r.peak_nodes_by_pool["eu-west-2/media"] as f64;
+    assert!(r.node_hours.media <= peak * 0.5 + 1e-9, "{r:?}");
+}
+
 /// Machine time is billed from launch to termination, and priced.
 #[test]
 fn node_hours_and_cost_follow_the_machines() {

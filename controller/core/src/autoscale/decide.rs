@@ -277,25 +277,26 @@ impl PoolScaler {
         // Signals that act at once.
         let floor = policy.min.max(demand.schedule_floor).min(policy.max);
         let buffer_units = u64::from(policy.buffer_sessions) * demand.session_units;
-        let capacity_floor = clamp_u32(ceil_div(
-            t.used_all + demand.booked_units + buffer_units + demand.walk_in_units,
+        let capacity_floor = headroom_floor(
+            nodes,
             node_capacity,
-        ));
+            demand.session_units,
+            demand.booked_units + buffer_units + demand.walk_in_units,
+        );
         let unmet_nodes = clamp_u32(ceil_div(demand.unmet_units, node_capacity));
         let mut immediate = (floor, Reason::Floor);
-        for candidate in [
-            (capacity_floor, Reason::Buffer),
-            (current.saturating_add(unmet_nodes), Reason::UnmetDemand),
-        ] {
-            if candidate.0 > immediate.0 {
-                immediate = candidate;
-            }
+        if capacity_floor > immediate.0 {
+            let reason = if demand.booked_units > 0 {
+                Reason::Booking
+            } else {
+                Reason::Buffer
+            };
+            immediate = (capacity_floor, reason);
         }
-        if immediate.1 == Reason::Buffer && demand.booked_units > 0 {
-            immediate.1 = Reason::Booking;
-        }
-        if demand.unmet_units == 0 && immediate.1 == Reason::UnmetDemand {
-            immediate = (floor, Reason::Floor);
+        // Unmet demand asks for more than the current size; without any it asks for nothing
+        // (and must not hide the capacity floor, which also holds the pool up when shrinking).
+        if demand.unmet_units > 0 && current.saturating_add(unmet_nodes) > immediate.0 {
+            immediate = (current.saturating_add(unmet_nodes), Reason::UnmetDemand);
         }
 
         // Sustained signals: utilization (the HPA rule) and setup latency.
@@ -432,6 +433,47 @@ impl PoolScaler {
         }
         self.asks.front().map_or(asked, |&(_, a)| a)
     }
+}
+
+/// The SERVING + STARTING nodes the pool needs so that `need` units fit in free capacity as
+/// sessions fit in it: each node's free units count only in whole sessions of `session_units`
+/// (calls do not move between nodes, so free units split over nodes are not one free session).
+/// Below the need: the current nodes plus enough new (empty) ones. Above it: the current nodes
+/// less those of the emptiest that could go (drained, their free capacity no longer counts)
+/// with the need still met.
+fn headroom_floor(nodes: &[PoolNode], node_capacity: u64, session_units: u64, need: u64) -> u32 {
+    let unit = session_units.max(1);
+    let usable = |free: u64| free - free % unit;
+    let mut free: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.state != PoolNodeState::Draining)
+        .map(|n| {
+            let capacity = if n.capacity_total > 0 {
+                n.capacity_total
+            } else {
+                node_capacity
+            };
+            usable(capacity.saturating_sub(n.used_units))
+        })
+        .collect();
+    let current = clamp_u32(free.len() as u64);
+    let total: u64 = free.iter().sum();
+    if total < need {
+        let per_new_node = usable(node_capacity).max(unit);
+        return current.saturating_add(clamp_u32(ceil_div(need - total, per_new_node)));
+    }
+    // The emptiest go first (as the victims do): drop them while the rest still meet the need.
+    free.sort_unstable_by(|a, b| b.cmp(a));
+    let mut left = total;
+    let mut removable = 0u32;
+    for f in free {
+        if left - f < need {
+            break;
+        }
+        left -= f;
+        removable += 1;
+    }
+    current - removable
 }
 
 /// Adds `count` nodes: draining nodes are undrained first (they are already running), busiest

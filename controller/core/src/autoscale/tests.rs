@@ -180,6 +180,45 @@ fn an_ask_above_the_size_holds_the_pool_for_a_whole_window() {
 }
 
 #[test]
+fn booked_capacity_holds_the_pool_up_while_utilization_asks_to_shrink() {
+    let p = policy();
+    let mut s = PoolScaler::default();
+    // 12 nodes of 100 units at 30 %: utilization alone asks for 6 (ratio 0.43).
+    let quiet = serving(12, 30);
+    let bookings = Demand {
+        booked_units: 560, // 70 sessions' worth, due within the boot time
+        ..demand()
+    };
+    for t in [0, 300, 600, 900] {
+        let d = s.decide(T0 + t * SEC, &p, &quiet, &bookings);
+        // 840 free units; 560 must stay free: 3 of the 12 (with 70 free each) could go.
+        assert!(d.desired >= 9, "t={t}: {d:?}");
+        assert_eq!(d.inputs.capacity_floor, 9, "t={t}");
+    }
+    // Without the bookings, the same pool shrinks once the window has passed.
+    let mut s = PoolScaler::default();
+    s.decide(T0, &p, &quiet, &demand());
+    assert!(s.decide(T0 + 600 * SEC, &p, &quiet, &demand()).desired < 9);
+}
+
+#[test]
+fn free_units_count_only_in_whole_sessions() {
+    let p = policy();
+    // 3 nodes of 100 units with 93 used: 21 units free in all, but 7 on each node, where no
+    // 8-unit session fits: a buffer of 2 sessions needs a node more.
+    let d = PoolScaler::default().decide(
+        T0,
+        &PoolPolicy {
+            buffer_sessions: 2,
+            ..p
+        },
+        &serving(3, 93),
+        &demand(),
+    );
+    assert_eq!((d.desired, launched(&d)), (4, 1));
+}
+
+#[test]
 fn walk_ins_expected_within_a_boot_are_kept_free() {
     let p = policy();
     // 3 nodes of 100 units, 250 used: 50 free; walk-ins expected within a boot: 120 units.
