@@ -21,6 +21,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 { [ -x /usr/bin/chromium ] && command -v chromedriver; } >/dev/null || need_apt+=(chromium chromium-driver)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# python3 with venv: moto's EC2 server for the EC2 provider's tests (ec2/tests/moto.rs).
+{ command -v python3 && python3 -m venv --help; } >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
@@ -29,6 +31,12 @@ fi
 # bench start their own on loopback, so keep that one off.
 if command -v systemctl >/dev/null && systemctl is-enabled --quiet coturn 2>/dev/null; then
   $SUDO systemctl disable --now coturn || true
+fi
+# moto's server in a virtual environment of the checkout (ec2/tests/moto.rs finds it there).
+MOTO_VERSION=5.2.5
+if ! .venv-moto/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  python3 -m venv .venv-moto
+  .venv-moto/bin/pip install -q "moto[server]==$MOTO_VERSION"
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2

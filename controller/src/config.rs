@@ -69,6 +69,8 @@ pub struct Config {
     pub prices: Vec<PriceConfig>,
     /// `[demand]`: the recording of real sessions as a demand trace.
     pub demand: DemandConfig,
+    /// `[providers.…]`: cloud providers' launch settings.
+    pub providers: crate::provider_config::ProvidersConfig,
 }
 
 /// `[demand]`: the controller keeps the sessions it placed as a demand trace (no ids or IPs,
@@ -319,7 +321,24 @@ impl Config {
             return Err(invalid("demand.retention_days", "expected 1..=366 days"));
         }
         self.validate_regions()?;
-        self.pool_setups()?;
+        let setups = self.pool_setups()?;
+        let ec2_pools: Vec<_> = setups
+            .iter()
+            .filter(|(_, s)| s.provider == "ec2")
+            .map(|(k, s)| (k.clone(), s.zones.to_vec()))
+            .collect();
+        match &self.providers.ec2 {
+            Some(ec2) => ec2
+                .validate(&ec2_pools)
+                .map_err(|e| invalid(&format!("providers.ec2.{}", e.field), e.message))?,
+            None if !ec2_pools.is_empty() => {
+                return Err(invalid(
+                    "providers.ec2",
+                    "pools with provider \"ec2\" need a [providers.ec2] section",
+                ));
+            }
+            None => {}
+        }
         validate_prices(&self.prices, &self.catalog()?)
             .map_err(|e| invalid(&e.field, e.message))?;
         for (key, min, max) in [
@@ -613,6 +632,59 @@ mod tests {
         let c = Config::from_toml(text, no_env()).unwrap();
         assert_eq!(c.auth.api_keys.len(), 1);
         assert!(!c.link.generate_dev_cert);
+    }
+
+    #[test]
+    fn ec2_pools_need_their_provider_settings() {
+        let pool = "[[pools]]\nregion = \"eu-west-1\"\nkind = \"media\"\nprovider = \"ec2\"\n";
+        let e = Config::from_toml(pool, no_env()).unwrap_err().to_string();
+        assert!(
+            e.contains("providers.ec2") && e.contains("[providers.ec2]"),
+            "{e}"
+        );
+        let section = |entry: &str| {
+            format!(
+                "{pool}[providers.ec2]\ncluster = \"prod\"\n[[providers.ec2.pools]]\n\
+                 region = \"eu-west-1\"\nkind = \"media\"\n{entry}"
+            )
+        };
+        let good = "image_id = \"ami-12c6146b\"\ninstance_types = [\"c6i.large\"]\n\
+                    subnets = { \"eu-west-1a\" = \"subnet-1\", \"eu-west-1b\" = \"subnet-2\" }\n";
+        let c = Config::from_toml(&section(good), no_env()).unwrap();
+        assert_eq!(
+            c.providers.ec2.unwrap().pools[0].instance_types,
+            vec!["c6i.large"]
+        );
+        for (entry, field) in [
+            (
+                good.replace(
+                    "\"eu-west-1b\" = \"subnet-2\"",
+                    "\"eu-west-1c\" = \"subnet-2\"",
+                ),
+                "no subnet for zone eu-west-1b",
+            ),
+            (
+                good.replace("ami-12c6146b", "my-image"),
+                "providers.ec2.pools[0].image_id",
+            ),
+            (
+                good.replace("[\"c6i.large\"]", "[]"),
+                "providers.ec2.pools[0].instance_types",
+            ),
+            (
+                good.replace("subnet-1", "sub1"),
+                "providers.ec2.pools[0].subnets.eu-west-1a",
+            ),
+            (
+                good.replace("image_id = \"ami-12c6146b\"\n", ""),
+                "launch template or an image_id",
+            ),
+        ] {
+            let e = Config::from_toml(&section(&entry), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod link;
 pub mod metrics;
 pub mod pool_config;
 pub mod provider;
+pub mod provider_config;
 pub mod scaler;
 pub mod server;
 pub mod state;

@@ -114,15 +114,26 @@ async fn start_scaler(
     link_addr: SocketAddr,
     hook: Option<EventHook>,
     store: Option<&StoreHandle>,
+    cloud: Vec<Arc<dyn PoolProvider>>,
 ) -> anyhow::Result<Option<Arc<Scaler>>> {
     let setups = config.pool_setups()?;
     if setups.is_empty() {
         return Ok(None);
     }
+    for (key, setup) in &setups {
+        if setup.provider != "local" && !cloud.iter().any(|p| p.name() == setup.provider) {
+            anyhow::bail!(
+                "the {} {} pool has provider \"{}\", which this controller was started without",
+                key.region,
+                key.kind,
+                setup.provider
+            );
+        }
+    }
     let Some(store) = store else {
         anyhow::bail!("pools are configured but no store was opened");
     };
-    let mut providers: Vec<Arc<dyn PoolProvider>> = Vec::new();
+    let mut providers: Vec<Arc<dyn PoolProvider>> = cloud;
     if setups.iter().any(|(_, s)| s.provider == "local") {
         let template = LocalTemplate::from_config(config, link_addr)?;
         let lifetime = if config.autoscale.local_nodes_outlive_controller {
@@ -175,6 +186,18 @@ impl Controller {
         config: Config,
         metrics: Option<PrometheusHandle>,
         hook: Option<EventHook>,
+    ) -> anyhow::Result<Controller> {
+        Self::start_with_providers(config, metrics, hook, Vec::new()).await
+    }
+
+    /// Starts a controller with cloud providers besides the local one (the `fleet` binary
+    /// passes the EC2 provider when `[providers.ec2]` is set; the provider crates are kept out
+    /// of this one).
+    pub async fn start_with_providers(
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+        hook: Option<EventHook>,
+        cloud: Vec<Arc<dyn PoolProvider>>,
     ) -> anyhow::Result<Controller> {
         require_secrets(&config)?;
         let identity = load_identity(&config)?;
@@ -243,7 +266,7 @@ impl Controller {
         if let Some(store) = &store {
             let _ = state.store.set(store.clone());
         }
-        if let Some(scaler) = start_scaler(&config, link_addr, hook, store.as_ref()).await? {
+        if let Some(scaler) = start_scaler(&config, link_addr, hook, store.as_ref(), cloud).await? {
             let scaler = state.scaler.get_or_init(|| scaler).clone();
             let every = Duration::from_millis(config.autoscale.tick_ms);
             tasks.push(tokio::spawn(scaler.run(state.clone(), every, rx.clone())));

@@ -124,6 +124,25 @@ fn init_tracing() {
     fleet_node::init_tracing();
 }
 
+/// The cloud providers the config sets up (`[providers.ec2]`).
+fn cloud_providers(
+    config: &Config,
+) -> Vec<std::sync::Arc<dyn fleet_controller::provider::PoolProvider>> {
+    let mut out: Vec<std::sync::Arc<dyn fleet_controller::provider::PoolProvider>> = Vec::new();
+    if let Some(ec2) = &config.providers.ec2 {
+        let controller = ec2
+            .controller_address
+            .clone()
+            .unwrap_or_else(|| config.link.listen.to_string());
+        out.push(fleet_ec2::Ec2Provider::new(
+            ec2.clone(),
+            fleet_ec2::CredentialSource::Chain,
+            controller,
+        ));
+    }
+    out
+}
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path, std::env::vars())?)
 }
@@ -152,9 +171,12 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             let config = load(Some(&config))?;
             runtime()?.block_on(async move {
-                let c = fleet_controller::server::Controller::start(
+                let cloud = cloud_providers(&config);
+                let c = fleet_controller::server::Controller::start_with_providers(
                     config,
                     fleet_controller::metrics::install(),
+                    None,
+                    cloud,
                 )
                 .await?;
                 println!("FLEET_API=http://{}", c.api_addr);

@@ -12,12 +12,13 @@ pub mod fake_controller;
 pub mod http;
 pub mod messages;
 pub mod mmdb;
+pub mod moto;
 pub mod process;
 pub mod wait;
 
 pub use fake_controller::{FakeController, LinkEvent};
 pub use http::{http_get, http_get_sync};
 pub use process::{
-    Proc, bin, bin_dir, free_udp_port, read_line_with, read_lines_with, send_signal,
+    Proc, bin, bin_dir, free_tcp_port, free_udp_port, read_line_with, read_lines_with, send_signal,
 };
 pub use wait::{eventually, wait_until};

@@ -38,6 +38,14 @@ pub fn free_udp_port() -> u16 {
         .expect("free port")
 }
 
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Sends `sig` to process `pid` (a child the test spawned).
 pub fn send_signal(pid: u32, sig: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };

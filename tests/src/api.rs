@@ -24,6 +24,16 @@ impl SessionsApi {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// `DELETE /v1/sessions/{sid}` (the app hangs up for everyone); the status.
+    pub async fn delete(&self, sid: &str) -> anyhow::Result<u16> {
+        let r = http()
+            .delete(format!("{}/v1/sessions/{sid}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Ok(r.status().as_u16())
+    }
+
     /// Waits until session `sid` is live with `participants` participants; its view, or None
     /// at the timeout.
     pub async fn wait_live(

@@ -38,6 +38,8 @@ pub struct ControllerOptions {
     pub link_port: u16,
     pub warmup_ms: u64,
     pub extra_toml: String,
+    /// Extra environment of the controller process (e.g. AWS credentials for moto).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ControllerOptions {
@@ -46,6 +48,7 @@ impl Default for ControllerOptions {
             link_port: free_udp_port(),
             warmup_ms: 300,
             extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl Controller {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -160,6 +164,28 @@ impl Controller {
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
         self.spawn_node("media-node", id, region, 1000, CLUSTER_SECRET, 300, extra)
+    }
+
+    /// A node in a machine a provider launched (its zone and machine id), as the machine's
+    /// boot would start it.
+    pub fn node_in_machine(
+        &self,
+        kind: &str,
+        id: &str,
+        region: &str,
+        zone: &str,
+        machine: &str,
+        capacity: u64,
+    ) -> anyhow::Result<Proc> {
+        self.spawn_node(
+            kind,
+            id,
+            region,
+            capacity,
+            CLUSTER_SECRET,
+            300,
+            &["--zone", zone, "--machine-id", machine],
+        )
     }
 
     /// A node with a given cluster secret and report interval.

@@ -95,13 +95,7 @@ async fn call(c: &Controller, n: usize) -> (String, String) {
 }
 
 async fn end(c: &Controller, sid: &str) {
-    let r = http()
-        .delete(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(c.client_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(c.sessions().delete(sid).await.unwrap(), 204);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -507,13 +507,7 @@ async fn turn_ice_servers_from_the_controller_work_with_uclient_long_term_creden
     // The ended session is in the demand trace, the participant who relayed marked as such,
     // with no id in it.
     let sid = body["session_id"].as_str().unwrap().to_string();
-    let r = http()
-        .delete(format!("{}/v1/sessions/{sid}", c.api))
-        .bearer_auth(c.client_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(c.sessions().delete(&sid).await.unwrap(), 204);
     let trace_url = format!("{}/v1/demand/trace?since_unix={}", c.api, now_unix() - 60);
     let get_trace = async |url: &str, token: &str| {
         let r = http().get(url).bearer_auth(token).send().await.unwrap();

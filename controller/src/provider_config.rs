@@ -1,0 +1,184 @@
+//! `[providers.…]`: what each cloud provider needs to launch a pool's machines. Plain serde
+//! types, checked here, so the controller reads and validates them without linking any cloud
+//! SDK (the providers live in their own crates: `fleet-ec2`).
+//!
+//! ```toml
+//! [providers.ec2]
+//! cluster = "prod"                      # every instance's `fleet:cluster` tag
+//! # endpoint_url = "http://127.0.0.1:5000"   # another EC2 endpoint (tests: moto)
+//! [[providers.ec2.pools]]
+//! region = "eu-west-1"
+//! kind = "media"
+//! launch_template = "lt-0abc…"          # or image_id = "ami-…"
+//! instance_types = ["c6i.large", "c5.large"]
+//! subnets = { "eu-west-1a" = "subnet-…", "eu-west-1b" = "subnet-…" }
+//! ```
+
+use std::collections::BTreeMap;
+
+use fleet_core::ConfigIssue;
+use fleet_core::autoscale::PoolKey;
+use fleet_proto::{NodeKind, RegionId};
+use serde::{Deserialize, Serialize};
+
+/// `[providers]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub ec2: Option<Ec2ProviderConfig>,
+}
+
+/// `[providers.ec2]`. Credentials come from the standard AWS chain (environment, profile,
+/// instance role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2ProviderConfig {
+    /// The `fleet:cluster` tag of this controller's instances: the provider lists, and
+    /// terminates, only instances that carry it.
+    pub cluster: String,
+    /// An EC2 endpoint other than AWS's own (tests run against moto).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// The controller's link address as instances reach it (host:port), given to each node
+    /// in its user data [default: `link.listen`].
+    #[serde(default)]
+    pub controller_address: Option<String>,
+    /// What each EC2 pool launches.
+    #[serde(default)]
+    pub pools: Vec<Ec2PoolConfig>,
+}
+
+/// `[[providers.ec2.pools]]`: one pool's launch settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2PoolConfig {
+    pub region: RegionId,
+    pub kind: NodeKind,
+    /// Launch template id (`lt-…`) with the AMI, security groups, instance profile and the
+    /// rest; the provider adds the instance type, subnet, tags and user data.
+    #[serde(default)]
+    pub launch_template: Option<String>,
+    /// The AMI, when no launch template is given.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Instance types, in order of preference: a type without capacity moves to the next.
+    pub instance_types: Vec<String>,
+    /// The subnet of each availability zone the pool spreads over.
+    pub subnets: BTreeMap<String, String>,
+}
+
+impl Ec2PoolConfig {
+    /// The pool it configures.
+    pub fn key(&self) -> PoolKey {
+        PoolKey {
+            region: self.region.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+fn well_formed(s: &str, prefix: &str) -> bool {
+    s.len() > prefix.len()
+        && s.len() <= 64
+        && s.starts_with(prefix)
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Ec2ProviderConfig {
+    /// Checks the section; `ec2_pools` are the pools with `provider = "ec2"`, each of which
+    /// needs an entry here. Issues name the field under `providers.ec2`.
+    pub fn validate(&self, ec2_pools: &[(PoolKey, Vec<String>)]) -> Result<(), ConfigIssue> {
+        if self.cluster.is_empty()
+            || self.cluster.len() > 64
+            || !self
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigIssue::new(
+                "cluster",
+                "expected 1..=64 letters, digits, '-' or '_'",
+            ));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigIssue::new("endpoint_url", "expected an http(s) URL"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let at = |field: &str| format!("pools[{i}].{field}");
+            if !seen.insert(p.key()) {
+                return Err(ConfigIssue::new(
+                    format!("pools[{i}]"),
+                    format!("a second entry for {} {}", p.region, p.kind),
+                ));
+            }
+            match (&p.launch_template, &p.image_id) {
+                (Some(t), _) if !well_formed(t, "lt-") => {
+                    return Err(ConfigIssue::new(
+                        at("launch_template"),
+                        "expected a launch template id (lt-…)",
+                    ));
+                }
+                (None, Some(a)) if !well_formed(a, "ami-") => {
+                    return Err(ConfigIssue::new(
+                        at("image_id"),
+                        "expected an AMI id (ami-…)",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ConfigIssue::new(
+                        at("launch_template"),
+                        "give a launch template or an image_id",
+                    ));
+                }
+                _ => {}
+            }
+            if p.instance_types.is_empty()
+                || p.instance_types
+                    .iter()
+                    .any(|t| t.is_empty() || t.len() > 32 || !t.contains('.'))
+            {
+                return Err(ConfigIssue::new(
+                    at("instance_types"),
+                    "expected 1 or more instance types such as \"c6i.large\"",
+                ));
+            }
+            for (zone, subnet) in &p.subnets {
+                if !well_formed(subnet, "subnet-") {
+                    return Err(ConfigIssue::new(
+                        at(&format!("subnets.{zone}")),
+                        "expected a subnet id (subnet-…)",
+                    ));
+                }
+            }
+        }
+        for (key, zones) in ec2_pools {
+            let Some(p) = self.pools.iter().find(|p| &p.key() == key) else {
+                return Err(ConfigIssue::new(
+                    "pools",
+                    format!(
+                        "the {} {} pool has provider \"ec2\" but no [[providers.ec2.pools]] entry",
+                        key.region, key.kind
+                    ),
+                ));
+            };
+            for zone in zones {
+                if !p.subnets.contains_key(zone) {
+                    return Err(ConfigIssue::new(
+                        format!(
+                            "pools[{}].subnets",
+                            self.pools.iter().position(|q| q.key() == *key).unwrap_or(0)
+                        ),
+                        format!(
+                            "no subnet for zone {zone} of the {} {} pool",
+                            key.region, key.kind
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

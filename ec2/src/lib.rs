@@ -1,0 +1,412 @@
+//! `fleet-ec2`: the EC2 pool provider (`provider = "ec2"`, settings in `[providers.ec2]`).
+//!
+//! Tags are the truth: every instance is launched with its tags in the same RunInstances call
+//! (`fleet:cluster`, `fleet:pool`, `fleet:region`, `fleet:kind`, `fleet:node-id`,
+//! `fleet:market`), and `list` is DescribeInstances filtered by the cluster and pool tags over
+//! the live states, page by page. Nothing else is remembered, so a restarted controller finds
+//! its instances as they are.
+//!
+//! Launches are idempotent by node id: the provider first looks for a live instance tagged
+//! with the node id (a launch retried after a timeout or a controller crash finds the one it
+//! made; EC2's ClientToken, also set to the node id, covers the same case on AWS, and the test
+//! endpoint does not deduplicate tokens). A launch goes to the subnet of the zone the
+//! autoscaler chose, trying the pool's instance types in order: a type without capacity
+//! (InsufficientInstanceCapacity, Unsupported) moves to the next type, then to the other zones.
+//! Throttling is retried by the SDK's standard retry policy (exponential backoff with jitter).
+//!
+//! Kept out of every other crate: aws-sdk-ec2 and aws-config are the heaviest build of the
+//! workspace, and only the `fleet` binary links this crate.
+
+pub mod tags;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, Instance, InstanceType, LaunchTemplateSpecification, ResourceType, Tag,
+    TagSpecification,
+};
+use base64::Engine;
+use fleet_controller::provider::{LaunchRequest, PoolProvider, ProviderError};
+use fleet_controller::provider_config::{Ec2PoolConfig, Ec2ProviderConfig};
+use fleet_core::autoscale::{Machine, PoolKey};
+use fleet_proto::{MachineId, NodeId, RegionId};
+use tokio::sync::Mutex;
+
+const NAME: &str = "ec2";
+
+/// Instance states that count as a machine of the pool (an instance shutting down or
+/// terminated is gone).
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// Error codes that mean "this type or zone has no capacity now: try another".
+const NO_CAPACITY: [&str; 4] = [
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "Unsupported",
+    "InstanceLimitExceeded",
+];
+
+fn failed(message: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Failed {
+        provider: NAME,
+        message: message.to_string(),
+    }
+}
+
+/// Where the SDK's credentials come from.
+#[derive(Clone)]
+pub enum CredentialSource {
+    /// The standard AWS chain: environment, shared profile, container or instance role.
+    Chain,
+    /// Fixed keys (tests against a local endpoint).
+    Static(Credentials),
+}
+
+/// What a launched node is told through user data: where it is and who it is. No secret goes
+/// here (user data is readable by anyone who can describe the instance).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bootstrap {
+    pub node_id: String,
+    pub region: String,
+    pub zone: String,
+    pub kind: String,
+    pub capacity: u64,
+    /// The controller's link address (host:port) the node reports to.
+    pub controller: String,
+}
+
+/// The EC2 provider.
+pub struct Ec2Provider {
+    config: Ec2ProviderConfig,
+    credentials: CredentialSource,
+    /// The controller's link address, for user data.
+    controller: String,
+    clients: Mutex<HashMap<RegionId, Client>>,
+}
+
+impl Ec2Provider {
+    /// A provider for `config`, whose nodes report to `controller` (host:port).
+    pub fn new(
+        config: Ec2ProviderConfig,
+        credentials: CredentialSource,
+        controller: impl Into<String>,
+    ) -> Arc<Ec2Provider> {
+        Arc::new(Ec2Provider {
+            config,
+            credentials,
+            controller: controller.into(),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The EC2 client of a region (our region ids are AWS's).
+    async fn client(&self, region: &RegionId) -> Client {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(region) {
+            return c.clone();
+        }
+        let http = https_client();
+        let client = match &self.credentials {
+            CredentialSource::Chain => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                    .http_client(http)
+                    .region(Region::new(region.as_str().to_owned()));
+                if let Some(url) = &self.config.endpoint_url {
+                    loader = loader.endpoint_url(url);
+                }
+                Client::new(&loader.load().await)
+            }
+            CredentialSource::Static(credentials) => {
+                let mut builder = aws_sdk_ec2::Config::builder()
+                    .http_client(http)
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(Region::new(region.as_str().to_owned()))
+                    .credentials_provider(credentials.clone());
+                if let Some(url) = &self.config.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                Client::from_conf(builder.build())
+            }
+        };
+        clients.insert(region.clone(), client.clone());
+        client
+    }
+
+    fn pool_config(&self, pool: &PoolKey) -> Result<&Ec2PoolConfig, ProviderError> {
+        self.config
+            .pools
+            .iter()
+            .find(|p| &p.key() == pool)
+            .ok_or_else(|| {
+                failed(format!(
+                    "no [[providers.ec2.pools]] entry for {} {}",
+                    pool.region, pool.kind
+                ))
+            })
+    }
+
+    /// The live instances matching the cluster tag and `extra` filters, every page.
+    async fn describe(
+        &self,
+        region: &RegionId,
+        extra: Vec<Filter>,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let client = self.client(region).await;
+        let mut filters = vec![
+            tag_filter(tags::CLUSTER, &self.config.cluster),
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(LIVE_STATES.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        ];
+        filters.extend(extra);
+        let mut pages = client
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| failed(format!("DescribeInstances: {}", describe_error(&e))))?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run_one(
+        &self,
+        request: &LaunchRequest,
+        pool: &Ec2PoolConfig,
+        zone: &str,
+        subnet: &str,
+        instance_type: &str,
+    ) -> Result<
+        Instance,
+        aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
+    > {
+        let client = self.client(&request.pool.region).await;
+        let bootstrap = Bootstrap {
+            node_id: request.node.to_string(),
+            region: request.pool.region.to_string(),
+            zone: zone.to_owned(),
+            kind: request.pool.kind.as_str().to_owned(),
+            capacity: request.capacity,
+            controller: self.controller.clone(),
+        };
+        let user_data = base64::engine::general_purpose::STANDARD
+            .encode(serde_json::to_vec(&bootstrap).unwrap_or_default());
+        let tag_spec = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .set_tags(Some(
+                tags::instance_tags(
+                    &self.config.cluster,
+                    &request.pool,
+                    &request.node,
+                    "on-demand",
+                )
+                .into_iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+            ))
+            .build();
+        let mut call = client
+            .run_instances()
+            .min_count(1)
+            .max_count(1)
+            .client_token(request.node.as_str())
+            .instance_type(InstanceType::from(instance_type))
+            .subnet_id(subnet)
+            .user_data(user_data)
+            .tag_specifications(tag_spec);
+        call = match (&pool.launch_template, &pool.image_id) {
+            (Some(template), _) => call.launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_id(template)
+                    .version("$Latest")
+                    .build(),
+            ),
+            (None, Some(ami)) => call.image_id(ami),
+            (None, None) => call,
+        };
+        let out = call.send().await?;
+        Ok(out
+            .instances()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Instance::builder().build()))
+    }
+}
+
+/// The SDK's HTTPS client on rustls with ring, the one crypto provider of the workspace.
+pub fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// An SDK error as the service named it (code and message), else as the SDK did.
+fn describe_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    e: &aws_sdk_ec2::error::SdkError<E>,
+) -> String {
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("error"),
+            s.message().unwrap_or("")
+        ),
+        None => format!("{e}"),
+    }
+}
+
+fn tag_value<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// The machine an instance is, when it carries a valid node id tag.
+fn machine_of(instance: &Instance) -> Option<Machine> {
+    let id = MachineId::parse(instance.instance_id()?).ok()?;
+    let node = NodeId::parse(tag_value(instance, tags::NODE_ID)?).ok()?;
+    let zone = instance
+        .placement()
+        .and_then(|p| p.availability_zone())
+        .unwrap_or_default()
+        .to_owned();
+    let launched_unix_ms = instance
+        .launch_time()
+        .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_millis() as u64
+        });
+    Some(Machine {
+        id,
+        node,
+        zone,
+        launched_unix_ms,
+    })
+}
+
+#[async_trait::async_trait]
+impl PoolProvider for Ec2Provider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError> {
+        let pool = self.pool_config(&request.pool)?;
+        // A retried launch finds the instance it made.
+        let existing = self
+            .describe(
+                &request.pool.region,
+                vec![tag_filter(tags::NODE_ID, request.node.as_str())],
+            )
+            .await?;
+        if let Some(m) = existing.iter().find_map(machine_of) {
+            return Ok(m);
+        }
+        // The chosen zone first, then the others; in each, the types in order.
+        let mut zones: Vec<(&String, &String)> = pool.subnets.iter().collect();
+        zones.sort_by_key(|(z, _)| z.as_str() != request.zone);
+        let mut last = String::from("no subnet configured");
+        for (zone, subnet) in zones {
+            for instance_type in &pool.instance_types {
+                match self
+                    .run_one(&request, pool, zone, subnet, instance_type)
+                    .await
+                {
+                    Ok(instance) => {
+                        let machine = machine_of(&instance).ok_or_else(|| {
+                            failed("RunInstances answered without an instance id or tags")
+                        })?;
+                        tracing::info!(node = %request.node, instance = %machine.id, %zone,
+                            %instance_type, "ec2 instance launched");
+                        return Ok(machine);
+                    }
+                    Err(e) => {
+                        let code = e
+                            .as_service_error()
+                            .and_then(|s| s.code())
+                            .unwrap_or_default()
+                            .to_owned();
+                        last = format!(
+                            "RunInstances ({instance_type} in {zone}): {}",
+                            describe_error(&e)
+                        );
+                        if NO_CAPACITY.contains(&code.as_str()) {
+                            tracing::warn!(node = %request.node, %zone, %instance_type, %code,
+                                "no capacity: trying the next type or zone");
+                            continue;
+                        }
+                        return Err(failed(last));
+                    }
+                }
+            }
+        }
+        Err(failed(last))
+    }
+
+    async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError> {
+        // Only an instance of this cluster: find its region among the configured pools.
+        let mut regions: Vec<&RegionId> = self.config.pools.iter().map(|p| &p.region).collect();
+        regions.dedup();
+        for region in regions {
+            let found = self
+                .describe(
+                    region,
+                    vec![
+                        Filter::builder()
+                            .name("instance-id")
+                            .values(machine.as_str())
+                            .build(),
+                    ],
+                )
+                .await?;
+            if found.is_empty() {
+                continue;
+            }
+            let client = self.client(region).await;
+            client
+                .terminate_instances()
+                .instance_ids(machine.as_str())
+                .send()
+                .await
+                .map_err(|e| failed(format!("TerminateInstances: {}", describe_error(&e))))?;
+            tracing::info!(instance = %machine, %region, "ec2 instance terminated");
+            return Ok(());
+        }
+        // Not a live instance of this cluster: already gone.
+        Ok(())
+    }
+
+    async fn list(&self, pool: &PoolKey) -> Result<Vec<Machine>, ProviderError> {
+        let instances = self
+            .describe(
+                &pool.region,
+                vec![tag_filter(tags::POOL, &tags::pool_value(pool))],
+            )
+            .await?;
+        Ok(instances.iter().filter_map(machine_of).collect())
+    }
+}

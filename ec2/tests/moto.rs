@@ -1,0 +1,185 @@
+//! The EC2 provider through the real SDK against moto's EC2 server (`moto_server`, installed
+//! by scripts/test.sh into `.venv-moto`; a missing server fails the test, it never skips).
+//! moto keeps instances with their tags, filters by tag and state and paginates, but does not
+//! deduplicate ClientTokens: the provider's own idempotency (its node-id tag) is what is tested.
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use fleet_controller::provider::{LaunchRequest, PoolProvider};
+use fleet_controller::provider_config::{Ec2PoolConfig, Ec2ProviderConfig};
+use fleet_core::autoscale::PoolKey;
+use fleet_ec2::{CredentialSource, Ec2Provider, tags};
+use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
+use fleet_testkit::moto::{client, credentials, default_subnet, start_moto};
+
+fn pool() -> PoolKey {
+    PoolKey {
+        region: RegionId::parse("eu-west-1").unwrap(),
+        kind: NodeKind::Media,
+    }
+}
+
+fn request(node: &str, zone: &str) -> LaunchRequest {
+    LaunchRequest {
+        pool: pool(),
+        node: NodeId::parse(node).unwrap(),
+        zone: zone.to_owned(),
+        capacity: 400,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_carry_every_tag_launches_are_idempotent_and_list_is_the_truth() {
+    let moto = start_moto();
+    let url = moto.url.clone();
+    let ec2 = client(&url, "eu-west-1");
+    let config = Ec2ProviderConfig {
+        cluster: "test".into(),
+        endpoint_url: Some(url.clone()),
+        controller_address: None,
+        pools: vec![Ec2PoolConfig {
+            region: pool().region,
+            kind: NodeKind::Media,
+            launch_template: None,
+            image_id: Some("ami-12c6146b".into()),
+            instance_types: vec!["c6i.large".into(), "c5.large".into()],
+            subnets: [
+                (
+                    "eu-west-1a".to_owned(),
+                    default_subnet(&ec2, "eu-west-1a").await,
+                ),
+                (
+                    "eu-west-1b".to_owned(),
+                    default_subnet(&ec2, "eu-west-1b").await,
+                ),
+            ]
+            .into(),
+        }],
+    };
+    let provider = Ec2Provider::new(
+        config,
+        CredentialSource::Static(credentials()),
+        "10.0.0.5:7000",
+    );
+
+    // Two nodes in two zones.
+    let a = provider
+        .launch(request("media-eu-west-1-1", "eu-west-1a"))
+        .await
+        .unwrap();
+    let b = provider
+        .launch(request("media-eu-west-1-2", "eu-west-1b"))
+        .await
+        .unwrap();
+    assert!(a.id.as_str().starts_with("i-"), "{a:?}");
+    assert_eq!(
+        (a.zone.as_str(), b.zone.as_str()),
+        ("eu-west-1a", "eu-west-1b")
+    );
+    assert_eq!(a.node.as_str(), "media-eu-west-1-1");
+
+    // Every tag, set at launch.
+    let described = ec2
+        .describe_instances()
+        .instance_ids(a.id.as_str())
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    let tag = |k: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+    for key in tags::ALL {
+        assert!(tag(key).is_some(), "{key} missing: {:?}", instance.tags());
+    }
+    assert_eq!(tag(tags::CLUSTER).as_deref(), Some("test"));
+    assert_eq!(tag(tags::POOL).as_deref(), Some("eu-west-1/media"));
+    assert_eq!(tag(tags::KIND).as_deref(), Some("media"));
+    assert_eq!(tag(tags::NODE_ID).as_deref(), Some("media-eu-west-1-1"));
+    assert_eq!(tag(tags::MARKET).as_deref(), Some("on-demand"));
+    assert_eq!(
+        instance.instance_type().map(|t| t.as_str()),
+        Some("c6i.large")
+    );
+    // User data says where the node reports, and nothing secret.
+    let attribute = ec2
+        .describe_instance_attribute()
+        .instance_id(a.id.as_str())
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let data = attribute.user_data().and_then(|u| u.value()).unwrap();
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    let boot: fleet_ec2::Bootstrap = serde_json::from_slice(&data).unwrap();
+    assert_eq!(boot.node_id, "media-eu-west-1-1");
+    assert_eq!(boot.controller, "10.0.0.5:7000");
+
+    // A launch retried for the same node finds its instance instead of making a second one.
+    let again = provider
+        .launch(request("media-eu-west-1-1", "eu-west-1a"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, a.id);
+
+    // Another cluster's instance in the same pool is not ours.
+    ec2.run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key(tags::CLUSTER).value("other").build())
+                .tags(
+                    Tag::builder()
+                        .key(tags::POOL)
+                        .value("eu-west-1/media")
+                        .build(),
+                )
+                .tags(Tag::builder().key(tags::NODE_ID).value("media-x").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut listed = provider.list(&pool()).await.unwrap();
+    listed.sort_by(|x, y| x.node.cmp(&y.node));
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+
+    // Terminated: gone from the list; terminating again, or an unknown instance, is not an
+    // error; the other cluster's instance is never touched.
+    provider.terminate(&a.id).await.unwrap();
+    provider.terminate(&a.id).await.unwrap();
+    provider
+        .terminate(&MachineId::parse("i-0123456789abcdef0").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(provider.list(&pool()).await.unwrap(), vec![b.clone()]);
+    let others = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:fleet:cluster")
+                .values("other")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .values("pending")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(others.reservations().len(), 1);
+}

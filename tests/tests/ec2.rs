@@ -1,0 +1,208 @@
+//! An EC2 pool end to end: a real controller (`fleet serve`) with `provider = "ec2"` against
+//! moto's EC2 server through the real SDK. moto's instances do not boot, so the test plays the
+//! machines' boot: it watches moto for new instances of the cluster and starts a real media-node
+//! process for each, with the node id from its tag, its zone and its instance id; an instance
+//! that is terminated loses its process. The whole loop runs: launch, boot, Hello, serve,
+//! drain, terminate.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, Instance};
+use fleet_e2e::*;
+use fleet_testkit::moto::{client, default_subnet, start_moto};
+use serde_json::json;
+
+/// The cluster's instances in `states`.
+async fn instances(ec2: &aws_sdk_ec2::Client, states: &[&str]) -> Vec<Instance> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:fleet:cluster")
+                .values("e2e")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .collect()
+}
+
+fn tag(instance: &Instance, key: &str) -> Option<String> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+        .map(str::to_owned)
+}
+
+/// Plays the machines' boot: a node process for each new live instance, none for a gone one.
+async fn boot(c: &Controller, ec2: &aws_sdk_ec2::Client, procs: &mut HashMap<String, Proc>) {
+    let live = instances(ec2, &["pending", "running"]).await;
+    procs.retain(|id, _| live.iter().any(|i| i.instance_id() == Some(id.as_str())));
+    for i in &live {
+        let id = i.instance_id().unwrap().to_owned();
+        if procs.contains_key(&id) {
+            continue;
+        }
+        let node = tag(i, "fleet:node-id").expect("node id tag");
+        let zone = i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap()
+            .to_owned();
+        let proc = c
+            .node_in_machine("media-node", &node, "eu-west-1", &zone, &id, 16)
+            .unwrap();
+        procs.insert(id, proc);
+    }
+}
+
+async fn serving_media(c: &Controller) -> Vec<String> {
+    c.nodes()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["kind"] == "media" && n["state"] == "serving")
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates() {
+    let moto = start_moto();
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = ControllerOptions::default();
+    opts.extra_toml = format!(
+        r#"
+[autoscale]
+tick_ms = 300
+[[pools]]
+region = "eu-west-1"
+kind = "media"
+provider = "ec2"
+node_capacity = 16
+min = 2
+max = 3
+buffer_sessions = 0
+min_node_age_secs = 0
+scale_down_window_secs = 2
+[providers.ec2]
+cluster = "e2e"
+endpoint_url = "{url}"
+controller_address = "127.0.0.1:{link}"
+[[providers.ec2.pools]]
+region = "eu-west-1"
+kind = "media"
+image_id = "ami-12c6146b"
+instance_types = ["c6i.large", "c5.large"]
+subnets = {{ "eu-west-1a" = "{a}", "eu-west-1b" = "{b}" }}
+"#,
+        url = moto.url,
+        link = opts.link_port,
+        a = default_subnet(&ec2, "eu-west-1a").await,
+        b = default_subnet(&ec2, "eu-west-1b").await,
+    );
+    opts.env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = Controller::start(dir.path(), opts).unwrap();
+    let mut procs = HashMap::new();
+
+    // From nothing to the min: two instances, one per zone, each a serving node.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        boot(&c, &ec2, &mut procs).await;
+        if serving_media(&c).await.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no two serving nodes: {:?}",
+            c.nodes().await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let live = instances(&ec2, &["pending", "running"]).await;
+    assert_eq!(live.len(), 2, "{live:?}");
+    let mut zones: Vec<String> = live
+        .iter()
+        .filter_map(|i| i.placement()?.availability_zone().map(str::to_owned))
+        .collect();
+    zones.sort();
+    assert_eq!(zones, ["eu-west-1a", "eu-west-1b"]);
+    let mut tagged: Vec<String> = live
+        .iter()
+        .filter_map(|i| tag(i, "fleet:node-id"))
+        .collect();
+    tagged.sort();
+    let mut serving = serving_media(&c).await;
+    serving.sort();
+    assert_eq!(tagged, serving, "the nodes are the instances' nodes");
+    for i in &live {
+        assert_eq!(tag(i, "fleet:pool").as_deref(), Some("eu-west-1/media"));
+        assert_eq!(tag(i, "fleet:market").as_deref(), Some("on-demand"));
+    }
+    // Nothing more is launched while the pool is at its size.
+    for _ in 0..5 {
+        boot(&c, &ec2, &mut procs).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(instances(&ec2, &["pending", "running"]).await.len(), 2);
+
+    // Down to one: a node is drained (empty: at once) and its instance terminated.
+    let url = format!("{}/v1/pools/eu-west-1/media", c.api);
+    let (status, body) = send_json(
+        reqwest::Method::PATCH,
+        &url,
+        ADMIN_TOKEN,
+        Some(&json!({"min": 1, "max": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        boot(&c, &ec2, &mut procs).await;
+        let live = instances(&ec2, &["pending", "running"]).await;
+        if live.len() == 1 && serving_media(&c).await.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < end, "not down to one: {live:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    // The decision log says why.
+    let events = c
+        .admin_get("/v1/scaling/events?region=eu-west-1")
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"launch") && actions.contains(&"drain"),
+        "{events}"
+    );
+    assert!(actions.contains(&"terminate"), "{events}");
+}
