@@ -12,7 +12,9 @@
 //! endpoint does not deduplicate tokens). A launch goes to the subnet of the zone the
 //! autoscaler chose, trying the pool's instance types in order: a type without capacity
 //! (InsufficientInstanceCapacity, Unsupported) moves to the next type, then to the other zones.
-//! Throttling is retried by the SDK's standard retry policy (exponential backoff with jitter).
+//! RunInstances is never retried blindly: a throttled, cut, timed-out or server-failed attempt
+//! is retried with jittered backoff only after looking for the instance again by its tag (the
+//! SDK's own retries are off for that call; reads keep the SDK's standard retry policy).
 //!
 //! Kept out of every other crate: aws-sdk-ec2 and aws-config are the heaviest build of the
 //! workspace, and only the `fleet` binary links this crate.
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
@@ -236,7 +239,15 @@ impl Ec2Provider {
             (None, Some(ami)) => call.image_id(ami),
             (None, None) => call,
         };
-        let out = call.send().await?;
+        // No retry inside the SDK: a RunInstances whose answer is lost may have launched, so
+        // every retry first looks for the instance (see `launch`).
+        let out = call
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
+            .send()
+            .await?;
         Ok(out
             .instances()
             .first()
@@ -251,6 +262,82 @@ pub fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https()
+}
+
+/// Attempts of one launch: each retry first looks for the instance by its node-id tag.
+const LAUNCH_ATTEMPTS: u32 = 4;
+
+/// Error codes of a call worth retrying as it is.
+const TRANSIENT: [&str; 5] = [
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+];
+
+/// Why one launch attempt failed.
+enum LaunchFailure {
+    /// Throttled, timed out, cut, or a server error: try again (after looking for the
+    /// instance: the call may have been carried out).
+    Transient(String),
+    /// Refused for good (a bad template, no permission): the scaler backs the pool off.
+    Final(String),
+}
+
+impl Ec2Provider {
+    /// One attempt: the chosen zone first, then the others; in each, the types in order.
+    async fn launch_once(
+        &self,
+        request: &LaunchRequest,
+        pool: &Ec2PoolConfig,
+    ) -> Result<Machine, LaunchFailure> {
+        let mut zones: Vec<(&String, &String)> = pool.subnets.iter().collect();
+        zones.sort_by_key(|(z, _)| z.as_str() != request.zone);
+        let mut last = String::from("no subnet configured");
+        for (zone, subnet) in zones {
+            for instance_type in &pool.instance_types {
+                let e = match self
+                    .run_one(request, pool, zone, subnet, instance_type)
+                    .await
+                {
+                    Ok(instance) => {
+                        let machine = machine_of(&instance).ok_or_else(|| {
+                            LaunchFailure::Final(
+                                "RunInstances answered without an instance id or tags".into(),
+                            )
+                        })?;
+                        tracing::info!(node = %request.node, instance = %machine.id, %zone,
+                            %instance_type, "ec2 instance launched");
+                        return Ok(machine);
+                    }
+                    Err(e) => e,
+                };
+                let service = e.as_service_error();
+                let code = service
+                    .and_then(|s| s.code())
+                    .unwrap_or_default()
+                    .to_owned();
+                last = format!(
+                    "RunInstances ({instance_type} in {zone}): {}",
+                    describe_error(&e)
+                );
+                if NO_CAPACITY.contains(&code.as_str()) {
+                    tracing::warn!(node = %request.node, %zone, %instance_type, %code,
+                        "no capacity: trying the next type or zone");
+                    continue;
+                }
+                let server_side = e
+                    .raw_response()
+                    .is_some_and(|r| r.status().is_server_error());
+                if service.is_none() || TRANSIENT.contains(&code.as_str()) || server_side {
+                    return Err(LaunchFailure::Transient(last));
+                }
+                return Err(LaunchFailure::Final(last));
+            }
+        }
+        Err(LaunchFailure::Final(last))
+    }
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {
@@ -316,52 +403,33 @@ impl PoolProvider for Ec2Provider {
 
     async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError> {
         let pool = self.pool_config(&request.pool)?;
-        // A retried launch finds the instance it made.
-        let existing = self
-            .describe(
-                &request.pool.region,
-                vec![tag_filter(tags::NODE_ID, request.node.as_str())],
-            )
-            .await?;
-        if let Some(m) = existing.iter().find_map(machine_of) {
-            return Ok(m);
-        }
-        // The chosen zone first, then the others; in each, the types in order.
-        let mut zones: Vec<(&String, &String)> = pool.subnets.iter().collect();
-        zones.sort_by_key(|(z, _)| z.as_str() != request.zone);
-        let mut last = String::from("no subnet configured");
-        for (zone, subnet) in zones {
-            for instance_type in &pool.instance_types {
-                match self
-                    .run_one(&request, pool, zone, subnet, instance_type)
-                    .await
-                {
-                    Ok(instance) => {
-                        let machine = machine_of(&instance).ok_or_else(|| {
-                            failed("RunInstances answered without an instance id or tags")
-                        })?;
-                        tracing::info!(node = %request.node, instance = %machine.id, %zone,
-                            %instance_type, "ec2 instance launched");
-                        return Ok(machine);
-                    }
-                    Err(e) => {
-                        let code = e
-                            .as_service_error()
-                            .and_then(|s| s.code())
-                            .unwrap_or_default()
-                            .to_owned();
-                        last = format!(
-                            "RunInstances ({instance_type} in {zone}): {}",
-                            describe_error(&e)
-                        );
-                        if NO_CAPACITY.contains(&code.as_str()) {
-                            tracing::warn!(node = %request.node, %zone, %instance_type, %code,
-                                "no capacity: trying the next type or zone");
-                            continue;
-                        }
-                        return Err(failed(last));
-                    }
+        let mut last = String::new();
+        for attempt in 0..LAUNCH_ATTEMPTS {
+            if attempt > 0 {
+                // Backoff with full jitter: 0.25 s, 0.5 s, 1 s, … at most.
+                let cap_ms = 250u64 << (attempt - 1).min(5);
+                let wait = rand::random_range(cap_ms / 2..=cap_ms);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            // Before every attempt: an earlier attempt whose answer was lost (a timeout, a cut
+            // connection, a controller that crashed) may have made the instance.
+            let existing = self
+                .describe(
+                    &request.pool.region,
+                    vec![tag_filter(tags::NODE_ID, request.node.as_str())],
+                )
+                .await?;
+            if let Some(m) = existing.iter().find_map(machine_of) {
+                return Ok(m);
+            }
+            match self.launch_once(&request, pool).await {
+                Ok(machine) => return Ok(machine),
+                Err(LaunchFailure::Transient(message)) => {
+                    tracing::warn!(node = %request.node, attempt, %message,
+                        "ec2 launch failed; retrying after looking for the instance");
+                    last = message;
                 }
+                Err(LaunchFailure::Final(message)) => return Err(failed(message)),
             }
         }
         Err(failed(last))

@@ -9,6 +9,7 @@ use fleet_controller::provider_config::{Ec2PoolConfig, Ec2ProviderConfig};
 use fleet_core::autoscale::PoolKey;
 use fleet_ec2::{CredentialSource, Ec2Provider, tags};
 use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
+use fleet_testkit::ec2_faults::{Fault, FaultProxy};
 use fleet_testkit::moto::{client, credentials, default_subnet, start_moto};
 
 fn pool() -> PoolKey {
@@ -16,6 +17,76 @@ fn pool() -> PoolKey {
         region: RegionId::parse("eu-west-1").unwrap(),
         kind: NodeKind::Media,
     }
+}
+
+/// A provider for the eu-west-1 media pool (types c6i.large then c5.large, zones a and b)
+/// talking to `endpoint`; `ec2` (straight to moto) finds the subnets.
+async fn provider(ec2: &aws_sdk_ec2::Client, endpoint: &str) -> std::sync::Arc<Ec2Provider> {
+    let config = Ec2ProviderConfig {
+        cluster: "test".into(),
+        endpoint_url: Some(endpoint.to_owned()),
+        controller_address: None,
+        pools: vec![Ec2PoolConfig {
+            region: pool().region,
+            kind: NodeKind::Media,
+            launch_template: None,
+            image_id: Some("ami-12c6146b".into()),
+            instance_types: vec!["c6i.large".into(), "c5.large".into()],
+            subnets: [
+                (
+                    "eu-west-1a".to_owned(),
+                    default_subnet(ec2, "eu-west-1a").await,
+                ),
+                (
+                    "eu-west-1b".to_owned(),
+                    default_subnet(ec2, "eu-west-1b").await,
+                ),
+            ]
+            .into(),
+        }],
+    };
+    Ec2Provider::new(
+        config,
+        CredentialSource::Static(credentials()),
+        "10.0.0.5:7000",
+    )
+}
+
+/// The live instances tagged with `node`, as (instance type, zone).
+async fn instances_of(ec2: &aws_sdk_ec2::Client, node: &str) -> Vec<(String, String)> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:fleet:node-id")
+                .values(node)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_type()
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
+                i.placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn request(node: &str, zone: &str) -> LaunchRequest {
@@ -32,34 +103,7 @@ async fn instances_carry_every_tag_launches_are_idempotent_and_list_is_the_truth
     let moto = start_moto();
     let url = moto.url.clone();
     let ec2 = client(&url, "eu-west-1");
-    let config = Ec2ProviderConfig {
-        cluster: "test".into(),
-        endpoint_url: Some(url.clone()),
-        controller_address: None,
-        pools: vec![Ec2PoolConfig {
-            region: pool().region,
-            kind: NodeKind::Media,
-            launch_template: None,
-            image_id: Some("ami-12c6146b".into()),
-            instance_types: vec!["c6i.large".into(), "c5.large".into()],
-            subnets: [
-                (
-                    "eu-west-1a".to_owned(),
-                    default_subnet(&ec2, "eu-west-1a").await,
-                ),
-                (
-                    "eu-west-1b".to_owned(),
-                    default_subnet(&ec2, "eu-west-1b").await,
-                ),
-            ]
-            .into(),
-        }],
-    };
-    let provider = Ec2Provider::new(
-        config,
-        CredentialSource::Static(credentials()),
-        "10.0.0.5:7000",
-    );
+    let provider = provider(&ec2, &url).await;
 
     // Two nodes in two zones.
     let a = provider
@@ -182,4 +226,91 @@ async fn instances_carry_every_tag_launches_are_idempotent_and_list_is_the_truth
         .await
         .unwrap();
     assert_eq!(others.reservations().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_errors_fall_back_and_lost_or_throttled_launches_never_make_a_second_instance() {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.url).await;
+    let ec2 = client(&moto.url, "eu-west-1");
+    let provider = provider(&ec2, &proxy.url).await;
+    let capacity = || Fault::Error {
+        status: 500,
+        code: "InsufficientInstanceCapacity".into(),
+    };
+
+    // No c6i.large anywhere: the next type, in the chosen zone.
+    proxy.add("RunInstances", Some("c6i.large"), capacity(), 100);
+    provider
+        .launch(request("media-1", "eu-west-1b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        instances_of(&ec2, "media-1").await,
+        [("c5.large".to_owned(), "eu-west-1b".to_owned())]
+    );
+    // Nor c5.large in the chosen zone: the other zone.
+    proxy.add("RunInstances", Some("c5.large"), capacity(), 1);
+    let m = provider
+        .launch(request("media-2", "eu-west-1b"))
+        .await
+        .unwrap();
+    assert_eq!(m.zone, "eu-west-1a");
+    assert_eq!(instances_of(&ec2, "media-2").await.len(), 1);
+    // No capacity anywhere: the launch fails, saying why, and makes nothing.
+    proxy.add("RunInstances", Some("c5.large"), capacity(), 2);
+    let err = provider
+        .launch(request("media-3", "eu-west-1a"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("InsufficientInstanceCapacity"), "{err}");
+    assert!(instances_of(&ec2, "media-3").await.is_empty());
+
+    // Throttled twice: retried with backoff, one instance.
+    proxy.add(
+        "RunInstances",
+        None,
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded".into(),
+        },
+        2,
+    );
+    provider
+        .launch(request("media-4", "eu-west-1a"))
+        .await
+        .unwrap();
+    assert_eq!(instances_of(&ec2, "media-4").await.len(), 1);
+
+    // The answer is lost after EC2 launched: the retry finds the instance by its tag instead
+    // of making a second one (moto does not deduplicate ClientTokens).
+    proxy.add("RunInstances", None, Fault::CutAnswer, 1);
+    let m = provider
+        .launch(request("media-5", "eu-west-1a"))
+        .await
+        .unwrap();
+    assert_eq!(instances_of(&ec2, "media-5").await.len(), 1);
+    let log = proxy.log();
+    assert!(log.iter().any(|l| l.ends_with("!cut")), "{log:?}");
+    let after_cut = log
+        .iter()
+        .skip_while(|l| !l.ends_with("!cut"))
+        .skip(1)
+        .filter(|l| l.starts_with("RunInstances"))
+        .count();
+    assert_eq!(after_cut, 0, "no second RunInstances: {log:?}");
+    assert!(m.id.as_str().starts_with("i-"));
+
+    // A throttled read is retried by the SDK: the list still answers.
+    proxy.add(
+        "DescribeInstances",
+        None,
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded".into(),
+        },
+        1,
+    );
+    assert_eq!(provider.list(&pool()).await.unwrap().len(), 4);
 }

@@ -8,6 +8,7 @@
 //! - [`http`]: bare HTTP GETs for probes;
 //! - [`wait`]: polling waits instead of sleeps.
 
+pub mod ec2_faults;
 pub mod fake_controller;
 pub mod http;
 pub mod messages;
