@@ -10,7 +10,7 @@ use fleet_core::autoscale::PoolKey;
 use fleet_ec2::{CredentialSource, Ec2Provider, tags};
 use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
 use fleet_testkit::ec2_faults::{Fault, FaultProxy};
-use fleet_testkit::moto::{client, credentials, default_subnet, start_moto};
+use fleet_testkit::moto::{client, credentials, default_subnet, instances_tagged, start_moto};
 
 fn pool() -> PoolKey {
     PoolKey {
@@ -54,27 +54,9 @@ async fn provider(ec2: &aws_sdk_ec2::Client, endpoint: &str) -> std::sync::Arc<E
 
 /// The live instances tagged with `node`, as (instance type, zone).
 async fn instances_of(ec2: &aws_sdk_ec2::Client, node: &str) -> Vec<(String, String)> {
-    let out = ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:fleet:node-id")
-                .values(node)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .build(),
-        )
-        .send()
+    instances_tagged(ec2, tags::NODE_ID, node, &["pending", "running"])
         .await
-        .unwrap();
-    out.reservations()
         .iter()
-        .flat_map(|r| r.instances())
         .map(|i| {
             (
                 i.instance_type()

@@ -94,3 +94,34 @@ pub async fn default_subnet(ec2: &aws_sdk_ec2::Client, zone: &str) -> String {
         .unwrap_or_else(|| panic!("no default subnet in {zone}"))
         .to_owned()
 }
+
+/// The instances whose tag `key` is `value`, in `states` (e.g. `["pending", "running"]`).
+pub async fn instances_tagged(
+    ec2: &aws_sdk_ec2::Client,
+    key: &str,
+    value: &str,
+    states: &[&str],
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    use aws_sdk_ec2::types::Filter;
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .values(value)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .collect()
+}

@@ -8,34 +8,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_ec2::types::Instance;
 use fleet_e2e::*;
-use fleet_testkit::moto::{client, default_subnet, start_moto};
+use fleet_testkit::moto::{client, default_subnet, instances_tagged, start_moto};
 use serde_json::json;
 
 /// The cluster's instances in `states`.
 async fn instances(ec2: &aws_sdk_ec2::Client, states: &[&str]) -> Vec<Instance> {
-    let out = ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:fleet:cluster")
-                .values("e2e")
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances().iter().cloned())
-        .collect()
+    instances_tagged(ec2, "fleet:cluster", "e2e", states).await
 }
 
 fn tag(instance: &Instance, key: &str) -> Option<String> {
