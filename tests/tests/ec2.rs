@@ -59,23 +59,26 @@ async fn serving_media(c: &Controller) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates() {
-    let moto = start_moto();
-    let ec2 = client(&moto.url, "eu-west-1");
-    let dir = tempfile::tempdir().unwrap();
+/// A controller whose eu-west-1 media pool (`bounds`: its min and max lines) is on EC2 at
+/// moto's `url`, with `autoscale` lines added to `[autoscale]`.
+async fn ec2_controller(
+    ec2: &aws_sdk_ec2::Client,
+    url: &str,
+    bounds: &str,
+    autoscale: &str,
+) -> ControllerOptions {
     let mut opts = ControllerOptions::default();
     opts.extra_toml = format!(
         r#"
 [autoscale]
 tick_ms = 300
+{autoscale}
 [[pools]]
 region = "eu-west-1"
 kind = "media"
 provider = "ec2"
 node_capacity = 16
-min = 2
-max = 3
+{bounds}
 buffer_sessions = 0
 min_node_age_secs = 0
 scale_down_window_secs = 2
@@ -90,10 +93,9 @@ image_id = "ami-12c6146b"
 instance_types = ["c6i.large", "c5.large"]
 subnets = {{ "eu-west-1a" = "{a}", "eu-west-1b" = "{b}" }}
 "#,
-        url = moto.url,
         link = opts.link_port,
-        a = default_subnet(&ec2, "eu-west-1a").await,
-        b = default_subnet(&ec2, "eu-west-1b").await,
+        a = default_subnet(ec2, "eu-west-1a").await,
+        b = default_subnet(ec2, "eu-west-1b").await,
     );
     opts.env = [
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -103,6 +105,65 @@ subnets = {{ "eu-west-1a" = "{a}", "eu-west-1b" = "{b}" }}
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    opts
+}
+
+/// An instance whose node never says Hello is terminated after the boot timeout and
+/// replaced; the pool never has more than its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_connects_is_terminated_and_replaced() {
+    let moto = start_moto();
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ec2_controller(&ec2, &moto.url, "min = 1\nmax = 1", "boot_timeout_secs = 5").await;
+    let c = Controller::start(dir.path(), opts).unwrap();
+    // No boot is played: the first instance never connects.
+    let end = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let live = instances(&ec2, &["pending", "running"]).await;
+        if let Some(i) = live.first() {
+            assert_eq!(live.len(), 1, "{live:?}");
+            break i.instance_id().unwrap().to_owned();
+        }
+        assert!(Instant::now() < end, "nothing launched");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = instances(&ec2, &["pending", "running"]).await;
+        assert!(live.len() <= 1, "never more than the pool's size: {live:?}");
+        let replaced = live.iter().any(|i| i.instance_id() != Some(first.as_str()));
+        if replaced {
+            break;
+        }
+        assert!(Instant::now() < end, "not replaced: {live:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+    assert!(
+        gone.iter().any(|i| i.instance_id() == Some(first.as_str())),
+        "{gone:?}"
+    );
+    let events = c
+        .admin_get("/v1/scaling/events?region=eu-west-1")
+        .await
+        .unwrap();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "terminate"),
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates() {
+    let moto = start_moto();
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ec2_controller(&ec2, &moto.url, "min = 2\nmax = 3", "").await;
     let c = Controller::start(dir.path(), opts).unwrap();
     let mut procs = HashMap::new();
 
