@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Instance;
 use fleet_e2e::*;
+use fleet_testkit::ec2_faults::{Fault, FaultProxy};
 use fleet_testkit::moto::{client, default_subnet, instances_tagged, start_moto};
 use serde_json::json;
 
@@ -246,4 +247,69 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
         "{events}"
     );
     assert!(actions.contains(&"terminate"), "{events}");
+}
+
+/// A controller that dies while its RunInstances calls are in flight (held by the proxy; they
+/// reach EC2 anyway): the next controller finds the instances by their tags and launches no
+/// second one for any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.url).await;
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ec2_controller(&ec2, &proxy.url, "min = 2\nmax = 2", "").await;
+    proxy.add(
+        "RunInstances",
+        None,
+        Fault::Delay(Duration::from_secs(3)),
+        2,
+    );
+    let mut c = Controller::start(dir.path(), opts.clone()).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while proxy
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("RunInstances"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < end, "no launches: {:?}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.proc.kill();
+    let end = Instant::now() + Duration::from_secs(15);
+    while instances(&ec2, &["pending", "running"]).await.len() < 2 {
+        assert!(Instant::now() < end, "the held launches never reached EC2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    c = Controller::start(dir.path(), opts).unwrap();
+    let mut procs = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        boot(&c, &ec2, &mut procs).await;
+        let live = instances(&ec2, &["pending", "running"]).await;
+        assert!(live.len() <= 2, "a launch was repeated: {live:?}");
+        if serving_media(&c).await.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "not serving: {:?}", c.nodes().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // And stays so.
+    for _ in 0..10 {
+        boot(&c, &ec2, &mut procs).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let live = instances(&ec2, &["pending", "running"]).await;
+    let mut nodes: Vec<String> = live
+        .iter()
+        .filter_map(|i| tag(i, "fleet:node-id"))
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!((live.len(), nodes.len()), (2, 2), "{live:?}");
+    let all = instances(&ec2, &["pending", "running", "shutting-down", "terminated"]).await;
+    assert_eq!(all.len(), 2, "nothing else was ever launched: {all:?}");
 }
