@@ -81,13 +81,15 @@ pub fn sweep(state: &AppState, now_unix_ms: u64) -> usize {
     ended
 }
 
-/// Forgets recorded sessions older than the retention.
-pub fn prune(state: &AppState, now_unix_ms: u64) {
+/// Forgets recorded sessions older than the retention; false when nothing is recorded (yet:
+/// the store opens after the tick task starts).
+pub fn prune(state: &AppState, now_unix_ms: u64) -> bool {
     if !recording(state) {
-        return;
+        return false;
     }
     let keep_ms = u64::from(state.config.demand.retention_days) * 86_400_000;
     state.persist(Write::DemandPrune {
         before_unix_ms: now_unix_ms.saturating_sub(keep_ms),
     });
+    true
 }

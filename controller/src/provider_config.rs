@@ -155,7 +155,7 @@ impl Ec2ProviderConfig {
             }
         }
         for (key, zones) in ec2_pools {
-            let Some(p) = self.pools.iter().find(|p| &p.key() == key) else {
+            let Some((i, p)) = self.pools.iter().enumerate().find(|(_, p)| &p.key() == key) else {
                 return Err(ConfigIssue::new(
                     "pools",
                     format!(
@@ -167,10 +167,7 @@ impl Ec2ProviderConfig {
             for zone in zones {
                 if !p.subnets.contains_key(zone) {
                     return Err(ConfigIssue::new(
-                        format!(
-                            "pools[{}].subnets",
-                            self.pools.iter().position(|q| q.key() == *key).unwrap_or(0)
-                        ),
+                        format!("pools[{i}].subnets"),
                         format!(
                             "no subnet for zone {zone} of the {} {} pool",
                             key.region, key.kind

@@ -256,9 +256,8 @@ impl Controller {
                     next_sweep_ms = now.mono_ms + crate::demand::SWEEP_EVERY_MS;
                     crate::demand::sweep(&tick_state, now.unix_ms);
                 }
-                if now.mono_ms >= next_prune_ms {
+                if now.mono_ms >= next_prune_ms && crate::demand::prune(&tick_state, now.unix_ms) {
                     next_prune_ms = now.mono_ms + crate::demand::PRUNE_EVERY_MS;
-                    crate::demand::prune(&tick_state, now.unix_ms);
                 }
             }
         }));

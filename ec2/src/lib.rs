@@ -437,8 +437,8 @@ impl PoolProvider for Ec2Provider {
 
     async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError> {
         // Only an instance of this cluster: find its region among the configured pools.
-        let mut regions: Vec<&RegionId> = self.config.pools.iter().map(|p| &p.region).collect();
-        regions.dedup();
+        let regions: std::collections::BTreeSet<&RegionId> =
+            self.config.pools.iter().map(|p| &p.region).collect();
         for region in regions {
             let found = self
                 .describe(

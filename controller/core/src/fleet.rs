@@ -253,11 +253,7 @@ impl Fleet {
             .map(|(_, l)| l.unit_vector())
             .collect();
         let cost = req.profile.session_cost(req.participants.len());
-        let choice = self.choose(&vectors, cost, None, rng);
-        if !req.booked {
-            self.count_walk_in(&choice, cost);
-        }
-        let choice = choice?;
+        let choice = self.choose(&vectors, cost, None, !req.booked, rng)?;
         let located = req.participants.clone();
         let participants = req
             .participants
@@ -341,35 +337,26 @@ impl Fleet {
         (plan, out)
     }
 
-    /// Adds a walk-in's units to the region it preferred.
-    fn count_walk_in(&mut self, choice: &Result<Choice, FleetError>, cost: u64) {
-        let preferred = match choice {
-            Ok(c) => Some(c.preferred_region_idx),
-            Err(FleetError::Placement(PlacementError::NoCapacity {
-                preferred_region, ..
-            })) => self.registry.catalog().index_of(preferred_region),
-            Err(_) => None,
-        };
-        if let Some(d) = preferred.and_then(|i| self.demand.get_mut(i)) {
-            d.walk_in_units += cost;
-        }
-    }
-
-    /// Placement with demand accounting.
+    /// Placement with demand accounting: spills and refusals count as unmet demand of the
+    /// preferred region, and a `walk_in` (a new session nobody booked) counts toward its
+    /// arrival rate, placed or not.
     fn choose(
         &mut self,
         vectors: &[[f64; 3]],
         cost: u64,
         exclude: Option<&NodeId>,
+        walk_in: bool,
         rng: &mut impl Rng,
     ) -> Result<Choice, FleetError> {
+        let walk_in_units = if walk_in { cost } else { 0 };
         match self
             .placer
             .choose_media(&self.registry, vectors, cost, exclude, rng)
         {
             Ok(c) => {
+                let d = &mut self.demand[c.preferred_region_idx];
+                d.walk_in_units += walk_in_units;
                 if c.spilled() {
-                    let d = &mut self.demand[c.preferred_region_idx];
                     d.unmet_units += cost;
                     d.spilled_sessions += 1;
                 }
@@ -381,8 +368,10 @@ impl Fleet {
                 } = &e
                     && let Some(i) = self.registry.catalog().index_of(preferred_region)
                 {
-                    self.demand[i].unmet_units += cost;
-                    self.demand[i].refused_sessions += 1;
+                    let d = &mut self.demand[i];
+                    d.walk_in_units += walk_in_units;
+                    d.unmet_units += cost;
+                    d.refused_sessions += 1;
                 }
                 Err(e.into())
             }
@@ -461,7 +450,7 @@ impl Fleet {
         let cost = record.profile.session_cost(record.participants.len());
         let old = record.node.clone();
         self.registry.release(&old, &record.id);
-        let choice = self.choose(&vectors, cost, Some(&old), rng)?;
+        let choice = self.choose(&vectors, cost, Some(&old), false, rng)?;
         let (mut plan, out) = self.commit(now, record, &choice, cost);
         plan.participants = vec![self.participant_plan(participant, location, rng)];
         Ok((plan, out))

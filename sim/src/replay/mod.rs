@@ -23,7 +23,8 @@
 //!    - `hpa`: [`HpaScaler`] every 15 s, its victims chosen as a ReplicaSet chooses them,
 //!      each draining (SIGTERM) until empty or the grace period ends.
 //!
-//! Machines cost from launch to termination. Everything is deterministic for a seed: one
+//! Machines cost from launch to termination, within the trace: the replay starts
+//! [`PREROLL_MS`] before t = 0 (a fleet that was already running), billed from t = 0. Everything is deterministic for a seed: one
 //! seeded RNG, ordered maps where order matters.
 //!
 //! Simulated load: a media node's CPU is 5 % + 60 % × its capacity use and its memory 15 % +

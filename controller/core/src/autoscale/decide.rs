@@ -160,7 +160,8 @@ pub struct Inputs {
     #[serde(default)]
     pub walk_in_units: u64,
     pub floor: u32,
-    /// Nodes needed for used + booked + buffer capacity.
+    /// Nodes needed so that the booked, buffer and walk-in units fit in free capacity, in
+    /// whole sessions per node.
     pub capacity_floor: u32,
     /// Nodes the sustained signals ask for.
     pub recommendation: u32,
@@ -209,7 +210,6 @@ struct Tally {
     draining: u32,
     serving_total: u64,
     serving_used: u64,
-    used_all: u64,
     cpu_sum: f64,
     memory_sum: f64,
     bitrate_sum: f64,
@@ -239,9 +239,6 @@ fn tally(nodes: &[PoolNode]) -> Tally {
                     t.setup_p95 = t.setup_p95.max(n.setup_p95_ms);
                 }
             }
-        }
-        if n.state != PoolNodeState::Draining {
-            t.used_all += n.used_units;
         }
     }
     t
