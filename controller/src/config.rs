@@ -422,8 +422,27 @@ impl Config {
     /// `[[pools]]` does not set.
     pub fn pool_setups(&self) -> Result<Vec<(PoolKey, PoolSetup)>, ConfigError> {
         let catalog = self.catalog()?;
-        pool_setups(&self.pool_defaults, &self.pools, &catalog)
-            .map_err(|e| invalid(&e.field, e.message))
+        let mut setups = pool_setups(&self.pool_defaults, &self.pools, &catalog)
+            .map_err(|e| invalid(&e.field, e.message))?;
+        // The market mix of an EC2 pool is an EC2 setting.
+        if let Some(ec2) = &self.providers.ec2 {
+            for (key, setup) in setups.iter_mut().filter(|(_, s)| s.provider == "ec2") {
+                if let Some((i, p)) = ec2.pools.iter().enumerate().find(|(_, p)| &p.key() == key) {
+                    setup.markets = p.market_mix();
+                    if key.kind == NodeKind::Media
+                        && setup.markets.uses_spot()
+                        && setup.policy.buffer_sessions == 0
+                    {
+                        return Err(invalid(
+                            &format!("providers.ec2.pools[{i}].spot_share_above_base"),
+                            "a media pool buys spot nodes only for its idle buffer, and its \
+                             buffer_sessions is 0: set buffer_sessions, or no spot share",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(setups)
     }
 
     /// The pools `fleet simulate` scales: `[[pools]]` as given, or, when none are listed, a

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fleet_core::ConfigIssue;
-use fleet_core::autoscale::{PolicyPatch, PoolKey, PoolPolicy, PoolSetup, time_zone};
+use fleet_core::autoscale::{MarketMix, PolicyPatch, PoolKey, PoolPolicy, PoolSetup, time_zone};
 use fleet_geo::RegionCatalog;
 use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -307,6 +307,7 @@ pub fn pool_setups(
                 zones: Arc::from(zones),
                 time_zone,
                 node_capacity,
+                markets: MarketMix::default(),
             },
         ));
     }

@@ -12,12 +12,14 @@
 //! launch_template = "lt-0abc…"          # or image_id = "ami-…"
 //! instance_types = ["c6i.large", "c5.large"]
 //! subnets = { "eu-west-1a" = "subnet-…", "eu-west-1b" = "subnet-…" }
+//! on_demand_base = 2                    # always on-demand
+//! spot_share_above_base = 0.0           # share of spot above the base (media: buffer only)
 //! ```
 
 use std::collections::BTreeMap;
 
 use fleet_core::ConfigIssue;
-use fleet_core::autoscale::PoolKey;
+use fleet_core::autoscale::{MarketMix, PoolKey};
 use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,14 @@ pub struct Ec2PoolConfig {
     pub instance_types: Vec<String>,
     /// The subnet of each availability zone the pool spreads over.
     pub subnets: BTreeMap<String, String>,
+    /// Nodes that are on-demand whatever the pool's size.
+    #[serde(default)]
+    pub on_demand_base: u32,
+    /// The share (0..=1) of the nodes above the base bought as spot [default: 0, on-demand
+    /// only]. A media pool's spot nodes are capped to its idle buffer (`buffer_sessions`):
+    /// a therapy call is placed on a spot node only when no on-demand node fits.
+    #[serde(default)]
+    pub spot_share_above_base: f64,
 }
 
 impl Ec2PoolConfig {
@@ -73,6 +83,14 @@ impl Ec2PoolConfig {
         PoolKey {
             region: self.region.clone(),
             kind: self.kind,
+        }
+    }
+
+    /// Its market mix.
+    pub fn market_mix(&self) -> MarketMix {
+        MarketMix {
+            on_demand_base: self.on_demand_base,
+            spot_share_above_base: self.spot_share_above_base,
         }
     }
 }
@@ -143,6 +161,12 @@ impl Ec2ProviderConfig {
                 return Err(ConfigIssue::new(
                     at("instance_types"),
                     "expected 1 or more instance types such as \"c6i.large\"",
+                ));
+            }
+            if !(0.0..=1.0).contains(&p.spot_share_above_base) {
+                return Err(ConfigIssue::new(
+                    at("spot_share_above_base"),
+                    "expected a share from 0 to 1",
                 ));
             }
             for (zone, subnet) in &p.subnets {

@@ -406,7 +406,10 @@ impl Scaler {
                 reason: reason.as_str().to_owned(),
                 inputs: match reason {
                     StepReason::Scale(_) => inputs,
-                    StepReason::BootTimeout | StepReason::NodeGone => None,
+                    StepReason::BootTimeout
+                    | StepReason::NodeGone
+                    | StepReason::Interruption
+                    | StepReason::Rebalance => None,
                 },
             });
             self.execute(state, &key, step);
@@ -433,6 +436,7 @@ impl Scaler {
                         node: launch.node.clone(),
                         zone: launch.zone.clone(),
                         capacity,
+                        market: launch.market,
                     };
                     let (scaler, provider, key) = (self.clone(), provider.clone(), key.clone());
                     tokio::spawn(async move {
@@ -505,7 +509,7 @@ mod tests {
     use fleet_core::autoscale::{PoolPolicy, time_zone};
     use fleet_core::{Fleet, FleetConfig};
     use fleet_geo::RegionCatalog;
-    use fleet_proto::MachineId;
+    use fleet_proto::{MachineId, Market};
 
     use super::*;
     use crate::config::Config;
@@ -556,6 +560,8 @@ mod tests {
                         node: NodeId::parse(&format!("stranger-{i}")).expect("id"),
                         zone: "eu-west-1a".into(),
                         launched_unix_ms: 0,
+                        market: Market::OnDemand,
+                        instance_type: None,
                     })
                     .collect()),
             }
@@ -576,6 +582,7 @@ mod tests {
             zones: vec!["eu-west-1a".into()].into(),
             time_zone: time_zone("UTC").expect("tz"),
             node_capacity: 100,
+            markets: Default::default(),
         };
         let provider = Arc::new(Faulty {
             behaviour,

@@ -16,7 +16,7 @@ use fleet_core::Profile;
 use fleet_core::autoscale::{Booking, InFlight, PolicyPatch, PoolKey, PoolPolicy};
 use fleet_core::demand::DemandRow;
 use fleet_core::trace::{format_participants, parse_participants};
-use fleet_proto::{NodeId, NodeKind, RegionId};
+use fleet_proto::{Market, NodeId, NodeKind, RegionId};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::mpsc;
@@ -122,8 +122,10 @@ const SCHEMA: &[&str] = &[
 
 /// Columns added after a table's first release: (table, column, definition). Added to a store
 /// written by an older controller; already there in a new one.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("bookings", "made_unix_ms", "INTEGER NOT NULL DEFAULT 0")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("bookings", "made_unix_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("launches", "market", "TEXT NOT NULL DEFAULT 'on-demand'"),
+];
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -302,13 +304,14 @@ impl Store {
             }
             Write::Launched { pool, launch } => {
                 sqlx::query(
-                    "INSERT OR REPLACE INTO launches (node_id, region, kind, zone, launched_unix_ms) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO launches (node_id, region, kind, zone, launched_unix_ms, market) VALUES (?, ?, ?, ?, ?, ?)",
                 )
                 .bind(launch.node.as_str())
                 .bind(pool.region.as_str())
                 .bind(pool.kind.as_str())
                 .bind(&launch.zone)
                 .bind(i64_of(launch.launched_unix_ms))
+                .bind(launch.market.as_str())
                 .execute(p)
                 .await?;
             }
@@ -391,9 +394,11 @@ impl Store {
                 u64_of(row.try_get("deadline_unix_ms")?),
             ));
         }
-        for row in sqlx::query("SELECT node_id, region, kind, zone, launched_unix_ms FROM launches")
-            .fetch_all(p)
-            .await?
+        for row in sqlx::query(
+            "SELECT node_id, region, kind, zone, launched_unix_ms, market FROM launches",
+        )
+        .fetch_all(p)
+        .await?
         {
             saved.launches.push((
                 pool_key(row.try_get("region")?, row.try_get("kind")?)?,
@@ -401,6 +406,8 @@ impl Store {
                     node: NodeId::parse(row.try_get("node_id")?).map_err(corrupt)?,
                     zone: row.try_get("zone")?,
                     launched_unix_ms: u64_of(row.try_get("launched_unix_ms")?),
+                    market: Market::parse(row.try_get("market")?)
+                        .ok_or_else(|| corrupt("a launch's market"))?,
                 },
             ));
         }
@@ -546,6 +553,7 @@ mod tests {
                     node: NodeId::parse("media-eu-west-1-2").expect("id"),
                     zone: "eu-west-1b".into(),
                     launched_unix_ms: 7,
+                    market: Market::Spot,
                 },
             },
         ];

@@ -30,14 +30,15 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    Filter, Instance, InstanceType, LaunchTemplateSpecification, ResourceType, Tag,
-    TagSpecification,
+    Filter, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType,
+    LaunchTemplateSpecification, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions,
+    Tag, TagSpecification,
 };
 use base64::Engine;
 use fleet_controller::provider::{LaunchRequest, PoolProvider, ProviderError};
 use fleet_controller::provider_config::{Ec2PoolConfig, Ec2ProviderConfig};
 use fleet_core::autoscale::{Machine, PoolKey};
-use fleet_proto::{MachineId, NodeId, RegionId};
+use fleet_proto::{MachineId, Market, NodeId, RegionId};
 use tokio::sync::Mutex;
 
 const NAME: &str = "ec2";
@@ -81,6 +82,8 @@ pub struct Bootstrap {
     pub capacity: u64,
     /// The controller's link address (host:port) the node reports to.
     pub controller: String,
+    /// `on-demand` or `spot`.
+    pub market: Market,
 }
 
 /// The EC2 provider.
@@ -191,6 +194,7 @@ impl Ec2Provider {
         zone: &str,
         subnet: &str,
         instance_type: &str,
+        market: Market,
     ) -> Result<
         Instance,
         aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
@@ -203,6 +207,7 @@ impl Ec2Provider {
             kind: request.pool.kind.as_str().to_owned(),
             capacity: request.capacity,
             controller: self.controller.clone(),
+            market,
         };
         let user_data = base64::engine::general_purpose::STANDARD
             .encode(serde_json::to_vec(&bootstrap).unwrap_or_default());
@@ -213,7 +218,7 @@ impl Ec2Provider {
                     &self.config.cluster,
                     &request.pool,
                     &request.node,
-                    "on-demand",
+                    market.as_str(),
                 )
                 .into_iter()
                 .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -229,6 +234,21 @@ impl Ec2Provider {
             .subnet_id(subnet)
             .user_data(user_data)
             .tag_specifications(tag_spec);
+        if market == Market::Spot {
+            // A one-time request at the on-demand price cap: the instance ends when reclaimed
+            // and the pool replaces it.
+            call = call.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
         call = match (&pool.launch_template, &pool.image_id) {
             (Some(template), _) => call.launch_template(
                 LaunchTemplateSpecification::builder()
@@ -267,6 +287,14 @@ pub fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
 /// Attempts of one launch: each retry first looks for the instance by its node-id tag.
 const LAUNCH_ATTEMPTS: u32 = 4;
 
+/// Error codes that mean "no spot capacity at an acceptable price here": try another type or
+/// zone, then on-demand.
+const NO_SPOT: [&str; 3] = [
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InsufficientSpotInstanceCapacity",
+];
+
 /// Error codes of a call worth retrying as it is.
 const TRANSIENT: [&str; 5] = [
     "RequestLimitExceeded",
@@ -283,6 +311,8 @@ enum LaunchFailure {
     Transient(String),
     /// Refused for good (a bad template, no permission): the scaler backs the pool off.
     Final(String),
+    /// No type in any zone has capacity (on this market) now.
+    NoCapacity(String),
 }
 
 impl Ec2Provider {
@@ -291,6 +321,7 @@ impl Ec2Provider {
         &self,
         request: &LaunchRequest,
         pool: &Ec2PoolConfig,
+        market: Market,
     ) -> Result<Machine, LaunchFailure> {
         let mut zones: Vec<(&String, &String)> = pool.subnets.iter().collect();
         zones.sort_by_key(|(z, _)| z.as_str() != request.zone);
@@ -298,7 +329,7 @@ impl Ec2Provider {
         for (zone, subnet) in zones {
             for instance_type in &pool.instance_types {
                 let e = match self
-                    .run_one(request, pool, zone, subnet, instance_type)
+                    .run_one(request, pool, zone, subnet, instance_type, market)
                     .await
                 {
                     Ok(instance) => {
@@ -308,7 +339,7 @@ impl Ec2Provider {
                             )
                         })?;
                         tracing::info!(node = %request.node, instance = %machine.id, %zone,
-                            %instance_type, "ec2 instance launched");
+                            %instance_type, %market, "ec2 instance launched");
                         return Ok(machine);
                     }
                     Err(e) => e,
@@ -322,7 +353,9 @@ impl Ec2Provider {
                     "RunInstances ({instance_type} in {zone}): {}",
                     describe_error(&e)
                 );
-                if NO_CAPACITY.contains(&code.as_str()) {
+                if NO_CAPACITY.contains(&code.as_str())
+                    || (market == Market::Spot && NO_SPOT.contains(&code.as_str()))
+                {
                     tracing::warn!(node = %request.node, %zone, %instance_type, %code,
                         "no capacity: trying the next type or zone");
                     continue;
@@ -336,7 +369,10 @@ impl Ec2Provider {
                 return Err(LaunchFailure::Final(last));
             }
         }
-        Err(LaunchFailure::Final(last))
+        if pool.subnets.is_empty() {
+            return Err(LaunchFailure::Final(last));
+        }
+        Err(LaunchFailure::NoCapacity(last))
     }
 }
 
@@ -387,11 +423,17 @@ fn machine_of(instance: &Instance) -> Option<Machine> {
                 .unwrap_or(Duration::ZERO)
                 .as_millis() as u64
         });
+    let market = tag_value(instance, tags::MARKET)
+        .and_then(Market::parse)
+        .unwrap_or_default();
+    let instance_type = instance.instance_type().map(|t| t.as_str().to_owned());
     Some(Machine {
         id,
         node,
         zone,
         launched_unix_ms,
+        market,
+        instance_type,
     })
 }
 
@@ -422,14 +464,33 @@ impl PoolProvider for Ec2Provider {
             if let Some(m) = existing.iter().find_map(machine_of) {
                 return Ok(m);
             }
-            match self.launch_once(&request, pool).await {
+            // A spot launch without spot capacity anywhere buys on-demand instead: the pool
+            // needs the node, and cost caps still bound what it spends.
+            let markets: &[Market] = match request.market {
+                Market::Spot => &[Market::Spot, Market::OnDemand],
+                Market::OnDemand => &[Market::OnDemand],
+            };
+            let mut outcome = Err(LaunchFailure::Final("no market tried".into()));
+            for &market in markets {
+                outcome = self.launch_once(&request, pool, market).await;
+                match &outcome {
+                    Err(LaunchFailure::NoCapacity(message)) if market == Market::Spot => {
+                        tracing::warn!(node = %request.node, %message,
+                            "no spot capacity in any zone or type: launching on-demand");
+                    }
+                    _ => break,
+                }
+            }
+            match outcome {
                 Ok(machine) => return Ok(machine),
                 Err(LaunchFailure::Transient(message)) => {
                     tracing::warn!(node = %request.node, attempt, %message,
                         "ec2 launch failed; retrying after looking for the instance");
                     last = message;
                 }
-                Err(LaunchFailure::Final(message)) => return Err(failed(message)),
+                Err(LaunchFailure::Final(message) | LaunchFailure::NoCapacity(message)) => {
+                    return Err(failed(message));
+                }
             }
         }
         Err(failed(last))

@@ -43,6 +43,8 @@ async fn provider(ec2: &aws_sdk_ec2::Client, endpoint: &str) -> std::sync::Arc<E
                 ),
             ]
             .into(),
+            on_demand_base: 0,
+            spot_share_above_base: 0.0,
         }],
     };
     Ec2Provider::new(
@@ -77,6 +79,7 @@ fn request(node: &str, zone: &str) -> LaunchRequest {
         node: NodeId::parse(node).unwrap(),
         zone: zone.to_owned(),
         capacity: 400,
+        market: fleet_proto::Market::OnDemand,
     }
 }
 
@@ -295,4 +298,61 @@ async fn capacity_errors_fall_back_and_lost_or_throttled_launches_never_make_a_s
         1,
     );
     assert_eq!(provider.list(&pool()).await.unwrap().len(), 4);
+}
+
+/// A spot launch is a one-time spot request tagged `spot`; with no spot capacity in any type or
+/// zone the node is bought on-demand instead, tagged so, and still only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_launches_are_tagged_and_fall_back_to_on_demand_without_spot_capacity() {
+    let moto = start_moto();
+    let proxy = FaultProxy::start(&moto.url).await;
+    let ec2 = client(&moto.url, "eu-west-1");
+    let provider = provider(&ec2, &proxy.url).await;
+    let spot = |node: &str| LaunchRequest {
+        market: fleet_proto::Market::Spot,
+        ..request(node, "eu-west-1a")
+    };
+    let market_tag = |i: &aws_sdk_ec2::types::Instance| {
+        i.tags()
+            .iter()
+            .find(|t| t.key() == Some(tags::MARKET))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+
+    let m = provider.launch(spot("media-s1")).await.unwrap();
+    assert_eq!(m.market, fleet_proto::Market::Spot);
+    let found = instances_tagged(&ec2, tags::NODE_ID, "media-s1", &["pending", "running"]).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(market_tag(&found[0]).as_deref(), Some("spot"));
+    assert_eq!(
+        found[0].instance_lifecycle().map(|l| l.as_str()),
+        Some("spot"),
+        "bought as a spot instance"
+    );
+    assert!(
+        proxy.log().iter().any(|l| l.starts_with("RunInstances")),
+        "{:?}",
+        proxy.log()
+    );
+
+    // No spot capacity for either type in either zone: on-demand, one instance.
+    let no_spot = || Fault::Error {
+        status: 500,
+        code: "InsufficientInstanceCapacity".into(),
+    };
+    proxy.add_for_market("RunInstances", "spot", no_spot(), 4);
+    let m = provider.launch(spot("media-s2")).await.unwrap();
+    assert_eq!(m.market, fleet_proto::Market::OnDemand);
+    let found = instances_tagged(&ec2, tags::NODE_ID, "media-s2", &["pending", "running"]).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(market_tag(&found[0]).as_deref(), Some("on-demand"));
+    assert_eq!(found[0].instance_lifecycle(), None);
+    let refused = proxy.log().iter().filter(|l| l.ends_with("!error")).count();
+    assert_eq!(
+        refused,
+        4,
+        "each type in each zone was tried as spot: {:?}",
+        proxy.log()
+    );
 }

@@ -113,6 +113,7 @@ impl ReportSource for TestSource {
                 ..Load::default()
             },
             relay_started: Vec::new(),
+            notice: None,
         }
     }
     fn on_command(&self, command: Command) -> Result<(), String> {
@@ -142,6 +143,7 @@ fn hello(node: &str) -> Hello {
         report_interval_ms: 100,
         auth: String::new(),
         machine: None,
+        market: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches};
-use fleet_proto::ids::{IdError, MachineId, NodeId, NodeKind, RegionId};
+use fleet_proto::ids::{IdError, MachineId, Market, NodeId, NodeKind, RegionId};
 
 use crate::{NodeConfig, default_node_id};
 
@@ -27,6 +27,13 @@ pub struct NodeArgs {
     /// The machine this node runs in, as its pool provider names it (set by the provider).
     #[arg(long, value_parser = MachineId::parse)]
     pub machine_id: Option<MachineId>,
+    /// The market of the machine, `on-demand` or `spot` (set by the provider).
+    #[arg(long, value_parser = parse_market)]
+    pub market: Option<Market>,
+    /// The cloud's instance metadata service to watch for spot interruption notices and
+    /// rebalance recommendations (IMDSv2), e.g. http://169.254.169.254 on EC2.
+    #[arg(long)]
+    pub instance_metadata: Option<String>,
     /// Controller link address, host:port (QUIC).
     #[arg(long)]
     pub controller: String,
@@ -71,6 +78,8 @@ impl NodeArgs {
             node_id,
             region: self.region.clone(),
             machine: self.machine_id.clone(),
+            market: self.market,
+            instance_metadata: self.instance_metadata.clone(),
             zone: self
                 .zone
                 .clone()
@@ -111,6 +120,8 @@ impl NodeArgs {
             region: RegionId::parse("eu-west-1").unwrap_or_else(|_| unreachable!()),
             zone: Some("eu-west-1b".into()),
             machine_id: MachineId::parse("local-7").ok(),
+            market: Some(Market::Spot),
+            instance_metadata: Some("http://127.0.0.1:9".into()),
             controller: "127.0.0.1:4433".into(),
             controller_name: "ctl".into(),
             controller_cert: "/c.pem".into(),
@@ -123,6 +134,10 @@ impl NodeArgs {
             session_idle_secs: 120,
         }
     }
+}
+
+fn parse_market(s: &str) -> Result<Market, String> {
+    Market::parse(s).ok_or_else(|| format!("expected on-demand or spot, got {s:?}"))
 }
 
 /// The environment prefix of a node kind's flags: `MEDIA_NODE` or `TURN_NODE`.

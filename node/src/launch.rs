@@ -75,6 +75,12 @@ impl NodeLaunch {
         if let Some(machine) = &n.machine_id {
             args.push(("--machine-id", machine.to_string()));
         }
+        if let Some(market) = n.market {
+            args.push(("--market", market.to_string()));
+        }
+        if let Some(url) = &n.instance_metadata {
+            args.push(("--instance-metadata", url.clone()));
+        }
         args.extend([
             ("--controller", n.controller.clone()),
             ("--controller-name", n.controller_name.clone()),

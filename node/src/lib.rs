@@ -19,6 +19,7 @@ pub mod core {
 pub mod data_plane;
 mod http;
 pub mod launch;
+pub mod metadata;
 pub mod process;
 pub mod runtime;
 pub mod state;
@@ -38,7 +39,7 @@ pub use runtime::{Node, NodeExit};
 pub use state::now_unix_ms;
 
 use fleet_link::TlsError;
-use fleet_proto::ids::{IdError, MachineId, NodeId, NodeKind, RegionId};
+use fleet_proto::ids::{IdError, MachineId, Market, NodeId, NodeKind, RegionId};
 
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`) for every
 /// fleet binary; a second call, or a subscriber installed by someone else, is left alone.
@@ -70,6 +71,10 @@ pub struct NodeConfig {
     pub zone: String,
     /// The machine the node runs in, when a pool provider launched it.
     pub machine: Option<MachineId>,
+    /// The machine's market, when a pool provider launched it.
+    pub market: Option<Market>,
+    /// The instance metadata service to watch for notices (IMDSv2), when on a cloud machine.
+    pub instance_metadata: Option<String>,
     /// The node's software version.
     pub version: String,
     /// The controller's link address, `host:port` (resolved once, at [`Node::bind`]).

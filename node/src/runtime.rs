@@ -158,6 +158,19 @@ impl Node {
             stopped(),
         ));
 
+        let watcher = config.instance_metadata.clone().map(|base| {
+            let shared = shared.clone();
+            // Polled as often as reports go (at most every 5 s, as AWS advises), so a notice
+            // reaches the controller within two report intervals.
+            let every = config.report_interval.min(Duration::from_secs(5));
+            tokio::spawn(crate::metadata::watch_notices(
+                base,
+                every,
+                move |n| shared.set_notice(n),
+                stopped(),
+            ))
+        });
+
         let exit = serve_until_exit(&shared, data_plane.as_ref(), &config, term, int).await;
         let sessions = shared.with_core(|core| core.session_count());
         tracing::info!(
@@ -168,6 +181,9 @@ impl Node {
         );
 
         let _ = stop_tx.send(true);
+        if let Some(w) = watcher {
+            w.abort();
+        }
         wait_stopped(reporter, http).await?;
         Ok(exit)
     }
@@ -228,6 +244,7 @@ fn reporter_config(
                 .unwrap_or(u64::MAX),
             auth: String::new(),
             machine: config.machine.clone(),
+            market: config.market,
         },
         interval: config.report_interval,
     }

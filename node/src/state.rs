@@ -12,7 +12,7 @@ use crate::telemetry::NodeMetrics;
 use fleet_link::{LinkStatus, ReportSource};
 use fleet_node_core::NodeCore;
 use fleet_proto::ids::{NodeId, NodeKind, NodeState, RegionId};
-use fleet_proto::messages::{Command, HostedSession, Load, Report};
+use fleet_proto::messages::{Command, HostedSession, Load, MachineNotice, Report};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_ms() -> u64 {
@@ -58,6 +58,8 @@ pub struct NodeShared {
     link: watch::Receiver<LinkStatus>,
     pub(crate) metrics: NodeMetrics,
     data_plane: Arc<dyn DataPlane>,
+    /// What the cloud said about the machine (see [`crate::metadata`]), sent in every report.
+    notice: Mutex<Option<MachineNotice>>,
 }
 
 /// Locks `m`, recovering the data if a panicking thread poisoned it.
@@ -86,7 +88,13 @@ impl NodeShared {
             link,
             metrics,
             data_plane,
+            notice: Mutex::new(None),
         }
+    }
+
+    /// Records what the cloud said about the machine: it goes into every report from now on.
+    pub fn set_notice(&self, notice: MachineNotice) {
+        *lock(&self.notice) = Some(notice);
     }
 
     /// The data plane hook.
@@ -190,6 +198,7 @@ impl ReportSource for NodeShared {
                 ..Load::default()
             },
             relay_started: Vec::new(),
+            notice: *lock(&self.notice),
         });
         self.data_plane.fill_load(&mut report.load);
         report.relay_started = self.data_plane.take_relay_started();

@@ -6,9 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleet_node::{Node, NodeConfig, NodeExit, now_unix_ms};
+use fleet_proto::Market;
 use fleet_proto::ids::{NodeId, NodeKind, NodeState, ParticipantId, SessionId};
-use fleet_proto::messages::Command;
+use fleet_proto::messages::{Command, MachineNotice, NoticeKind};
 use fleet_testkit::fake_controller::SERVER_NAME;
+use fleet_testkit::imds::FakeImds;
 use fleet_testkit::{FakeController, LinkEvent, http_get};
 
 const SECRET: &str = "s3cret";
@@ -25,6 +27,8 @@ fn config(controller: SocketAddr, cert: &Path, node: &str) -> NodeConfig {
         region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
         zone: "eu-west-1a".into(),
         machine: fleet_proto::MachineId::parse("local-1").ok(),
+        market: None,
+        instance_metadata: None,
         version: "test".into(),
         controller: controller.to_string(),
         controller_name: SERVER_NAME.into(),
@@ -202,6 +206,74 @@ async fn undrain_cancels_and_deadline_forces_exit() {
         .expect("task")
         .expect("run ok");
     assert_eq!(exit, NodeExit::DeadlinePassed);
+}
+
+#[tokio::test]
+async fn a_spot_interruption_notice_goes_into_every_report_from_then_on() {
+    let mut ctl = FakeController::start(SECRET).await;
+    let imds = FakeImds::start("i-0123456789abcdef0").await;
+    let mut cfg = config(ctl.addr(), ctl.cert_path(), "media-t4");
+    cfg.market = Some(Market::Spot);
+    cfg.instance_metadata = Some(imds.url.clone());
+    let node = Node::bind(cfg).await.expect("bind node");
+    let run = tokio::spawn(node.run(vec![], axum::Router::new()));
+    let hello = ctl
+        .next(|e| match e {
+            LinkEvent::Hello(h) => Some(h),
+            _ => None,
+        })
+        .await;
+    assert_eq!(hello.market, Some(Market::Spot));
+    // Nothing announced: reports carry no notice while the watcher reads the service.
+    for _ in 0..5 {
+        let r = ctl
+            .next(|e| match e {
+                LinkEvent::Report(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert_eq!(r.notice, None);
+    }
+    assert!(imds.answered() > 0, "the watcher reads the service");
+
+    imds.recommend_rebalance(now_unix_ms());
+    let r = ctl
+        .next(|e| match e {
+            LinkEvent::Report(r) if r.notice.is_some() => Some(r),
+            _ => None,
+        })
+        .await;
+    assert_eq!(r.notice.map(|n| n.kind), Some(NoticeKind::Rebalance));
+
+    // Whole seconds: EC2 writes notice times to the second.
+    let at = (now_unix_ms() / 1000 + 120) * 1000;
+    imds.interrupt(at);
+    let r = ctl
+        .next(|e| match e {
+            LinkEvent::Report(r)
+                if r.notice.is_some_and(|n| n.kind == NoticeKind::Interruption) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+        .await;
+    let expected = MachineNotice {
+        kind: NoticeKind::Interruption,
+        at_unix_ms: Some(at),
+    };
+    assert_eq!(r.notice, Some(expected));
+    // Kept in later reports.
+    let r = ctl
+        .next(|e| match e {
+            LinkEvent::Report(r) => Some(r),
+            _ => None,
+        })
+        .await;
+    assert_eq!(r.notice, Some(expected));
+    // IMDSv2 only: every read carried a token.
+    assert_eq!(imds.refused(), 0);
+    run.abort();
 }
 
 #[tokio::test]

@@ -263,6 +263,45 @@ impl FromStr for NodeKind {
     }
 }
 
+/// The purchase market of a node's machine: on-demand (kept until the fleet stops it) or spot
+/// (cheaper, and the cloud may reclaim it with two minutes' notice). Placement uses a spot
+/// node only when no on-demand node fits, and scale-down takes it first.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Market {
+    #[default]
+    #[serde(rename = "on-demand")]
+    OnDemand,
+    #[serde(rename = "spot")]
+    Spot,
+}
+
+impl Market {
+    /// The wire name, also the `fleet:market` tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::OnDemand => "on-demand",
+            Market::Spot => "spot",
+        }
+    }
+
+    /// The market a wire name or tag value names.
+    pub fn parse(s: &str) -> Option<Market> {
+        match s {
+            "on-demand" => Some(Market::OnDemand),
+            "spot" => Some(Market::Spot),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A node's life-cycle state as the node itself reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -22,8 +22,9 @@ pub mod turn_rest;
 pub use auth::{node_auth, verify_node_auth};
 pub use codec::{DecodeError, MAX_FRAME_LEN, decode, encode};
 pub use ids::{
-    IdError, MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
+    IdError, MachineId, Market, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
 };
 pub use messages::{
-    Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, PROTOCOL_VERSION, Report,
+    Command, ControllerMessage, Hello, HostedSession, Load, MachineNotice, NodeMessage, NoticeKind,
+    PROTOCOL_VERSION, Report,
 };

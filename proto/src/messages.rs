@@ -12,7 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId};
+use crate::ids::{
+    MachineId, Market, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
+};
 
 /// The protocol version carried in every frame; a frame with another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -44,6 +46,9 @@ pub struct Hello {
     /// provider launched). Matches the registry's node with the provider's list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineId>,
+    /// The market of the node's machine (absent: on-demand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<Market>,
 }
 
 /// The node's whole current state; each report replaces the previous one.
@@ -62,6 +67,41 @@ pub struct Report {
     /// recording marks them as relayed participants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relay_started: Vec<ParticipantId>,
+    /// The cloud announced that the node's machine goes away (spot interruption) or is at risk
+    /// (rebalance recommendation): the controller stops placing there at once, starts a
+    /// replacement and drains the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<MachineNotice>,
+}
+
+/// What the cloud said about a node's machine, as the node read it from the instance
+/// metadata service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineNotice {
+    pub kind: NoticeKind,
+    /// When the machine is stopped (Unix ms), when the cloud said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_unix_ms: Option<u64>,
+}
+
+/// The kind of a [`MachineNotice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// A spot interruption: the machine is stopped at `at_unix_ms` (two minutes' notice).
+    Interruption,
+    /// A rebalance recommendation: the spot machine is at elevated risk of interruption.
+    Rebalance,
+}
+
+impl NoticeKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Interruption => "interruption",
+            NoticeKind::Rebalance => "rebalance",
+        }
+    }
 }
 
 /// One session hosted by a node.

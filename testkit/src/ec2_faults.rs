@@ -29,6 +29,9 @@ pub enum Fault {
 pub struct Rule {
     pub action: String,
     pub instance_type: Option<String>,
+    /// Only requests for this market (`spot`: with `InstanceMarketOptions.MarketType=spot`;
+    /// `on-demand`: without).
+    pub market: Option<String>,
     pub fault: Fault,
     pub uses: usize,
 }
@@ -73,6 +76,18 @@ impl FaultProxy {
         lock(&self.rules).push(Rule {
             action: action.to_owned(),
             instance_type: instance_type.map(str::to_owned),
+            market: None,
+            fault,
+            uses,
+        });
+    }
+
+    /// Adds a rule for the requests of one market only (`spot` or `on-demand`).
+    pub fn add_for_market(&self, action: &str, market: &str, fault: Fault, uses: usize) {
+        lock(&self.rules).push(Rule {
+            action: action.to_owned(),
+            instance_type: None,
+            market: Some(market.to_owned()),
             fault,
             uses,
         });
@@ -90,6 +105,7 @@ struct Request {
     bytes: Vec<u8>,
     action: String,
     instance_type: Option<String>,
+    market: &'static str,
 }
 
 async fn read_request(client: &mut TcpStream) -> Option<Request> {
@@ -135,6 +151,10 @@ async fn read_request(client: &mut TcpStream) -> Option<Request> {
         bytes,
         action: param("Action").unwrap_or_default(),
         instance_type: param("InstanceType"),
+        market: match param("InstanceMarketOptions.MarketType").as_deref() {
+            Some("spot") => "spot",
+            _ => "on-demand",
+        },
     })
 }
 
@@ -146,6 +166,7 @@ fn take_fault(rules: &Mutex<Vec<Rule>>, req: &Request) -> Option<Fault> {
             && r.instance_type
                 .as_ref()
                 .is_none_or(|t| req.instance_type.as_ref() == Some(t))
+            && r.market.as_deref().is_none_or(|m| m == req.market)
     })?;
     rule.uses -= 1;
     Some(rule.fault.clone())

@@ -11,6 +11,7 @@
 pub mod ec2_faults;
 pub mod fake_controller;
 pub mod http;
+pub mod imds;
 pub mod messages;
 pub mod mmdb;
 pub mod moto;

@@ -2,10 +2,11 @@
 //! tests.
 
 use fleet_proto::ids::{
-    MachineId, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
+    MachineId, Market, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
 };
 use fleet_proto::messages::{
-    Command, ControllerMessage, Hello, HostedSession, Load, NodeMessage, Report,
+    Command, ControllerMessage, Hello, HostedSession, Load, MachineNotice, NodeMessage, NoticeKind,
+    Report,
 };
 
 /// A media node's hello.
@@ -21,6 +22,7 @@ pub fn hello() -> Hello {
         report_interval_ms: 1000,
         auth: "00ff".into(),
         machine: MachineId::parse("i-0123456789abcdef0").ok(),
+        market: Some(Market::Spot),
     }
 }
 
@@ -56,6 +58,10 @@ pub fn report() -> Report {
             capacity_total: 1000,
         },
         relay_started: vec![ParticipantId::parse("p2").expect("id")],
+        notice: Some(MachineNotice {
+            kind: NoticeKind::Interruption,
+            at_unix_ms: Some(1_700_000_120_000),
+        }),
     }
 }
 

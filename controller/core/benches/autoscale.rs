@@ -52,6 +52,8 @@ fn pool(p: usize) -> Vec<PoolNode> {
             launched_ms: 0,
             drain_deadline_ms: None,
             setup_p95_ms: Some(120),
+            market: fleet_proto::Market::OnDemand,
+            noticed: false,
         })
         .collect()
 }
@@ -119,6 +121,7 @@ fn loaded_fleet() -> Fleet {
                     report_interval_ms: 1000,
                     auth: String::new(),
                     machine: None,
+                    market: None,
                 };
                 f.on_hello(at, conn, &hello).unwrap();
                 let load = Load {
@@ -134,6 +137,7 @@ fn loaded_fleet() -> Fleet {
                     sessions: vec![],
                     load,
                     relay_started: Vec::new(),
+                    notice: None,
                 };
                 f.on_report(at, conn, &id, report);
             }
@@ -158,6 +162,7 @@ fn autoscaler_tick(c: &mut Criterion) {
                 zones: vec!["zone-0".into(), "zone-1".into(), "zone-2".into()].into(),
                 time_zone: utc.clone(),
                 node_capacity: 100,
+                markets: Default::default(),
             };
             (
                 PoolKey {

@@ -50,6 +50,7 @@ fn fleet() -> Fleet {
                 report_interval_ms: 1000,
                 auth: String::new(),
                 machine: None,
+                market: None,
             },
         )
         .unwrap();
@@ -68,6 +69,7 @@ fn fleet() -> Fleet {
                     ..Load::default()
                 },
                 relay_started: Vec::new(),
+                notice: None,
             },
         );
     }

@@ -246,7 +246,14 @@ impl Placer {
                 if pool.free < cost {
                     continue;
                 }
-                if let Some(node_idx) = self.pick_in_pool(pool, cost, exclude_idx, rng) {
+                // On-demand nodes first; a spot node only when none of them fits.
+                let split = pool.on_demand as usize;
+                let picked = self
+                    .pick_in_pool(pool, 0..split, cost, exclude_idx, rng)
+                    .or_else(|| {
+                        self.pick_in_pool(pool, split..pool.serving.len(), cost, exclude_idx, rng)
+                    });
+                if let Some(node_idx) = picked {
                     return Ok(Choice {
                         node_idx,
                         region_idx: region,
@@ -262,16 +269,21 @@ impl Placer {
         })
     }
 
-    /// Power-of-two-choices among a pool's nodes that fit `cost`; a full scan only when random
-    /// probes keep missing (a nearly full pool).
+    /// Power-of-two-choices among the nodes at positions `range` of a pool's serving list that
+    /// fit `cost`; a full scan only when random probes keep missing (a nearly full pool).
     fn pick_in_pool(
         &self,
         pool: &Pool,
+        range: std::ops::Range<usize>,
         cost: u64,
         exclude: Option<u32>,
         rng: &mut impl Rng,
     ) -> Option<u32> {
-        let n = pool.serving.len();
+        let n = range.len();
+        let pool = PoolSlice {
+            serving: &pool.serving[range.clone()],
+            node_free: &pool.node_free[range],
+        };
         let fits = |pos: usize| pool.node_free[pos] >= cost && Some(pool.serving[pos]) != exclude;
         let better = |a: usize, b: usize| -> usize {
             let (fa, fb) = (pool.node_free[a], pool.node_free[b]);
@@ -344,4 +356,10 @@ impl Placer {
         chosen.sort_by_key(|&i| std::cmp::Reverse(registry.at(i).free()));
         chosen
     }
+}
+
+/// Some positions of a pool's serving list (one market's nodes) and their free capacity.
+struct PoolSlice<'a> {
+    serving: &'a [u32],
+    node_free: &'a [u64],
 }

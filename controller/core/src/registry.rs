@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use fleet_geo::RegionCatalog;
 use fleet_proto::{
-    Hello, HostedSession, Load, MachineId, NodeId, NodeKind, NodeState, RegionId, Report, SessionId,
+    Hello, HostedSession, Load, MachineId, MachineNotice, Market, NodeId, NodeKind, NodeState,
+    RegionId, Report, SessionId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +135,11 @@ pub struct NodeEntry {
     /// A state the controller asked for (drain, undrain) that wins over reports until a report
     /// agrees, so a report already on its way cannot undo an operator's drain.
     pub desired: Option<NodeStatus>,
+    /// The market of its machine: a spot node is placement's last choice.
+    pub market: Market,
+    /// What the cloud said about its machine (spot interruption, rebalance): it takes no new
+    /// session from then on.
+    pub notice: Option<MachineNotice>,
     /// Its reported CPU is above the registry's `cpu_limit`: full for placement.
     pub cpu_saturated: bool,
     /// The next report is compared with nothing: every session in it counts as changed
@@ -233,6 +239,8 @@ pub struct Pool {
     pub node_free: Vec<u64>,
     /// Sum of the serving nodes' free capacity.
     pub free: u64,
+    /// How many of `serving` (the first ones) are on-demand; the spot ones follow.
+    pub on_demand: u32,
 }
 
 /// The registry of nodes.
@@ -350,6 +358,8 @@ impl Registry {
             used: 0,
             pool_pos: 0,
             desired: None,
+            market: hello.market.unwrap_or_default(),
+            notice: None,
             cpu_saturated: false,
             full_report_due: true,
         };
@@ -403,6 +413,14 @@ impl Registry {
                 reported
             }
         };
+        if let Some(notice) = report.notice {
+            node.notice = Some(notice);
+            // Taken out of placement at once, whatever the node reports until it drains.
+            if node.status == NodeStatus::Serving {
+                node.desired = Some(NodeStatus::Draining);
+                node.status = NodeStatus::Draining;
+            }
+        }
         node.dead_since_ms = None;
         node.last_report_ms = now;
         node.used = report.load.capacity_used;
@@ -560,15 +578,23 @@ impl Registry {
                 k.serving.clear();
                 k.node_free.clear();
                 k.free = 0;
+                k.on_demand = 0;
             }
         }
-        for (i, n) in self.nodes.iter_mut().enumerate() {
-            if n.status == NodeStatus::Serving {
-                let pool = &mut self.pools[n.region_idx][kind_idx(n.kind)];
-                n.pool_pos = pool.serving.len() as u32;
-                pool.serving.push(i as u32);
-                pool.node_free.push(n.free());
-                pool.free += n.free();
+        // On-demand nodes first, spot nodes after them: placement tries a spot node only when
+        // no on-demand one fits.
+        for market in [Market::OnDemand, Market::Spot] {
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if n.status == NodeStatus::Serving && n.market == market {
+                    let pool = &mut self.pools[n.region_idx][kind_idx(n.kind)];
+                    n.pool_pos = pool.serving.len() as u32;
+                    pool.serving.push(i as u32);
+                    pool.node_free.push(n.free());
+                    pool.free += n.free();
+                    if market == Market::OnDemand {
+                        pool.on_demand += 1;
+                    }
+                }
             }
         }
     }

@@ -54,6 +54,7 @@ pub(crate) fn hello(id: &str, kind: NodeKind, region: &str, cap: u64) -> Hello {
         report_interval_ms: 1000,
         auth: String::new(),
         machine: None,
+        market: None,
     }
 }
 
@@ -69,6 +70,7 @@ pub(crate) fn report(state: NodeState, sessions: Vec<HostedSession>, cap: u64) -
             ..Load::default()
         },
         relay_started: Vec::new(),
+        notice: None,
     }
 }
 
@@ -807,4 +809,56 @@ fn a_node_above_the_cpu_limit_is_full_for_placement() {
         .is_ok_and(|(p, _)| p.node == hot)
     });
     assert!(placed_on_hot);
+}
+
+/// A spot node joins a London pool of one on-demand node: it gets a session only once the
+/// on-demand node is full; when the cloud announces its interruption it gets none at all.
+#[test]
+fn a_spot_node_is_the_last_choice_and_a_noticed_one_no_choice() {
+    let (mut f, conns) = fleet(&["eu-west-2"], 1, 100);
+    let (on_demand, _) = conns[0].clone();
+    let mut h = hello("media-spot", NodeKind::Media, "eu-west-2", 100);
+    h.market = Some(fleet_proto::Market::Spot);
+    f.on_hello(at(0), 99, &h).expect("hello");
+    f.on_report(
+        at(0),
+        99,
+        &h.node_id,
+        report(NodeState::Serving, vec![], 100),
+    );
+    let mut rng = rng();
+    let mut on = std::collections::HashMap::<NodeId, u32>::new();
+    let cost = Profile::Video.session_cost(2) as u32;
+    let fits = 100 / cost;
+    for _ in 0..fits + 2 {
+        let (plan, _) = f
+            .create_session(
+                at(1),
+                new_session(&[("a", LONDON), ("b", LONDON)]),
+                &mut rng,
+            )
+            .expect("placed");
+        *on.entry(plan.node).or_default() += 1;
+    }
+    assert_eq!(on.get(&on_demand).copied(), Some(fits), "{on:?}");
+    assert_eq!(on.get(&h.node_id).copied(), Some(2), "{on:?}");
+
+    // The interruption notice: out of placement at once, though the node still says SERVING.
+    let mut r = report(NodeState::Serving, vec![], 100);
+    r.notice = Some(fleet_proto::MachineNotice {
+        kind: fleet_proto::NoticeKind::Interruption,
+        at_unix_ms: Some(at(0).unix_ms + 120_000),
+    });
+    f.on_report(at(2), 99, &h.node_id, r);
+    let entry = f.registry().get(&h.node_id).expect("node");
+    assert_eq!(entry.status, NodeStatus::Draining);
+    let refused = f.create_session(
+        at(3),
+        new_session(&[("a", LONDON), ("b", LONDON)]),
+        &mut rng,
+    );
+    assert!(
+        refused.as_ref().is_err() || refused.as_ref().is_ok_and(|(p, _)| p.node != h.node_id),
+        "placed on a node being reclaimed"
+    );
 }

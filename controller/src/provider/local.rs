@@ -20,11 +20,14 @@ use std::time::Duration;
 use anyhow::Context;
 use fleet_core::autoscale::{Machine, PoolKey};
 use fleet_node::{KindLaunch, NodeArgs, NodeLaunch};
-use fleet_proto::{MachineId, NodeKind};
+use fleet_proto::{MachineId, Market, NodeKind};
 use tokio::sync::Mutex;
 
 use super::{LaunchRequest, PoolProvider, ProviderError, machine_of};
 use crate::config::Config;
+
+/// The instance type of every local machine, for the price table (`[cost.prices.local]`).
+pub const LOCAL_INSTANCE_TYPE: &str = "local";
 
 /// What every local node is started with besides its id, pool, zone and capacity.
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ impl LocalTemplate {
             region: request.pool.region.clone(),
             zone: Some(request.zone.clone()).filter(|z| !z.is_empty()),
             machine_id: Some(machine_of(&request.node)),
+            market: Some(request.market),
+            instance_metadata: None,
             controller: self.controller.to_string(),
             controller_name: self.controller_name.clone(),
             controller_cert: self.controller_cert.clone(),
@@ -122,6 +127,8 @@ struct MachineRecord {
     kind: NodeKind,
     zone: String,
     launched_unix_ms: u64,
+    #[serde(default)]
+    market: Market,
     pid: u32,
 }
 
@@ -132,6 +139,8 @@ impl MachineRecord {
             node: self.node.clone(),
             zone: self.zone.clone(),
             launched_unix_ms: self.launched_unix_ms,
+            market: self.market,
+            instance_type: Some(LOCAL_INSTANCE_TYPE.into()),
         }
     }
 
@@ -310,6 +319,8 @@ impl PoolProvider for LocalProcessProvider {
             node: request.node.clone(),
             zone: request.zone.clone(),
             launched_unix_ms: fleet_node::now_unix_ms(),
+            market: request.market,
+            instance_type: Some(LOCAL_INSTANCE_TYPE.into()),
         };
         if self.lifetime == Lifetime::Detached {
             let record = MachineRecord {
@@ -319,6 +330,7 @@ impl PoolProvider for LocalProcessProvider {
                 kind: request.pool.kind,
                 zone: machine.zone.clone(),
                 launched_unix_ms: machine.launched_unix_ms,
+                market: machine.market,
                 pid: child.id().unwrap_or(0),
             };
             let path = self.record_path(&machine.id);

@@ -9,7 +9,7 @@
 pub mod local;
 
 use fleet_core::autoscale::{Machine, PoolKey};
-use fleet_proto::{MachineId, NodeId};
+use fleet_proto::{MachineId, Market, NodeId};
 
 /// Why a provider call failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,8 @@ pub struct LaunchRequest {
     pub zone: String,
     /// Capacity units the node offers.
     pub capacity: u64,
+    /// The market to buy the machine on (a provider without markets ignores it).
+    pub market: Market,
 }
 
 /// Launches, lists and terminates the machines of pools.

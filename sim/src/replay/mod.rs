@@ -412,6 +412,9 @@ impl<'a> World<'a> {
                 node: id.clone(),
                 zone: zone.clone(),
                 launched_unix_ms: now.unix_ms,
+                // The replay buys every machine on-demand (it models no spot reclaims).
+                market: fleet_proto::Market::OnDemand,
+                instance_type: None,
             });
         }
         self.machine_count[p] += 1;
@@ -509,6 +512,7 @@ impl<'a> World<'a> {
             report_interval_ms: REPORT_INTERVAL_MS,
             auth: String::new(),
             machine: Some(node.machine.clone()),
+            market: None,
         };
         self.next_conn += 1;
         node.booted = true;
@@ -761,6 +765,7 @@ impl<'a> World<'a> {
                 sessions: node.core.sessions(),
                 load,
                 relay_started: Vec::new(),
+                notice: None,
             };
             self.fleet.on_report(now, conn, &node.id, report);
         }

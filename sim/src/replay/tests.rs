@@ -24,6 +24,7 @@ fn pool(region: &str, kind: NodeKind, policy: PoolPolicy) -> (PoolKey, PoolSetup
         zones: vec![format!("{region}a"), format!("{region}b")].into(),
         time_zone: time_zone("UTC").expect("tz"),
         node_capacity: 0,
+        markets: Default::default(),
     };
     (key, setup)
 }

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use fleet_proto::{MachineId, NodeId};
+use fleet_proto::{MachineId, Market, NodeId};
 use serde::Serialize;
 
 use super::policy::PoolPolicy;
@@ -62,6 +62,11 @@ pub struct PoolNode {
     pub drain_deadline_ms: Option<Millis>,
     /// p95 of offer-to-connected times, when the node reports it.
     pub setup_p95_ms: Option<u32>,
+    /// The market its machine is bought on.
+    pub market: Market,
+    /// The cloud announced its machine's end (spot interruption, rebalance): it drains and is
+    /// never undrained.
+    pub noticed: bool,
 }
 
 /// The demand signals of one pool for one decision, besides its nodes.
@@ -474,7 +479,7 @@ fn headroom_floor(nodes: &[PoolNode], node_capacity: u64, session_units: u64, ne
 }
 
 /// Adds `count` nodes: draining nodes are undrained first (they are already running), busiest
-/// first; the rest are launched in the zones with the fewest nodes.
+/// first, except those whose machine the cloud is taking back; the rest are launched in the zones with the fewest nodes.
 fn grow(
     nodes: &[PoolNode],
     zones: &[String],
@@ -484,7 +489,7 @@ fn grow(
 ) {
     let mut draining: Vec<&PoolNode> = nodes
         .iter()
-        .filter(|n| n.state == PoolNodeState::Draining)
+        .filter(|n| n.state == PoolNodeState::Draining && !n.noticed)
         .collect();
     draining.sort_by(|a, b| b.live_sessions.cmp(&a.live_sessions).then(a.id.cmp(&b.id)));
     let undrained = draining.len().min(count as usize);

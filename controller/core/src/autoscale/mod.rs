@@ -7,6 +7,7 @@
 
 pub mod bookings;
 pub mod decide;
+pub mod markets;
 pub mod policy;
 pub mod pools;
 pub mod schedule;
@@ -14,6 +15,7 @@ pub mod victims;
 
 pub use bookings::{Booking, BookingBook, BookingError};
 pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, PoolScaler, Reason};
+pub use markets::{MarketMix, launch_markets};
 pub use policy::{PolicyPatch, PoolPolicy};
 pub use pools::{
     Autoscaler, InFlight, Machine, PoolKey, PoolSetup, PoolState, PoolTick, Step, StepReason,

@@ -14,13 +14,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
+use fleet_proto::{MachineId, Market, NodeId, NodeKind, NoticeKind, RegionId};
 use jiff::tz::TimeZone;
 use rand::Rng;
 use serde::Serialize;
 
 use super::bookings::BookingBook;
 use super::decide::{Action, Decision, Demand, PoolNode, PoolNodeState, PoolScaler, Reason};
+use super::markets::{MarketMix, launch_markets};
 use super::policy::PoolPolicy;
 use super::schedule::floor_at;
 use crate::registry::{NodeEntry, NodeStatus};
@@ -41,6 +42,10 @@ pub struct Machine {
     pub node: NodeId,
     pub zone: String,
     pub launched_unix_ms: u64,
+    /// Its purchase market (its tag).
+    pub market: Market,
+    /// Its instance type, when the provider has types (for the cost caps).
+    pub instance_type: Option<String>,
 }
 
 /// How a pool is set up: its policy and what the policy cannot say.
@@ -55,6 +60,8 @@ pub struct PoolSetup {
     pub time_zone: TimeZone,
     /// Capacity of a new node, before any has said Hello.
     pub node_capacity: u64,
+    /// Which market each new node is bought on.
+    pub markets: MarketMix,
 }
 
 /// A launch decided and not yet seen as a machine or a node.
@@ -63,6 +70,8 @@ pub struct InFlight {
     pub node: NodeId,
     pub zone: String,
     pub launched_unix_ms: u64,
+    /// The market it is bought on.
+    pub market: Market,
 }
 
 /// One pool's state between ticks.
@@ -119,6 +128,10 @@ pub enum StepReason {
     BootTimeout,
     /// A machine's node died (not drained) and did not come back within the boot timeout.
     NodeGone,
+    /// The cloud is taking the machine back (a spot interruption notice): drained until then.
+    Interruption,
+    /// The cloud recommends moving off the machine (a spot rebalance recommendation).
+    Rebalance,
 }
 
 impl StepReason {
@@ -128,6 +141,8 @@ impl StepReason {
             StepReason::Scale(r) => r.as_str(),
             StepReason::BootTimeout => "boot_timeout",
             StepReason::NodeGone => "node_gone",
+            StepReason::Interruption => "spot_interruption",
+            StepReason::Rebalance => "rebalance_recommendation",
         }
     }
 }
@@ -448,6 +463,28 @@ impl PoolState {
                 }
             }
             self.scratch_conns[i] = e.conn;
+            if let Some(notice) = e.notice
+                && !self.drains.contains_key(&e.id)
+            {
+                // The cloud takes the machine back: stop placing there (the registry already
+                // does), drain until the machine stops, and let the decision replace it.
+                let policy_deadline = now.unix_ms + self.setup.policy.drain_deadline_secs * 1000;
+                let deadline = notice
+                    .at_unix_ms
+                    .map_or(policy_deadline, |at| at.min(policy_deadline));
+                self.drains.insert(e.id.clone(), deadline);
+                nodes[i].drain_deadline_ms = Some(deadline);
+                nodes[i].state = PoolNodeState::Draining;
+                let reason = match notice.kind {
+                    NoticeKind::Interruption => StepReason::Interruption,
+                    NoticeKind::Rebalance => StepReason::Rebalance,
+                };
+                let step = Step::Drain {
+                    node: e.id.clone(),
+                    deadline_unix_ms: deadline,
+                };
+                steps.push((step, reason));
+            }
             if nodes[i].machine.is_none()
                 && let Some(m) = machine
             {
@@ -513,12 +550,9 @@ impl PoolState {
                 steps.push((Step::Terminate { node, machine }, reason));
                 continue;
             }
-            nodes.push(starting_node(
-                m.node.clone(),
-                machine,
-                m.zone.clone(),
-                m.launched_unix_ms,
-            ));
+            let mut n = starting_node(m.node.clone(), machine, m.zone.clone(), m.launched_unix_ms);
+            n.market = m.market;
+            nodes.push(n);
         }
         for f in &self.in_flight {
             if now.unix_ms.saturating_sub(f.launched_unix_ms) >= boot_timeout_ms {
@@ -533,12 +567,9 @@ impl PoolState {
                 ));
                 continue;
             }
-            nodes.push(starting_node(
-                f.node.clone(),
-                None,
-                f.zone.clone(),
-                f.launched_unix_ms,
-            ));
+            let mut n = starting_node(f.node.clone(), None, f.zone.clone(), f.launched_unix_ms);
+            n.market = f.market;
+            nodes.push(n);
         }
         self.in_flight.retain(|f| !timed_out.contains(&f.node));
         self.unseen_since.retain(|node, _| {
@@ -571,11 +602,15 @@ impl PoolState {
             let step = match action {
                 Action::Launch { .. } if now_unix_ms < self.launch_backoff_until => continue,
                 Action::Launch { count, zones } => {
-                    let launches: Vec<InFlight> = (0..*count as usize)
-                        .map(|i| InFlight {
+                    let markets = self.launch_markets(key.kind, nodes, *count);
+                    let launches: Vec<InFlight> = markets
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, market)| InFlight {
                             node: new_node_id(key, rng),
                             zone: zones.get(i).cloned().unwrap_or_default(),
                             launched_unix_ms: now_unix_ms,
+                            market,
                         })
                         .collect();
                     self.in_flight.extend(launches.iter().cloned());
@@ -606,6 +641,24 @@ impl PoolState {
     }
 }
 
+impl PoolState {
+    /// The markets of `count` new nodes, given the pool's nodes that stay (not draining).
+    fn launch_markets(&self, kind: NodeKind, nodes: &[PoolNode], count: u32) -> Vec<Market> {
+        let mix = &self.setup.markets;
+        if !mix.uses_spot() {
+            return vec![Market::OnDemand; count as usize];
+        }
+        let staying = nodes.iter().filter(|n| n.state != PoolNodeState::Draining);
+        let spot = staying.clone().filter(|n| n.market == Market::Spot).count() as u32;
+        let on_demand = staying.count() as u32 - spot;
+        // A media pool's spot nodes are its idle buffer at most.
+        let buffer_units =
+            u64::from(self.setup.policy.buffer_sessions) * Profile::default().session_cost(2);
+        let spot_cap = buffer_units.div_ceil(self.setup.node_capacity.max(1)) as u32;
+        launch_markets(mix, kind, on_demand, spot, spot_cap, count)
+    }
+}
+
 /// `<kind>-<region>-<8 random hex>`: unique enough within a pool, and says where it runs.
 fn new_node_id(key: &PoolKey, rng: &mut impl Rng) -> NodeId {
     let suffix: u32 = rng.random();
@@ -630,6 +683,8 @@ fn starting_node(id: NodeId, machine: Option<MachineId>, zone: String, launched:
         launched_ms: launched,
         drain_deadline_ms: None,
         setup_p95_ms: None,
+        market: Market::OnDemand,
+        noticed: false,
     }
 }
 
@@ -698,4 +753,6 @@ fn refresh_load(
     n.launched_ms = launched_ms;
     n.drain_deadline_ms = drain_deadline_ms;
     n.setup_p95_ms = e.load.setup_p95_ms;
+    n.market = e.market;
+    n.noticed = e.notice.is_some();
 }

@@ -27,6 +27,8 @@ fn node(id: &str, zone: &str, state: PoolNodeState, used: u64, sessions: u32) ->
         launched_ms: 0,
         drain_deadline_ms: None,
         setup_p95_ms: None,
+        market: fleet_proto::Market::OnDemand,
+        noticed: false,
     }
 }
 
@@ -581,6 +583,7 @@ mod over_the_fleet {
             zones: vec!["eu-west-1a".into(), "eu-west-1b".into()].into(),
             time_zone: time_zone("Europe/Dublin").expect("tz"),
             node_capacity: 100,
+            markets: Default::default(),
         }
     }
 
@@ -631,6 +634,8 @@ mod over_the_fleet {
                     node: l.node.clone(),
                     zone: l.zone.clone(),
                     launched_unix_ms: l.launched_unix_ms,
+                    market: fleet_proto::Market::OnDemand,
+                    instance_type: None,
                 })
                 .collect(),
         )]);
@@ -671,6 +676,8 @@ mod over_the_fleet {
                     node: id.clone(),
                     zone: "eu-west-1a".into(),
                     launched_unix_ms: 0,
+                    market: fleet_proto::Market::OnDemand,
+                    instance_type: None,
                 })
                 .collect(),
         )]);
@@ -772,6 +779,106 @@ mod over_the_fleet {
         f.on_report(at(2_000), conn, &turn, relaying(0));
         let ticks = a.tick(at(3_000), &f, &none, &book, &mut rng);
         assert!(terminated(&ticks), "{ticks:?}");
+    }
+
+    /// The cloud announces a spot interruption on a busy node: it is drained at once until the
+    /// machine stops (never undrained to meet the size), and a replacement is launched.
+    #[test]
+    fn a_spot_interruption_drains_the_node_and_launches_a_replacement() {
+        use fleet_proto::{HostedSession, MachineNotice, Market, NodeState, NoticeKind, SessionId};
+        let (mut f, _) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(2))], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        let mut h = crate::tests::hello("media-spot", NodeKind::Media, "eu-west-1", 100);
+        h.market = Some(Market::Spot);
+        f.on_hello(at(0), 99, &h).expect("hello");
+        let call = HostedSession {
+            id: SessionId::random(),
+            participants: vec![],
+            cost: 8,
+            created_unix_ms: at(0).unix_ms,
+        };
+        let mut r = crate::tests::report(NodeState::Serving, vec![call.clone()], 100);
+        f.on_report(at(0), 99, &h.node_id, r.clone());
+        assert!(launches(&a.tick(at(1_000), &f, &none, &book, &mut rng)).is_empty());
+
+        let stops_at = at(0).unix_ms + 120_000;
+        r.notice = Some(MachineNotice {
+            kind: NoticeKind::Interruption,
+            at_unix_ms: Some(stops_at),
+        });
+        f.on_report(at(2_000), 99, &h.node_id, r.clone());
+        let ticks = a.tick(at(2_500), &f, &none, &book, &mut rng);
+        let steps: Vec<_> = ticks.iter().flat_map(|t| &t.steps).collect();
+        assert!(
+            steps.iter().any(|(s, r)| *r == StepReason::Interruption
+                && *s
+                    == Step::Drain {
+                        node: h.node_id.clone(),
+                        deadline_unix_ms: stops_at
+                    }),
+            "{steps:?}"
+        );
+        assert_eq!(launches(&ticks).len(), 1, "a replacement: {steps:?}");
+        // Later ticks neither drain it again nor undrain it, and end it when the machine stops.
+        let ticks = a.tick(at(3_000), &f, &none, &book, &mut rng);
+        let steps: Vec<_> = ticks.iter().flat_map(|t| &t.steps).collect();
+        assert!(
+            !steps
+                .iter()
+                .any(|(s, _)| matches!(s, Step::Drain { .. } | Step::Undrain { .. })),
+            "{steps:?}"
+        );
+        f.on_report(at(4_000), 99, &h.node_id, r);
+        let ticks = a.tick(at(120_000), &f, &none, &book, &mut rng);
+        assert!(
+            ticks.iter().flat_map(|t| &t.steps).any(|(s, r)| {
+                matches!(s, Step::Terminate { node, .. } if *node == h.node_id)
+                    && *r == StepReason::Scale(Reason::DrainDeadline)
+            }),
+            "{ticks:?}"
+        );
+    }
+
+    /// A pool that buys spot above a base of one: the launches follow the mix, and the
+    /// shrinking pool drains its spot node before an on-demand one.
+    #[test]
+    fn launches_follow_the_market_mix_and_spot_goes_first() {
+        let (f, _) = fleet(&["eu-west-1"], 0, 100);
+        let pool = key("eu-west-1", NodeKind::Turn);
+        let mut s = setup(4);
+        s.policy = PoolPolicy {
+            min: 4,
+            max: 6,
+            ..PoolPolicy::default_for(NodeKind::Turn)
+        };
+        s.markets = MarketMix {
+            on_demand_base: 1,
+            spot_share_above_base: 0.5,
+        };
+        let mut a = Autoscaler::new([(pool.clone(), s)], BOOT_TIMEOUT);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        let launched = launches(&a.tick(at(1_000), &f, &none, &book, &mut rng));
+        let markets: Vec<_> = launched.iter().map(|l| l.market).collect();
+        use fleet_proto::Market::{OnDemand as O, Spot as S};
+        // The fleet's one (on-demand) relay is the base; above it, half spot.
+        assert_eq!(markets, vec![O, S, O]);
+
+        let spot = super::node("spot", "z-a", PoolNodeState::Serving, 0, 0);
+        let spot = PoolNode { market: S, ..spot };
+        let nodes = vec![
+            super::node("od-1", "z-a", PoolNodeState::Serving, 0, 0),
+            spot,
+            super::node("od-2", "z-b", PoolNodeState::Serving, 0, 0),
+        ];
+        let victims = super::super::victims::pick_victims(&nodes, 1, super::T0, 0);
+        assert_eq!(victims[0].id.as_str(), "spot");
+        // A busy spot node waits behind an empty on-demand one (no call is moved for price).
+        let mut busy = nodes.clone();
+        busy[1].live_sessions = 2;
+        let victims = super::super::victims::pick_victims(&busy, 1, super::T0, 0);
+        assert_eq!(victims[0].id.as_str(), "od-1");
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Which nodes a shrinking pool gives up, and where a growing pool's new nodes go.
 //!
 //! Victims, in order: nodes still STARTING (launched for demand that went away; newest first),
-//! then SERVING nodes at least `min_node_age` old with the fewest live sessions; ties go to the
+//! then SERVING nodes at least `min_node_age` old: empty ones before busy ones, spot ones
+//! before on-demand ones (the cheap, reclaimable capacity goes first), then the fewest live
+//! sessions; ties go to the
 //! node whose sessions end soonest, then to the zone with the most nodes (the pool stays
 //! balanced), then to the newest node. A node with live sessions is therefore never chosen
 //! while an empty one could go. Launches go to the zones with the fewest nodes.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+
+use fleet_proto::Market;
 
 use super::decide::{PoolNode, PoolNodeState};
 use crate::Millis;
@@ -49,6 +53,8 @@ pub fn pick_victims(
             .enumerate()
             .min_by_key(|(_, n)| {
                 (
+                    n.live_sessions > 0,
+                    n.market != Market::Spot,
                     n.live_sessions,
                     n.sessions_end_ms.unwrap_or(Millis::MAX),
                     Reverse(zones.get(n.zone.as_str()).copied().unwrap_or(0)),
