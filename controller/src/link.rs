@@ -29,7 +29,19 @@ impl LinkHandler for LinkShell {
     fn on_report(&self, conn: ConnId, node: &NodeId, mut report: Report) {
         let now = self.state.now();
         let relay_started = std::mem::take(&mut report.relay_started);
-        self.state.fleet().on_report(now, conn, node, report);
+        let notice = report.notice;
+        let mut fleet = self.state.fleet();
+        let noticed_before = fleet.registry().get(node).and_then(|n| n.notice);
+        fleet.on_report(now, conn, node, report);
+        drop(fleet);
+        if let Some(n) = notice
+            && noticed_before.map(|b| b.kind) != Some(n.kind)
+        {
+            tracing::warn!(%node, notice = n.kind.as_str(), stops_at_unix_ms = ?n.at_unix_ms,
+                "the cloud is taking the node's machine back: no new sessions there");
+            metrics::counter!("fleet_machine_notices_total", "kind" => n.kind.as_str())
+                .increment(1);
+        }
         crate::demand::relay_started(&self.state, &relay_started);
         metrics::counter!("fleet_link_reports_total").increment(1);
     }

@@ -166,8 +166,9 @@ impl Controller {
         self.spawn_node("media-node", id, region, 1000, CLUSTER_SECRET, 300, extra)
     }
 
-    /// A node in a machine a provider launched (its zone and machine id), as the machine's
-    /// boot would start it.
+    /// A node in a machine a provider launched (its zone and machine id, and `extra` flags),
+    /// as the machine's boot would start it.
+    #[allow(clippy::too_many_arguments)]
     pub fn node_in_machine(
         &self,
         kind: &str,
@@ -176,16 +177,11 @@ impl Controller {
         zone: &str,
         machine: &str,
         capacity: u64,
+        extra: &[&str],
     ) -> anyhow::Result<Proc> {
-        self.spawn_node(
-            kind,
-            id,
-            region,
-            capacity,
-            CLUSTER_SECRET,
-            300,
-            &["--zone", zone, "--machine-id", machine],
-        )
+        let mut args = vec!["--zone", zone, "--machine-id", machine];
+        args.extend_from_slice(extra);
+        self.spawn_node(kind, id, region, capacity, CLUSTER_SECRET, 300, &args)
     }
 
     /// A node with a given cluster secret and report interval.

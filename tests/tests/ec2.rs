@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Instance;
 use fleet_e2e::*;
 use fleet_testkit::ec2_faults::{Fault, FaultProxy};
+use fleet_testkit::imds::FakeImds;
 use fleet_testkit::moto::{client, default_subnet, instances_tagged, start_moto};
 use serde_json::json;
 
@@ -30,6 +31,17 @@ fn tag(instance: &Instance, key: &str) -> Option<String> {
 
 /// Plays the machines' boot: a node process for each new live instance, none for a gone one.
 async fn boot(c: &Controller, ec2: &aws_sdk_ec2::Client, procs: &mut HashMap<String, Proc>) {
+    boot_with(c, ec2, procs, &mut HashMap::new()).await
+}
+
+/// [`boot`], each machine with its own instance metadata service (in `imds`), which its node
+/// watches, and the market of its tag.
+async fn boot_with(
+    c: &Controller,
+    ec2: &aws_sdk_ec2::Client,
+    procs: &mut HashMap<String, Proc>,
+    imds: &mut HashMap<String, FakeImds>,
+) {
     let live = instances(ec2, &["pending", "running"]).await;
     procs.retain(|id, _| live.iter().any(|i| i.instance_id() == Some(id.as_str())));
     for i in &live {
@@ -43,9 +55,13 @@ async fn boot(c: &Controller, ec2: &aws_sdk_ec2::Client, procs: &mut HashMap<Str
             .and_then(|p| p.availability_zone())
             .unwrap()
             .to_owned();
+        let market = tag(i, "fleet:market").expect("market tag");
+        let metadata = FakeImds::start(&id).await;
+        let extra = ["--market", &market, "--instance-metadata", &metadata.url];
         let proc = c
-            .node_in_machine("media-node", &node, "eu-west-1", &zone, &id, 16)
+            .node_in_machine("media-node", &node, "eu-west-1", &zone, &id, 16, &extra)
             .unwrap();
+        imds.insert(id.clone(), metadata);
         procs.insert(id, proc);
     }
 }
@@ -60,13 +76,15 @@ async fn serving_media(c: &Controller) -> Vec<String> {
         .collect()
 }
 
-/// A controller whose eu-west-1 media pool (`bounds`: its min and max lines) is on EC2 at
-/// moto's `url`, with `autoscale` lines added to `[autoscale]`.
+/// A controller whose eu-west-1 media pool (`bounds`: its min and max lines, and any other
+/// policy line) is on EC2 at moto's `url`, with `autoscale` lines added to `[autoscale]` and
+/// `ec2` lines to the pool's `[[providers.ec2.pools]]` entry.
 async fn ec2_controller(
     ec2: &aws_sdk_ec2::Client,
     url: &str,
     bounds: &str,
     autoscale: &str,
+    ec2_lines: &str,
 ) -> ControllerOptions {
     let mut opts = ControllerOptions::default();
     opts.extra_toml = format!(
@@ -80,7 +98,6 @@ kind = "media"
 provider = "ec2"
 node_capacity = 16
 {bounds}
-buffer_sessions = 0
 min_node_age_secs = 0
 scale_down_window_secs = 2
 [providers.ec2]
@@ -93,6 +110,7 @@ kind = "media"
 image_id = "ami-12c6146b"
 instance_types = ["c6i.large", "c5.large"]
 subnets = {{ "eu-west-1a" = "{a}", "eu-west-1b" = "{b}" }}
+{ec2_lines}
 "#,
         link = opts.link_port,
         a = default_subnet(ec2, "eu-west-1a").await,
@@ -116,7 +134,14 @@ async fn an_instance_that_never_connects_is_terminated_and_replaced() {
     let moto = start_moto();
     let ec2 = client(&moto.url, "eu-west-1");
     let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(&ec2, &moto.url, "min = 1\nmax = 1", "boot_timeout_secs = 5").await;
+    let opts = ec2_controller(
+        &ec2,
+        &moto.url,
+        "min = 1\nmax = 1\nbuffer_sessions = 0",
+        "boot_timeout_secs = 5",
+        "",
+    )
+    .await;
     let c = Controller::start(dir.path(), opts).unwrap();
     // No boot is played: the first instance never connects.
     let end = Instant::now() + Duration::from_secs(20);
@@ -164,7 +189,14 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     let moto = start_moto();
     let ec2 = client(&moto.url, "eu-west-1");
     let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(&ec2, &moto.url, "min = 2\nmax = 3", "").await;
+    let opts = ec2_controller(
+        &ec2,
+        &moto.url,
+        "min = 2\nmax = 3\nbuffer_sessions = 0",
+        "",
+        "",
+    )
+    .await;
     let c = Controller::start(dir.path(), opts).unwrap();
     let mut procs = HashMap::new();
 
@@ -258,7 +290,14 @@ async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
     let proxy = FaultProxy::start(&moto.url).await;
     let ec2 = client(&moto.url, "eu-west-1");
     let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(&ec2, &proxy.url, "min = 2\nmax = 2", "").await;
+    let opts = ec2_controller(
+        &ec2,
+        &proxy.url,
+        "min = 2\nmax = 2\nbuffer_sessions = 0",
+        "",
+        "",
+    )
+    .await;
     proxy.add(
         "RunInstances",
         None,
@@ -312,4 +351,120 @@ async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
     assert_eq!((live.len(), nodes.len()), (2, 2), "{live:?}");
     let all = instances(&ec2, &["pending", "running", "shutting-down", "terminated"]).await;
     assert_eq!(all.len(), 2, "nothing else was ever launched: {all:?}");
+}
+
+/// A pool with an on-demand base of one and its idle buffer on spot: the spot node takes no
+/// call while the on-demand one has room. EC2 announces the spot node's interruption through
+/// its metadata service: within a report interval the controller stops placing there, then
+/// drains it (empty: its instance is terminated) and launches a replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
+    let moto = start_moto();
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ec2_controller(
+        &ec2,
+        &moto.url,
+        "min = 2\nmax = 3\nbuffer_sessions = 1",
+        "",
+        "on_demand_base = 1\nspot_share_above_base = 1.0",
+    )
+    .await;
+    let c = Controller::start(dir.path(), opts).unwrap();
+    let (mut procs, mut imds) = (HashMap::new(), HashMap::new());
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        boot_with(&c, &ec2, &mut procs, &mut imds).await;
+        if serving_media(&c).await.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no two serving nodes: {:?}",
+            c.nodes().await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let live = instances(&ec2, &["pending", "running"]).await;
+    let market_of = |i: &Instance| tag(i, "fleet:market").unwrap_or_default();
+    let mut markets: Vec<String> = live.iter().map(market_of).collect();
+    markets.sort();
+    assert_eq!(
+        markets,
+        ["on-demand", "spot"],
+        "the base, then the buffer on spot"
+    );
+    let spot = live.iter().find(|i| market_of(i) == "spot").unwrap();
+    let spot_instance = spot.instance_id().unwrap().to_owned();
+    let spot_node = tag(spot, "fleet:node-id").unwrap();
+    let on_demand_node = live
+        .iter()
+        .find_map(|i| (market_of(i) == "on-demand").then(|| tag(i, "fleet:node-id").unwrap()))
+        .unwrap();
+    let call = |n: usize| {
+        json!({"participants": [
+            {"id": format!("t{n}"), "region": "eu-west-1"},
+            {"id": format!("c{n}"), "region": "eu-west-1"}
+        ]})
+    };
+    // The on-demand node has room for a call: the spot node gets none.
+    let (status, body) = c.create_session(call(1)).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["media"]["node_id"], on_demand_node.as_str(), "{body}");
+
+    // EC2 reclaims the spot machine in two minutes.
+    let noticed = Instant::now();
+    imds[&spot_instance].interrupt(fleet_node::now_unix_ms() + 120_000);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = c.nodes().await.unwrap_or_default();
+        let n = nodes.iter().find(|n| n["id"] == spot_node.as_str());
+        if n.is_none_or(|n| n["state"] != "serving") {
+            break;
+        }
+        assert!(Instant::now() < end, "still serving: {n:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_after = noticed.elapsed();
+    println!("placement stopped {stopped_after:?} after the notice (report interval 300 ms)");
+    // The node polls the service once per report interval and reports once per interval.
+    assert!(
+        stopped_after < Duration::from_millis(2_000),
+        "took {stopped_after:?}"
+    );
+    // No call goes there any more (the on-demand node takes the next one, then the pool grows).
+    let (status, body) = c.create_session(call(2)).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_ne!(body["media"]["node_id"], spot_node.as_str(), "{body}");
+
+    // The spot instance is terminated (it was empty) and a replacement launched and served.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        boot_with(&c, &ec2, &mut procs, &mut imds).await;
+        let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+        let terminated = gone
+            .iter()
+            .any(|i| i.instance_id() == Some(spot_instance.as_str()));
+        let serving = serving_media(&c).await;
+        let replaced = serving.len() >= 2 && !serving.contains(&spot_node);
+        if terminated && replaced {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "terminated {terminated}, serving {serving:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let events = c
+        .admin_get("/v1/scaling/events?region=eu-west-1")
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["action"] == "drain"
+            && e["reason"] == "spot_interruption"
+            && e["node_id"] == spot_node.as_str()),
+        "{events:?}"
+    );
 }

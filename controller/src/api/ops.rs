@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use fleet_proto::{Load, NodeId, NodeKind, RegionId};
+use fleet_proto::{Load, MachineNotice, Market, NodeId, NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json};
@@ -35,6 +35,13 @@ pub struct NodeView {
     pub load: Load,
     pub sessions: usize,
     pub last_report_age_ms: u64,
+    /// The machine the node runs in, as its provider names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    pub market: Market,
+    /// What the cloud said about its machine (spot interruption, rebalance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<MachineNotice>,
 }
 
 fn node_view(n: &NodeEntry, now: u64) -> NodeView {
@@ -50,6 +57,9 @@ fn node_view(n: &NodeEntry, now: u64) -> NodeView {
         load: n.load.clone(),
         sessions: n.hosted.len(),
         last_report_age_ms: now.saturating_sub(n.last_report_ms),
+        machine: n.machine.as_ref().map(|m| m.to_string()),
+        market: n.market,
+        notice: n.notice,
     }
 }
 
