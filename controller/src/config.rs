@@ -13,7 +13,7 @@ use fleet_geo::{RegionCatalog, RegionInfo};
 use fleet_proto::{NodeKind, RegionId};
 
 use crate::pool_config::{
-    AutoscaleConfig, PoolConfig, PriceConfig, SimConfig, pool_setups, validate_prices,
+    AutoscaleConfig, PoolConfig, PriceConfig, SimConfig, pool_prices, pool_setups, validate_prices,
 };
 use serde::{Deserialize, Serialize};
 
@@ -424,6 +424,24 @@ impl Config {
         let catalog = self.catalog()?;
         let mut setups = pool_setups(&self.pool_defaults, &self.pools, &catalog)
             .map_err(|e| invalid(&e.field, e.message))?;
+        for (i, (key, setup)) in setups.iter_mut().enumerate() {
+            setup.prices = pool_prices(&self.prices, key);
+            if setup.max_hourly_cost.is_some() && setup.prices.on_demand <= 0.0 {
+                return Err(invalid(
+                    &format!("pools[{i}].max_hourly_cost"),
+                    &format!(
+                        "the {} {} pool has a cost cap but no price: add a [[prices]] entry",
+                        key.region, key.kind
+                    ),
+                ));
+            }
+        }
+        if self.autoscale.max_hourly_total.is_some() && self.prices.is_empty() {
+            return Err(invalid(
+                "autoscale.max_hourly_total",
+                "a cost cap needs the machines' prices: add [[prices]] entries",
+            ));
+        }
         // The market mix of an EC2 pool is an EC2 setting.
         if let Some(ec2) = &self.providers.ec2 {
             for (key, setup) in setups.iter_mut().filter(|(_, s)| s.provider == "ec2") {
@@ -460,6 +478,7 @@ impl Config {
                     provider: "local".into(),
                     zones: None,
                     node_capacity: None,
+                    max_hourly_cost: None,
                     policy: PolicyPatch::default(),
                 });
             }
@@ -521,6 +540,7 @@ impl Config {
                     provider: "local".into(),
                     zones: None,
                     node_capacity: Some(capacity),
+                    max_hourly_cost: None,
                     policy: PolicyPatch {
                         min: Some(min),
                         max: Some(max),
@@ -698,12 +718,60 @@ mod tests {
                 good.replace("image_id = \"ami-12c6146b\"\n", ""),
                 "launch template or an image_id",
             ),
+            (
+                format!("{good}spot_share_above_base = 1.5\n"),
+                "providers.ec2.pools[0].spot_share_above_base",
+            ),
         ] {
             let e = Config::from_toml(&section(&entry), no_env())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+        // A media pool's spot is its idle buffer: none without a buffer.
+        let spot = section(&format!("{good}spot_share_above_base = 0.5\n"));
+        assert!(Config::from_toml(&spot, no_env()).is_ok());
+        let unbuffered = spot.replacen(
+            "provider = \"ec2\"\n",
+            "provider = \"ec2\"\nbuffer_sessions = 0\n",
+            1,
+        );
+        let e = Config::from_toml(&unbuffered, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("buffer_sessions is 0"), "{e}");
+    }
+
+    #[test]
+    fn cost_caps_need_prices_and_take_them_from_the_table() {
+        let pool = "[[pools]]\nregion = \"eu-west-1\"\nkind = \"media\"\nprovider = \"local\"\n";
+        let e = Config::from_toml(&format!("{pool}max_hourly_cost = 2.0\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pools[0].max_hourly_cost") && e.contains("[[prices]]"),
+            "{e}"
+        );
+        let e = Config::from_toml(&format!("{pool}max_hourly_cost = -1\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pools[0].max_hourly_cost"), "{e}");
+        let e = Config::from_toml("[autoscale]\nmax_hourly_total = 10.0\n", no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("autoscale.max_hourly_total"), "{e}");
+        let priced = format!(
+            "[autoscale]\nmax_hourly_total = 10.0\n{pool}max_hourly_cost = 2.0\n\
+             [[prices]]\nkind = \"media\"\non_demand_hourly = 0.5\n\
+             [[prices]]\nregion = \"eu-west-1\"\nkind = \"media\"\non_demand_hourly = 0.34\n\
+             spot_hourly = 0.1\n"
+        );
+        let c = Config::from_toml(&priced, no_env()).unwrap();
+        let setups = c.pool_setups().unwrap();
+        let (_, setup) = &setups[0];
+        assert_eq!(setup.max_hourly_cost, Some(2.0));
+        assert_eq!(setup.prices.on_demand, 0.34, "the region's own price wins");
+        assert_eq!(setup.prices.spot, Some(0.1));
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fleet_core::ConfigIssue;
-use fleet_core::autoscale::{MarketMix, PolicyPatch, PoolKey, PoolPolicy, PoolSetup, time_zone};
+use fleet_core::autoscale::{
+    MarketMix, PolicyPatch, PoolKey, PoolPolicy, PoolPrices, PoolSetup, time_zone,
+};
 use fleet_geo::RegionCatalog;
 use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -47,6 +49,9 @@ pub struct AutoscaleConfig {
     /// Local provider: node processes outlive the controller, like cloud machines, and a
     /// restarted controller finds them again (`fleet up` sets false: its nodes stop with it).
     pub local_nodes_outlive_controller: bool,
+    /// Launches that would take every pool's machines past this hourly cost (from
+    /// `[[prices]]`) are refused.
+    pub max_hourly_total: Option<f64>,
 }
 
 impl Default for AutoscaleConfig {
@@ -57,6 +62,7 @@ impl Default for AutoscaleConfig {
             provider_timeout_secs: 30,
             store: None,
             local_nodes_outlive_controller: true,
+            max_hourly_total: None,
         }
     }
 }
@@ -66,6 +72,14 @@ impl AutoscaleConfig {
     pub fn validate(&self) -> Result<(), ConfigIssue> {
         if !(100..=60_000).contains(&self.tick_ms) {
             return Err(ConfigIssue::new("tick_ms", "expected 100..=60000"));
+        }
+        if let Some(cap) = self.max_hourly_total
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(ConfigIssue::new(
+                "max_hourly_total",
+                "expected a positive hourly cost",
+            ));
         }
         if !(5..=3_600).contains(&self.boot_timeout_secs) {
             return Err(ConfigIssue::new("boot_timeout_secs", "expected 5..=3600"));
@@ -139,6 +153,23 @@ pub struct PriceConfig {
     pub spot_hourly: Option<f64>,
 }
 
+/// A pool's prices in `[[prices]]`: its region's entry for its kind, else the kind's entry
+/// without a region; unpriced (0) without either.
+pub fn pool_prices(prices: &[PriceConfig], key: &PoolKey) -> PoolPrices {
+    prices
+        .iter()
+        .find(|p| p.kind == key.kind && p.region.as_ref() == Some(&key.region))
+        .or_else(|| {
+            prices
+                .iter()
+                .find(|p| p.kind == key.kind && p.region.is_none())
+        })
+        .map_or(PoolPrices::default(), |p| PoolPrices {
+            on_demand: p.on_demand_hourly,
+            spot: p.spot_hourly,
+        })
+}
+
 /// Checks `[[prices]]`: known regions, prices that are finite and not negative, one entry per
 /// (region, kind).
 pub fn validate_prices(prices: &[PriceConfig], catalog: &RegionCatalog) -> Result<(), ConfigIssue> {
@@ -184,13 +215,23 @@ pub struct PoolConfig {
     pub zones: Option<Vec<String>>,
     /// Capacity units of a new node [default: 1000].
     pub node_capacity: Option<u64>,
+    /// Launches that would take the pool's machines past this hourly cost (from `[[prices]]`)
+    /// are refused.
+    pub max_hourly_cost: Option<f64>,
     /// The policy fields given for this pool (over `[pool_defaults]`).
     #[serde(flatten)]
     pub policy: PolicyPatch,
 }
 
 /// The keys of a `[[pools]]` entry that are not policy fields.
-const POOL_KEYS: &[&str] = &["region", "kind", "provider", "zones", "node_capacity"];
+const POOL_KEYS: &[&str] = &[
+    "region",
+    "kind",
+    "provider",
+    "zones",
+    "node_capacity",
+    "max_hourly_cost",
+];
 
 impl<'de> Deserialize<'de> for PoolConfig {
     /// The pool's own keys, then every other key as a policy field (an unknown key is refused
@@ -212,6 +253,7 @@ impl<'de> Deserialize<'de> for PoolConfig {
             provider: String,
             zones: Option<Vec<String>>,
             node_capacity: Option<u64>,
+            max_hourly_cost: Option<f64>,
         }
         let own: Own = serde_path_to_error::deserialize(toml::Value::Table(own))
             .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))?;
@@ -223,6 +265,7 @@ impl<'de> Deserialize<'de> for PoolConfig {
             provider: own.provider,
             zones: own.zones,
             node_capacity: own.node_capacity,
+            max_hourly_cost: own.max_hourly_cost,
             policy,
         })
     }
@@ -291,6 +334,14 @@ pub fn pool_setups(
             Some(z) => z.clone(),
             None => vec![format!("{}a", pool.region), format!("{}b", pool.region)],
         };
+        if let Some(cap) = pool.max_hourly_cost
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(ConfigIssue::new(
+                at("max_hourly_cost"),
+                "expected a positive hourly cost",
+            ));
+        }
         let node_capacity = pool.node_capacity.unwrap_or(1000);
         if node_capacity == 0 {
             return Err(ConfigIssue::new(at("node_capacity"), "must be at least 1"));
@@ -308,6 +359,8 @@ pub fn pool_setups(
                 time_zone,
                 node_capacity,
                 markets: MarketMix::default(),
+                prices: PoolPrices::default(),
+                max_hourly_cost: pool.max_hourly_cost,
             },
         ));
     }

@@ -16,7 +16,7 @@ use fleet_core::autoscale::{
     Autoscaler, Booking, BookingBook, BookingError, InFlight, Inputs, Machine, PoolKey, PoolSetup,
     PoolTick, Step, StepReason,
 };
-use fleet_proto::{NodeId, NodeKind, RegionId};
+use fleet_proto::{Market, NodeId, NodeKind, RegionId};
 use serde::Serialize;
 
 use crate::provider::{LaunchRequest, PoolProvider, ProviderError, machine_of};
@@ -100,6 +100,12 @@ impl Scaler {
             resume: Mutex::new(Vec::new()),
             list_backoff: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Caps the hourly cost of every pool's machines together (`autoscale.max_hourly_total`).
+    pub fn with_total_cost_cap(self, cap: Option<f64>) -> Self {
+        lock(&self.autoscaler).max_hourly_total = cap;
+        self
     }
 
     /// Keeps every change in the store from now on, after resuming what it saved: policies
@@ -306,6 +312,17 @@ impl Scaler {
                 ("kind", key.kind.to_string()),
             ];
             metrics::gauge!("fleet_pool_desired_nodes", &labels).set(f64::from(pool.desired));
+            for (market, cost) in [
+                (Market::OnDemand, pool.cost.on_demand),
+                (Market::Spot, pool.cost.spot),
+            ] {
+                let labels = [
+                    ("region", key.region.to_string()),
+                    ("kind", key.kind.to_string()),
+                    ("market", market.to_string()),
+                ];
+                metrics::gauge!("fleet_cost_hourly", &labels).set(cost);
+            }
         }
         for tick in ticks {
             self.carry_out(state, now.unix_ms, tick);
@@ -395,6 +412,15 @@ impl Scaler {
                 Step::Drain { node, .. } => ("drain", Some(node.clone()), None),
                 Step::Undrain { node } => ("undrain", Some(node.clone()), None),
                 Step::Terminate { node, .. } => ("terminate", Some(node.clone()), None),
+                Step::LaunchRefused {
+                    count,
+                    hourly,
+                    limit,
+                } => {
+                    tracing::warn!(region = %key.region, kind = %key.kind, count, hourly, limit,
+                        reason = reason.as_str(), "launch refused: it would pass a cost cap");
+                    ("launch_refused", None, Some(*count))
+                }
             };
             self.record(ScalingEvent {
                 at_unix_ms: now_unix_ms,
@@ -410,6 +436,7 @@ impl Scaler {
                     | StepReason::NodeGone
                     | StepReason::Interruption
                     | StepReason::Rebalance => None,
+                    StepReason::PoolCostCap | StepReason::TotalCostCap => inputs,
                 },
             });
             self.execute(state, &key, step);
@@ -495,6 +522,8 @@ impl Scaler {
                     }
                 });
             }
+            // Logged (see `carry_out`); nothing to carry out.
+            Step::LaunchRefused { .. } => {}
         }
     }
 }
@@ -561,7 +590,6 @@ mod tests {
                         zone: "eu-west-1a".into(),
                         launched_unix_ms: 0,
                         market: Market::OnDemand,
-                        instance_type: None,
                     })
                     .collect()),
             }
@@ -583,6 +611,8 @@ mod tests {
             time_zone: time_zone("UTC").expect("tz"),
             node_capacity: 100,
             markets: Default::default(),
+            prices: Default::default(),
+            max_hourly_cost: None,
         };
         let provider = Arc::new(Faulty {
             behaviour,

@@ -150,7 +150,8 @@ async fn start_scaler(
         Duration::from_secs(config.autoscale.boot_timeout_secs),
         Duration::from_secs(config.autoscale.provider_timeout_secs),
         hook,
-    );
+    )
+    .with_total_cost_cap(config.autoscale.max_hourly_total);
     let saved = store.store.load(10_000).await?;
     tracing::info!(
         bookings = saved.bookings.len(),

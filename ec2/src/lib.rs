@@ -426,14 +426,12 @@ fn machine_of(instance: &Instance) -> Option<Machine> {
     let market = tag_value(instance, tags::MARKET)
         .and_then(Market::parse)
         .unwrap_or_default();
-    let instance_type = instance.instance_type().map(|t| t.as_str().to_owned());
     Some(Machine {
         id,
         node,
         zone,
         launched_unix_ms,
         market,
-        instance_type,
     })
 }
 

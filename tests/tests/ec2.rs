@@ -13,7 +13,7 @@ use fleet_e2e::*;
 use fleet_testkit::ec2_faults::{Fault, FaultProxy};
 use fleet_testkit::imds::FakeImds;
 use fleet_testkit::moto::{client, default_subnet, instances_tagged, start_moto};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The cluster's instances in `states`.
 async fn instances(ec2: &aws_sdk_ec2::Client, states: &[&str]) -> Vec<Instance> {
@@ -467,4 +467,72 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
             && e["node_id"] == spot_node.as_str()),
         "{events:?}"
     );
+}
+
+/// A pool whose cost cap holds two of its machines: the third launch its min asks for is
+/// refused, logged once with the cap as its reason, and the cost shows in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_cap_refuses_the_launch_that_would_pass_it() {
+    let moto = start_moto();
+    let ec2 = client(&moto.url, "eu-west-1");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ec2_controller(
+        &ec2,
+        &moto.url,
+        "min = 3\nmax = 3\nbuffer_sessions = 0\nmax_hourly_cost = 0.2",
+        "",
+        "[[prices]]\nkind = \"media\"\non_demand_hourly = 0.085",
+    )
+    .await;
+    let c = Controller::start(dir.path(), opts).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let events = c
+            .admin_get("/v1/scaling/events?region=eu-west-1")
+            .await
+            .unwrap_or_default();
+        let refused: Vec<Value> = events["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["action"] == "launch_refused")
+            .collect();
+        if !refused.is_empty() {
+            break refused;
+        }
+        assert!(Instant::now() < end, "no refusal: {events}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refused[0]["reason"], "pool_cost_cap", "{refused:?}");
+    assert_eq!(refused[0]["count"], 1, "{refused:?}");
+    // Held for a few more ticks: still two instances, and the refusal logged once.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(instances(&ec2, &["pending", "running"]).await.len(), 2);
+    let events = c
+        .admin_get("/v1/scaling/events?region=eu-west-1")
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    let refusals = events
+        .iter()
+        .filter(|e| e["action"] == "launch_refused")
+        .count();
+    assert_eq!(refusals, 1, "{events:?}");
+    let launched: u64 = events
+        .iter()
+        .filter(|e| e["action"] == "launch")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    assert_eq!(launched, 2, "{events:?}");
+    let metrics = http()
+        .get(format!("{}/metrics", c.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let want = r#"fleet_cost_hourly{region="eu-west-1",kind="media",market="on-demand"} 0.17"#;
+    assert!(metrics.contains(want), "{want} not in:\n{metrics}");
 }

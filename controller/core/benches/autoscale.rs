@@ -163,6 +163,8 @@ fn autoscaler_tick(c: &mut Criterion) {
                 time_zone: utc.clone(),
                 node_capacity: 100,
                 markets: Default::default(),
+                prices: Default::default(),
+                max_hourly_cost: None,
             };
             (
                 PoolKey {

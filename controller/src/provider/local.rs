@@ -26,9 +26,6 @@ use tokio::sync::Mutex;
 use super::{LaunchRequest, PoolProvider, ProviderError, machine_of};
 use crate::config::Config;
 
-/// The instance type of every local machine, for the price table (`[cost.prices.local]`).
-pub const LOCAL_INSTANCE_TYPE: &str = "local";
-
 /// What every local node is started with besides its id, pool, zone and capacity.
 #[derive(Debug, Clone)]
 pub struct LocalTemplate {
@@ -140,7 +137,6 @@ impl MachineRecord {
             zone: self.zone.clone(),
             launched_unix_ms: self.launched_unix_ms,
             market: self.market,
-            instance_type: Some(LOCAL_INSTANCE_TYPE.into()),
         }
     }
 
@@ -320,7 +316,6 @@ impl PoolProvider for LocalProcessProvider {
             zone: request.zone.clone(),
             launched_unix_ms: fleet_node::now_unix_ms(),
             market: request.market,
-            instance_type: Some(LOCAL_INSTANCE_TYPE.into()),
         };
         if self.lifetime == Lifetime::Detached {
             let record = MachineRecord {

@@ -414,7 +414,6 @@ impl<'a> World<'a> {
                 launched_unix_ms: now.unix_ms,
                 // The replay buys every machine on-demand (it models no spot reclaims).
                 market: fleet_proto::Market::OnDemand,
-                instance_type: None,
             });
         }
         self.machine_count[p] += 1;

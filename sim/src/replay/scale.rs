@@ -68,6 +68,7 @@ impl World<'_> {
                     self.terminate(now, slot, reason.as_str());
                 }
             }
+            Step::LaunchRefused { count, .. } => self.count("launch_refused", u64::from(count)),
         }
     }
 

@@ -25,6 +25,8 @@ fn pool(region: &str, kind: NodeKind, policy: PoolPolicy) -> (PoolKey, PoolSetup
         time_zone: time_zone("UTC").expect("tz"),
         node_capacity: 0,
         markets: Default::default(),
+        prices: Default::default(),
+        max_hourly_cost: None,
     };
     (key, setup)
 }

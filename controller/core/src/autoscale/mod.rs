@@ -6,6 +6,7 @@
 //! pool provider; the trace simulator replays demand through the same functions.
 
 pub mod bookings;
+pub mod cost;
 pub mod decide;
 pub mod markets;
 pub mod policy;
@@ -14,6 +15,7 @@ pub mod schedule;
 pub mod victims;
 
 pub use bookings::{Booking, BookingBook, BookingError};
+pub use cost::{CostBudget, CostCap, PoolCost, PoolPrices};
 pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, PoolScaler, Reason};
 pub use markets::{MarketMix, launch_markets};
 pub use policy::{PolicyPatch, PoolPolicy};

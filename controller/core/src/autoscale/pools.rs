@@ -20,6 +20,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::bookings::BookingBook;
+use super::cost::{CostBudget, CostCap, PoolCost, PoolPrices};
 use super::decide::{Action, Decision, Demand, PoolNode, PoolNodeState, PoolScaler, Reason};
 use super::markets::{MarketMix, launch_markets};
 use super::policy::PoolPolicy;
@@ -44,8 +45,6 @@ pub struct Machine {
     pub launched_unix_ms: u64,
     /// Its purchase market (its tag).
     pub market: Market,
-    /// Its instance type, when the provider has types (for the cost caps).
-    pub instance_type: Option<String>,
 }
 
 /// How a pool is set up: its policy and what the policy cannot say.
@@ -62,6 +61,10 @@ pub struct PoolSetup {
     pub node_capacity: u64,
     /// Which market each new node is bought on.
     pub markets: MarketMix,
+    /// What its machines cost per hour.
+    pub prices: PoolPrices,
+    /// Launches that would take its machines' hourly cost past this are refused.
+    pub max_hourly_cost: Option<f64>,
 }
 
 /// A launch decided and not yet seen as a machine or a node.
@@ -92,6 +95,12 @@ pub struct PoolState {
     pub launch_backoff_until: u64,
     /// Desired size after the latest decision.
     pub desired: u32,
+    /// What its machines (listed, and launched not yet listed) cost per hour, as of the
+    /// latest tick and its launches.
+    pub cost: PoolCost,
+    /// The cap that refused its latest launch, until a launch goes through (a refusal is
+    /// logged once, not at every tick).
+    pub cost_capped: Option<CostCap>,
     /// The pool's region's position in the catalog, once looked up.
     region_idx: Option<usize>,
     /// The previous tick's view of the pool, updated in place (no string copies when the
@@ -117,6 +126,9 @@ pub enum Step {
         node: NodeId,
         machine: Option<MachineId>,
     },
+    /// `count` launches were not made: they would have taken the hourly cost to `hourly`,
+    /// past the cap `limit` (which cap: the step's reason).
+    LaunchRefused { count: u32, hourly: f64, limit: f64 },
 }
 
 /// Why a step was taken: a scaling reason, or the reconcile rule that fired.
@@ -132,6 +144,10 @@ pub enum StepReason {
     Interruption,
     /// The cloud recommends moving off the machine (a spot rebalance recommendation).
     Rebalance,
+    /// A launch would pass the pool's `max_hourly_cost`.
+    PoolCostCap,
+    /// A launch would pass the fleet's `max_hourly_total`.
+    TotalCostCap,
 }
 
 impl StepReason {
@@ -143,6 +159,8 @@ impl StepReason {
             StepReason::NodeGone => "node_gone",
             StepReason::Interruption => "spot_interruption",
             StepReason::Rebalance => "rebalance_recommendation",
+            StepReason::PoolCostCap => "pool_cost_cap",
+            StepReason::TotalCostCap => "total_cost_cap",
         }
     }
 }
@@ -165,6 +183,8 @@ pub struct Autoscaler {
     walk_ins: Vec<WalkInRate>,
     /// How long a launched machine may take to say Hello.
     pub boot_timeout_ms: u64,
+    /// Launches that would take every pool's machines past this hourly cost are refused.
+    pub max_hourly_total: Option<f64>,
 }
 
 impl Autoscaler {
@@ -187,6 +207,8 @@ impl Autoscaler {
                     launch_failures: 0,
                     launch_backoff_until: 0,
                     desired,
+                    cost: PoolCost::default(),
+                    cost_capped: None,
                     region_idx: None,
                     scratch: Vec::new(),
                     scratch_conns: Vec::new(),
@@ -199,6 +221,7 @@ impl Autoscaler {
             unmet_seen: Vec::new(),
             walk_ins: Vec::new(),
             boot_timeout_ms,
+            max_hourly_total: None,
         }
     }
 
@@ -249,6 +272,14 @@ impl Autoscaler {
             rate.record(now.unix_ms, d.walk_in_units);
         }
         let no_machines = Vec::new();
+        let mut budget = CostBudget {
+            total: 0.0,
+            total_cap: self.max_hourly_total,
+        };
+        for (key, pool) in &mut self.pools {
+            pool.cost = pool.machine_cost(machines.get(key).unwrap_or(&no_machines));
+            budget.total += pool.cost.total();
+        }
         let mut out = Vec::new();
         for (key, pool) in &mut self.pools {
             let region_idx = match pool.region_idx {
@@ -290,7 +321,7 @@ impl Autoscaler {
             } else {
                 let d = pool.scaler.decide(now.unix_ms, policy, &nodes, &demand);
                 pool.desired = d.desired;
-                pool.carry_out(key, now.unix_ms, &d, &nodes, &mut steps, rng);
+                pool.carry_out(key, now.unix_ms, &d, &nodes, &mut budget, &mut steps, rng);
                 Some(d)
             };
             pool.scratch = nodes;
@@ -582,12 +613,14 @@ impl PoolState {
     }
 
     /// Turns a decision's actions into steps, naming new nodes and remembering drains.
+    #[allow(clippy::too_many_arguments)]
     fn carry_out(
         &mut self,
         key: &PoolKey,
         now_unix_ms: u64,
         decision: &Decision,
         nodes: &[PoolNode],
+        budget: &mut CostBudget,
         steps: &mut Vec<(Step, StepReason)>,
         rng: &mut impl Rng,
     ) {
@@ -603,16 +636,46 @@ impl PoolState {
                 Action::Launch { .. } if now_unix_ms < self.launch_backoff_until => continue,
                 Action::Launch { count, zones } => {
                     let markets = self.launch_markets(key.kind, nodes, *count);
-                    let launches: Vec<InFlight> = markets
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, market)| InFlight {
-                            node: new_node_id(key, rng),
-                            zone: zones.get(i).cloned().unwrap_or_default(),
-                            launched_unix_ms: now_unix_ms,
-                            market,
-                        })
-                        .collect();
+                    let mut launches: Vec<InFlight> = Vec::with_capacity(markets.len());
+                    let mut refused: Option<(u32, CostCap, f64, f64)> = None;
+                    for (i, market) in markets.into_iter().enumerate() {
+                        let hourly = self.setup.prices.hourly(market);
+                        let cap = self.setup.max_hourly_cost;
+                        match budget.take(&mut self.cost, cap, market, hourly) {
+                            Ok(()) => launches.push(InFlight {
+                                node: new_node_id(key, rng),
+                                zone: zones.get(i).cloned().unwrap_or_default(),
+                                launched_unix_ms: now_unix_ms,
+                                market,
+                            }),
+                            Err((which, cost, limit)) => {
+                                let n = refused.map_or(0, |r| r.0) + 1;
+                                refused = Some((n, which, cost, limit));
+                            }
+                        }
+                    }
+                    match refused {
+                        Some((count, cap, hourly, limit)) => {
+                            // Logged when the pool becomes capped, not at every tick.
+                            if self.cost_capped != Some(cap) {
+                                let reason = match cap {
+                                    CostCap::Pool => StepReason::PoolCostCap,
+                                    CostCap::Total => StepReason::TotalCostCap,
+                                };
+                                let step = Step::LaunchRefused {
+                                    count,
+                                    hourly,
+                                    limit,
+                                };
+                                steps.push((step, reason));
+                            }
+                            self.cost_capped = Some(cap);
+                        }
+                        None => self.cost_capped = None,
+                    }
+                    if launches.is_empty() {
+                        continue;
+                    }
                     self.in_flight.extend(launches.iter().cloned());
                     Step::Launch { nodes: launches }
                 }
@@ -642,6 +705,22 @@ impl PoolState {
 }
 
 impl PoolState {
+    /// The hourly cost of the pool's machines: those `listed`, and launches not listed yet.
+    fn machine_cost(&self, listed: &[Machine]) -> PoolCost {
+        let prices = &self.setup.prices;
+        let mut cost = PoolCost::default();
+        for m in listed {
+            cost.add(m.market, prices.hourly(m.market));
+        }
+        if !self.in_flight.is_empty() {
+            let listed: HashSet<&NodeId> = listed.iter().map(|m| &m.node).collect();
+            for f in self.in_flight.iter().filter(|f| !listed.contains(&f.node)) {
+                cost.add(f.market, prices.hourly(f.market));
+            }
+        }
+        cost
+    }
+
     /// The markets of `count` new nodes, given the pool's nodes that stay (not draining).
     fn launch_markets(&self, kind: NodeKind, nodes: &[PoolNode], count: u32) -> Vec<Market> {
         let mix = &self.setup.markets;

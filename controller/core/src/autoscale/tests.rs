@@ -584,6 +584,8 @@ mod over_the_fleet {
             time_zone: time_zone("Europe/Dublin").expect("tz"),
             node_capacity: 100,
             markets: Default::default(),
+            prices: Default::default(),
+            max_hourly_cost: None,
         }
     }
 
@@ -635,7 +637,6 @@ mod over_the_fleet {
                     zone: l.zone.clone(),
                     launched_unix_ms: l.launched_unix_ms,
                     market: fleet_proto::Market::OnDemand,
-                    instance_type: None,
                 })
                 .collect(),
         )]);
@@ -677,7 +678,6 @@ mod over_the_fleet {
                     zone: "eu-west-1a".into(),
                     launched_unix_ms: 0,
                     market: fleet_proto::Market::OnDemand,
-                    instance_type: None,
                 })
                 .collect(),
         )]);
@@ -879,6 +879,58 @@ mod over_the_fleet {
         busy[1].live_sessions = 2;
         let victims = super::super::victims::pick_victims(&busy, 1, super::T0, 0);
         assert_eq!(victims[0].id.as_str(), "od-1");
+    }
+
+    /// Two pools under a fleet-wide cap: the first pool's launches take the room, the second's
+    /// are refused (logged once), and the refusal ends once a launch goes through.
+    #[test]
+    fn the_total_cost_cap_refuses_launches_across_pools() {
+        let (f, _) = fleet(&["eu-west-1", "eu-west-2"], 0, 100);
+        let priced = |min| {
+            let mut s = setup(min);
+            s.prices = PoolPrices {
+                on_demand: 1.0,
+                spot: None,
+            };
+            s
+        };
+        let first = key("eu-west-1", NodeKind::Media);
+        let second = key("eu-west-2", NodeKind::Media);
+        let mut a = Autoscaler::new(
+            [(first.clone(), priced(2)), (second.clone(), priced(2))],
+            BOOT_TIMEOUT,
+        );
+        a.max_hourly_total = Some(3.0);
+        let (book, mut rng, none) = (BookingBook::default(), rng(), HashMap::new());
+        let ticks = a.tick(at(1_000), &f, &none, &book, &mut rng);
+        assert_eq!(launches(&ticks).len(), 3, "{ticks:?}");
+        let refusals = |ticks: &[PoolTick]| -> Vec<(PoolKey, u32, StepReason)> {
+            ticks
+                .iter()
+                .flat_map(|t| t.steps.iter().map(move |s| (&t.pool, s)))
+                .filter_map(|(p, (s, r))| match s {
+                    Step::LaunchRefused { count, .. } => Some((p.clone(), *count, *r)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            refusals(&ticks),
+            vec![(second.clone(), 1, StepReason::TotalCostCap)]
+        );
+        assert_eq!(a.pool(&first).map(|p| p.cost.total()), Some(2.0));
+        assert_eq!(a.pool(&second).map(|p| p.cost.total()), Some(1.0));
+        // Still capped: nothing launched, nothing logged again.
+        let ticks = a.tick(at(2_000), &f, &none, &book, &mut rng);
+        assert!(
+            launches(&ticks).is_empty() && refusals(&ticks).is_empty(),
+            "{ticks:?}"
+        );
+        // The cap is raised: the launch goes through.
+        a.max_hourly_total = Some(4.0);
+        let ticks = a.tick(at(3_000), &f, &none, &book, &mut rng);
+        assert_eq!(launches(&ticks).len(), 1, "{ticks:?}");
+        assert_eq!(a.pool(&second).and_then(|p| p.cost_capped), None);
     }
 
     #[test]
