@@ -429,7 +429,7 @@ impl Config {
             if setup.max_hourly_cost.is_some() && setup.prices.on_demand <= 0.0 {
                 return Err(invalid(
                     &format!("pools[{i}].max_hourly_cost"),
-                    &format!(
+                    format!(
                         "the {} {} pool has a cost cap but no price: add a [[prices]] entry",
                         key.region, key.kind
                     ),
