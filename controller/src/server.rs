@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleet_geo::GeoIp;
-use fleet_link::{Acceptor, ControllerIdentity};
+use fleet_link::{Acceptor, BootSecrets, ControllerIdentity};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
@@ -212,7 +212,12 @@ impl Controller {
         let catalog = config.catalog()?;
         let fleet = Fleet::new(fleet_config(&config), catalog);
         let state = Arc::new(AppState::new(config.clone(), fleet, geoip, metrics)?);
-        let acceptor = Acceptor::bind(
+        // Machines launched with a boot token trade it here for their credentials.
+        let boot = BootSecrets {
+            media: config.media.join_secret.clone(),
+            turn: config.turn.secret.clone(),
+        };
+        let acceptor = Acceptor::bind_with_boot(
             config.link.listen,
             &identity,
             config.link.cluster_secret.clone(),
@@ -220,6 +225,7 @@ impl Controller {
             Arc::new(LinkShell {
                 state: state.clone(),
             }),
+            Some(boot),
         )
         .await
         .with_context(|| {

@@ -71,8 +71,11 @@ pub enum CredentialSource {
     Static(Credentials),
 }
 
-/// What a launched node is told through user data: where it is and who it is. No secret goes
-/// here (user data is readable by anyone who can describe the instance).
+/// What a launched node is told through user data: where it is, who it is, the controller
+/// certificate to pin, and a one-time boot token. No secret goes here (user data is readable
+/// by anyone who may describe the instance): the token, bound to the node id and valid until
+/// the boot timeout, is traded once over the link for the node's credentials (see
+/// `fleet_proto::auth::boot_token`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bootstrap {
     pub node_id: String,
@@ -84,6 +87,26 @@ pub struct Bootstrap {
     pub controller: String,
     /// `on-demand` or `spot`.
     pub market: Market,
+    /// The TLS server name of the controller's link.
+    pub controller_name: String,
+    /// The controller's certificate (PEM), which the node pins.
+    pub controller_cert: String,
+    /// The one-time token the node trades for its credentials.
+    pub boot_token: String,
+}
+
+/// What the provider needs to let its machines boot without secrets in their user data.
+#[derive(Clone)]
+pub struct NodeBoot {
+    /// Signs the boot tokens (never leaves the controller).
+    pub cluster_secret: String,
+    /// The controller certificate (PEM) nodes pin.
+    pub cert_pem: String,
+    /// The link's TLS server name.
+    pub server_name: String,
+    /// How long a boot token is valid (the boot timeout: a machine that has not booted by
+    /// then is terminated anyway).
+    pub token_ttl: Duration,
 }
 
 /// The EC2 provider.
@@ -92,6 +115,7 @@ pub struct Ec2Provider {
     credentials: CredentialSource,
     /// The controller's link address, for user data.
     controller: String,
+    boot: NodeBoot,
     clients: Mutex<HashMap<RegionId, Client>>,
 }
 
@@ -101,11 +125,13 @@ impl Ec2Provider {
         config: Ec2ProviderConfig,
         credentials: CredentialSource,
         controller: impl Into<String>,
+        boot: NodeBoot,
     ) -> Arc<Ec2Provider> {
         Arc::new(Ec2Provider {
             config,
             credentials,
             controller: controller.into(),
+            boot,
             clients: Mutex::new(HashMap::new()),
         })
     }
@@ -208,6 +234,13 @@ impl Ec2Provider {
             capacity: request.capacity,
             controller: self.controller.clone(),
             market,
+            controller_name: self.boot.server_name.clone(),
+            controller_cert: self.boot.cert_pem.clone(),
+            boot_token: fleet_proto::auth::boot_token(
+                &self.boot.cluster_secret,
+                &request.node,
+                now_unix_ms() + self.boot.token_ttl.as_millis() as u64,
+            ),
         };
         let user_data = base64::engine::general_purpose::STANDARD
             .encode(serde_json::to_vec(&bootstrap).unwrap_or_default());
@@ -376,6 +409,13 @@ impl Ec2Provider {
     }
 }
 
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
 fn tag_filter(key: &str, value: &str) -> Filter {
     Filter::builder()
         .name(format!("tag:{key}"))
@@ -417,12 +457,7 @@ fn machine_of(instance: &Instance) -> Option<Machine> {
     let launched_unix_ms = instance
         .launch_time()
         .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_millis() as u64
-        });
+        .unwrap_or_else(now_unix_ms);
     let market = tag_value(instance, tags::MARKET)
         .and_then(Market::parse)
         .unwrap_or_default();

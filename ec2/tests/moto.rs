@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use fleet_controller::provider::{LaunchRequest, PoolProvider};
 use fleet_controller::provider_config::{Ec2PoolConfig, Ec2ProviderConfig};
 use fleet_core::autoscale::PoolKey;
-use fleet_ec2::{CredentialSource, Ec2Provider, tags};
+use fleet_ec2::{CredentialSource, Ec2Provider, NodeBoot, tags};
 use fleet_proto::{MachineId, NodeId, NodeKind, RegionId};
 use fleet_testkit::ec2_faults::{Fault, FaultProxy};
 use fleet_testkit::moto::{client, credentials, default_subnet, instances_tagged, start_moto};
@@ -51,6 +51,12 @@ async fn provider(ec2: &aws_sdk_ec2::Client, endpoint: &str) -> std::sync::Arc<E
         config,
         CredentialSource::Static(credentials()),
         "10.0.0.5:7000",
+        NodeBoot {
+            cluster_secret: "cluster-secret".into(),
+            cert_pem: "-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n".into(),
+            server_name: "fleet-controller".into(),
+            token_ttl: std::time::Duration::from_secs(300),
+        },
     )
 }
 
@@ -150,6 +156,29 @@ async fn instances_carry_every_tag_launches_are_idempotent_and_list_is_the_truth
     let boot: fleet_ec2::Bootstrap = serde_json::from_slice(&data).unwrap();
     assert_eq!(boot.node_id, "media-eu-west-1-1");
     assert_eq!(boot.controller, "10.0.0.5:7000");
+    assert_eq!(boot.controller_name, "fleet-controller");
+    assert!(
+        boot.controller_cert
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    // No secret in user data: a boot token for this node only, valid for the boot timeout.
+    let text = String::from_utf8_lossy(&data);
+    assert!(!text.contains("cluster-secret"), "{text}");
+    let node = NodeId::parse("media-eu-west-1-1").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expires = fleet_proto::verify_boot_token("cluster-secret", &node, &boot.boot_token, now)
+        .expect("a valid boot token");
+    assert!(
+        expires > now + 290_000 && expires <= now + 300_000,
+        "{expires}"
+    );
+    let other = NodeId::parse("media-eu-west-1-2").unwrap();
+    assert!(
+        fleet_proto::verify_boot_token("cluster-secret", &other, &boot.boot_token, now).is_err()
+    );
 
     // A launch retried for the same node finds its instance instead of making a second one.
     let again = provider

@@ -12,6 +12,7 @@ use fleet_controller::config::Config;
 use fleet_controller::credentials::{ClientClaims, mint_client_token};
 use fleet_proto::NodeKind;
 
+mod boot_env;
 mod plot;
 mod simulate;
 
@@ -43,6 +44,22 @@ enum Cmd {
     Serve {
         #[arg(long, env = "FLEET_CONFIG")]
         config: PathBuf,
+    },
+    /// A cloud machine's first step at boot: read its user data from the instance metadata
+    /// service and write the node's environment file and the controller certificate.
+    BootEnv {
+        /// The instance metadata service.
+        #[arg(long, default_value = "http://169.254.169.254")]
+        instance_metadata: String,
+        /// Where node.env and controller.pem go.
+        #[arg(long, default_value = "/run/fleet")]
+        out: PathBuf,
+        /// Where the node keeps the credentials its boot token buys.
+        #[arg(long, default_value = "/var/lib/fleet/credentials.json")]
+        credentials_file: PathBuf,
+        /// The node's HTTP port (media signaling; health and metrics).
+        #[arg(long, default_value_t = 8443)]
+        http_port: u16,
     },
     /// Check a config file and exit.
     CheckConfig {
@@ -127,20 +144,30 @@ fn init_tracing() {
 /// The cloud providers the config sets up (`[providers.ec2]`).
 fn cloud_providers(
     config: &Config,
-) -> Vec<std::sync::Arc<dyn fleet_controller::provider::PoolProvider>> {
+) -> anyhow::Result<Vec<std::sync::Arc<dyn fleet_controller::provider::PoolProvider>>> {
     let mut out: Vec<std::sync::Arc<dyn fleet_controller::provider::PoolProvider>> = Vec::new();
     if let Some(ec2) = &config.providers.ec2 {
         let controller = ec2
             .controller_address
             .clone()
             .unwrap_or_else(|| config.link.listen.to_string());
+        // Machines pin the controller's certificate: the one the link serves (loaded, or
+        // created, as the controller will).
+        let cert_pem = fleet_controller::server::load_identity(config)?.cert_pem();
+        let boot = fleet_ec2::NodeBoot {
+            cluster_secret: config.link.cluster_secret.clone(),
+            cert_pem,
+            server_name: config.link.server_name.clone(),
+            token_ttl: std::time::Duration::from_secs(config.autoscale.boot_timeout_secs),
+        };
         out.push(fleet_ec2::Ec2Provider::new(
             ec2.clone(),
             fleet_ec2::CredentialSource::Chain,
             controller,
+            boot,
         ));
     }
-    out
+    Ok(out)
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -167,11 +194,27 @@ fn main() -> anyhow::Result<()> {
             let dir = state_dir.unwrap_or_else(|| config.up.state_dir.clone());
             runtime()?.block_on(fleet_controller::up::run(config, dir))
         }
+        Cmd::BootEnv {
+            instance_metadata,
+            out,
+            credentials_file,
+            http_port,
+        } => {
+            init_tracing();
+            let written = runtime()?.block_on(boot_env::write(
+                &instance_metadata,
+                &out,
+                &credentials_file,
+                http_port,
+            ))?;
+            println!("{}", written.display());
+            Ok(())
+        }
         Cmd::Serve { config } => {
             init_tracing();
             let config = load(Some(&config))?;
             runtime()?.block_on(async move {
-                let cloud = cloud_providers(&config);
+                let cloud = cloud_providers(&config)?;
                 let c = fleet_controller::server::Controller::start_with_providers(
                     config,
                     fleet_controller::metrics::install(),

@@ -17,10 +17,12 @@ use tokio::task::JoinHandle;
 use crate::framing::{read_message, write_message};
 use crate::tls::{ControllerIdentity, TlsError, server_crypto};
 use crate::{HELLO_TIMEOUT, LinkError, close_code, describe_close, transport_config};
-use fleet_proto::auth::verify_node_auth;
+use fleet_proto::auth::{node_auth, verify_boot_token, verify_node_auth};
 use fleet_proto::codec::DecodeError;
-use fleet_proto::ids::NodeId;
-use fleet_proto::messages::{Command, ControllerMessage, Hello, NodeMessage, Report};
+use fleet_proto::ids::{NodeId, NodeKind};
+use fleet_proto::messages::{
+    BootRequest, Command, ControllerMessage, Hello, NodeCredentials, NodeMessage, Report,
+};
 
 /// Identifies one accepted connection (unique within the process, never reused).
 pub type ConnId = u64;
@@ -82,6 +84,19 @@ struct Shared {
     handler: Arc<dyn LinkHandler>,
     cluster_secret: String,
     controller_version: String,
+    boot: Option<BootSecrets>,
+    /// Boot tokens already traded (by node id), until they expire: each works once.
+    used_boot_tokens: std::sync::Mutex<std::collections::HashMap<NodeId, u64>>,
+}
+
+/// What a node that boots with a one-time token receives besides its node proof: its kind's
+/// secret.
+#[derive(Clone)]
+pub struct BootSecrets {
+    /// The media nodes' join-token secret.
+    pub media: String,
+    /// The TURN nodes' REST secrets, comma-separated.
+    pub turn: String,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -108,6 +123,27 @@ impl Acceptor {
         controller_version: String,
         handler: Arc<dyn LinkHandler>,
     ) -> Result<Acceptor, LinkError> {
+        Self::bind_with_boot(
+            addr,
+            identity,
+            cluster_secret,
+            controller_version,
+            handler,
+            None,
+        )
+        .await
+    }
+
+    /// [`Acceptor::bind`], also trading boot tokens for credentials (`boot`: the kinds'
+    /// secrets; `None`: a Boot request is rejected).
+    pub async fn bind_with_boot(
+        addr: SocketAddr,
+        identity: &ControllerIdentity,
+        cluster_secret: String,
+        controller_version: String,
+        handler: Arc<dyn LinkHandler>,
+        boot: Option<BootSecrets>,
+    ) -> Result<Acceptor, LinkError> {
         let crypto = QuicServerConfig::try_from(server_crypto(identity)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -118,6 +154,8 @@ impl Acceptor {
             handler,
             cluster_secret,
             controller_version,
+            boot,
+            used_boot_tokens: Default::default(),
         });
         let accept_endpoint = endpoint.clone();
         let accept_task = tokio::spawn(async move {
@@ -198,8 +236,8 @@ async fn serve_connection(incoming: quinn::Incoming, conn_id: ConnId, shared: Ar
                 Some(Ok(Some(NodeMessage::CommandResult { id, error }))) => {
                     handler.on_command_result(conn_id, &node, id, error);
                 }
-                Some(Ok(Some(NodeMessage::Hello(_)))) => {
-                    let reason = "protocol error: second hello on the same connection".to_owned();
+                Some(Ok(Some(NodeMessage::Hello(_) | NodeMessage::Boot(_)))) => {
+                    let reason = "protocol error: a hello or boot after the hello".to_owned();
                     connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
                     break reason;
                 }
@@ -275,6 +313,10 @@ async fn hello_phase(
     };
     let hello = match first {
         Ok(Some(NodeMessage::Hello(hello))) => hello,
+        Ok(Some(NodeMessage::Boot(request))) => {
+            boot_phase(connection, &mut send, conn_id, shared, request).await;
+            return HelloOutcome::Done;
+        }
         Ok(Some(_)) => {
             reject(connection, &mut send, "first message must be a hello").await;
             return HelloOutcome::Done;
@@ -323,6 +365,61 @@ async fn hello_phase(
         incoming: in_rx,
         outgoing: out_rx,
     }
+}
+
+/// Answers a booting node: its credentials for a valid boot token not used before, else a
+/// Reject; then closes the connection (the node connects again with a Hello).
+async fn boot_phase(
+    connection: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    conn_id: ConnId,
+    shared: &Shared,
+    request: BootRequest,
+) {
+    let Some(secrets) = &shared.boot else {
+        reject(connection, send, "this controller does not bootstrap nodes").await;
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let node = &request.node_id;
+    let expires = match verify_boot_token(&shared.cluster_secret, node, &request.token, now) {
+        Ok(expires) => expires,
+        Err(e) => {
+            tracing::warn!(conn_id, %node, error = %e, "boot refused");
+            reject(connection, send, &e.to_string()).await;
+            return;
+        }
+    };
+    let first_use = {
+        let mut used = shared
+            .used_boot_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, until| *until > now);
+        used.insert(node.clone(), expires).is_none()
+    };
+    if !first_use {
+        tracing::warn!(conn_id, %node, "boot refused: its token was already used");
+        reject(connection, send, "boot token already used").await;
+        return;
+    }
+    let credentials = NodeCredentials {
+        node_auth: node_auth(&shared.cluster_secret, node),
+        kind_secret: match request.kind {
+            NodeKind::Media => secrets.media.clone(),
+            NodeKind::Turn => secrets.turn.clone(),
+        },
+    };
+    tracing::info!(conn_id, %node, kind = %request.kind, "node bootstrapped");
+    let wait = Duration::from_secs(1);
+    let msg = ControllerMessage::Credentials(credentials);
+    if let Ok(Ok(())) = tokio::time::timeout(wait, write_message(send, &msg)).await {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(wait, connection.closed()).await;
+    }
+    connection.close(close_code::NORMAL, b"bootstrapped");
 }
 
 /// Sends `Reject{reason}`, gives the node up to a second to read it and close, then closes the

@@ -26,8 +26,8 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use acceptor::{Acceptor, CommandSender, ConnId, LinkHandler};
-pub use reporter::{LinkStatus, ReportSource, ReporterConfig, run_reporter};
+pub use acceptor::{Acceptor, BootSecrets, CommandSender, ConnId, LinkHandler};
+pub use reporter::{LinkStatus, NodeAuth, ReportSource, ReporterConfig, bootstrap, run_reporter};
 pub use tls::{ControllerIdentity, TlsError, load_pinned_cert};
 
 use fleet_proto::codec::DecodeError;

@@ -21,7 +21,9 @@ use crate::tls::{TlsError, client_crypto};
 use crate::{HELLO_TIMEOUT, LinkError, close_code, describe_close, transport_config};
 use fleet_proto::auth::node_auth;
 use fleet_proto::codec::DecodeError;
-use fleet_proto::messages::{Command, ControllerMessage, Hello, NodeMessage, Report};
+use fleet_proto::messages::{
+    BootRequest, Command, ControllerMessage, Hello, NodeCredentials, NodeMessage, Report,
+};
 
 /// Where and how a node reports.
 #[derive(Debug, Clone)]
@@ -32,12 +34,66 @@ pub struct ReporterConfig {
     pub server_name: String,
     /// The controller's exact certificate.
     pub pinned_cert: CertificateDer<'static>,
-    /// The shared cluster secret.
-    pub cluster_secret: String,
+    /// How the node proves it belongs to the fleet.
+    pub auth: NodeAuth,
     /// Sent first on every connection; `auth` is filled in by the reporter.
     pub hello: Hello,
     /// Time between reports.
     pub interval: Duration,
+}
+
+/// How a node proves it belongs to the fleet in its Hello.
+#[derive(Clone)]
+pub enum NodeAuth {
+    /// It knows the shared cluster secret (nodes started by hand or by the local provider).
+    ClusterSecret(String),
+    /// It holds its own proof, got by trading a boot token ([`bootstrap`]).
+    Proof(String),
+}
+
+impl std::fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeAuth::ClusterSecret(_) => "ClusterSecret(..)",
+            NodeAuth::Proof(_) => "Proof(..)",
+        })
+    }
+}
+
+/// Trades a one-time boot token for the node's credentials: one connection to the controller
+/// that sends [`NodeMessage::Boot`] and reads [`ControllerMessage::Credentials`] (or the reason
+/// of a `Reject`).
+pub async fn bootstrap(
+    controller: SocketAddr,
+    server_name: &str,
+    pinned_cert: CertificateDer<'static>,
+    request: BootRequest,
+) -> Result<NodeCredentials, LinkError> {
+    let mut endpoint = None;
+    let ep = client_endpoint(&mut endpoint, controller)
+        .ok_or_else(|| LinkError::Protocol("cannot bind the link's UDP socket".into()))?;
+    let connecting = ep.connect_with(client_config(pinned_cert)?, controller, server_name)?;
+    let connection = tokio::time::timeout(HELLO_TIMEOUT, connecting)
+        .await
+        .map_err(|_| LinkError::Timeout("QUIC handshake"))??;
+    let result = async {
+        let (mut send, recv) = connection.open_bi().await?;
+        write(&mut send, &NodeMessage::Boot(request), &connection).await?;
+        let (tx, mut rx) = mpsc::channel(2);
+        tokio::spawn(read_frames::<ControllerMessage>(recv, tx));
+        let first = tokio::time::timeout(HELLO_TIMEOUT, rx.recv())
+            .await
+            .map_err(|_| LinkError::Timeout("waiting for credentials"))?;
+        match next_message(first, &connection)? {
+            ControllerMessage::Credentials(c) => Ok(c),
+            ControllerMessage::Reject { reason } => Err(LinkError::Rejected(reason)),
+            _ => Err(LinkError::Protocol("expected credentials".into())),
+        }
+    }
+    .await;
+    connection.close(close_code::NORMAL, b"bootstrapped");
+    ep.close(close_code::NORMAL, b"bootstrapped");
+    result
 }
 
 /// The node's state and command handling, as seen by the reporter.
@@ -80,7 +136,10 @@ pub async fn run_reporter(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut hello = config.hello.clone();
-    hello.auth = node_auth(&config.cluster_secret, &hello.node_id);
+    hello.auth = match &config.auth {
+        NodeAuth::ClusterSecret(secret) => node_auth(secret, &hello.node_id),
+        NodeAuth::Proof(proof) => proof.clone(),
+    };
     let mut endpoint: Option<quinn::Endpoint> = None;
     let (stopping_tx, stopping) = watch::channel(false);
     {
@@ -276,8 +335,8 @@ impl Session<'_> {
                 tracing::info!(controller = %self.config.controller, %controller_version, "connected to controller");
             }
             ControllerMessage::Reject { reason } => return Err(LinkError::Rejected(reason)),
-            ControllerMessage::Command { .. } => {
-                return Err(LinkError::Protocol("command before welcome".to_owned()));
+            ControllerMessage::Command { .. } | ControllerMessage::Credentials(_) => {
+                return Err(LinkError::Protocol("expected a welcome".to_owned()));
             }
         }
         self.welcomed = true;
@@ -309,8 +368,8 @@ impl Session<'_> {
                         write(&mut send, &answer, connection).await?;
                     }
                     ControllerMessage::Reject { reason } => return Err(LinkError::Rejected(reason)),
-                    ControllerMessage::Welcome { .. } => {
-                        return Err(LinkError::Protocol("second welcome".to_owned()));
+                    ControllerMessage::Welcome { .. } | ControllerMessage::Credentials(_) => {
+                        return Err(LinkError::Protocol("unexpected welcome or credentials".to_owned()));
                     }
                 },
             }

@@ -176,7 +176,7 @@ impl Reporter {
             controller,
             server_name: "fleet-controller".into(),
             pinned_cert: id.cert_chain[0].clone(),
-            cluster_secret: secret.into(),
+            auth: fleet_link::NodeAuth::ClusterSecret(secret.into()),
             hello: hello(node),
             interval,
         };
@@ -600,4 +600,113 @@ async fn silent_connection_is_closed_after_hello_timeout() {
         started.elapsed()
     );
     assert!(events.try_recv().is_err());
+}
+
+/// A boot token is traded once for the node's proof and its kind's secret; the proof then
+/// gets the node welcomed. A second use, a token for another node, an expired token, and any
+/// boot on an acceptor that does not bootstrap are refused with their reason.
+#[tokio::test]
+async fn a_boot_token_buys_credentials_once() {
+    use fleet_link::{BootSecrets, NodeAuth, bootstrap};
+    use fleet_proto::boot_token;
+    use fleet_proto::messages::BootRequest;
+    let id = identity();
+    let (handler, mut events) = TestHandler::new();
+    let secrets = BootSecrets {
+        media: "join-secret".into(),
+        turn: "turn-a,turn-b".into(),
+    };
+    let acceptor = Acceptor::bind_with_boot(
+        localhost(),
+        &id,
+        SECRET.into(),
+        "ctl-test".into(),
+        handler,
+        Some(secrets),
+    )
+    .await
+    .expect("bind");
+    let addr = acceptor.local_addr();
+    let cert = id.cert_chain[0].clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let node = NodeId::parse("media-boot").unwrap();
+    let request = |node: &NodeId, kind, token: String| BootRequest {
+        node_id: node.clone(),
+        kind,
+        token,
+    };
+    let token = boot_token(SECRET, &node, now + 60_000);
+    let got = bootstrap(
+        addr,
+        "fleet-controller",
+        cert.clone(),
+        request(&node, NodeKind::Media, token.clone()),
+    )
+    .await
+    .expect("credentials");
+    assert_eq!(got.node_auth, node_auth(SECRET, &node));
+    assert_eq!(got.kind_secret, "join-secret");
+    let refused = |r: Result<_, fleet_link::LinkError>| match r {
+        Err(fleet_link::LinkError::Rejected(reason)) => reason,
+        other => panic!("not refused: {other:?}"),
+    };
+    // Once only.
+    let again = bootstrap(
+        addr,
+        "fleet-controller",
+        cert.clone(),
+        request(&node, NodeKind::Media, token),
+    )
+    .await;
+    assert_eq!(refused(again), "boot token already used");
+    // Bound to its node, and to its time.
+    let other = NodeId::parse("turn-boot").unwrap();
+    let stolen = boot_token(SECRET, &node, now + 60_000);
+    let r = bootstrap(
+        addr,
+        "fleet-controller",
+        cert.clone(),
+        request(&other, NodeKind::Turn, stolen),
+    )
+    .await;
+    assert_eq!(refused(r), "boot token not valid for this node");
+    let old = boot_token(SECRET, &other, now - 1);
+    let r = bootstrap(
+        addr,
+        "fleet-controller",
+        cert.clone(),
+        request(&other, NodeKind::Turn, old),
+    )
+    .await;
+    assert_eq!(refused(r), "boot token expired");
+    // A TURN node gets the TURN secrets.
+    let fresh = boot_token(SECRET, &other, now + 60_000);
+    let got = bootstrap(
+        addr,
+        "fleet-controller",
+        cert.clone(),
+        request(&other, NodeKind::Turn, fresh),
+    )
+    .await
+    .expect("credentials");
+    assert_eq!(got.kind_secret, "turn-a,turn-b");
+    // No boot connection reached the handler.
+    assert!(events.try_recv().is_err());
+    let _ = NodeAuth::Proof(got.node_auth);
+
+    // An acceptor that does not bootstrap refuses.
+    let (handler, _events) = TestHandler::new();
+    let plain = bind(localhost(), &id, handler).await;
+    let token = boot_token(SECRET, &node, now + 60_000);
+    let r = bootstrap(
+        plain.local_addr(),
+        "fleet-controller",
+        cert,
+        request(&node, NodeKind::Media, token),
+    )
+    .await;
+    assert_eq!(refused(r), "this controller does not bootstrap nodes");
 }

@@ -35,9 +35,15 @@ pub struct Args {
     /// The flags every node kind takes.
     #[command(flatten)]
     pub node: NodeArgs,
-    /// Shared secret the controller signs join tokens with (`[media] join_secret`).
-    #[arg(long, hide_env_values = true, hide = true)]
-    pub join_secret: String,
+    /// Shared secret the controller signs join tokens with (`[media] join_secret`). Without
+    /// it, a node started with --boot-token gets it from the controller.
+    #[arg(
+        long,
+        hide_env_values = true,
+        hide = true,
+        required_unless_present = "boot_token"
+    )]
+    pub join_secret: Option<String>,
     /// UDP port carrying all media (ICE UDP mux); 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub media_port: u16,
@@ -60,15 +66,21 @@ impl Args {
 /// and then `MEDIA udp=<advertised addr>`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.node_config()?;
+    let node_id = config.node_id.as_str().to_owned();
+    let node = Node::bind(config).await?;
+    let join_secret = match (&args.join_secret, node.kind_secret()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.to_owned(),
+        (None, None) => anyhow::bail!("no --join-secret, and none from the controller at boot"),
+    };
     let sfu = sfu::Sfu::start(sfu::SfuConfig {
-        node_id: config.node_id.as_str().to_owned(),
-        join_secret: args.join_secret.clone(),
+        node_id,
+        join_secret,
         max_participants: usize::try_from(args.max_participants).unwrap_or(6),
         public_ip: args.node.public_ip,
         media_port: args.media_port,
     })
     .await?;
-    let node = Node::bind(config).await?;
     let advertised = SocketAddr::new(args.node.public_ip, node.http_addr().port());
     let addresses = vec![format!("http://{advertised}")];
     let exit = node
@@ -142,7 +154,7 @@ mod tests {
         };
         let args = Args::try_parse_from(as_flags(&launch)).expect("parses");
         assert_eq!(args.node, launch.node);
-        assert_eq!(args.join_secret, "join");
+        assert_eq!(args.join_secret.as_deref(), Some("join"));
         // Every variable the launch sets is one the node reads.
         let cmd = fleet_node::with_env_prefix(Args::command(), launch.kind());
         for (name, _) in launch.env() {

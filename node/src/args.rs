@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches};
 use fleet_proto::ids::{IdError, MachineId, Market, NodeId, NodeKind, RegionId};
 
-use crate::{NodeConfig, default_node_id};
+use crate::{NodeConfig, NodeSecret, default_node_id};
 
 /// The flags both node kinds take.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -44,8 +44,17 @@ pub struct NodeArgs {
     #[arg(long)]
     pub controller_cert: PathBuf,
     /// Shared cluster secret proving this node belongs to the fleet.
-    #[arg(long, hide_env_values = true)]
-    pub cluster_secret: String,
+    #[arg(long, hide_env_values = true, required_unless_present = "boot_token")]
+    pub cluster_secret: Option<String>,
+    /// A one-time boot token (from the machine's user data, minted by the controller that
+    /// launched it), traded over the link for this node's credential and its kind's secret,
+    /// instead of any secret on the command line.
+    #[arg(long, hide_env_values = true, conflicts_with = "cluster_secret")]
+    pub boot_token: Option<String>,
+    /// Where credentials got with --boot-token are kept (mode 0600), so a restarted node does
+    /// not need its used token again.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
     /// Capacity units this node offers.
     #[arg(long, default_value_t = 1000)]
     pub capacity: u64,
@@ -88,7 +97,14 @@ impl NodeArgs {
             controller: self.controller.clone(),
             controller_name: self.controller_name.clone(),
             controller_cert: self.controller_cert.clone(),
-            cluster_secret: self.cluster_secret.clone(),
+            secret: match (&self.cluster_secret, &self.boot_token) {
+                (Some(secret), _) => NodeSecret::Cluster(secret.clone()),
+                (None, Some(token)) => NodeSecret::Boot {
+                    token: token.clone(),
+                    credentials_file: self.credentials_file.clone(),
+                },
+                (None, None) => NodeSecret::Cluster(String::new()),
+            },
             capacity: self.capacity,
             http_listen: self.http_listen,
             report_interval: Duration::from_millis(self.report_interval_ms),
@@ -125,7 +141,9 @@ impl NodeArgs {
             controller: "127.0.0.1:4433".into(),
             controller_name: "ctl".into(),
             controller_cert: "/c.pem".into(),
-            cluster_secret: "cluster".into(),
+            cluster_secret: Some("cluster".into()),
+            boot_token: None,
+            credentials_file: None,
             capacity: 77,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             public_ip: IpAddr::from([192, 0, 2, 1]),

@@ -111,10 +111,12 @@ impl NodeLaunch {
     /// The secrets, as the environment variables the node reads them from.
     pub fn env(&self) -> Vec<(String, String)> {
         let kind = self.kind();
-        let mut env = vec![(
-            env_name(kind, "cluster-secret"),
-            self.node.cluster_secret.clone(),
-        )];
+        let mut env: Vec<(String, String)> = self
+            .node
+            .cluster_secret
+            .iter()
+            .map(|s| (env_name(kind, "cluster-secret"), s.clone()))
+            .collect();
         match &self.kind {
             KindLaunch::Media { join_secret } => {
                 env.push((env_name(kind, "join-secret"), join_secret.clone()));
@@ -155,7 +157,9 @@ mod tests {
         let launch = NodeLaunch {
             node: NodeArgs {
                 node_id: None,
-                cluster_secret: "cluster-secret-xyz".into(),
+                cluster_secret: Some("cluster-secret-xyz".into()),
+                boot_token: None,
+                credentials_file: None,
                 ..NodeArgs::example()
             },
             kind: KindLaunch::Turn {

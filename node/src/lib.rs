@@ -12,6 +12,7 @@
 //! extra HTTP routes ([`Node::run_with`] also takes a [`DataPlane`] hook).
 
 pub mod args;
+mod boot;
 /// The pure node state (re-exported from `fleet-node-core`).
 pub mod core {
     pub use fleet_node_core::*;
@@ -83,8 +84,8 @@ pub struct NodeConfig {
     pub controller_name: String,
     /// PEM file with the controller certificate to pin.
     pub controller_cert: PathBuf,
-    /// The shared cluster secret.
-    pub cluster_secret: String,
+    /// How the node proves it belongs to the fleet.
+    pub secret: NodeSecret,
     /// Capacity units offered.
     pub capacity: u64,
     /// Where the HTTP server listens.
@@ -95,6 +96,30 @@ pub struct NodeConfig {
     pub drain_grace: Duration,
     /// Sessions without activity for this long are dropped.
     pub session_idle: Duration,
+}
+
+/// How a node proves it belongs to the fleet.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NodeSecret {
+    /// The shared cluster secret.
+    Cluster(String),
+    /// A one-time boot token, traded at [`Node::bind`] for the node's credentials (kept in
+    /// `credentials_file`, when given, for a restart).
+    Boot {
+        token: String,
+        credentials_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeSecret::Cluster(_) => f.write_str("Cluster(..)"),
+            NodeSecret::Boot {
+                credentials_file, ..
+            } => write!(f, "Boot {{ credentials_file: {credentials_file:?}, .. }}"),
+        }
+    }
 }
 
 /// Why a node could not start or run.
@@ -134,6 +159,9 @@ pub enum NodeError {
     /// An id was invalid.
     #[error(transparent)]
     Id(#[from] IdError),
+    /// The boot token could not be traded for credentials.
+    #[error("boot: {0}")]
+    Boot(String),
 }
 
 /// The default node id: `<kind>-<region>-<6 random hex digits>`.

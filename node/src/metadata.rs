@@ -26,8 +26,8 @@ const REBALANCE_PATH: &str = "/latest/meta-data/events/recommendations/rebalance
 const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 /// One metadata call's time limit (the service is on the machine: it answers in ms).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest answer read.
-const MAX_BODY: usize = 4096;
+/// The longest answer read (user data may be up to 16 KiB).
+const MAX_BODY: usize = 16 * 1024;
 
 /// Why a poll of the metadata service failed.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,7 @@ impl MetadataWatcher {
     }
 
     /// GETs `path` with a token: `None` on 404 (nothing to say). A 401 renews the token once.
-    async fn read(&mut self, path: &'static str) -> Result<Option<Vec<u8>>, MetadataError> {
+    pub async fn read(&mut self, path: &'static str) -> Result<Option<Vec<u8>>, MetadataError> {
         for attempt in 0..2 {
             let token = self.token().await?;
             let answer = self

@@ -24,7 +24,7 @@ use crate::http::router;
 use crate::state::{NodeShared, now_unix_ms};
 use crate::{NodeConfig, NodeError};
 use fleet_link::load_pinned_cert;
-use fleet_link::{LinkStatus, ReporterConfig, run_reporter};
+use fleet_link::{LinkStatus, NodeAuth, ReporterConfig, run_reporter};
 use fleet_node_core::{ExitReason, NodeCore};
 use fleet_proto::messages::Hello;
 
@@ -54,6 +54,8 @@ pub struct Node {
     http_addr: SocketAddr,
     controller: SocketAddr,
     pinned: CertificateDer<'static>,
+    auth: NodeAuth,
+    kind_secret: Option<String>,
 }
 
 impl Node {
@@ -81,13 +83,22 @@ impl Node {
             addr: config.http_listen,
             source,
         })?;
+        let resolved = crate::boot::resolve(&config, controller, &pinned).await?;
         Ok(Node {
             config,
             listener,
             http_addr,
             controller,
             pinned,
+            auth: resolved.auth,
+            kind_secret: resolved.kind_secret,
         })
+    }
+
+    /// The kind's secret the controller handed over at boot (with `--boot-token`): a media
+    /// node's join-token secret, a TURN node's REST secrets.
+    pub fn kind_secret(&self) -> Option<&str> {
+        self.kind_secret.as_deref()
     }
 
     /// The bound HTTP address (with the real port when bound to port 0).
@@ -116,6 +127,8 @@ impl Node {
             http_addr,
             controller,
             pinned,
+            auth,
+            kind_secret: _,
         } = self;
         let term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
         let int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
@@ -150,7 +163,7 @@ impl Node {
         tracing::info!(node = %config.node_id, kind = %config.kind, http = %http_addr,
             controller = %controller, "node started");
 
-        let reporter_config = reporter_config(&config, controller, pinned, addresses);
+        let reporter_config = reporter_config(&config, controller, pinned, auth, addresses);
         let reporter = tokio::spawn(run_reporter(
             reporter_config,
             shared.clone(),
@@ -225,13 +238,14 @@ fn reporter_config(
     config: &NodeConfig,
     controller: SocketAddr,
     pinned: CertificateDer<'static>,
+    auth: NodeAuth,
     addresses: Vec<String>,
 ) -> ReporterConfig {
     ReporterConfig {
         controller,
         server_name: config.controller_name.clone(),
         pinned_cert: pinned,
-        cluster_secret: config.cluster_secret.clone(),
+        auth,
         hello: Hello {
             node_id: config.node_id.clone(),
             kind: config.kind,

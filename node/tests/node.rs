@@ -33,7 +33,7 @@ fn config(controller: SocketAddr, cert: &Path, node: &str) -> NodeConfig {
         controller: controller.to_string(),
         controller_name: SERVER_NAME.into(),
         controller_cert: cert.to_owned(),
-        cluster_secret: SECRET.into(),
+        secret: fleet_node::NodeSecret::Cluster(SECRET.into()),
         capacity: 1000,
         http_listen: "127.0.0.1:0".parse().expect("addr"),
         report_interval: Duration::from_millis(100),

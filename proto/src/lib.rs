@@ -19,12 +19,12 @@ pub mod join_token;
 pub mod messages;
 pub mod turn_rest;
 
-pub use auth::{node_auth, verify_node_auth};
+pub use auth::{BootTokenError, boot_token, node_auth, verify_boot_token, verify_node_auth};
 pub use codec::{DecodeError, MAX_FRAME_LEN, decode, encode};
 pub use ids::{
     IdError, MachineId, Market, NodeId, NodeKind, NodeState, ParticipantId, RegionId, SessionId,
 };
 pub use messages::{
-    Command, ControllerMessage, Hello, HostedSession, Load, MachineNotice, NodeMessage, NoticeKind,
-    PROTOCOL_VERSION, Report,
+    BootRequest, Command, ControllerMessage, Hello, HostedSession, Load, MachineNotice,
+    NodeCredentials, NodeMessage, NoticeKind, PROTOCOL_VERSION, Report,
 };

@@ -196,6 +196,10 @@ pub enum Command {
 pub enum NodeMessage {
     /// First message of a connection.
     Hello(Hello),
+    /// First (and only) message of a connection from a machine booting with a one-time boot
+    /// token instead of secrets: the controller answers [`ControllerMessage::Credentials`]
+    /// (or `Reject`) and closes the connection; the node then connects with a Hello.
+    Boot(BootRequest),
     /// Periodic full state.
     Report(Report),
     /// The outcome of a [`Command`]: `error` is `None` on success.
@@ -205,6 +209,32 @@ pub enum NodeMessage {
         /// Why the command failed, if it did.
         error: Option<String>,
     },
+}
+
+/// A booting node's request for its credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootRequest {
+    pub node_id: NodeId,
+    pub kind: NodeKind,
+    /// The one-time token from the machine's user data ([`crate::auth::boot_token`]).
+    pub token: String,
+}
+
+/// What a booted node needs that cannot go in user data.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCredentials {
+    /// The node's Hello proof ([`crate::auth::node_auth`] for its id): it authenticates this
+    /// node id only, never another, and never reveals the cluster secret.
+    pub node_auth: String,
+    /// Its kind's secret: a media node's join-token secret, a TURN node's REST secrets
+    /// (comma-separated).
+    pub kind_secret: String,
+}
+
+impl std::fmt::Debug for NodeCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCredentials { .. }")
+    }
 }
 
 /// Everything the controller sends.
@@ -221,6 +251,8 @@ pub enum ControllerMessage {
         /// Why.
         reason: String,
     },
+    /// The answer to a valid [`NodeMessage::Boot`].
+    Credentials(NodeCredentials),
     /// An instruction to carry out and answer with a `CommandResult` of the same id.
     Command {
         /// Correlates the result.

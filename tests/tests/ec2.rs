@@ -29,40 +29,89 @@ fn tag(instance: &Instance, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Plays the machines' boot: a node process for each new live instance, none for a gone one.
-async fn boot(c: &Controller, ec2: &aws_sdk_ec2::Client, procs: &mut HashMap<String, Proc>) {
-    boot_with(c, ec2, procs, &mut HashMap::new()).await
+/// Plays the machines' boot as a launch template's would run it: for each new live instance
+/// a metadata service serving its user data (from moto) and its instance id, `fleet boot-env`
+/// turning them into the node's environment, and the node started with it (it trades its boot
+/// token for its credentials, and watches the metadata service). A gone instance loses its
+/// process.
+#[derive(Default)]
+struct Machines {
+    procs: HashMap<String, Proc>,
+    imds: HashMap<String, FakeImds>,
+    dir: Option<tempfile::TempDir>,
 }
 
-/// [`boot`], each machine with its own instance metadata service (in `imds`), which its node
-/// watches, and the market of its tag.
-async fn boot_with(
-    c: &Controller,
-    ec2: &aws_sdk_ec2::Client,
-    procs: &mut HashMap<String, Proc>,
-    imds: &mut HashMap<String, FakeImds>,
-) {
-    let live = instances(ec2, &["pending", "running"]).await;
-    procs.retain(|id, _| live.iter().any(|i| i.instance_id() == Some(id.as_str())));
-    for i in &live {
-        let id = i.instance_id().unwrap().to_owned();
-        if procs.contains_key(&id) {
-            continue;
-        }
-        let node = tag(i, "fleet:node-id").expect("node id tag");
-        let zone = i
-            .placement()
-            .and_then(|p| p.availability_zone())
-            .unwrap()
+impl Machines {
+    async fn boot(&mut self, ec2: &aws_sdk_ec2::Client) {
+        let live = instances(ec2, &["pending", "running"]).await;
+        self.procs
+            .retain(|id, _| live.iter().any(|i| i.instance_id() == Some(id.as_str())));
+        let dir = self
+            .dir
+            .get_or_insert_with(|| tempfile::tempdir().unwrap())
+            .path()
             .to_owned();
-        let market = tag(i, "fleet:market").expect("market tag");
-        let metadata = FakeImds::start(&id).await;
-        let extra = ["--market", &market, "--instance-metadata", &metadata.url];
-        let proc = c
-            .node_in_machine("media-node", &node, "eu-west-1", &zone, &id, 16, &extra)
-            .unwrap();
-        imds.insert(id.clone(), metadata);
-        procs.insert(id, proc);
+        for i in &live {
+            let id = i.instance_id().unwrap().to_owned();
+            if self.procs.contains_key(&id) {
+                continue;
+            }
+            let attribute = ec2
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send()
+                .await
+                .unwrap();
+            let encoded = attribute.user_data().and_then(|u| u.value()).unwrap();
+            use base64::Engine;
+            let user_data = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            let metadata = FakeImds::start(&id).await;
+            metadata.set_user_data(&String::from_utf8(user_data).unwrap());
+            let out = dir.join(&id);
+            let status = std::process::Command::new(bin("fleet"))
+                .args([
+                    "boot-env",
+                    "--instance-metadata",
+                    &metadata.url,
+                    "--http-port",
+                    "0",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--credentials-file")
+                .arg(out.join("credentials.json"))
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "fleet boot-env failed for {id}");
+            let child = self.node_command(&id).spawn().unwrap();
+            self.imds.insert(id.clone(), metadata);
+            self.procs.insert(id.clone(), Proc { child, name: id });
+        }
+    }
+
+    /// The node process of instance `id`, as its systemd unit starts it from `node.env`.
+    fn node_command(&self, id: &str) -> std::process::Command {
+        let out = self.dir.as_ref().unwrap().path().join(id);
+        let env = std::fs::read_to_string(out.join("node.env")).unwrap();
+        let mut cmd = std::process::Command::new(bin("media-node"));
+        for line in env.lines() {
+            let (k, v) = line.split_once('=').unwrap();
+            cmd.env(k, v);
+        }
+        cmd.args(["--report-interval-ms", "300"])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        cmd
+    }
+
+    /// The files `fleet boot-env` and the node wrote for instance `id`.
+    fn file(&self, id: &str, name: &str) -> std::path::PathBuf {
+        self.dir.as_ref().unwrap().path().join(id).join(name)
     }
 }
 
@@ -198,12 +247,12 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     )
     .await;
     let c = Controller::start(dir.path(), opts).unwrap();
-    let mut procs = HashMap::new();
+    let mut machines = Machines::default();
 
     // From nothing to the min: two instances, one per zone, each a serving node.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        boot(&c, &ec2, &mut procs).await;
+        machines.boot(&ec2).await;
         if serving_media(&c).await.len() == 2 {
             break;
         }
@@ -234,9 +283,66 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
         assert_eq!(tag(i, "fleet:pool").as_deref(), Some("eu-west-1/media"));
         assert_eq!(tag(i, "fleet:market").as_deref(), Some("on-demand"));
     }
+
+    // The nodes booted without a secret in user data or in their environment: each traded
+    // its one-time boot token for its credentials, kept readable by the node's user only.
+    use std::os::unix::fs::PermissionsExt;
+    let first = live[0].instance_id().unwrap().to_owned();
+    let env = std::fs::read_to_string(machines.file(&first, "node.env")).unwrap();
+    assert!(env.contains("MEDIA_NODE_BOOT_TOKEN=boot.v1."), "{env}");
+    assert!(
+        !env.contains(CLUSTER_SECRET) && !env.contains(JOIN_SECRET),
+        "{env}"
+    );
+    let credentials = machines.file(&first, "credentials.json");
+    let mode = std::fs::metadata(&credentials)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The token is spent: a second node using it (without the credentials) is refused.
+    let thief = machines
+        .node_command(&first)
+        .env(
+            "MEDIA_NODE_NODE_ID",
+            tag(&live[0], "fleet:node-id").unwrap(),
+        )
+        .env(
+            "MEDIA_NODE_CREDENTIALS_FILE",
+            machines.file(&first, "stolen.json"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&thief.stderr);
+    assert!(!thief.status.success(), "{said}");
+    assert!(said.contains("boot token already used"), "{said}");
+    // The node restarted on its machine reconnects with the credentials it kept.
+    let node_of_first = tag(&live[0], "fleet:node-id").unwrap();
+    let mut proc = machines.procs.remove(&first).unwrap();
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while serving_media(&c).await.contains(&node_of_first) {
+        assert!(Instant::now() < end, "the killed node still serves");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let child = machines.node_command(&first).spawn().unwrap();
+    machines.procs.insert(
+        first.clone(),
+        Proc {
+            child,
+            name: first.clone(),
+        },
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while !serving_media(&c).await.contains(&node_of_first) {
+        assert!(Instant::now() < end, "the restarted node does not serve");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Nothing more is launched while the pool is at its size.
     for _ in 0..5 {
-        boot(&c, &ec2, &mut procs).await;
+        machines.boot(&ec2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(instances(&ec2, &["pending", "running"]).await.len(), 2);
@@ -253,7 +359,7 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     assert_eq!(status, 200, "{body}");
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        boot(&c, &ec2, &mut procs).await;
+        machines.boot(&ec2).await;
         let live = instances(&ec2, &["pending", "running"]).await;
         if live.len() == 1 && serving_media(&c).await.len() == 1 {
             break;
@@ -324,10 +430,10 @@ async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
     }
 
     c = Controller::start(dir.path(), opts).unwrap();
-    let mut procs = HashMap::new();
+    let mut machines = Machines::default();
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        boot(&c, &ec2, &mut procs).await;
+        machines.boot(&ec2).await;
         let live = instances(&ec2, &["pending", "running"]).await;
         assert!(live.len() <= 2, "a launch was repeated: {live:?}");
         if serving_media(&c).await.len() == 2 {
@@ -338,7 +444,7 @@ async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
     }
     // And stays so.
     for _ in 0..10 {
-        boot(&c, &ec2, &mut procs).await;
+        machines.boot(&ec2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let live = instances(&ec2, &["pending", "running"]).await;
@@ -371,10 +477,10 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
     )
     .await;
     let c = Controller::start(dir.path(), opts).unwrap();
-    let (mut procs, mut imds) = (HashMap::new(), HashMap::new());
+    let mut machines = Machines::default();
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        boot_with(&c, &ec2, &mut procs, &mut imds).await;
+        machines.boot(&ec2).await;
         if serving_media(&c).await.len() == 2 {
             break;
         }
@@ -414,7 +520,7 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
 
     // EC2 reclaims the spot machine in two minutes.
     let noticed = Instant::now();
-    imds[&spot_instance].interrupt(fleet_node::now_unix_ms() + 120_000);
+    machines.imds[&spot_instance].interrupt(fleet_node::now_unix_ms() + 120_000);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let nodes = c.nodes().await.unwrap_or_default();
@@ -440,7 +546,7 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
     // The spot instance is terminated (it was empty) and a replacement launched and served.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        boot_with(&c, &ec2, &mut procs, &mut imds).await;
+        machines.boot(&ec2).await;
         let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
         let terminated = gone
             .iter()

@@ -75,7 +75,7 @@ pub fn now_unix() -> u64 {
 }
 
 /// The configured shared secrets, in order of preference.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secrets(Vec<String>);
 
 impl std::fmt::Debug for Secrets {

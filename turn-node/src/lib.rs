@@ -101,9 +101,10 @@ pub struct Args {
     #[arg(long, default_value = "fleet")]
     pub realm: String,
     /// TURN REST shared secrets, comma-separated; every one is accepted (for rotation).
-    #[arg(long, hide_env_values = true,
+    /// Without it, a node started with --boot-token gets them from the controller.
+    #[arg(long, hide_env_values = true, required_unless_present = "boot_token",
         value_parser = parse_secrets)]
-    pub auth_secret: Secrets,
+    pub auth_secret: Option<Secrets>,
     /// Live allocations one user may hold.
     #[arg(long, default_value_t = 12,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -170,7 +171,8 @@ impl Args {
             tls,
             relay_ports: (self.relay_min_port, self.relay_max_port),
             realm: self.realm.clone(),
-            secrets: self.auth_secret.clone(),
+            // Filled at boot from the controller when not given (see `run`).
+            secrets: self.auth_secret.clone().unwrap_or_default(),
             user_quota: usize::try_from(self.user_quota).unwrap_or(usize::MAX),
             total_quota: usize::try_from(self.total_quota).unwrap_or(usize::MAX),
             policy: PeerPolicy::new(self.allow_peer.0.clone()),
@@ -182,8 +184,15 @@ impl Args {
 /// and `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.node_config()?;
-    let relay_config = args.relay_config()?;
+    let mut relay_config = args.relay_config()?;
     let node = Node::bind(config).await?;
+    if args.auth_secret.is_none() {
+        let secrets = node
+            .kind_secret()
+            .context("no --auth-secret, and no secrets from the controller at boot")?;
+        relay_config.secrets =
+            Secrets::parse(secrets).context("TURN secrets from the controller")?;
+    }
     let relay = Relay::start(relay_config).await?;
     let addresses = args.addresses_for(relay.udp_addr().port(), relay.tls_addr().map(|a| a.port()));
     let result = node
@@ -329,7 +338,7 @@ mod tests {
         let args = Args::try_parse_from(as_flags(&launch)).expect("parses");
         assert_eq!(args.node, launch.node);
         assert_eq!(args.turn_port, 3479);
-        assert_eq!(args.auth_secret.len(), 2);
+        assert_eq!(args.auth_secret.as_ref().map(|s| s.len()), Some(2));
         assert_eq!(args.allow_peer.0.len(), 2);
         // Every variable the launch sets is one the node reads.
         let cmd = fleet_node::with_env_prefix(Args::command(), launch.kind());
