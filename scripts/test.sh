@@ -38,6 +38,14 @@ if ! .venv-moto/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$
   python3 -m venv .venv-moto
   .venv-moto/bin/pip install -q "moto[server]==$MOTO_VERSION"
 fi
+# checkov and python-hcl2 for deploy/ (scripts/check-deploy.py): no terraform binary here.
+CHECKOV_VERSION=3.3.30
+HCL2_VERSION=8.1.4
+if ! .venv-deploy/bin/python -c "import hcl2, checkov.version as v, sys; sys.exit(v.version != '$CHECKOV_VERSION')" 2>/dev/null; then
+  python3 -m venv .venv-deploy
+  .venv-deploy/bin/pip install -q "checkov==$CHECKOV_VERSION" "python-hcl2==$HCL2_VERSION"
+fi
+.venv-deploy/bin/python scripts/check-deploy.py
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

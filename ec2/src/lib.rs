@@ -19,6 +19,7 @@
 //! Kept out of every other crate: aws-sdk-ec2 and aws-config are the heaviest build of the
 //! workspace, and only the `fleet` binary links this crate.
 
+pub mod ports;
 pub mod tags;
 
 use std::collections::HashMap;

@@ -25,6 +25,7 @@ pub async fn write(
     credentials_file: &Path,
     http_port: u16,
 ) -> anyhow::Result<PathBuf> {
+    use fleet_ec2::ports;
     let mut imds = MetadataWatcher::new(metadata);
     let user_data = imds
         .read("/latest/user-data")
@@ -83,6 +84,15 @@ pub async fn write(
     ];
     if let Some(ip) = public_ip {
         lines.push(format!("{}={ip}", var("public-ip")));
+    }
+    // The ports the security groups open (one owner: `fleet_ec2::ports`).
+    match kind {
+        NodeKind::Media => lines.push(format!("{}={}", var("media-port"), ports::MEDIA_UDP)),
+        NodeKind::Turn => {
+            lines.push(format!("{}={}", var("turn-port"), ports::TURN));
+            lines.push(format!("{}={}", var("relay-min-port"), ports::RELAY_MIN));
+            lines.push(format!("{}={}", var("relay-max-port"), ports::RELAY_MAX));
+        }
     }
     for line in &lines {
         anyhow::ensure!(

@@ -58,7 +58,7 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/fleet/credentials.json")]
         credentials_file: PathBuf,
         /// The node's HTTP port (media signaling; health and metrics).
-        #[arg(long, default_value_t = 8443)]
+        #[arg(long, default_value_t = fleet_ec2::ports::NODE_HTTP_TCP)]
         http_port: u16,
     },
     /// Check a config file and exit.

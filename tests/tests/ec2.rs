@@ -102,7 +102,8 @@ impl Machines {
             let (k, v) = line.split_once('=').unwrap();
             cmd.env(k, v);
         }
-        cmd.args(["--report-interval-ms", "300"])
+        // Many machines share this host: the media port boot-env set is taken by the first.
+        cmd.args(["--report-interval-ms", "300", "--media-port", "0"])
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
