@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use fleet_core::ConfigIssue;
 use fleet_core::autoscale::{
-    MarketMix, PolicyPatch, PoolKey, PoolPolicy, PoolPrices, PoolSetup, time_zone,
+    MarketMix, PolicyPatch, PoolKey, PoolPolicy, PoolPrices, PoolSetup, price_entry, time_zone,
 };
 use fleet_geo::RegionCatalog;
 use fleet_proto::{NodeKind, RegionId};
@@ -156,18 +156,12 @@ pub struct PriceConfig {
 /// A pool's prices in `[[prices]]`: its region's entry for its kind, else the kind's entry
 /// without a region; unpriced (0) without either.
 pub fn pool_prices(prices: &[PriceConfig], key: &PoolKey) -> PoolPrices {
-    prices
-        .iter()
-        .find(|p| p.kind == key.kind && p.region.as_ref() == Some(&key.region))
-        .or_else(|| {
-            prices
-                .iter()
-                .find(|p| p.kind == key.kind && p.region.is_none())
-        })
-        .map_or(PoolPrices::default(), |p| PoolPrices {
+    price_entry(prices, key, |p| (p.region.as_ref(), p.kind)).map_or(PoolPrices::default(), |p| {
+        PoolPrices {
             on_demand: p.on_demand_hourly,
             spot: p.spot_hourly,
-        })
+        }
+    })
 }
 
 /// Checks `[[prices]]`: known regions, prices that are finite and not negative, one entry per

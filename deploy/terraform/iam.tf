@@ -34,8 +34,8 @@ data "aws_iam_policy_document" "controller" {
     sid     = "LaunchFromTheFleetsTemplatesAndNetwork"
     actions = ["ec2:RunInstances"]
     resources = [
-      aws_launch_template.media.arn,
-      aws_launch_template.turn.arn,
+      aws_launch_template.node["media"].arn,
+      aws_launch_template.node["turn"].arn,
       "arn:aws:ec2:${var.region}::image/${var.ami_id}",
       "arn:aws:ec2:${var.region}:${local.account}:subnet/*",
       aws_security_group.media.arn,

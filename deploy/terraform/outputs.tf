@@ -2,12 +2,12 @@
 
 output "media_launch_template" {
   description = "launch_template of the region's media [[providers.ec2.pools]] entry."
-  value       = aws_launch_template.media.id
+  value       = aws_launch_template.node["media"].id
 }
 
 output "turn_launch_template" {
   description = "launch_template of the region's TURN [[providers.ec2.pools]] entry."
-  value       = aws_launch_template.turn.id
+  value       = aws_launch_template.node["turn"].id
 }
 
 output "controller_instance_profile" {

@@ -1,5 +1,6 @@
-# Media nodes: media over UDP and signaling over HTTPS from anywhere (the app's clients),
-# and out to the controller's link.
+# One security group per node kind and one for the controller. Security groups are stateful:
+# answers need no rule of their own.
+
 resource "aws_security_group" "media" {
   name        = "fleet-${var.cluster}-media"
   description = "Fleet media nodes: WebRTC media and signaling"
@@ -7,25 +8,6 @@ resource "aws_security_group" "media" {
   tags        = { (var.tag_keys.cluster) = var.cluster }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "media_udp" {
-  security_group_id = aws_security_group.media.id
-  description       = "WebRTC media (ICE over one UDP port) from clients"
-  ip_protocol       = "udp"
-  from_port         = var.ports.media_udp
-  to_port           = var.ports.media_udp
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_ingress_rule" "media_signaling" {
-  security_group_id = aws_security_group.media.id
-  description       = "Signaling (WHIP-style offers) from clients"
-  ip_protocol       = "tcp"
-  from_port         = var.ports.node_http_tcp
-  to_port           = var.ports.node_http_tcp
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-# TURN nodes: TURN over UDP, TCP and TLS, and the relay ports, from anywhere.
 resource "aws_security_group" "turn" {
   name        = "fleet-${var.cluster}-turn"
   description = "Fleet TURN relays"
@@ -33,84 +15,6 @@ resource "aws_security_group" "turn" {
   tags        = { (var.tag_keys.cluster) = var.cluster }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "turn_udp" {
-  security_group_id = aws_security_group.turn.id
-  description       = "TURN over UDP"
-  ip_protocol       = "udp"
-  from_port         = var.ports.turn
-  to_port           = var.ports.turn
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_ingress_rule" "turn_tcp" {
-  security_group_id = aws_security_group.turn.id
-  description       = "TURN over TCP"
-  ip_protocol       = "tcp"
-  from_port         = var.ports.turn
-  to_port           = var.ports.turn
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_ingress_rule" "turn_tls" {
-  security_group_id = aws_security_group.turn.id
-  description       = "TURN over TLS"
-  ip_protocol       = "tcp"
-  from_port         = var.ports.turn_tls
-  to_port           = var.ports.turn_tls
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_ingress_rule" "turn_relay" {
-  security_group_id = aws_security_group.turn.id
-  description       = "Relayed media from peers"
-  ip_protocol       = "udp"
-  from_port         = var.ports.relay_min
-  to_port           = var.ports.relay_max
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-# Both kinds: out to the controller's link, and out to anywhere over UDP (media to clients,
-# relayed media to peers), and HTTPS for the package mirrors and AWS endpoints.
-resource "aws_vpc_security_group_egress_rule" "media_link" {
-  for_each          = toset(var.controller_cidrs)
-  security_group_id = aws_security_group.media.id
-  description       = "Reports to the controller's link"
-  ip_protocol       = "udp"
-  from_port         = var.ports.link_udp
-  to_port           = var.ports.link_udp
-  cidr_ipv4         = each.value
-}
-
-resource "aws_vpc_security_group_egress_rule" "turn_link" {
-  for_each          = toset(var.controller_cidrs)
-  security_group_id = aws_security_group.turn.id
-  description       = "Reports to the controller's link"
-  ip_protocol       = "udp"
-  from_port         = var.ports.link_udp
-  to_port           = var.ports.link_udp
-  cidr_ipv4         = each.value
-}
-
-resource "aws_vpc_security_group_egress_rule" "media_out" {
-  security_group_id = aws_security_group.media.id
-  description       = "Media to clients (ICE answers from the media port)"
-  ip_protocol       = "udp"
-  from_port         = 1024
-  to_port           = 65535
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_egress_rule" "turn_out" {
-  security_group_id = aws_security_group.turn.id
-  description       = "Relayed media to peers and answers to clients"
-  ip_protocol       = "udp"
-  from_port         = 1024
-  to_port           = 65535
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-# The controller: its link from the nodes, its API from the configured clients. Answers on the
-# link need no rule: security groups are stateful.
 resource "aws_security_group" "controller" {
   #checkov:skip=CKV2_AWS_5:attached to the controller's host, which this module does not create (output controller_security_group)
   name        = "fleet-${var.cluster}-controller"
@@ -119,22 +23,87 @@ resource "aws_security_group" "controller" {
   tags        = { (var.tag_keys.cluster) = var.cluster }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "controller_link_media" {
-  security_group_id            = aws_security_group.controller.id
-  description                  = "Node link from media nodes"
-  ip_protocol                  = "udp"
-  from_port                    = var.ports.link_udp
-  to_port                      = var.ports.link_udp
-  referenced_security_group_id = aws_security_group.media.id
+locals {
+  node_groups = {
+    media = aws_security_group.media.id
+    turn  = aws_security_group.turn.id
+  }
+
+  # What the app's clients and their peers reach, from anywhere.
+  public_ingress = {
+    media_udp = {
+      group = "media", protocol = "udp", from = var.ports.media_udp, to = var.ports.media_udp
+      description = "WebRTC media (ICE over one UDP port) from clients"
+    }
+    media_signaling = {
+      group = "media", protocol = "tcp", from = var.ports.node_http_tcp, to = var.ports.node_http_tcp
+      description = "Signaling (WHIP-style offers) from clients"
+    }
+    turn_udp = {
+      group = "turn", protocol = "udp", from = var.ports.turn, to = var.ports.turn
+      description = "TURN over UDP"
+    }
+    turn_tcp = {
+      group = "turn", protocol = "tcp", from = var.ports.turn, to = var.ports.turn
+      description = "TURN over TCP"
+    }
+    turn_tls = {
+      group = "turn", protocol = "tcp", from = var.ports.turn_tls, to = var.ports.turn_tls
+      description = "TURN over TLS"
+    }
+    turn_relay = {
+      group = "turn", protocol = "udp", from = var.ports.relay_min, to = var.ports.relay_max
+      description = "Relayed media from peers"
+    }
+  }
+
+  # Every node reports to the controller's link from each controller network.
+  link_egress = {
+    for pair in setproduct(keys(local.node_groups), var.controller_cidrs) :
+    "${pair[0]}-${pair[1]}" => { group = pair[0], cidr = pair[1] }
+  }
 }
 
-resource "aws_vpc_security_group_ingress_rule" "controller_link_turn" {
+resource "aws_vpc_security_group_ingress_rule" "public" {
+  for_each          = local.public_ingress
+  security_group_id = local.node_groups[each.value.group]
+  description       = each.value.description
+  ip_protocol       = each.value.protocol
+  from_port         = each.value.from
+  to_port           = each.value.to
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_vpc_security_group_egress_rule" "link" {
+  for_each          = local.link_egress
+  security_group_id = local.node_groups[each.value.group]
+  description       = "Reports to the controller's link"
+  ip_protocol       = "udp"
+  from_port         = var.ports.link_udp
+  to_port           = var.ports.link_udp
+  cidr_ipv4         = each.value.cidr
+}
+
+# Media to clients and relayed media to peers start from the node's side too (ICE checks,
+# relaying to a peer).
+resource "aws_vpc_security_group_egress_rule" "media_out" {
+  for_each          = local.node_groups
+  security_group_id = each.value
+  description       = "Media and relayed media out over UDP"
+  ip_protocol       = "udp"
+  from_port         = 1024
+  to_port           = 65535
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_vpc_security_group_ingress_rule" "controller_link" {
+  for_each                     = local.node_groups
   security_group_id            = aws_security_group.controller.id
-  description                  = "Node link from TURN nodes"
+  description                  = "Node link from ${each.key} nodes"
   ip_protocol                  = "udp"
   from_port                    = var.ports.link_udp
   to_port                      = var.ports.link_udp
-  referenced_security_group_id = aws_security_group.turn.id
+  referenced_security_group_id = each.value
 }
 
 resource "aws_vpc_security_group_ingress_rule" "controller_api" {

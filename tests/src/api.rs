@@ -122,3 +122,15 @@ pub async fn send_json(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// The Prometheus text of a controller's `/metrics` at `api` (its base URL).
+pub async fn metrics_text(api: &str) -> String {
+    http()
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}

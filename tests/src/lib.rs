@@ -16,7 +16,7 @@ pub mod fleet_up;
 pub mod rtc_peer;
 pub mod turn;
 
-pub use api::{SessionsApi, client_token_with, http, pool_nodes, send_json};
+pub use api::{SessionsApi, client_token_with, http, metrics_text, pool_nodes, send_json};
 pub use controller::{Controller, ControllerOptions, config_toml, wait_ready};
 pub use fleet_testkit::mmdb::test_ips::{
     KAMPALA as IP_KAMPALA, LONDON as IP_LONDON, MUMBAI as IP_MUMBAI, NEW_YORK as IP_NEW_YORK,

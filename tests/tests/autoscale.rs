@@ -273,14 +273,7 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
         "{events:?}"
     );
     // The pools and their actions are in the metrics.
-    let metrics = http()
-        .get(format!("{}/metrics", up.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&up.api).await;
     for want in [
         r#"fleet_pool_desired_nodes{region="eu-west-1",kind="media"} 2"#,
         r#"fleet_pool_nodes{region="eu-west-1",kind="media",state="serving"}"#,

@@ -93,6 +93,28 @@ impl Machines {
         }
     }
 
+    /// Boots new instances until `count` media nodes serve (within a minute).
+    async fn boot_until_serving(
+        &mut self,
+        c: &Controller,
+        ec2: &aws_sdk_ec2::Client,
+        count: usize,
+    ) {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.boot(ec2).await;
+            if serving_media(c).await.len() == count {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "not {count} serving nodes: {:?}",
+                c.nodes().await
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// The node process of instance `id`, as its systemd unit starts it from `node.env`.
     fn node_command(&self, id: &str) -> std::process::Command {
         let out = self.dir.as_ref().unwrap().path().join(id);
@@ -177,26 +199,45 @@ subnets = {{ "eu-west-1a" = "{a}", "eu-west-1b" = "{b}" }}
     opts
 }
 
+/// moto, its client, and a controller over it ([`ec2_controller`]'s arguments), kept alive
+/// together for one test.
+struct Fleet {
+    _moto: fleet_testkit::moto::Moto,
+    ec2: aws_sdk_ec2::Client,
+    _dir: tempfile::TempDir,
+    c: Controller,
+}
+
+impl Fleet {
+    async fn start(pool: &str, autoscale: &str, ec2_lines: &str) -> Fleet {
+        let moto = start_moto();
+        let ec2 = client(&moto.url, "eu-west-1");
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ec2_controller(&ec2, &moto.url, pool, autoscale, ec2_lines).await;
+        let c = Controller::start(dir.path(), opts).unwrap();
+        Fleet {
+            _moto: moto,
+            ec2,
+            _dir: dir,
+            c,
+        }
+    }
+}
+
 /// An instance whose node never says Hello is terminated after the boot timeout and
 /// replaced; the pool never has more than its size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_never_connects_is_terminated_and_replaced() {
-    let moto = start_moto();
-    let ec2 = client(&moto.url, "eu-west-1");
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(
-        &ec2,
-        &moto.url,
+    let Fleet { ec2, c, .. } = &Fleet::start(
         "min = 1\nmax = 1\nbuffer_sessions = 0",
         "boot_timeout_secs = 5",
         "",
     )
     .await;
-    let c = Controller::start(dir.path(), opts).unwrap();
     // No boot is played: the first instance never connects.
     let end = Instant::now() + Duration::from_secs(20);
     let first = loop {
-        let live = instances(&ec2, &["pending", "running"]).await;
+        let live = instances(ec2, &["pending", "running"]).await;
         if let Some(i) = live.first() {
             assert_eq!(live.len(), 1, "{live:?}");
             break i.instance_id().unwrap().to_owned();
@@ -206,7 +247,7 @@ async fn an_instance_that_never_connects_is_terminated_and_replaced() {
     };
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        let live = instances(&ec2, &["pending", "running"]).await;
+        let live = instances(ec2, &["pending", "running"]).await;
         assert!(live.len() <= 1, "never more than the pool's size: {live:?}");
         let replaced = live.iter().any(|i| i.instance_id() != Some(first.as_str()));
         if replaced {
@@ -215,7 +256,7 @@ async fn an_instance_that_never_connects_is_terminated_and_replaced() {
         assert!(Instant::now() < end, "not replaced: {live:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+    let gone = instances(ec2, &["shutting-down", "terminated"]).await;
     assert!(
         gone.iter().any(|i| i.instance_id() == Some(first.as_str())),
         "{gone:?}"
@@ -236,35 +277,12 @@ async fn an_instance_that_never_connects_is_terminated_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates() {
-    let moto = start_moto();
-    let ec2 = client(&moto.url, "eu-west-1");
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(
-        &ec2,
-        &moto.url,
-        "min = 2\nmax = 3\nbuffer_sessions = 0",
-        "",
-        "",
-    )
-    .await;
-    let c = Controller::start(dir.path(), opts).unwrap();
+    let Fleet { ec2, c, .. } = &Fleet::start("min = 2\nmax = 3\nbuffer_sessions = 0", "", "").await;
     let mut machines = Machines::default();
 
     // From nothing to the min: two instances, one per zone, each a serving node.
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        machines.boot(&ec2).await;
-        if serving_media(&c).await.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "no two serving nodes: {:?}",
-            c.nodes().await
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let live = instances(&ec2, &["pending", "running"]).await;
+    machines.boot_until_serving(c, ec2, 2).await;
+    let live = instances(ec2, &["pending", "running"]).await;
     assert_eq!(live.len(), 2, "{live:?}");
     let mut zones: Vec<String> = live
         .iter()
@@ -277,7 +295,7 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
         .filter_map(|i| tag(i, "fleet:node-id"))
         .collect();
     tagged.sort();
-    let mut serving = serving_media(&c).await;
+    let mut serving = serving_media(c).await;
     serving.sort();
     assert_eq!(tagged, serving, "the nodes are the instances' nodes");
     for i in &live {
@@ -324,7 +342,7 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     proc.child.kill().unwrap();
     proc.child.wait().unwrap();
     let end = Instant::now() + Duration::from_secs(20);
-    while serving_media(&c).await.contains(&node_of_first) {
+    while serving_media(c).await.contains(&node_of_first) {
         assert!(Instant::now() < end, "the killed node still serves");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -337,16 +355,16 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
         },
     );
     let end = Instant::now() + Duration::from_secs(20);
-    while !serving_media(&c).await.contains(&node_of_first) {
+    while !serving_media(c).await.contains(&node_of_first) {
         assert!(Instant::now() < end, "the restarted node does not serve");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Nothing more is launched while the pool is at its size.
     for _ in 0..5 {
-        machines.boot(&ec2).await;
+        machines.boot(ec2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(instances(&ec2, &["pending", "running"]).await.len(), 2);
+    assert_eq!(instances(ec2, &["pending", "running"]).await.len(), 2);
 
     // Down to one: a node is drained (empty: at once) and its instance terminated.
     let url = format!("{}/v1/pools/eu-west-1/media", c.api);
@@ -360,15 +378,15 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     assert_eq!(status, 200, "{body}");
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        machines.boot(&ec2).await;
-        let live = instances(&ec2, &["pending", "running"]).await;
-        if live.len() == 1 && serving_media(&c).await.len() == 1 {
+        machines.boot(ec2).await;
+        let live = instances(ec2, &["pending", "running"]).await;
+        if live.len() == 1 && serving_media(c).await.len() == 1 {
             break;
         }
         assert!(Instant::now() < end, "not down to one: {live:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+    let gone = instances(ec2, &["shutting-down", "terminated"]).await;
     assert_eq!(gone.len(), 1, "{gone:?}");
     // The decision log says why.
     let events = c
@@ -466,33 +484,15 @@ async fn a_controller_restarted_mid_launch_neither_forgets_nor_repeats_it() {
 /// drains it (empty: its instance is terminated) and launches a replacement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
-    let moto = start_moto();
-    let ec2 = client(&moto.url, "eu-west-1");
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(
-        &ec2,
-        &moto.url,
+    let Fleet { ec2, c, .. } = &Fleet::start(
         "min = 2\nmax = 3\nbuffer_sessions = 1",
         "",
         "on_demand_base = 1\nspot_share_above_base = 1.0",
     )
     .await;
-    let c = Controller::start(dir.path(), opts).unwrap();
     let mut machines = Machines::default();
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        machines.boot(&ec2).await;
-        if serving_media(&c).await.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "no two serving nodes: {:?}",
-            c.nodes().await
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let live = instances(&ec2, &["pending", "running"]).await;
+    machines.boot_until_serving(c, ec2, 2).await;
+    let live = instances(ec2, &["pending", "running"]).await;
     let market_of = |i: &Instance| tag(i, "fleet:market").unwrap_or_default();
     let mut markets: Vec<String> = live.iter().map(market_of).collect();
     markets.sort();
@@ -547,12 +547,12 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
     // The spot instance is terminated (it was empty) and a replacement launched and served.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        machines.boot(&ec2).await;
-        let gone = instances(&ec2, &["shutting-down", "terminated"]).await;
+        machines.boot(ec2).await;
+        let gone = instances(ec2, &["shutting-down", "terminated"]).await;
         let terminated = gone
             .iter()
             .any(|i| i.instance_id() == Some(spot_instance.as_str()));
-        let serving = serving_media(&c).await;
+        let serving = serving_media(c).await;
         let replaced = serving.len() >= 2 && !serving.contains(&spot_node);
         if terminated && replaced {
             break;
@@ -580,18 +580,12 @@ async fn a_spot_interruption_stops_placement_and_brings_a_replacement() {
 /// refused, logged once with the cap as its reason, and the cost shows in the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cost_cap_refuses_the_launch_that_would_pass_it() {
-    let moto = start_moto();
-    let ec2 = client(&moto.url, "eu-west-1");
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ec2_controller(
-        &ec2,
-        &moto.url,
+    let Fleet { ec2, c, .. } = &Fleet::start(
         "min = 3\nmax = 3\nbuffer_sessions = 0\nmax_hourly_cost = 0.2",
         "",
         "[[prices]]\nkind = \"media\"\non_demand_hourly = 0.085",
     )
     .await;
-    let c = Controller::start(dir.path(), opts).unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     let refused = loop {
         let events = c
@@ -615,7 +609,7 @@ async fn a_cost_cap_refuses_the_launch_that_would_pass_it() {
     assert_eq!(refused[0]["count"], 1, "{refused:?}");
     // Held for a few more ticks: still two instances, and the refusal logged once.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(instances(&ec2, &["pending", "running"]).await.len(), 2);
+    assert_eq!(instances(ec2, &["pending", "running"]).await.len(), 2);
     let events = c
         .admin_get("/v1/scaling/events?region=eu-west-1")
         .await
@@ -632,14 +626,7 @@ async fn a_cost_cap_refuses_the_launch_that_would_pass_it() {
         .filter_map(|e| e["count"].as_u64())
         .sum();
     assert_eq!(launched, 2, "{events:?}");
-    let metrics = http()
-        .get(format!("{}/metrics", c.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c.api).await;
     let want = r#"fleet_cost_hourly{region="eu-west-1",kind="media",market="on-demand"} 0.17"#;
     assert!(metrics.contains(want), "{want} not in:\n{metrics}");
 }

@@ -857,14 +857,7 @@ impl<'a> World<'a> {
 
 /// The on-demand hourly price of a pool's machines: its region's, else the kind's default.
 pub fn price_of(prices: &[Price], key: &PoolKey) -> Option<f64> {
-    prices
-        .iter()
-        .find(|p| p.kind == key.kind && p.region.as_ref() == Some(&key.region))
-        .or_else(|| {
-            prices
-                .iter()
-                .find(|p| p.kind == key.kind && p.region.is_none())
-        })
+    fleet_core::autoscale::price_entry(prices, key, |p| (p.region.as_ref(), p.kind))
         .map(|p| p.on_demand_hourly)
 }
 

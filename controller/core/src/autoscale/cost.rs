@@ -8,8 +8,23 @@
 //! which cap); the pool launches again once room appears (a node drained and terminated, or a
 //! cap raised).
 
-use fleet_proto::Market;
+use fleet_proto::{Market, NodeKind, RegionId};
+
+use super::pools::PoolKey;
 use serde::Serialize;
+
+/// The entry of a price table (`of` gives each entry's region, or `None` for every region,
+/// and kind) that prices `key`'s machines: its region's own, else its kind's default.
+pub fn price_entry<'a, T>(
+    table: &'a [T],
+    key: &PoolKey,
+    of: impl Fn(&T) -> (Option<&RegionId>, NodeKind),
+) -> Option<&'a T> {
+    table
+        .iter()
+        .find(|e| of(e) == (Some(&key.region), key.kind))
+        .or_else(|| table.iter().find(|e| of(e) == (None, key.kind)))
+}
 
 /// One pool's prices per machine-hour.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

@@ -15,7 +15,7 @@ pub mod schedule;
 pub mod victims;
 
 pub use bookings::{Booking, BookingBook, BookingError};
-pub use cost::{CostBudget, CostCap, PoolCost, PoolPrices};
+pub use cost::{CostBudget, CostCap, PoolCost, PoolPrices, price_entry};
 pub use decide::{Action, Decision, Demand, Inputs, PoolNode, PoolNodeState, PoolScaler, Reason};
 pub use markets::{MarketMix, launch_markets};
 pub use policy::{PolicyPatch, PoolPolicy};
