@@ -24,7 +24,7 @@ use crate::state::AppState;
 use crate::store::{Saved, Write};
 
 /// How many events the in-memory log keeps.
-const EVENT_LOG_LEN: usize = 10_000;
+pub const EVENT_LOG_LEN: usize = 10_000;
 
 /// One scaling action, as the decision log and `GET /v1/scaling/events` show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +54,8 @@ pub struct Scaler {
     providers: HashMap<&'static str, Arc<dyn PoolProvider>>,
     lists: Mutex<HashMap<PoolKey, Vec<Machine>>>,
     events: Mutex<VecDeque<ScalingEvent>>,
+    /// The in-memory log has let events go (they are in the store).
+    events_dropped: std::sync::atomic::AtomicBool,
     timeout: Duration,
     hook: Option<EventHook>,
     /// The store's write queue (none without a store).
@@ -93,6 +95,7 @@ impl Scaler {
             providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
             lists: Mutex::new(HashMap::new()),
             events: Mutex::new(VecDeque::new()),
+            events_dropped: Default::default(),
             timeout: provider_timeout,
             hook,
             store: None,
@@ -149,7 +152,14 @@ impl Scaler {
                 bookings.insert(b);
             }
         }
-        lock(&self.events).extend(saved.events);
+        let mut events = lock(&self.events);
+        // The store may hold more than was read back.
+        if saved.events.len() >= EVENT_LOG_LEN {
+            self.events_dropped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        events.extend(saved.events);
+        drop(events);
         self.store = Some(writes);
         self
     }
@@ -398,8 +408,22 @@ impl Scaler {
         let mut events = lock(&self.events);
         if events.len() >= EVENT_LOG_LEN {
             events.pop_front();
+            self.events_dropped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         events.push_back(event);
+    }
+
+    /// When the in-memory log no longer holds every event (it keeps the newest
+    /// `EVENT_LOG_LEN`): the time of its oldest one, before which the store must be asked.
+    pub fn events_held_since(&self) -> Option<u64> {
+        if !self
+            .events_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        lock(&self.events).front().map(|e| e.at_unix_ms)
     }
 
     /// Logs and carries out one pool's steps.
@@ -628,6 +652,33 @@ mod tests {
         let fleet = Fleet::new(FleetConfig::default(), RegionCatalog::default());
         let state = AppState::new(Config::default(), fleet, None, None).expect("state");
         (Arc::new(scaler), provider, Arc::new(state))
+    }
+
+    /// The in-memory log keeps the newest events and says from when, so older queries go to
+    /// the store.
+    #[test]
+    fn the_event_log_says_when_it_let_events_go() {
+        let (s, _, _) = scaler(Behaviour::Fails);
+        let event = |at: u64| ScalingEvent {
+            at_unix_ms: at,
+            region: RegionId::parse("eu-west-1").expect("region"),
+            kind: NodeKind::Media,
+            action: "launch",
+            node_id: None,
+            count: Some(1),
+            reason: "floor".into(),
+            inputs: None,
+        };
+        for at in 0..EVENT_LOG_LEN as u64 {
+            s.record(event(at));
+        }
+        assert_eq!(s.events_held_since(), None, "nothing let go yet");
+        s.record(event(EVENT_LOG_LEN as u64));
+        assert_eq!(s.events_held_since(), Some(1));
+        assert_eq!(
+            s.events(None, None, 0, 2)[0].at_unix_ms,
+            EVENT_LOG_LEN as u64
+        );
     }
 
     fn launches_logged(s: &Scaler) -> usize {

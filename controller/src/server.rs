@@ -152,7 +152,7 @@ async fn start_scaler(
         hook,
     )
     .with_total_cost_cap(config.autoscale.max_hourly_total);
-    let saved = store.store.load(10_000).await?;
+    let saved = store.store.load(crate::scaler::EVENT_LOG_LEN).await?;
     tracing::info!(
         bookings = saved.bookings.len(),
         drains = saved.drains.len(),

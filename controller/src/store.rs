@@ -150,7 +150,70 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// The actions the decision log holds.
+const ACTIONS: [&str; 5] = ["launch", "drain", "undrain", "terminate", "launch_refused"];
+
+/// A `scaling_events` row.
+fn event_of(row: &sqlx::sqlite::SqliteRow) -> Result<ScalingEvent, StoreError> {
+    let action: String = row.try_get("action")?;
+    let action = ACTIONS
+        .into_iter()
+        .find(|a| *a == action)
+        .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?;
+    let node_id: Option<String> = row.try_get("node_id")?;
+    let inputs: Option<String> = row.try_get("inputs")?;
+    let key = pool_key(row.try_get("region")?, row.try_get("kind")?)?;
+    Ok(ScalingEvent {
+        at_unix_ms: u64_of(row.try_get("at_unix_ms")?),
+        region: key.region,
+        kind: key.kind,
+        action,
+        node_id: node_id
+            .map(|n| NodeId::parse(&n))
+            .transpose()
+            .map_err(corrupt)?,
+        count: row
+            .try_get::<Option<i64>, _>("count")?
+            .map(|c| u32::try_from(c).unwrap_or(0)),
+        reason: row.try_get("reason")?,
+        inputs: inputs
+            .map(|i| serde_json::from_str(&i))
+            .transpose()
+            .map_err(corrupt)?,
+    })
+}
+
 impl Store {
+    /// Decision-log events from `since_unix_ms` up to (not including) `before_unix_ms`, newest
+    /// first, at most `limit`, of one region and kind when given: what the in-memory log no
+    /// longer holds.
+    pub async fn events(
+        &self,
+        region: Option<&RegionId>,
+        kind: Option<NodeKind>,
+        since_unix_ms: u64,
+        before_unix_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ScalingEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_unix_ms, region, kind, action, node_id, count, reason, inputs
+             FROM scaling_events
+             WHERE at_unix_ms >= ? AND at_unix_ms < ?
+               AND (? IS NULL OR region = ?) AND (? IS NULL OR kind = ?)
+             ORDER BY at_unix_ms DESC, id DESC LIMIT ?",
+        )
+        .bind(i64_of(since_unix_ms))
+        .bind(i64_of(before_unix_ms))
+        .bind(region.map(|r| r.as_str()))
+        .bind(region.map(|r| r.as_str()))
+        .bind(kind.map(|k| k.as_str()))
+        .bind(kind.map(|k| k.as_str()))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_of).collect()
+    }
+
     /// Opens (creating it when missing) the SQLite store at `path`.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
@@ -419,34 +482,7 @@ impl Store {
         .fetch_all(p)
         .await?;
         for row in rows.into_iter().rev() {
-            let action = match row.try_get::<String, _>("action")?.as_str() {
-                "launch" => "launch",
-                "drain" => "drain",
-                "undrain" => "undrain",
-                "terminate" => "terminate",
-                other => return Err(corrupt(format!("unknown action {other:?}"))),
-            };
-            let node_id: Option<String> = row.try_get("node_id")?;
-            let inputs: Option<String> = row.try_get("inputs")?;
-            let key = pool_key(row.try_get("region")?, row.try_get("kind")?)?;
-            saved.events.push(ScalingEvent {
-                at_unix_ms: u64_of(row.try_get("at_unix_ms")?),
-                region: key.region,
-                kind: key.kind,
-                action,
-                node_id: node_id
-                    .map(|n| NodeId::parse(&n))
-                    .transpose()
-                    .map_err(corrupt)?,
-                count: row
-                    .try_get::<Option<i64>, _>("count")?
-                    .map(|c| u32::try_from(c).unwrap_or(0)),
-                reason: row.try_get("reason")?,
-                inputs: inputs
-                    .map(|i| serde_json::from_str(&i))
-                    .transpose()
-                    .map_err(corrupt)?,
-            });
+            saved.events.push(event_of(&row)?);
         }
         Ok(saved)
     }
@@ -589,6 +625,53 @@ mod tests {
             .expect("seen");
         let saved = store.load(10).await.expect("load");
         assert!(saved.drains.is_empty() && saved.launches.is_empty());
+    }
+
+    /// Every action the decision log writes reads back (a restarted controller loads them),
+    /// and the log can be queried by region, kind and time beyond what memory keeps.
+    #[tokio::test]
+    async fn decision_log_queries_read_every_action_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("fleet.db"))
+            .await
+            .expect("open");
+        let turn = PoolKey {
+            kind: NodeKind::Turn,
+            ..key()
+        };
+        for (i, action) in ACTIONS.iter().enumerate() {
+            for pool in [key(), turn.clone()] {
+                let event = ScalingEvent {
+                    at_unix_ms: 1_000 * (i as u64 + 1),
+                    region: pool.region.clone(),
+                    kind: pool.kind,
+                    action,
+                    node_id: None,
+                    count: Some(1),
+                    reason: "pool_cost_cap".into(),
+                    inputs: None,
+                };
+                store.apply(&Write::Event(event)).await.expect("write");
+            }
+        }
+        let saved = store.load(100).await.expect("load");
+        let actions: Vec<&str> = saved.events.iter().map(|e| e.action).collect();
+        assert_eq!(actions.len(), 10, "{actions:?}");
+        assert!(actions.contains(&"launch_refused"));
+        // Media events at 2..4 s: newest first, the upper bound excluded.
+        let media = store
+            .events(Some(&key().region), Some(NodeKind::Media), 2_000, 5_000, 10)
+            .await
+            .expect("query");
+        let at: Vec<u64> = media.iter().map(|e| e.at_unix_ms).collect();
+        assert_eq!(at, vec![4_000, 3_000, 2_000]);
+        assert!(media.iter().all(|e| e.kind == NodeKind::Media));
+        let both = store
+            .events(None, None, 0, u64::MAX, 3)
+            .await
+            .expect("query");
+        assert_eq!(both.len(), 3);
+        assert_eq!(both[0].at_unix_ms, 5_000);
     }
 
     #[tokio::test]

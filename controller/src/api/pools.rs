@@ -242,9 +242,29 @@ pub async fn scaling_events(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit: expected 1..=1000".into()));
     }
-    let events: Vec<ScalingEvent> = match state.scaler.get() {
-        Some(s) => s.events(region.as_ref(), kind, q.since_unix_ms.unwrap_or(0), limit),
-        None => Vec::new(),
+    let since = q.since_unix_ms.unwrap_or(0);
+    let Some(scaler) = state.scaler.get() else {
+        return Ok(Json(serde_json::json!({ "events": [] })));
     };
+    let mut events: Vec<ScalingEvent> = scaler.events(region.as_ref(), kind, since, limit);
+    // Older than what the in-memory log holds: from the store.
+    if events.len() < limit
+        && let Some(held_since) = scaler.events_held_since()
+        && since < held_since
+        && let Some(store) = state.store.get()
+    {
+        let older = store
+            .store
+            .events(
+                region.as_ref(),
+                kind,
+                since,
+                held_since,
+                limit - events.len(),
+            )
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        events.extend(older);
+    }
     Ok(Json(serde_json::json!({ "events": events })))
 }
