@@ -143,6 +143,16 @@ pub struct ApiKey {
     pub secret: String,
 }
 
+/// One `[[auth.operators]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// Who the token is: 1..=64 letters, digits, `.`, `_`, `-` or `@`.
+    pub name: String,
+    /// Their ops API bearer token (16+ characters).
+    pub token: String,
+}
+
 /// `[auth]`: client JWTs and the admin credential.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -151,8 +161,11 @@ pub struct AuthConfig {
     pub audience: String,
     /// HS256 keys by key id (`kid` header); several at once for rotation.
     pub api_keys: Vec<ApiKey>,
-    /// Bearer token of the ops API.
+    /// Bearer token of the ops API (acting as "admin").
     pub admin_token: String,
+    /// Named operators, each with an ops API token of their own: a change a token makes
+    /// (pool policies, pauses) is logged under that name.
+    pub operators: Vec<Operator>,
     /// Clock skew allowed when checking `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
 }
@@ -162,6 +175,7 @@ impl Default for AuthConfig {
             audience: "fleet".into(),
             api_keys: Vec::new(),
             admin_token: String::new(),
+            operators: Vec::new(),
             leeway_secs: 5,
         }
     }
@@ -395,6 +409,33 @@ impl Config {
                 return Err(invalid(
                     &format!("auth.api_keys[{i}].kid"),
                     format!("duplicate kid {:?}", k.kid),
+                ));
+            }
+        }
+        for (i, o) in self.auth.operators.iter().enumerate() {
+            let at = |field: &str| format!("auth.operators[{i}].{field}");
+            let name_ok = (1..=64).contains(&o.name.len())
+                && o.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            if !name_ok {
+                return Err(invalid(
+                    &at("name"),
+                    "expected 1..=64 letters, digits, '.', '_', '-' or '@'",
+                ));
+            }
+            if o.name == "admin" || self.auth.operators[..i].iter().any(|p| p.name == o.name) {
+                return Err(invalid(&at("name"), format!("{:?} is taken", o.name)));
+            }
+            if o.token.len() < 16 {
+                return Err(invalid(&at("token"), "must be at least 16 characters"));
+            }
+            if o.token == self.auth.admin_token
+                || self.auth.operators[..i].iter().any(|p| p.token == o.token)
+            {
+                return Err(invalid(
+                    &at("token"),
+                    "must differ from every other ops token",
                 ));
             }
         }
@@ -772,6 +813,47 @@ mod tests {
         assert_eq!(setup.max_hourly_cost, Some(2.0));
         assert_eq!(setup.prices.on_demand, 0.34, "the region's own price wins");
         assert_eq!(setup.prices.spot, Some(0.1));
+    }
+
+    #[test]
+    fn operators_are_named_and_have_tokens_of_their_own() {
+        let op = |name: &str, token: &str| {
+            format!("[[auth.operators]]\nname = \"{name}\"\ntoken = \"{token}\"\n")
+        };
+        let admin = "[auth]\nadmin_token = \"admin-token-0123456789\"\n";
+        let ok = format!("{admin}{}", op("alice", "alice-token-0123456789"));
+        assert_eq!(
+            Config::from_toml(&ok, no_env()).unwrap().auth.operators[0].name,
+            "alice"
+        );
+        for (text, field) in [
+            (
+                op("al ice", "alice-token-0123456789"),
+                "auth.operators[0].name",
+            ),
+            (
+                op("admin", "alice-token-0123456789"),
+                "auth.operators[0].name",
+            ),
+            (op("alice", "short"), "auth.operators[0].token"),
+            (
+                format!(
+                    "{}{}",
+                    op("a", "same-token-0123456789"),
+                    op("b", "same-token-0123456789")
+                ),
+                "auth.operators[1].token",
+            ),
+            (
+                op("alice", "admin-token-0123456789"),
+                "auth.operators[0].token",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{admin}{text}"), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

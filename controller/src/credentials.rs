@@ -62,6 +62,8 @@ pub struct ApiAuth {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
     admin_token: String,
+    /// (name, token) of each named operator.
+    operators: Vec<(String, String)>,
 }
 
 impl ApiAuth {
@@ -81,6 +83,11 @@ impl ApiAuth {
             keys,
             validation,
             admin_token: config.admin_token.clone(),
+            operators: config
+                .operators
+                .iter()
+                .map(|o| (o.name.clone(), o.token.clone()))
+                .collect(),
         }
     }
 
@@ -108,16 +115,21 @@ impl ApiAuth {
             })
     }
 
-    /// Checks the ops API's bearer token in constant time.
-    pub fn verify_admin(&self, token: &str) -> Result<(), AuthError> {
-        if self.admin_token.is_empty() {
-            return Err(AuthError::BadAdminToken);
+    /// Checks the ops API's bearer token (each known token compared in constant time) and
+    /// says who it is: "admin" for the admin token, else the operator's name.
+    pub fn verify_admin(&self, token: &str) -> Result<String, AuthError> {
+        let same =
+            |known: &str| !known.is_empty() && bool::from(token.as_bytes().ct_eq(known.as_bytes()));
+        let mut who = None;
+        if same(&self.admin_token) {
+            who = Some("admin".to_owned());
         }
-        if bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(AuthError::BadAdminToken)
+        for (name, known) in &self.operators {
+            if same(known) {
+                who = Some(name.clone());
+            }
         }
+        who.ok_or(AuthError::BadAdminToken)
     }
 }
 
@@ -209,11 +221,49 @@ mod tests {
     #[test]
     fn admin_token_is_checked() {
         let (a, _) = auth();
-        assert!(a.verify_admin("admin-token-0123456789").is_ok());
+        assert_eq!(
+            a.verify_admin("admin-token-0123456789").as_deref(),
+            Ok("admin")
+        );
         assert_eq!(
             a.verify_admin("admin-token-012345678X"),
             Err(AuthError::BadAdminToken)
         );
         assert_eq!(a.verify_admin(""), Err(AuthError::BadAdminToken));
+    }
+
+    #[test]
+    fn operator_tokens_say_who_is_acting() {
+        let cfg = AuthConfig {
+            admin_token: "admin-token-0123456789".into(),
+            operators: vec![
+                crate::config::Operator {
+                    name: "alice".into(),
+                    token: "alice-token-0123456789".into(),
+                },
+                crate::config::Operator {
+                    name: "bob".into(),
+                    token: "bob-token-0123456789ab".into(),
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let a = ApiAuth::new(&cfg);
+        assert_eq!(
+            a.verify_admin("alice-token-0123456789").as_deref(),
+            Ok("alice")
+        );
+        assert_eq!(
+            a.verify_admin("bob-token-0123456789ab").as_deref(),
+            Ok("bob")
+        );
+        assert_eq!(
+            a.verify_admin("admin-token-0123456789").as_deref(),
+            Ok("admin")
+        );
+        assert_eq!(
+            a.verify_admin("alice-token-012345678X"),
+            Err(AuthError::BadAdminToken)
+        );
     }
 }

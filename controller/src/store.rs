@@ -183,7 +183,44 @@ fn event_of(row: &sqlx::sqlite::SqliteRow) -> Result<ScalingEvent, StoreError> {
     })
 }
 
+/// One pool policy change, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicyChange {
+    pub at_unix_ms: u64,
+    /// The fields changed, as sent.
+    pub change: serde_json::Value,
+    /// "admin" or the operator whose token made it.
+    pub by: String,
+}
+
 impl Store {
+    /// A pool's policy changes, newest first, at most `limit`.
+    pub async fn policy_changes(
+        &self,
+        pool: &PoolKey,
+        limit: usize,
+    ) -> Result<Vec<PolicyChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_unix_ms, change, changed_by FROM policy_changes
+             WHERE region = ? AND kind = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(pool.region.as_str())
+        .bind(pool.kind.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let change: String = row.try_get("change")?;
+                Ok(PolicyChange {
+                    at_unix_ms: u64_of(row.try_get("at_unix_ms")?),
+                    change: serde_json::from_str(&change).map_err(corrupt)?,
+                    by: row.try_get("changed_by")?,
+                })
+            })
+            .collect()
+    }
+
     /// Decision-log events from `since_unix_ms` up to (not including) `before_unix_ms`, newest
     /// first, at most `limit`, of one region and kind when given: what the in-memory log no
     /// longer holds.

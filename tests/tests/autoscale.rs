@@ -146,7 +146,16 @@ fn unix_now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early() {
     let dir = tempfile::tempdir().unwrap();
-    let up = small_region_up(dir.path(), &[("FLEET__POOL_DEFAULTS__BOOT_SECS", "5")]);
+    let up = small_region_up(
+        dir.path(),
+        &[
+            ("FLEET__POOL_DEFAULTS__BOOT_SECS", "5"),
+            (
+                "FLEET__AUTH__OPERATORS",
+                r#"[{name = "alice", token = "alice-ops-token-0123456789"}]"#,
+            ),
+        ],
+    );
     wait_media(&up, "the pool starts at its min", |n| n["serving"] == 1).await;
 
     // The pools, as the ops API shows them.
@@ -202,6 +211,32 @@ async fn operators_change_pools_at_run_time_and_a_booking_brings_capacity_early(
         admin_send(&up, reqwest::Method::PATCH, path, Some(json!({"max": 3}))).await;
     assert_eq!((status, &body["policy"]["max"]), (200, &json!(3)), "{body}");
     assert_eq!(body["policy"]["min"], 1);
+    // An operator's own token: the change is logged under their name.
+    let url = format!("{}{path}", up.api);
+    let (status, body) = send_json(
+        reqwest::Method::PATCH,
+        &url,
+        "alice-ops-token-0123456789",
+        Some(&json!({"max": 4})),
+    )
+    .await;
+    assert_eq!((status, &body["policy"]["max"]), (200, &json!(4)), "{body}");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let changes = loop {
+        let (status, body) =
+            admin_send(&up, reqwest::Method::GET, &format!("{path}/changes"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let changes = body["changes"].as_array().cloned().unwrap_or_default();
+        if changes.len() == 2 || std::time::Instant::now() > end {
+            break changes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let who: Vec<(&str, &serde_json::Value)> = changes
+        .iter()
+        .map(|c| (c["by"].as_str().unwrap_or(""), &c["change"]["max"]))
+        .collect();
+    assert_eq!(who, vec![("alice", &json!(4)), ("admin", &json!(3))]);
     let (status, body) =
         admin_send(&up, reqwest::Method::GET, "/v1/pools/eu-west-1/gpu", None).await;
     assert_eq!(status, 400, "{body}");

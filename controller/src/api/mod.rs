@@ -47,6 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/pools/{region}/{kind}",
             get(pools::get_pool).patch(pools::patch_pool),
         )
+        .route(
+            "/v1/pools/{region}/{kind}/changes",
+            get(pools::policy_changes),
+        )
         .route("/v1/pools/{region}/{kind}/pause", post(pools::pause_pool))
         .route("/v1/pools/{region}/{kind}/resume", post(pools::resume_pool))
         .route("/v1/scaling/events", get(pools::scaling_events))

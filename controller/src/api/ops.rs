@@ -14,7 +14,8 @@ use crate::state::AppState;
 use fleet_core::{Capacity, NodeEntry, NodeStatus, RegionSummary};
 
 /// Checks the admin bearer token.
-pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the ops API token; who it is ("admin" or an operator's name).
+pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     state
         .auth
         .verify_admin(bearer(headers)?)

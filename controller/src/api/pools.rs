@@ -151,7 +151,7 @@ pub async fn patch_pool(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<PoolView>, ApiError> {
-    admin(&state, &headers)?;
+    let who = admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let patch: PolicyPatch = parse_json(&body, false)?;
     let now = state.now().unix_ms;
@@ -159,14 +159,14 @@ pub async fn patch_pool(
         let policy = patch
             .apply(&pool.setup.policy)
             .map_err(|e| ApiError::BadRequest(format!("{}: {}", e.field, e.message)))?;
-        tracing::info!(region = %key.region, kind = %key.kind, by = "admin",
+        tracing::info!(region = %key.region, kind = %key.kind, by = %who,
             change = %serde_json::to_string(&patch).unwrap_or_default(), "pool policy changed");
         pool.setup.policy = policy.clone();
         scaler.persist(Write::Policy {
             pool: key.clone(),
             policy: Box::new(policy),
             change: Box::new(patch),
-            by: "admin".into(),
+            by: who.clone(),
             at_unix_ms: now,
         });
         Ok(())
@@ -180,7 +180,7 @@ async fn set_paused(
     headers: HeaderMap,
     paused: bool,
 ) -> Result<Json<PoolView>, ApiError> {
-    admin(&state, &headers)?;
+    let who = admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     change_pool(&state, &key, |scaler, pool| {
         pool.paused = paused;
@@ -188,7 +188,8 @@ async fn set_paused(
             pool: key.clone(),
             paused,
         });
-        tracing::info!(region = %key.region, kind = %key.kind, paused, "pool paused or resumed");
+        tracing::info!(region = %key.region, kind = %key.kind, paused, by = %who,
+            "pool paused or resumed");
         Ok(())
     })
 }
@@ -210,6 +211,26 @@ pub async fn resume_pool(
     headers: HeaderMap,
 ) -> Result<Json<PoolView>, ApiError> {
     set_paused(state, region, kind, headers, false).await
+}
+
+/// `GET /v1/pools/{region}/{kind}/changes`: the pool's policy changes and who made them,
+/// newest first (from the store; empty without one).
+pub async fn policy_changes(
+    State(state): State<Arc<AppState>>,
+    Path((region, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin(&state, &headers)?;
+    let key = pool_key(&region, &kind)?;
+    let changes = match state.store.get() {
+        Some(h) => h
+            .store
+            .policy_changes(&key, 100)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(Json(serde_json::json!({ "changes": changes })))
 }
 
 /// Query of `GET /v1/scaling/events`.
