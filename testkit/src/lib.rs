@@ -12,6 +12,7 @@ pub mod ec2_faults;
 pub mod fake_controller;
 pub mod http;
 pub mod imds;
+pub mod kube_api;
 pub mod messages;
 pub mod mmdb;
 pub mod moto;
