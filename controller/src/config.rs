@@ -353,6 +353,23 @@ impl Config {
             }
             None => {}
         }
+        let k8s_pools: Vec<_> = setups
+            .iter()
+            .filter(|(_, s)| s.provider == "kubernetes")
+            .map(|(k, _)| k.clone())
+            .collect();
+        match &self.providers.kubernetes {
+            Some(k8s) => k8s
+                .validate(&k8s_pools)
+                .map_err(|e| invalid(&format!("providers.kubernetes.{}", e.field), e.message))?,
+            None if !k8s_pools.is_empty() => {
+                return Err(invalid(
+                    "providers.kubernetes",
+                    "pools with provider \"kubernetes\" need a [providers.kubernetes] section",
+                ));
+            }
+            None => {}
+        }
         validate_prices(&self.prices, &self.catalog()?)
             .map_err(|e| invalid(&e.field, e.message))?;
         for (key, min, max) in [
@@ -781,6 +798,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("buffer_sessions is 0"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_pools_need_their_provider_settings() {
+        let pool =
+            "[[pools]]\nregion = \"eu-west-1\"\nkind = \"media\"\nprovider = \"kubernetes\"\n";
+        let e = Config::from_toml(pool, no_env()).unwrap_err().to_string();
+        assert!(e.contains("[providers.kubernetes]"), "{e}");
+        let section = |entry: &str| {
+            format!(
+                "{pool}[providers.kubernetes]\ncluster = \"prod\"\n[[providers.kubernetes.pools]]\n\
+                 region = \"eu-west-1\"\nkind = \"media\"\n{entry}"
+            )
+        };
+        let good =
+            "namespace = \"fleet\"\ndeployment = \"media-eu-west-1\"\ncontext = \"eks-eu\"\n";
+        let c = Config::from_toml(&section(good), no_env()).unwrap();
+        assert_eq!(
+            c.providers.kubernetes.unwrap().pools[0].deployment,
+            "media-eu-west-1"
+        );
+        for (entry, field) in [
+            (
+                good.replace("\"fleet\"", "\"Fleet_NS\""),
+                "providers.kubernetes.pools[0].namespace",
+            ),
+            (
+                good.replace("media-eu-west-1", "-media"),
+                "providers.kubernetes.pools[0].deployment",
+            ),
+            (
+                format!("{good}api_url = \"http://127.0.0.1:1\"\n"),
+                "providers.kubernetes.pools[0].api_url",
+            ),
+        ] {
+            let e = Config::from_toml(&section(&entry), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let e = Config::from_toml(&section("namespace = \"fleet\"\n"), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deployment"), "{e}");
     }
 
     #[test]

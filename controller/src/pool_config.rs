@@ -31,7 +31,7 @@ use fleet_proto::{NodeKind, RegionId};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The providers this build knows.
-pub const PROVIDERS: &[&str] = &["local", "ec2"];
+pub const PROVIDERS: &[&str] = &["local", "ec2", "kubernetes"];
 
 /// `[autoscale]`: the scaler loop.
 #[derive(Debug, Clone, Serialize, Deserialize)]

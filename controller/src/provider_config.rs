@@ -28,6 +28,113 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
     pub ec2: Option<Ec2ProviderConfig>,
+    pub kubernetes: Option<KubernetesProviderConfig>,
+}
+
+/// `[providers.kubernetes]`: pools that are Deployments whose replica count the fleet owns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesProviderConfig {
+    /// The `fleet.io/cluster` label of this controller's pods.
+    pub cluster: String,
+    /// What each Kubernetes pool is.
+    #[serde(default)]
+    pub pools: Vec<KubernetesPoolConfig>,
+}
+
+/// `[[providers.kubernetes.pools]]`: where one pool's Deployment is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesPoolConfig {
+    pub region: RegionId,
+    pub kind: NodeKind,
+    /// The kubeconfig context of the region's cluster [default: in-cluster, else the
+    /// kubeconfig's current context].
+    #[serde(default)]
+    pub context: Option<String>,
+    /// An API server URL without credentials, instead of a context (tests: a fake server).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    pub namespace: String,
+    /// The pool's Deployment.
+    pub deployment: String,
+}
+
+impl KubernetesPoolConfig {
+    /// The pool it configures.
+    pub fn key(&self) -> PoolKey {
+        PoolKey {
+            region: self.region.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// A Kubernetes object name: a DNS-1123 label of 1..=63 lowercase letters, digits and '-'.
+fn dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl KubernetesProviderConfig {
+    /// Checks the section; every pool in `k8s_pools` (those with `provider = "kubernetes"`)
+    /// needs an entry. Issues name the field under `providers.kubernetes`.
+    pub fn validate(&self, k8s_pools: &[PoolKey]) -> Result<(), ConfigIssue> {
+        if !dns_label(&self.cluster) {
+            return Err(ConfigIssue::new(
+                "cluster",
+                "expected a label value: 1..=63 lowercase letters, digits or '-'",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let at = |field: &str| format!("pools[{i}].{field}");
+            if !seen.insert(p.key()) {
+                return Err(ConfigIssue::new(
+                    format!("pools[{i}]"),
+                    format!("a second entry for {} {}", p.region, p.kind),
+                ));
+            }
+            if !dns_label(&p.namespace) {
+                return Err(ConfigIssue::new(
+                    at("namespace"),
+                    "expected a namespace name",
+                ));
+            }
+            if !dns_label(&p.deployment) {
+                return Err(ConfigIssue::new(
+                    at("deployment"),
+                    "expected a Deployment name",
+                ));
+            }
+            if let Some(url) = &p.api_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigIssue::new(at("api_url"), "expected an http(s) URL"));
+            }
+            if p.api_url.is_some() && p.context.is_some() {
+                return Err(ConfigIssue::new(
+                    at("api_url"),
+                    "give a context or an api_url, not both",
+                ));
+            }
+        }
+        for key in k8s_pools {
+            if !self.pools.iter().any(|p| &p.key() == key) {
+                return Err(ConfigIssue::new(
+                    "pools",
+                    format!(
+                        "the {} {} pool has provider \"kubernetes\" but no [[providers.kubernetes.pools]] entry",
+                        key.region, key.kind
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[providers.ec2]`. Credentials come from the standard AWS chain (environment, profile,

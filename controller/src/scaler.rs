@@ -496,6 +496,13 @@ impl Scaler {
                         match result {
                             Ok(Ok(machine)) => {
                                 tracing::debug!(machine = %machine.id, "launched");
+                                // A provider that names its machines itself (Kubernetes pods)
+                                // answers with their node id: the launch in flight takes it.
+                                if machine.node != launch.node {
+                                    scaler
+                                        .autoscaler()
+                                        .launched_as(&key, &launch.node, &machine);
+                                }
                             }
                             // Refused: nothing was started, so the pool decides again.
                             Ok(Err(e)) => {

@@ -167,6 +167,9 @@ fn cloud_providers(
             boot,
         ));
     }
+    if let Some(k8s) = &config.providers.kubernetes {
+        out.push(fleet_k8s::KubernetesProvider::new(k8s.clone()));
+    }
     Ok(out)
 }
 

@@ -2,11 +2,15 @@
 //! Deployment whose replica count the fleet's autoscaler owns through the scale subresource;
 //! the pool's pods, found by their `fleet.io/…` labels, are its machines.
 //!
-//! This first part is the API layer the provider stands on: reading and writing a Deployment's
+//! Beneath the provider ([`provider`]), the API layer it stands on: reading and writing a Deployment's
 //! scale with optimistic concurrency (a write carries the resourceVersion it read and is
 //! retried on 409 Conflict), and listing a pool's pods by label selector. It is tested against
 //! the test kit's fake API server (`fleet_testkit::kube_api`), which follows the real API's
 //! rules for these calls.
+
+pub mod provider;
+
+pub use provider::KubernetesProvider;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};

@@ -62,3 +62,120 @@ async fn the_kube_client_scales_through_the_fake_and_retries_a_conflict() {
     let err = replicas(&c, "fleet", "nope").await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }
+
+/// The provider on a pool whose Deployment is in the fake: launches scale up and claim the new
+/// pod (a repeated launch finds it), and the drained pod it terminates is the one removed,
+/// although the ReplicaSet alone would remove the newer one.
+#[tokio::test]
+async fn the_provider_scales_up_and_removes_exactly_the_drained_pod() {
+    use fleet_controller::provider::{LaunchRequest, PoolProvider};
+    use fleet_controller::provider_config::{KubernetesPoolConfig, KubernetesProviderConfig};
+    use fleet_core::autoscale::PoolKey;
+    use fleet_proto::{MachineId, Market, NodeId, NodeKind, RegionId};
+    use fleet_testkit::kube_api::Phase;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = FakeKubeApi::start().await;
+    let pool_labels = [
+        ("fleet.io/cluster", "test"),
+        ("fleet.io/pool", "eu-west-1.media"),
+    ];
+    api.add_deployment("fleet", "media-eu", &pool_labels, 1, 30);
+    // Another cluster's pods in the same namespace are not this pool's.
+    api.add_deployment(
+        "fleet",
+        "other",
+        &[
+            ("fleet.io/cluster", "other"),
+            ("fleet.io/pool", "eu-west-1.media"),
+        ],
+        1,
+        30,
+    );
+    let key = PoolKey {
+        region: RegionId::parse("eu-west-1").unwrap(),
+        kind: NodeKind::Media,
+    };
+    let provider = fleet_k8s::KubernetesProvider::new(KubernetesProviderConfig {
+        cluster: "test".into(),
+        pools: vec![KubernetesPoolConfig {
+            region: key.region.clone(),
+            kind: NodeKind::Media,
+            context: None,
+            api_url: Some(api.url.clone()),
+            namespace: "fleet".into(),
+            deployment: "media-eu".into(),
+        }],
+    });
+    let listed = provider.list(&key).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let first = listed[0].clone();
+    assert_eq!(
+        first.id.as_str(),
+        first.node.as_str(),
+        "a pod's name is its node id"
+    );
+
+    let request = LaunchRequest {
+        pool: key.clone(),
+        node: NodeId::parse("media-eu-west-1-minted").unwrap(),
+        zone: String::new(),
+        capacity: 16,
+        market: Market::OnDemand,
+    };
+    let launched = provider.launch(request.clone()).await.unwrap();
+    assert_ne!(launched.node, first.node);
+    assert_eq!(api.replicas("fleet", "media-eu"), Some(2));
+    // Asked again (a retry, a restarted controller): the same pod, no second replica.
+    assert_eq!(provider.launch(request).await.unwrap(), launched);
+    assert_eq!(api.replicas("fleet", "media-eu"), Some(2));
+
+    // Both pods serve; the older one was drained and is empty. The ReplicaSet alone would
+    // remove the newer one: the provider removes the drained one.
+    for m in [&first, &launched] {
+        api.set_pod("fleet", m.id.as_str(), "node-a", Phase::Running, true);
+    }
+    provider.terminate(&first.id).await.unwrap();
+    assert_eq!(api.replicas("fleet", "media-eu"), Some(1));
+    let pods: Vec<_> = api
+        .pods("fleet")
+        .into_iter()
+        .filter(|p| p.deployment == "media-eu")
+        .collect();
+    let staying: Vec<&str> = pods
+        .iter()
+        .filter(|p| !p.terminating())
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(staying, vec![launched.id.as_str()], "{pods:?}");
+    assert!(
+        pods.iter()
+            .any(|p| p.name == first.id.as_str() && p.terminating())
+    );
+    // The only other pod removed is the ReplicaSet's replacement made between the delete and
+    // the scale-down: never scheduled, it never carried a call.
+    assert!(
+        pods.iter()
+            .filter(|p| p.terminating() && p.name != first.id.as_str())
+            .all(|p| p.node.is_none()),
+        "{pods:?}"
+    );
+    // Terminating it again, or an unknown pod, is done.
+    provider.terminate(&first.id).await.unwrap();
+    provider
+        .terminate(&MachineId::parse("media-eu-nope").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(api.replicas("fleet", "media-eu"), Some(1));
+
+    // A pod evicted from outside is replaced by the ReplicaSet; the list shows both until the
+    // evicted one is gone.
+    api.evict("fleet", launched.id.as_str());
+    let after = provider.list(&key).await.unwrap();
+    assert!(after.iter().any(|m| m.node == launched.node));
+    assert!(
+        after
+            .iter()
+            .any(|m| m.node != launched.node && m.node != first.node)
+    );
+}

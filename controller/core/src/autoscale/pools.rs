@@ -255,6 +255,27 @@ impl Autoscaler {
         }
     }
 
+    /// A launch came up as `machine`, whose node id is not the one minted for it (a provider
+    /// that cannot name its machines, such as a Deployment's pods named by their ReplicaSet):
+    /// the launch in flight takes the machine's node id and zone, so the machine is matched as
+    /// this launch and not counted twice. When another launch already holds that id, the
+    /// minted one is dropped instead.
+    pub fn launched_as(&mut self, key: &PoolKey, minted: &NodeId, machine: &Machine) {
+        let Some(p) = self.pools.get_mut(key) else {
+            return;
+        };
+        if p.in_flight.iter().any(|f| f.node == machine.node) {
+            p.in_flight.retain(|f| &f.node != minted);
+            return;
+        }
+        if let Some(f) = p.in_flight.iter_mut().find(|f| &f.node == minted) {
+            f.node = machine.node.clone();
+            if !machine.zone.is_empty() {
+                f.zone.clone_from(&machine.zone);
+            }
+        }
+    }
+
     /// One tick over every pool at `now`.
     pub fn tick(
         &mut self,

@@ -933,6 +933,44 @@ mod over_the_fleet {
         assert_eq!(a.pool(&second).and_then(|p| p.cost_capped), None);
     }
 
+    /// A provider that names its machines itself (a Deployment's pods): the launch in flight
+    /// takes the machine's node id, so the listed machine is that launch, not a second one,
+    /// and it never times out under the minted id.
+    #[test]
+    fn a_launch_that_came_up_under_another_id_is_counted_once() {
+        let (f, _) = fleet(&["eu-west-1"], 1, 100);
+        let pool = key("eu-west-1", NodeKind::Media);
+        let mut a = Autoscaler::new([(pool.clone(), setup(3))], BOOT_TIMEOUT);
+        let (book, mut rng) = (BookingBook::default(), rng());
+        let none = HashMap::new();
+        let first = launches(&a.tick(at(1_000), &f, &none, &book, &mut rng));
+        assert_eq!(first.len(), 2);
+        let pod = Machine {
+            id: MachineId::parse("media-eu-5f7c9").expect("machine"),
+            node: fleet_proto::NodeId::parse("media-eu-5f7c9").expect("node"),
+            zone: "eu-west-1b".into(),
+            launched_unix_ms: at(1_000).unix_ms,
+            market: fleet_proto::Market::OnDemand,
+        };
+        a.launched_as(&pool, &first[0].node, &pod);
+        // The second launch answered with the same machine: dropped, not counted twice.
+        a.launched_as(&pool, &first[1].node, &pod);
+        let in_flight = &a.pool(&pool).expect("pool").in_flight;
+        assert_eq!(in_flight.len(), 1, "{in_flight:?}");
+        assert_eq!(in_flight[0].node, pod.node);
+        assert_eq!(in_flight[0].zone, "eu-west-1b");
+        // Listed under its own id, it is that launch: one more launch for the dropped one, and
+        // no boot timeout for a minted id.
+        let listed = HashMap::from([(pool.clone(), vec![pod.clone()])]);
+        let ticks = a.tick(at(5_000), &f, &listed, &book, &mut rng);
+        assert_eq!(launches(&ticks).len(), 1, "{ticks:?}");
+        let late = a.tick(at(1_000 + BOOT_TIMEOUT - 1), &f, &listed, &book, &mut rng);
+        assert!(
+            launches(&late).is_empty() && boot_timeouts(&late) == 0,
+            "{late:?}"
+        );
+    }
+
     #[test]
     fn a_failed_launch_is_decided_again() {
         let (f, _) = fleet(&["eu-west-1"], 1, 100);
