@@ -1,12 +1,78 @@
 //! The controller binary with a Kubernetes pool, against the test kit's fake API server (no
 //! real one can run here): `fleet serve` starts with kube's rustls client (one crypto provider),
 //! scales the pool's Deployment up to its min through the scale subresource, and claims the
-//! new pod as that launch.
+//! new pod as that launch. With real node processes playing the pods, a scale-down removes
+//! exactly the drained pod, even when the ReplicaSet alone would remove the one with a call.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fleet_e2e::*;
-use fleet_testkit::kube_api::FakeKubeApi;
+use fleet_testkit::kube_api::{FakeKubeApi, Phase};
+use serde_json::json;
+
+/// The controller config of a eu-west-1 media pool on the fake's Deployment `media-eu-west-1`.
+fn k8s_options(api: &FakeKubeApi, bounds: &str) -> ControllerOptions {
+    let extra_toml = format!(
+        r#"
+[autoscale]
+tick_ms = 300
+[[pools]]
+region = "eu-west-1"
+kind = "media"
+provider = "kubernetes"
+node_capacity = 16
+{bounds}
+buffer_sessions = 0
+min_node_age_secs = 0
+scale_down_window_secs = 2
+[providers.kubernetes]
+cluster = "e2e"
+[[providers.kubernetes.pools]]
+region = "eu-west-1"
+kind = "media"
+api_url = "{url}"
+namespace = "fleet"
+deployment = "media-eu-west-1"
+"#,
+        url = api.url
+    );
+    ControllerOptions {
+        extra_toml,
+        ..ControllerOptions::default()
+    }
+}
+
+/// Plays the kubelet: a media-node process for each new pod (its name is its node id and
+/// machine), the pod Running once started; a Terminating or gone pod loses its process.
+fn kubelet(c: &Controller, api: &FakeKubeApi, procs: &mut HashMap<String, Proc>) {
+    let pods = api.pods("fleet");
+    procs.retain(|name, proc| {
+        let alive = pods.iter().any(|p| &p.name == name && !p.terminating());
+        if !alive {
+            proc.kill();
+        }
+        alive
+    });
+    for p in pods.iter().filter(|p| !p.terminating()) {
+        if procs.contains_key(&p.name) {
+            continue;
+        }
+        let proc = c
+            .node_in_machine(
+                "media-node",
+                &p.name,
+                "eu-west-1",
+                "eu-west-1a",
+                &p.name,
+                16,
+                &[],
+            )
+            .unwrap();
+        api.set_pod("fleet", &p.name, "node-a", Phase::Running, true);
+        procs.insert(p.name.clone(), proc);
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_with_a_kubernetes_pool_starts_and_scales_its_deployment() {
@@ -22,33 +88,7 @@ async fn the_controller_with_a_kubernetes_pool_starts_and_scales_its_deployment(
         30,
     );
     let dir = tempfile::tempdir().unwrap();
-    let extra_toml = format!(
-        r#"
-[autoscale]
-tick_ms = 300
-[[pools]]
-region = "eu-west-1"
-kind = "media"
-provider = "kubernetes"
-node_capacity = 16
-min = 2
-max = 3
-buffer_sessions = 0
-[providers.kubernetes]
-cluster = "e2e"
-[[providers.kubernetes.pools]]
-region = "eu-west-1"
-kind = "media"
-api_url = "{url}"
-namespace = "fleet"
-deployment = "media-eu-west-1"
-"#,
-        url = api.url
-    );
-    let opts = ControllerOptions {
-        extra_toml,
-        ..ControllerOptions::default()
-    };
+    let opts = k8s_options(&api, "min = 2\nmax = 3");
     let c = Controller::start(dir.path(), opts).unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     loop {
@@ -83,4 +123,120 @@ deployment = "media-eu-west-1"
         .filter_map(|e| e["count"].as_u64())
         .sum();
     assert_eq!(launched, 2, "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call() {
+    let api = FakeKubeApi::start().await;
+    api.add_deployment(
+        "fleet",
+        "media-eu-west-1",
+        &[
+            ("fleet.io/cluster", "e2e"),
+            ("fleet.io/pool", "eu-west-1.media"),
+        ],
+        0,
+        30,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
+    let mut procs = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    let serving = |nodes: &[serde_json::Value]| {
+        nodes
+            .iter()
+            .filter(|n| n["kind"] == "media" && n["state"] == "serving")
+            .count()
+    };
+    loop {
+        kubelet(&c, &api, &mut procs);
+        if serving(&c.nodes().await.unwrap_or_default()) == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no two serving pods: {:?}",
+            api.pods("fleet")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A call on one pod; the fake marks that pod not ready, so the ReplicaSet alone would
+    // remove it first.
+    let (status, body) = c
+        .create_session(json!({"participants": [
+            {"id": "t1", "region": "eu-west-1"},
+            {"id": "c1", "region": "eu-west-1"}
+        ]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let busy = body["media"]["node_id"].as_str().unwrap().to_owned();
+    api.set_pod("fleet", &busy, "node-a", Phase::Running, false);
+    let idle = api
+        .pods("fleet")
+        .into_iter()
+        .map(|p| p.name)
+        .find(|n| n != &busy)
+        .unwrap();
+    // Wait until the node reports the call, then shrink the pool to one.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !c
+        .nodes()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n["id"] == busy.as_str() && n["sessions"] == 1)
+    {
+        assert!(Instant::now() < end, "the call is not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = format!("{}/v1/pools/eu-west-1/media", c.api);
+    let (status, body) = send_json(
+        reqwest::Method::PATCH,
+        &url,
+        ADMIN_TOKEN,
+        Some(&json!({"min": 1, "max": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        kubelet(&c, &api, &mut procs);
+        let idle_gone = api
+            .pods("fleet")
+            .iter()
+            .all(|p| p.name != idle || p.terminating());
+        if idle_gone && api.replicas("fleet", "media-eu-west-1") == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not down to one: {:?}",
+            api.pods("fleet")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The pod with the call stays, and its call with it.
+    let pods = api.pods("fleet");
+    assert!(
+        pods.iter().any(|p| p.name == busy && !p.terminating()),
+        "{pods:?}"
+    );
+    assert!(
+        pods.iter()
+            .filter(|p| p.terminating() && p.name != idle)
+            .all(|p| p.node.is_none()),
+        "only the drained pod and an unscheduled replacement go: {pods:?}"
+    );
+    let sid = body_session(&c, &busy).await;
+    assert!(sid, "the call is still hosted on {busy}");
+}
+
+/// Whether `node` still hosts a session (per the ops API).
+async fn body_session(c: &Controller, node: &str) -> bool {
+    c.nodes()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n["id"] == node && n["sessions"] == 1 && n["state"] == "serving")
 }
