@@ -67,17 +67,23 @@ fn failed(message: impl std::fmt::Display) -> ProviderError {
 pub struct KubernetesProvider {
     config: KubernetesProviderConfig,
     clients: Mutex<BTreeMap<PoolKey, kube::Client>>,
-    /// Launches of one pool one at a time, so each claims its own new pod.
-    launching: Mutex<()>,
+    /// Per pool: its launches one at a time, so each claims its own new pod (pools launch
+    /// independently).
+    launching: BTreeMap<PoolKey, Mutex<()>>,
 }
 
 impl KubernetesProvider {
     /// A provider for `config`.
     pub fn new(config: KubernetesProviderConfig) -> Arc<KubernetesProvider> {
+        let launching = config
+            .pools
+            .iter()
+            .map(|p| (p.key(), Mutex::new(())))
+            .collect();
         Arc::new(KubernetesProvider {
             config,
             clients: Mutex::new(BTreeMap::new()),
-            launching: Mutex::new(()),
+            launching,
         })
     }
 
@@ -189,7 +195,15 @@ impl PoolProvider for KubernetesProvider {
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError> {
-        let _one_at_a_time = self.launching.lock().await;
+        // The lock first: the pods seen before the scale-up must include every earlier claim.
+        let lock = self.launching.get(&request.pool);
+        let _one_at_a_time = match lock {
+            Some(m) => m.lock().await,
+            None => {
+                self.pool(&request.pool)?;
+                return Err(failed("no launch lock for the pool"));
+            }
+        };
         let (client, pool, before) = self.pool_pods(&request.pool).await?;
         // Asked again for a launch that already has its pod.
         let minted = request.node.as_str();

@@ -352,6 +352,18 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+fn not_found(what: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{what} \"{name}\" not found"),
+    )
+}
+
+fn bad_request(message: &str) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
 fn labels_json(m: &BTreeMap<String, String>) -> Value {
     Value::Object(
         m.iter()
@@ -500,7 +512,7 @@ async fn list_pods(
     reap(&mut s);
     let terms = match parse_selector(q.get("labelSelector").map_or("", String::as_str)) {
         Ok(t) => t,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => return bad_request(&e),
     };
     let mut items: Vec<&FakePod> = s
         .pods
@@ -575,15 +587,11 @@ async fn pod(
     reap(&mut s);
     let key = (ns.clone(), name.clone());
     let Some(current) = s.pods.get(&key).map(|p| p.resource_version) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pods \"{name}\" not found"),
-        );
+        return not_found("pods", &name);
     };
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => return bad_request(&e),
     };
     match method {
         Method::GET => axum::Json(pod_json(&s.pods[&key])).into_response(),
@@ -594,7 +602,7 @@ async fn pod(
             s.revision += 1;
             let revision = s.revision;
             let Some(p) = s.pods.get_mut(&key) else {
-                return status(StatusCode::NOT_FOUND, "NotFound", "gone");
+                return not_found("pods", &name);
             };
             let meta = body.get("metadata");
             merge_strings(
@@ -623,7 +631,7 @@ async fn pod(
                 .and_then(|g| g.parse().ok())
                 .or_else(|| body.get("gracePeriodSeconds").and_then(Value::as_u64));
             let Some(p) = delete_pod(&mut s, &ns, &name, grace) else {
-                return status(StatusCode::NOT_FOUND, "NotFound", "gone");
+                return not_found("pods", &name);
             };
             reconcile(&mut s);
             axum::Json(pod_json(&p)).into_response()
@@ -657,11 +665,7 @@ async fn deployment(
     ));
     reap(&mut s);
     let Some(d) = s.deployments.get(&(ns.clone(), name.clone())) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("deployments.apps \"{name}\" not found"),
-        );
+        return not_found("deployments.apps", &name);
     };
     let ready = s
         .pods
@@ -684,11 +688,7 @@ async fn scale(
     ));
     let key = (ns.clone(), name.clone());
     let Some(current) = s.deployments.get(&key).map(|d| d.resource_version) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("deployments.apps \"{name}\" not found"),
-        );
+        return not_found("deployments.apps", &name);
     };
     if method == Method::GET {
         return axum::Json(scale_json(&s.deployments[&key])).into_response();
@@ -710,7 +710,7 @@ async fn scale(
     }
     let body = match parse_body(&body) {
         Ok(b) => b,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => return bad_request(&e),
     };
     let Some(replicas) = body.pointer("/spec/replicas").and_then(Value::as_i64) else {
         return status(

@@ -249,6 +249,22 @@ impl Controller {
     }
 
     /// GET with the admin token; the JSON body.
+    /// A JSON request with the admin token to `path`; (status, body).
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        crate::send_json(
+            method,
+            &format!("{}{path}", self.api),
+            ADMIN_TOKEN,
+            Some(&body),
+        )
+        .await
+    }
+
     pub async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
         let r = http()
             .get(format!("{}{path}", self.api))

@@ -53,16 +53,6 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
     }
 }
 
-async fn admin(c: &Controller, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-    send_json(
-        method,
-        &format!("{}{path}", c.api),
-        ADMIN_TOKEN,
-        Some(&body),
-    )
-    .await
-}
-
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -150,13 +140,13 @@ min_node_age_secs = 0
     }
 
     // The floor drops to 1: after the down window one node (with its call) drains.
-    let (status, body) = admin(
-        &c,
-        reqwest::Method::PATCH,
-        "/v1/pools/eu-west-1/media",
-        json!({"min": 1}),
-    )
-    .await;
+    let (status, body) = c
+        .admin_send(
+            reqwest::Method::PATCH,
+            "/v1/pools/eu-west-1/media",
+            json!({"min": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let draining = wait_for("a node drains", async || {
         let nodes = c.nodes().await.ok()?;
@@ -214,13 +204,13 @@ min_node_age_secs = 0
     assert_ne!(c.node_state(&draining).await.as_deref(), Some("serving"));
 
     // A scale-up is decided, and the controller dies right after.
-    let (status, body) = admin(
-        &c,
-        reqwest::Method::PATCH,
-        "/v1/pools/eu-west-1/media",
-        json!({"min": 3}),
-    )
-    .await;
+    let (status, body) = c
+        .admin_send(
+            reqwest::Method::PATCH,
+            "/v1/pools/eu-west-1/media",
+            json!({"min": 3}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     wait_for("the two machines are launched", async || {
         (machine_pids(dir.path()).len() == 3).then_some(())
@@ -249,13 +239,13 @@ min_node_age_secs = 0
         "launched again after the restart: {relaunched:?}"
     );
     // The new controller resumed the policy changed at run time.
-    let (_, pool) = admin(
-        &c,
-        reqwest::Method::GET,
-        "/v1/pools/eu-west-1/media",
-        Value::Null,
-    )
-    .await;
+    let (_, pool) = c
+        .admin_send(
+            reqwest::Method::GET,
+            "/v1/pools/eu-west-1/media",
+            Value::Null,
+        )
+        .await;
     assert_eq!(pool["policy"]["min"], 3, "{pool}");
     assert_eq!(pool["desired"], 3, "{pool}");
 }

@@ -367,14 +367,13 @@ async fn an_ec2_pool_grows_to_its_min_over_two_zones_then_drains_and_terminates(
     assert_eq!(instances(ec2, &["pending", "running"]).await.len(), 2);
 
     // Down to one: a node is drained (empty: at once) and its instance terminated.
-    let url = format!("{}/v1/pools/eu-west-1/media", c.api);
-    let (status, body) = send_json(
-        reqwest::Method::PATCH,
-        &url,
-        ADMIN_TOKEN,
-        Some(&json!({"min": 1, "max": 1})),
-    )
-    .await;
+    let (status, body) = c
+        .admin_send(
+            reqwest::Method::PATCH,
+            "/v1/pools/eu-west-1/media",
+            json!({"min": 1, "max": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let end = Instant::now() + Duration::from_secs(60);
     loop {

@@ -43,6 +43,17 @@ deployment = "media-eu-west-1"
     }
 }
 
+/// A fake API server holding the pool's Deployment, at 0 replicas.
+async fn fake_with_empty_pool() -> FakeKubeApi {
+    let api = FakeKubeApi::start().await;
+    let labels = [
+        ("fleet.io/cluster", "e2e"),
+        ("fleet.io/pool", "eu-west-1.media"),
+    ];
+    api.add_deployment("fleet", "media-eu-west-1", &labels, 0, 30);
+    api
+}
+
 /// Plays the kubelet: a media-node process for each new pod (its name is its node id and
 /// machine), the pod Running once started; a Terminating or gone pod loses its process.
 fn kubelet(c: &Controller, api: &FakeKubeApi, procs: &mut HashMap<String, Proc>) {
@@ -76,17 +87,7 @@ fn kubelet(c: &Controller, api: &FakeKubeApi, procs: &mut HashMap<String, Proc>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_with_a_kubernetes_pool_starts_and_scales_its_deployment() {
-    let api = FakeKubeApi::start().await;
-    api.add_deployment(
-        "fleet",
-        "media-eu-west-1",
-        &[
-            ("fleet.io/cluster", "e2e"),
-            ("fleet.io/pool", "eu-west-1.media"),
-        ],
-        0,
-        30,
-    );
+    let api = fake_with_empty_pool().await;
     let dir = tempfile::tempdir().unwrap();
     let opts = k8s_options(&api, "min = 2\nmax = 3");
     let c = Controller::start(dir.path(), opts).unwrap();
@@ -127,17 +128,7 @@ async fn the_controller_with_a_kubernetes_pool_starts_and_scales_its_deployment(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call() {
-    let api = FakeKubeApi::start().await;
-    api.add_deployment(
-        "fleet",
-        "media-eu-west-1",
-        &[
-            ("fleet.io/cluster", "e2e"),
-            ("fleet.io/pool", "eu-west-1.media"),
-        ],
-        0,
-        30,
-    );
+    let api = fake_with_empty_pool().await;
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
     let mut procs = HashMap::new();
@@ -190,14 +181,13 @@ async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call(
         assert!(Instant::now() < end, "the call is not reported");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let url = format!("{}/v1/pools/eu-west-1/media", c.api);
-    let (status, body) = send_json(
-        reqwest::Method::PATCH,
-        &url,
-        ADMIN_TOKEN,
-        Some(&json!({"min": 1, "max": 1})),
-    )
-    .await;
+    let (status, body) = c
+        .admin_send(
+            reqwest::Method::PATCH,
+            "/v1/pools/eu-west-1/media",
+            json!({"min": 1, "max": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let end = Instant::now() + Duration::from_secs(30);
     loop {
