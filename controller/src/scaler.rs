@@ -16,7 +16,7 @@ use fleet_core::autoscale::{
     Autoscaler, Booking, BookingBook, BookingError, InFlight, Inputs, Machine, PoolKey, PoolSetup,
     PoolTick, Step, StepReason,
 };
-use fleet_proto::{Market, NodeId, NodeKind, RegionId};
+use fleet_proto::{MachineId, Market, NodeId, NodeKind, RegionId};
 use serde::Serialize;
 
 use crate::provider::{LaunchRequest, PoolProvider, ProviderError, machine_of};
@@ -544,8 +544,16 @@ impl Scaler {
                     return;
                 };
                 let machine = machine.unwrap_or_else(|| machine_of(&node));
+                let sessions = pool_sessions(state, key);
                 let timeout = self.timeout;
+                let key = key.clone();
                 tokio::spawn(async move {
+                    let costs = provider.removal_costs(&key, &sessions);
+                    match tokio::time::timeout(timeout, costs).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "removal costs not set"),
+                        Err(_) => tracing::warn!("setting removal costs timed out"),
+                    }
                     match tokio::time::timeout(timeout, provider.terminate(&machine)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::warn!(%machine, error = %e, "terminate failed"),
@@ -559,6 +567,21 @@ impl Scaler {
     }
 }
 
+/// The live sessions on each machine of a pool, per the nodes' last reports.
+fn pool_sessions(state: &AppState, key: &PoolKey) -> Vec<(MachineId, u32)> {
+    let fleet = state.fleet();
+    fleet
+        .registry()
+        .nodes()
+        .iter()
+        .filter(|n| n.region == key.region && n.kind == key.kind)
+        .map(|n| {
+            let machine = n.machine.clone().unwrap_or_else(|| machine_of(&n.id));
+            (machine, u32::try_from(n.hosted.len()).unwrap_or(u32::MAX))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! The scaler against providers that misbehave (fault-injecting doubles of the provider
@@ -569,7 +592,7 @@ mod tests {
     use fleet_core::autoscale::{PoolPolicy, time_zone};
     use fleet_core::{Fleet, FleetConfig};
     use fleet_geo::RegionCatalog;
-    use fleet_proto::{MachineId, Market};
+    use fleet_proto::Market;
 
     use super::*;
     use crate::config::Config;

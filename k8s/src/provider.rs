@@ -14,10 +14,16 @@
 //!   replaces the deleted pod, and that replacement (not yet scheduled, or Pending) is what it
 //!   ranks first when the count goes down; lowering the count first would let it pick any pod,
 //!   live calls included. A pod already Terminating or gone is done.
+//! - **Removal costs**: before a terminate, every other pod of the pool gets its live session
+//!   count as its `pod-deletion-cost` (written only where it changed), so that whatever else
+//!   lowers the replica count (an operator's `kubectl scale`, a misconfigured HPA) removes the
+//!   emptiest pods first. Not written on every report: the Kubernetes docs warn against
+//!   updating it as often as a metric changes.
 //! - **List**: the pods with the pool's labels, Terminating ones included (they still run,
-//!   draining).
+//!   draining). A pod's zone is its Kubernetes node's `topology.kubernetes.io/zone` label (read
+//!   once per node: nodes do not move).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,7 +31,7 @@ use fleet_controller::provider::{LaunchRequest, PoolProvider, ProviderError};
 use fleet_controller::provider_config::{KubernetesPoolConfig, KubernetesProviderConfig};
 use fleet_core::autoscale::{Machine, PoolKey};
 use fleet_proto::{MachineId, Market, NodeId};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use tokio::sync::Mutex;
 
@@ -46,6 +52,8 @@ pub mod labels {
     pub const LAUNCH: &str = "fleet.io/launch";
     /// What the ReplicaSet deletes first: the lowest value.
     pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+    /// A Kubernetes node's zone (set by its cloud provider).
+    pub const ZONE: &str = "topology.kubernetes.io/zone";
 
     /// The `fleet.io/pool` value of a pool.
     pub fn pool_value(pool: &PoolKey) -> String {
@@ -70,6 +78,8 @@ pub struct KubernetesProvider {
     /// Per pool: its launches one at a time, so each claims its own new pod (pools launch
     /// independently).
     launching: BTreeMap<PoolKey, Mutex<()>>,
+    /// Kubernetes node name → its zone ("" when it has none or cannot be read).
+    zones: Mutex<HashMap<String, String>>,
 }
 
 impl KubernetesProvider {
@@ -84,6 +94,7 @@ impl KubernetesProvider {
             config,
             clients: Mutex::new(BTreeMap::new()),
             launching,
+            zones: Mutex::new(HashMap::new()),
         })
     }
 
@@ -151,6 +162,42 @@ impl KubernetesProvider {
             .map_err(failed)?;
         Ok((client, pool, found))
     }
+
+    /// The zone of the Kubernetes node a pod runs on ("" for a pod not yet scheduled, or a
+    /// node without the label; a node that cannot be read is asked again next time).
+    async fn zone_of(&self, client: &kube::Client, pod: &Pod) -> String {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return String::new();
+        };
+        if let Some(z) = self.zones.lock().await.get(&node) {
+            return z.clone();
+        }
+        let api: Api<Node> = Api::all(client.clone());
+        match api.get(&node).await {
+            Ok(n) => {
+                let zone = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::ZONE))
+                    .cloned()
+                    .unwrap_or_default();
+                self.zones.lock().await.insert(node, zone.clone());
+                zone
+            }
+            Err(e) => {
+                tracing::debug!(node, error = %e, "cannot read the zone of a kubernetes node");
+                String::new()
+            }
+        }
+    }
+
+    /// The machine a pod is, with its zone.
+    async fn machine(&self, client: &kube::Client, pod: &Pod) -> Option<Machine> {
+        let mut m = machine_of(pod)?;
+        m.zone = self.zone_of(client, pod).await;
+        Some(m)
+    }
 }
 
 fn name_of(pod: &Pod) -> Option<&str> {
@@ -207,10 +254,10 @@ impl PoolProvider for KubernetesProvider {
         let (client, pool, before) = self.pool_pods(&request.pool).await?;
         // Asked again for a launch that already has its pod.
         let minted = request.node.as_str();
-        if let Some(m) = before
+        if let Some(pod) = before
             .iter()
             .find(|p| annotation(p, labels::LAUNCH) == Some(minted))
-            .and_then(machine_of)
+            && let Some(m) = self.machine(&client, pod).await
         {
             return Ok(m);
         }
@@ -241,7 +288,9 @@ impl PoolProvider for KubernetesProvider {
                     .await
                     .map_err(|e| failed(format!("claiming pod {name}: {e}")))?;
                 tracing::info!(node = minted, pod = %name, "kubernetes pod launched");
-                return machine_of(pod)
+                return self
+                    .machine(&client, pod)
+                    .await
                     .ok_or_else(|| failed(format!("pod name {name:?} is not a node id")));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -254,6 +303,34 @@ impl PoolProvider for KubernetesProvider {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    async fn removal_costs(
+        &self,
+        pool: &PoolKey,
+        sessions: &[(MachineId, u32)],
+    ) -> Result<(), ProviderError> {
+        let (client, config, found) = self.pool_pods(pool).await?;
+        let api: Api<Pod> = Api::namespaced(client, &config.namespace);
+        let counts: HashMap<&str, u32> = sessions.iter().map(|(m, n)| (m.as_str(), *n)).collect();
+        for pod in &found {
+            let Some(name) = name_of(pod) else { continue };
+            let Some(count) = counts.get(name) else {
+                continue;
+            };
+            let cost = count.to_string();
+            if pod.metadata.deletion_timestamp.is_some()
+                || annotation(pod, labels::DELETION_COST) == Some(cost.as_str())
+            {
+                continue;
+            }
+            let patch =
+                serde_json::json!({"metadata": {"annotations": {labels::DELETION_COST: cost}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| failed(format!("deletion cost of pod {name}: {e}")))?;
+        }
+        Ok(())
     }
 
     async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError> {
@@ -288,7 +365,13 @@ impl PoolProvider for KubernetesProvider {
     }
 
     async fn list(&self, pool: &PoolKey) -> Result<Vec<Machine>, ProviderError> {
-        let (_, _, found) = self.pool_pods(pool).await?;
-        Ok(found.iter().filter_map(machine_of).collect())
+        let (client, _, found) = self.pool_pods(pool).await?;
+        let mut machines = Vec::with_capacity(found.len());
+        for pod in &found {
+            if let Some(m) = self.machine(&client, pod).await {
+                machines.push(m);
+            }
+        }
+        Ok(machines)
     }
 }

@@ -1,8 +1,33 @@
 //! The provider's API layer through the real `kube` client against the test kit's fake API
 //! server: the scale subresource, a conflicting write retried, and pods by label selector.
 
-use fleet_k8s::{change_replicas, pods, replicas};
+use std::sync::Arc;
+
+use fleet_controller::provider_config::{KubernetesPoolConfig, KubernetesProviderConfig};
+use fleet_core::autoscale::PoolKey;
+use fleet_k8s::{KubernetesProvider, change_replicas, pods, replicas};
+use fleet_proto::{NodeKind, RegionId};
 use fleet_testkit::kube_api::FakeKubeApi;
+
+/// The provider of cluster `test` with the media pool of eu-west-1 on `deployment`.
+fn media_pool(api: &FakeKubeApi, deployment: &str) -> (Arc<KubernetesProvider>, PoolKey) {
+    let key = PoolKey {
+        region: RegionId::parse("eu-west-1").unwrap(),
+        kind: NodeKind::Media,
+    };
+    let provider = KubernetesProvider::new(KubernetesProviderConfig {
+        cluster: "test".into(),
+        pools: vec![KubernetesPoolConfig {
+            region: key.region.clone(),
+            kind: NodeKind::Media,
+            context: None,
+            api_url: Some(api.url.clone()),
+            namespace: "fleet".into(),
+            deployment: deployment.into(),
+        }],
+    });
+    (provider, key)
+}
 
 fn client(api: &FakeKubeApi) -> kube::Client {
     let config = kube::Config::new(api.url.parse().expect("url"));
@@ -69,9 +94,7 @@ async fn the_kube_client_scales_through_the_fake_and_retries_a_conflict() {
 #[tokio::test]
 async fn the_provider_scales_up_and_removes_exactly_the_drained_pod() {
     use fleet_controller::provider::{LaunchRequest, PoolProvider};
-    use fleet_controller::provider_config::{KubernetesPoolConfig, KubernetesProviderConfig};
-    use fleet_core::autoscale::PoolKey;
-    use fleet_proto::{MachineId, Market, NodeId, NodeKind, RegionId};
+    use fleet_proto::{MachineId, Market, NodeId};
     use fleet_testkit::kube_api::Phase;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -92,21 +115,7 @@ async fn the_provider_scales_up_and_removes_exactly_the_drained_pod() {
         1,
         30,
     );
-    let key = PoolKey {
-        region: RegionId::parse("eu-west-1").unwrap(),
-        kind: NodeKind::Media,
-    };
-    let provider = fleet_k8s::KubernetesProvider::new(KubernetesProviderConfig {
-        cluster: "test".into(),
-        pools: vec![KubernetesPoolConfig {
-            region: key.region.clone(),
-            kind: NodeKind::Media,
-            context: None,
-            api_url: Some(api.url.clone()),
-            namespace: "fleet".into(),
-            deployment: "media-eu".into(),
-        }],
-    });
+    let (provider, key) = media_pool(&api, "media-eu");
     let listed = provider.list(&key).await.unwrap();
     assert_eq!(listed.len(), 1);
     let first = listed[0].clone();
@@ -178,4 +187,85 @@ async fn the_provider_scales_up_and_removes_exactly_the_drained_pod() {
             .iter()
             .any(|m| m.node != launched.node && m.node != first.node)
     );
+}
+
+/// A pod's zone is its Kubernetes node's zone label (each node read once); before a terminate,
+/// each pod's deletion cost becomes its live session count, written only where it changed, so a
+/// scale-down by anyone else removes the emptiest pod.
+#[tokio::test]
+async fn pods_get_their_nodes_zone_and_their_session_counts_as_deletion_costs() {
+    use fleet_controller::provider::PoolProvider;
+    use fleet_proto::MachineId;
+    use fleet_testkit::kube_api::{POD_DELETION_COST, Phase};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = FakeKubeApi::start().await;
+    let pool_labels = [
+        ("fleet.io/cluster", "test"),
+        ("fleet.io/pool", "eu-west-1.media"),
+    ];
+    api.add_deployment("fleet", "media-eu", &pool_labels, 3, 30);
+    api.add_node("k8s-a", "eu-west-1a");
+    api.add_node("k8s-b", "eu-west-1b");
+    let names: Vec<String> = api.pods("fleet").into_iter().map(|p| p.name).collect();
+    let [busy, empty, unscheduled] = [&names[0], &names[1], &names[2]];
+    api.set_pod("fleet", busy, "k8s-a", Phase::Running, true);
+    api.set_pod("fleet", empty, "k8s-b", Phase::Running, true);
+    let (provider, key) = media_pool(&api, "media-eu");
+
+    for _ in 0..3 {
+        let listed = provider.list(&key).await.unwrap();
+        let zone = |name: &str| {
+            listed
+                .iter()
+                .find(|m| m.id.as_str() == name)
+                .map(|m| m.zone.clone())
+        };
+        assert_eq!(zone(busy).as_deref(), Some("eu-west-1a"));
+        assert_eq!(zone(empty).as_deref(), Some("eu-west-1b"));
+        assert_eq!(zone(unscheduled).as_deref(), Some(""), "not on a node yet");
+    }
+    let node_reads = api.log().iter().filter(|l| l.contains("/nodes/")).count();
+    assert_eq!(node_reads, 2, "one read per node: {:?}", api.log());
+
+    let cost = |name: &str| {
+        api.pods("fleet")
+            .into_iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.annotations.get(POD_DELETION_COST).cloned())
+    };
+    let patches = || api.log().iter().filter(|l| l.starts_with("PATCH")).count();
+    let id = |n: &str| MachineId::parse(n).unwrap();
+    provider
+        .removal_costs(&key, &[(id(busy), 3), (id(empty), 0)])
+        .await
+        .unwrap();
+    assert_eq!(cost(busy).as_deref(), Some("3"));
+    assert_eq!(cost(empty).as_deref(), Some("0"));
+    assert_eq!(cost(unscheduled), None, "no report, no cost");
+    assert_eq!(patches(), 2);
+    // Unchanged counts are not written again; a changed one is.
+    provider
+        .removal_costs(&key, &[(id(busy), 3), (id(empty), 0)])
+        .await
+        .unwrap();
+    assert_eq!(patches(), 2, "{:?}", api.log());
+    provider
+        .removal_costs(&key, &[(id(busy), 1), (id(empty), 0)])
+        .await
+        .unwrap();
+    assert_eq!(cost(busy).as_deref(), Some("1"));
+    assert_eq!(patches(), 3);
+
+    // Someone else scales the Deployment down twice (`kubectl scale`): the never-scheduled pod
+    // goes first, then the empty pod, not the one with calls.
+    let c = client(&api);
+    change_replicas(&c, "fleet", "media-eu", -2).await.unwrap();
+    let staying: Vec<String> = api
+        .pods("fleet")
+        .into_iter()
+        .filter(|p| !p.terminating())
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(staying, vec![busy.clone()]);
 }

@@ -12,6 +12,8 @@
 //!   else the pod's `terminationGracePeriodSeconds`): the pod gets a `deletionTimestamp` and
 //!   stays Terminating for its grace period, then is gone. A Terminating pod is not active: the
 //!   ReplicaSet replaces it if the replica count still wants it.
+//! - Nodes (`v1`, cluster-scoped): GET one, with the labels a test gave it (its zone in
+//!   `topology.kubernetes.io/zone`, as cloud providers label nodes).
 //! - Every object carries a `resourceVersion` from one counter (as etcd's revision); a write
 //!   whose body carries a `resourceVersion` other than the object's current one gets
 //!   `409 Conflict` (a `Status` with reason `Conflict`), and changes nothing.
@@ -36,6 +38,9 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
+
+/// The well-known label of a Kubernetes node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The annotation the ReplicaSet ranks pods by before deleting one.
 pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -103,6 +108,8 @@ struct Store {
     created: u64,
     deployments: BTreeMap<(String, String), FakeDeployment>,
     pods: BTreeMap<(String, String), FakePod>,
+    /// Kubernetes nodes: name → (labels, resourceVersion).
+    nodes: BTreeMap<String, (BTreeMap<String, String>, u64)>,
     /// Writes with a resourceVersion that get 409 as if someone else wrote first.
     conflicts_to_inject: usize,
     /// Every request, as `METHOD path`.
@@ -132,6 +139,7 @@ impl FakeKubeApi {
         let store = Arc::new(Mutex::new(Store::default()));
         let app = Router::new()
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route("/api/v1/nodes/{name}", get(node))
             .route(
                 "/api/v1/namespaces/{ns}/pods/{name}",
                 get(pod).patch(pod).delete(pod),
@@ -218,6 +226,18 @@ impl FakeKubeApi {
             .deployments
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|d| d.replicas)
+    }
+
+    /// Adds a Kubernetes node in a zone (labelled as cloud providers label theirs).
+    pub fn add_node(&self, name: &str, zone: &str) {
+        let mut s = lock(&self.store);
+        s.revision += 1;
+        let labels = BTreeMap::from([
+            (ZONE_LABEL.to_owned(), zone.to_owned()),
+            ("kubernetes.io/hostname".to_owned(), name.to_owned()),
+        ]);
+        let revision = s.revision;
+        s.nodes.insert(name.to_owned(), (labels, revision));
     }
 
     /// Plays the kubelet: puts a pod on a node with a phase and readiness.
@@ -370,6 +390,25 @@ fn labels_json(m: &BTreeMap<String, String>) -> Value {
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect(),
     )
+}
+
+async fn node(State(store): State<Arc<Mutex<Store>>>, Path(name): Path<String>) -> Response {
+    let mut s = lock(&store);
+    s.log.push(format!("GET /api/v1/nodes/{name}"));
+    match s.nodes.get(&name) {
+        Some((labels, revision)) => axum::Json(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "uid": format!("uid-{name}"),
+                "resourceVersion": revision.to_string(),
+                "labels": labels_json(labels),
+            },
+        }))
+        .into_response(),
+        None => not_found("nodes", &name),
+    }
 }
 
 fn pod_json(p: &FakePod) -> Value {

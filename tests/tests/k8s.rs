@@ -218,6 +218,13 @@ async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call(
             .all(|p| p.node.is_none()),
         "only the drained pod and an unscheduled replacement go: {pods:?}"
     );
+    // Before the terminate, the pod with the call got its session count as its deletion cost,
+    // so a scale-down by anyone else would spare it too.
+    let busy_cost = pods.iter().find(|p| p.name == busy).and_then(|p| {
+        p.annotations
+            .get(fleet_testkit::kube_api::POD_DELETION_COST)
+    });
+    assert_eq!(busy_cost.map(String::as_str), Some("1"), "{pods:?}");
     let sid = body_session(&c, &busy).await;
     assert!(sid, "the call is still hosted on {busy}");
 }

@@ -52,6 +52,18 @@ pub trait PoolProvider: Send + Sync {
     /// launches it had decided, never knowing whether they were carried out).
     async fn launch(&self, request: LaunchRequest) -> Result<Machine, ProviderError>;
 
+    /// Just before a terminate in `pool`: the live sessions on each of the pool's machines
+    /// (from the nodes' reports), for a provider whose platform may also choose machines to
+    /// remove on its own (a Kubernetes ReplicaSet ranks pods by their deletion cost). Most
+    /// providers need nothing.
+    async fn removal_costs(
+        &self,
+        _pool: &PoolKey,
+        _sessions: &[(MachineId, u32)],
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Stops a machine (its node first gets SIGTERM where the provider can send one).
     async fn terminate(&self, machine: &MachineId) -> Result<(), ProviderError>;
 
