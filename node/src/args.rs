@@ -21,7 +21,8 @@ pub struct NodeArgs {
     /// Region the node runs in, e.g. eu-west-1.
     #[arg(long, value_parser = RegionId::parse)]
     pub region: RegionId,
-    /// Zone inside the region [default: <region>a].
+    /// Zone inside the region [default: the instance metadata's availability zone with
+    /// --instance-metadata, else <region>a].
     #[arg(long)]
     pub zone: Option<String>,
     /// The machine this node runs in, as its pool provider names it (set by the provider).
@@ -89,10 +90,7 @@ impl NodeArgs {
             machine: self.machine_id.clone(),
             market: self.market,
             instance_metadata: self.instance_metadata.clone(),
-            zone: self
-                .zone
-                .clone()
-                .unwrap_or_else(|| format!("{}a", self.region)),
+            zone: self.zone.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             controller: self.controller.clone(),
             controller_name: self.controller_name.clone(),
@@ -236,7 +234,7 @@ mod tests {
             Probe::try_parse_from(std::iter::once("probe").chain(EXAMPLE_FLAGS)).expect("parse");
         let config = probe.node.node_config(NodeKind::Media).expect("config");
         assert!(config.node_id.as_str().starts_with("media-eu-west-1-"));
-        assert_eq!(config.zone, "eu-west-1a");
+        assert_eq!(config.zone, None, "resolved when the node runs");
         assert_eq!(config.report_interval, Duration::from_secs(1));
     }
 }

@@ -68,8 +68,9 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// Region, e.g. `eu-west-1`.
     pub region: RegionId,
-    /// Zone, e.g. `eu-west-1a`.
-    pub zone: String,
+    /// Zone, e.g. `eu-west-1a`; `None`: the instance metadata's availability zone when
+    /// `instance_metadata` is set and answers, else `<region>a` (resolved when the node runs).
+    pub zone: Option<String>,
     /// The machine the node runs in, when a pool provider launched it.
     pub machine: Option<MachineId>,
     /// The machine's market, when a pool provider launched it.

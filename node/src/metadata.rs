@@ -22,6 +22,7 @@ const TOKEN_TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
 const INTERRUPTION_PATH: &str = "/latest/meta-data/spot/instance-action";
 const REBALANCE_PATH: &str = "/latest/meta-data/events/recommendations/rebalance";
+const ZONE_PATH: &str = "/latest/meta-data/placement/availability-zone";
 /// The TTL asked for a token; it is renewed after half of it.
 const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 /// One metadata call's time limit (the service is on the machine: it answers in ms).
@@ -203,6 +204,49 @@ fn parse_time(path: &'static str, s: &str) -> Result<u64, MetadataError> {
         path,
         message: format!("time {s:?} before 1970"),
     })
+}
+
+/// The node's zone: `explicit` when given; else the machine's availability zone from the
+/// metadata service at `base` (a node in a Kubernetes pod cannot learn its zone from the pod,
+/// but a host-network pod on EC2 reads it here); else `<region>a`, with a warning when the
+/// service was asked and did not answer.
+pub async fn zone(explicit: Option<&str>, base: Option<&str>, region: &str) -> String {
+    if let Some(z) = explicit {
+        return z.to_owned();
+    }
+    let fallback = format!("{region}a");
+    let Some(base) = base else {
+        return fallback;
+    };
+    let answer = MetadataWatcher::new(base).read(ZONE_PATH).await;
+    match answer {
+        Ok(Some(body)) => match String::from_utf8(body) {
+            Ok(z) if valid_zone(z.trim()) => z.trim().to_owned(),
+            _ => {
+                tracing::warn!(zone = fallback, "instance metadata gave no valid zone");
+                fallback
+            }
+        },
+        Ok(None) => {
+            tracing::warn!(
+                zone = fallback,
+                "instance metadata has no availability zone"
+            );
+            fallback
+        }
+        Err(e) => {
+            tracing::warn!(zone = fallback, error = %e, "instance metadata unreadable");
+            fallback
+        }
+    }
+}
+
+/// A zone name as clouds write them: 1 to 64 of `[a-z0-9-]`.
+fn valid_zone(z: &str) -> bool {
+    !z.is_empty()
+        && z.len() <= 64
+        && z.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Polls the service every `interval` and hands each notice to `on_notice` (once per change),

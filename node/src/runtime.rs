@@ -130,6 +130,14 @@ impl Node {
             auth,
             kind_secret: _,
         } = self;
+        let mut config = config;
+        let zone = crate::metadata::zone(
+            config.zone.as_deref(),
+            config.instance_metadata.as_deref(),
+            config.region.as_str(),
+        )
+        .await;
+        config.zone = Some(zone.clone());
         let term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
         let int = signal(SignalKind::interrupt()).map_err(NodeError::Signal)?;
 
@@ -139,7 +147,7 @@ impl Node {
             config.node_id.clone(),
             config.kind,
             config.region.clone(),
-            config.zone.clone(),
+            zone,
             core,
             status_rx,
             data_plane.clone(),
@@ -250,7 +258,7 @@ fn reporter_config(
             node_id: config.node_id.clone(),
             kind: config.kind,
             region: config.region.clone(),
-            zone: config.zone.clone(),
+            zone: config.zone.clone().unwrap_or_default(),
             version: config.version.clone(),
             addresses,
             capacity_total: config.capacity,

@@ -25,7 +25,7 @@ fn config(controller: SocketAddr, cert: &Path, node: &str) -> NodeConfig {
         kind: NodeKind::Media,
         node_id: NodeId::parse(node).expect("id"),
         region: fleet_proto::RegionId::parse("eu-west-1").expect("region"),
-        zone: "eu-west-1a".into(),
+        zone: Some("eu-west-1a".into()),
         machine: fleet_proto::MachineId::parse("local-1").ok(),
         market: None,
         instance_metadata: None,
@@ -274,6 +274,50 @@ async fn a_spot_interruption_notice_goes_into_every_report_from_then_on() {
     // IMDSv2 only: every read carried a token.
     assert_eq!(imds.refused(), 0);
     run.abort();
+}
+
+/// Without --zone, a node on a cloud machine takes its zone from the instance metadata (a pod
+/// cannot learn its zone otherwise); without an answer it falls back to `<region>a`.
+#[tokio::test]
+async fn a_node_without_a_zone_takes_the_machines_availability_zone() {
+    let mut ctl = FakeController::start(SECRET).await;
+    let imds = FakeImds::start("i-0123456789abcdef0").await;
+    imds.set_availability_zone("eu-west-1c");
+    let mut cfg = config(ctl.addr(), ctl.cert_path(), "media-z1");
+    cfg.zone = None;
+    cfg.instance_metadata = Some(imds.url.clone());
+    let run = tokio::spawn(
+        Node::bind(cfg)
+            .await
+            .expect("bind")
+            .run(vec![], axum::Router::new()),
+    );
+    let hello = ctl
+        .next(|e| match e {
+            LinkEvent::Hello(h) => Some(h),
+            _ => None,
+        })
+        .await;
+    assert_eq!(hello.zone, "eu-west-1c");
+    assert_eq!(imds.refused(), 0, "IMDSv2: with a token");
+    run.abort();
+
+    use fleet_node::metadata::zone;
+    assert_eq!(zone(Some("z-9"), Some(&imds.url), "eu-west-1").await, "z-9");
+    assert_eq!(zone(None, None, "eu-west-1").await, "eu-west-1a");
+    let silent = FakeImds::start("i-1").await;
+    assert_eq!(
+        zone(None, Some(&silent.url), "eu-west-1").await,
+        "eu-west-1a"
+    );
+    // Nothing listens on port 9 of loopback: unreachable, so the fallback.
+    assert_eq!(
+        zone(None, Some("http://127.0.0.1:9"), "eu-west-1").await,
+        "eu-west-1a"
+    );
+    let odd = FakeImds::start("i-2").await;
+    odd.set_availability_zone("EU WEST\n");
+    assert_eq!(zone(None, Some(&odd.url), "eu-west-1").await, "eu-west-1a");
 }
 
 #[tokio::test]

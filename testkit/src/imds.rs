@@ -2,7 +2,7 @@
 //! `PUT /latest/api/token` with a TTL header gets a token; every GET must carry a valid token
 //! (401 otherwise, as IMDS answers when IMDSv1 is switched off); the spot interruption notice
 //! and the rebalance recommendation answer 404 until a test sets them, then the JSON EC2
-//! sends. Also serves `instance-id` and `user-data`.
+//! sends. Also serves `instance-id`, `placement/availability-zone` and `user-data`.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +16,7 @@ struct State {
     rebalance: Option<String>,
     instance_id: String,
     user_data: Option<String>,
+    availability_zone: Option<String>,
     /// GETs refused for a missing or unknown token.
     refused: usize,
     /// GETs answered.
@@ -55,6 +56,11 @@ impl FakeImds {
             }
         });
         FakeImds { url, state }
+    }
+
+    /// The machine's availability zone (404 until set).
+    pub fn set_availability_zone(&self, zone: &str) {
+        lock(&self.state).availability_zone = Some(zone.to_owned());
     }
 
     /// EC2 announces the spot interruption: the machine is terminated at `at_unix_ms`.
@@ -135,6 +141,7 @@ async fn serve(mut conn: TcpStream, state: Arc<Mutex<State>>) {
                 "/latest/meta-data/events/recommendations/rebalance" => s.rebalance.clone(),
                 "/latest/meta-data/instance-id" => Some(s.instance_id.clone()),
                 "/latest/user-data" => s.user_data.clone(),
+                "/latest/meta-data/placement/availability-zone" => s.availability_zone.clone(),
                 _ => None,
             };
             match found {
