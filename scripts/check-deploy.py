@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Checks deploy/: the Terraform parses as HCL2 (python-hcl2), every variable it uses is
 declared and every declared variable without a default is an input or comes from
-fleet.auto.tfvars.json; checkov finds no failed check (the skipped ones are listed with their
-reasons); the systemd units carry the hardening every fleet unit must have.
+fleet.auto.tfvars.json; the systemd units carry the hardening every fleet unit must have; every
+Kubernetes overlay builds with `kubectl kustomize` and validates (kubernetes-validate, strict)
+against the schemas of the oldest and newest Kubernetes versions supported; checkov finds no
+failed check in the Terraform, the built manifests and the Containerfile (the skipped ones are
+listed with their reasons). Whether the manifests agree with the code (labels, ports, probe
+paths, flags, drain deadline) is k8s/tests/manifests.rs's job.
 
-Run by scripts/test.sh with the deploy virtual environment (checkov, python-hcl2):
+Run by scripts/test.sh with the deploy virtual environment (checkov, python-hcl2, kubectl,
+kubernetes-validate):
     .venv-deploy/bin/python scripts/check-deploy.py
 Exit status 0 when all holds, 1 with the reasons otherwise.
 """
@@ -12,14 +17,22 @@ Exit status 0 when all holds, 1 with the reasons otherwise.
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import hcl2
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TF = ROOT / "deploy" / "terraform"
 UNITS = ROOT / "deploy" / "systemd"
+K8S = ROOT / "deploy" / "kubernetes"
+CONTAINER = ROOT / "deploy" / "container" / "Containerfile"
+BIN = pathlib.Path(sys.executable).parent
+# The oldest Kubernetes the manifests support (kube's k8s-openapi feature v1_33) and the newest
+# kubernetes-validate knows.
+KUBERNETES_VERSIONS = ["1.33.0", "1.37.0"]
 # Inputs an operator gives per region (no default on purpose).
 INPUTS = {"region", "cluster", "vpc_id", "ami_id", "controller_cidrs", "api_client_cidrs"}
 HARDENING = {
@@ -71,39 +84,86 @@ def check_terraform():
     print(f"terraform: {len(files)} files parse; {len(declared)} variables, {len(used)} used")
 
 
-def check_checkov():
+def checkov(what, args):
+    """Runs checkov with `args`; a failed check is a problem, skipped ones are listed."""
     out = subprocess.run(
-        [
-            str(pathlib.Path(sys.executable).parent / "checkov"),
-            "-d", str(TF),
-            "--framework", "terraform",
-            "--skip-download",
-            "--output", "json",
-        ],
+        [str(BIN / "checkov"), *args, "--skip-download", "--output", "json"],
         capture_output=True,
         text=True,
     )
     try:
         report = json.loads(out.stdout)
     except json.JSONDecodeError:
-        problems.append(f"checkov gave no report (exit {out.returncode}): {out.stderr[-2000:]}")
-        return
-    results = report.get("results", {}) if isinstance(report, dict) else {}
-    summary = report.get("summary", {}) if isinstance(report, dict) else {}
-    for check in results.get("failed_checks", []):
         problems.append(
-            f"checkov {check['check_id']} ({check['check_name']}) failed for "
-            f"{check['resource']} in {check['file_path']}"
+            f"checkov ({what}) gave no report (exit {out.returncode}): {out.stderr[-2000:]}"
         )
-    for check in results.get("skipped_checks", []):
-        reason = (check.get("check_result") or {}).get("suppress_comment", "")
-        print(f"checkov skipped {check['check_id']} for {check['resource']}: {reason}")
-    print(
-        f"checkov: {summary.get('passed', 0)} passed, {summary.get('failed', 0)} failed, "
-        f"{summary.get('skipped', 0)} skipped"
-    )
-    if summary.get("passed", 0) == 0:
-        problems.append("checkov passed no check: did it scan the Terraform?")
+        return
+    # One framework gives a report, several a list of them.
+    reports = report if isinstance(report, list) else [report]
+    passed = failed = skipped = 0
+    for r in reports:
+        results = r.get("results", {})
+        summary = r.get("summary", {})
+        passed += summary.get("passed", 0)
+        failed += summary.get("failed", 0)
+        skipped += summary.get("skipped", 0)
+        for check in results.get("failed_checks", []):
+            problems.append(
+                f"checkov {check['check_id']} ({check['check_name']}) failed for "
+                f"{check['resource']} in {what}"
+            )
+        for check in results.get("skipped_checks", []):
+            reason = (check.get("check_result") or {}).get("suppress_comment", "")
+            print(f"checkov skipped {check['check_id']} for {check['resource']}: {reason}")
+    print(f"checkov ({what}): {passed} passed, {failed} failed, {skipped} skipped")
+    if passed == 0:
+        problems.append(f"checkov passed no check in {what}: did it scan anything?")
+
+
+def check_checkov():
+    checkov("terraform", ["-d", str(TF), "--framework", "terraform"])
+
+
+def check_kubernetes(out_dir):
+    overlays = sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir())
+    if len(overlays) < 3:
+        problems.append("expected one overlay per region in deploy/kubernetes/overlays")
+    for overlay in overlays:
+        built = subprocess.run(
+            [str(BIN / "kubectl"), "kustomize", str(overlay)], capture_output=True, text=True
+        )
+        if built.returncode != 0:
+            problems.append(f"kubectl kustomize {overlay.name}: {built.stderr.strip()}")
+            continue
+        path = out_dir / f"{overlay.name}.yaml"
+        path.write_text(built.stdout)
+        kinds = re.findall(r"^kind: (\S+)", built.stdout, re.M)
+        print(f"kustomize {overlay.name}: {len(kinds)} objects")
+        for version in KUBERNETES_VERSIONS:
+            valid = subprocess.run(
+                [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", version, str(path)],
+                capture_output=True,
+                text=True,
+            )
+            if valid.returncode != 0:
+                problems.append(
+                    f"{overlay.name} is not valid Kubernetes {version}: "
+                    f"{(valid.stdout + valid.stderr).strip()[-2000:]}"
+                )
+        print(f"kubernetes-validate {overlay.name}: checked against {', '.join(KUBERNETES_VERSIONS)}")
+        checkov(f"kubernetes overlay {overlay.name}", ["-f", str(path), "--framework", "kubernetes"])
+
+
+def check_containerfile(out_dir):
+    # checkov knows Dockerfiles by name: the same file under that name.
+    copy = out_dir / "Dockerfile"
+    shutil.copyfile(CONTAINER, copy)
+    text = CONTAINER.read_text()
+    if not re.search(r"^USER (?!0\b|root\b)\S+", text, re.M):
+        problems.append("Containerfile: the image must run as a non-root USER")
+    if len(re.findall(r"^FROM ", text, re.M)) < 2:
+        problems.append("Containerfile: expected a build stage and a run stage")
+    checkov("Containerfile", ["-f", str(copy), "--framework", "dockerfile"])
 
 
 def check_units():
@@ -128,6 +188,9 @@ def check_units():
 check_terraform()
 check_checkov()
 check_units()
+with tempfile.TemporaryDirectory() as tmp:
+    check_kubernetes(pathlib.Path(tmp))
+    check_containerfile(pathlib.Path(tmp))
 if problems:
     print("deploy/ check failed:", file=sys.stderr)
     for p in problems:

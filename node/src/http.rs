@@ -11,14 +11,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use fleet_proto::deploy;
+
 use crate::state::NodeShared;
 
 /// The node's routes, merged with `extra` (a data plane's own routes).
 pub(crate) fn router(shared: Arc<NodeShared>, extra: Router) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(deploy::HEALTHZ, get(healthz))
+        .route(deploy::READYZ, get(readyz))
+        .route(deploy::METRICS, get(metrics))
         .route("/v1/status", get(status))
         .with_state(shared)
         .merge(extra)

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod deploy;
 pub mod ids;
 #[cfg(feature = "join-token")]
 pub mod join_token;

@@ -17,6 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use fleet_proto::deploy;
 
 use crate::state::AppState;
 
@@ -63,9 +64,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(bookings::delete_booking),
         )
         .route("/v1/demand/trace", get(demand::demand_trace))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route(deploy::METRICS, get(metrics))
+        .route(deploy::HEALTHZ, get(|| async { "ok\n" }))
+        .route(deploy::READYZ, get(readyz))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors::json_errors))
