@@ -2,9 +2,10 @@
 //! real one can run here): `fleet serve` starts with kube's rustls client (one crypto provider),
 //! scales the pool's Deployment up to its min through the scale subresource, and claims the
 //! new pod as that launch. With real node processes playing the pods, a scale-down removes
-//! exactly the drained pod, even when the ReplicaSet alone would remove the one with a call.
+//! exactly the drained pod, even when the ReplicaSet alone would remove the one with a call; a
+//! pod evicted from outside gets SIGTERM as from the kubelet, drains its call, and is replaced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use fleet_e2e::*;
@@ -50,39 +51,94 @@ async fn fake_with_empty_pool() -> FakeKubeApi {
         ("fleet.io/cluster", "e2e"),
         ("fleet.io/pool", "eu-west-1.media"),
     ];
-    api.add_deployment("fleet", "media-eu-west-1", &labels, 0, 30);
+    api.add_deployment("fleet", "media-eu-west-1", &labels, 0, GRACE_SECS);
     api
 }
 
+/// The pods' termination grace in the fake, and the nodes' drain grace: equal, as in
+/// deploy/kubernetes.
+const GRACE_SECS: u64 = 30;
+
 /// Plays the kubelet: a media-node process for each new pod (its name is its node id and
-/// machine), the pod Running once started; a Terminating or gone pod loses its process.
-fn kubelet(c: &Controller, api: &FakeKubeApi, procs: &mut HashMap<String, Proc>) {
-    let pods = api.pods("fleet");
-    procs.retain(|name, proc| {
-        let alive = pods.iter().any(|p| &p.name == name && !p.terminating());
-        if !alive {
-            proc.kill();
+/// machine), the pod Running once started. A pod that starts Terminating gets SIGTERM once, as
+/// the kubelet sends it when the grace period starts; a pod gone (its grace over) loses its
+/// process (SIGKILL).
+#[derive(Default)]
+struct Kubelet {
+    procs: HashMap<String, Proc>,
+    signalled: HashSet<String>,
+}
+
+impl Kubelet {
+    fn sync(&mut self, c: &Controller, api: &FakeKubeApi) {
+        let pods = api.pods("fleet");
+        self.procs.retain(|name, proc| {
+            let Some(pod) = pods.iter().find(|p| &p.name == name) else {
+                proc.kill();
+                return false;
+            };
+            if pod.terminating() && self.signalled.insert(name.clone()) {
+                proc.signal(libc::SIGTERM);
+            }
+            true
+        });
+        for p in pods.iter().filter(|p| !p.terminating()) {
+            if self.procs.contains_key(&p.name) {
+                continue;
+            }
+            let grace = GRACE_SECS.to_string();
+            let proc = c
+                .node_in_machine(
+                    "media-node",
+                    &p.name,
+                    "eu-west-1",
+                    "eu-west-1a",
+                    &p.name,
+                    16,
+                    &["--drain-grace-secs", &grace],
+                )
+                .unwrap();
+            api.set_pod("fleet", &p.name, "node-a", Phase::Running, true);
+            self.procs.insert(p.name.clone(), proc);
         }
-        alive
-    });
-    for p in pods.iter().filter(|p| !p.terminating()) {
-        if procs.contains_key(&p.name) {
-            continue;
-        }
-        let proc = c
-            .node_in_machine(
-                "media-node",
-                &p.name,
-                "eu-west-1",
-                "eu-west-1a",
-                &p.name,
-                16,
-                &[],
-            )
-            .unwrap();
-        api.set_pod("fleet", &p.name, "node-a", Phase::Running, true);
-        procs.insert(p.name.clone(), proc);
     }
+
+    /// Syncs until the pool has `n` serving media nodes.
+    async fn until_serving(&mut self, c: &Controller, api: &FakeKubeApi, n: usize) {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.sync(c, api);
+            let nodes = c.nodes().await.unwrap_or_default();
+            let serving = nodes
+                .iter()
+                .filter(|n| n["kind"] == "media" && n["state"] == "serving")
+                .count();
+            if serving == n {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "not {n} serving pods: {:?}",
+                api.pods("fleet")
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// A 1:1 call in eu-west-1: its session id and media node.
+async fn place_call(c: &Controller) -> (String, String) {
+    let (status, body) = c
+        .create_session(json!({"participants": [
+            {"id": "t1", "region": "eu-west-1"},
+            {"id": "c1", "region": "eu-west-1"}
+        ]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_owned();
+    let node = body["media"]["node_id"].as_str().unwrap().to_owned();
+    (sid, node)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,37 +187,11 @@ async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call(
     let api = fake_with_empty_pool().await;
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
-    let mut procs = HashMap::new();
-    let end = Instant::now() + Duration::from_secs(60);
-    let serving = |nodes: &[serde_json::Value]| {
-        nodes
-            .iter()
-            .filter(|n| n["kind"] == "media" && n["state"] == "serving")
-            .count()
-    };
-    loop {
-        kubelet(&c, &api, &mut procs);
-        if serving(&c.nodes().await.unwrap_or_default()) == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "no two serving pods: {:?}",
-            api.pods("fleet")
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let mut kubelet = Kubelet::default();
+    kubelet.until_serving(&c, &api, 2).await;
     // A call on one pod; the fake marks that pod not ready, so the ReplicaSet alone would
     // remove it first.
-    let (status, body) = c
-        .create_session(json!({"participants": [
-            {"id": "t1", "region": "eu-west-1"},
-            {"id": "c1", "region": "eu-west-1"}
-        ]}))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let busy = body["media"]["node_id"].as_str().unwrap().to_owned();
+    let (_, busy) = place_call(&c).await;
     api.set_pod("fleet", &busy, "node-a", Phase::Running, false);
     let idle = api
         .pods("fleet")
@@ -191,7 +221,7 @@ async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call(
     assert_eq!(status, 200, "{body}");
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        kubelet(&c, &api, &mut procs);
+        kubelet.sync(&c, &api);
         let idle_gone = api
             .pods("fleet")
             .iter()
@@ -236,4 +266,64 @@ async fn body_session(c: &Controller, node: &str) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|n| n["id"] == node && n["sessions"] == 1 && n["state"] == "serving")
+}
+
+/// A pod evicted by someone else (a node upgrade, a drain of its Kubernetes node) gets SIGTERM:
+/// its node drains itself, keeping its call, and takes no new one; the ReplicaSet's
+/// replacement serves; when the call ends the node exits on its own, before its grace is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_pod_drains_its_call_and_is_replaced() {
+    let api = fake_with_empty_pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
+    let mut kubelet = Kubelet::default();
+    kubelet.until_serving(&c, &api, 2).await;
+    let (sid, busy) = place_call(&c).await;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !body_session(&c, &busy).await {
+        assert!(Instant::now() < end, "the call is not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    api.evict("fleet", &busy);
+    let evicted_at = Instant::now();
+    // The evicted node drains with its call; two pods serve again (the other one and the
+    // ReplicaSet's replacement, or a launch of the autoscaler's).
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        kubelet.sync(&c, &api);
+        let nodes = c.nodes().await.unwrap_or_default();
+        let draining_with_call = nodes
+            .iter()
+            .any(|n| n["id"] == busy.as_str() && n["state"] == "draining" && n["sessions"] == 1);
+        let serving = nodes
+            .iter()
+            .filter(|n| n["kind"] == "media" && n["state"] == "serving")
+            .count();
+        if draining_with_call && serving >= 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "not drained and replaced: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // No new call goes to the draining pod.
+    for _ in 0..3 {
+        let (_, node) = place_call(&c).await;
+        assert_ne!(node, busy, "a new call was placed on the draining pod");
+    }
+    // The call ends: the node, empty, exits by itself while its pod is still Terminating.
+    let status = c.sessions().delete(&sid).await.unwrap();
+    assert!((200..300).contains(&status), "delete: {status}");
+    let proc = kubelet
+        .procs
+        .get_mut(&busy)
+        .expect("the evicted pod's process");
+    let exit = proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("the drained node exits once empty");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        evicted_at.elapsed() < Duration::from_secs(GRACE_SECS),
+        "it exited on its own, not at the end of its grace"
+    );
 }
