@@ -9,6 +9,18 @@ use fleet_k8s::{KubernetesProvider, change_replicas, pods, replicas};
 use fleet_proto::{NodeKind, RegionId};
 use fleet_testkit::kube_api::FakeKubeApi;
 
+/// A fake API server with cluster `test`'s eu-west-1 media Deployment `media-eu` at `replicas`.
+async fn fake_with_media_eu(replicas: i64) -> FakeKubeApi {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = FakeKubeApi::start().await;
+    let pool_labels = [
+        ("fleet.io/cluster", "test"),
+        ("fleet.io/pool", "eu-west-1.media"),
+    ];
+    api.add_deployment("fleet", "media-eu", &pool_labels, replicas, 30);
+    api
+}
+
 /// The provider of cluster `test` with the media pool of eu-west-1 on `deployment`.
 fn media_pool(api: &FakeKubeApi, deployment: &str) -> (Arc<KubernetesProvider>, PoolKey) {
     let key = PoolKey {
@@ -97,13 +109,7 @@ async fn the_provider_scales_up_and_removes_exactly_the_drained_pod() {
     use fleet_proto::{MachineId, Market, NodeId};
     use fleet_testkit::kube_api::Phase;
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let api = FakeKubeApi::start().await;
-    let pool_labels = [
-        ("fleet.io/cluster", "test"),
-        ("fleet.io/pool", "eu-west-1.media"),
-    ];
-    api.add_deployment("fleet", "media-eu", &pool_labels, 1, 30);
+    let api = fake_with_media_eu(1).await;
     // Another cluster's pods in the same namespace are not this pool's.
     api.add_deployment(
         "fleet",
@@ -198,13 +204,7 @@ async fn pods_get_their_nodes_zone_and_their_session_counts_as_deletion_costs() 
     use fleet_proto::MachineId;
     use fleet_testkit::kube_api::{POD_DELETION_COST, Phase};
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let api = FakeKubeApi::start().await;
-    let pool_labels = [
-        ("fleet.io/cluster", "test"),
-        ("fleet.io/pool", "eu-west-1.media"),
-    ];
-    api.add_deployment("fleet", "media-eu", &pool_labels, 3, 30);
+    let api = fake_with_media_eu(3).await;
     api.add_node("k8s-a", "eu-west-1a");
     api.add_node("k8s-b", "eu-west-1b");
     let names: Vec<String> = api.pods("fleet").into_iter().map(|p| p.name).collect();
