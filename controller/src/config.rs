@@ -71,6 +71,41 @@ pub struct Config {
     pub demand: DemandConfig,
     /// `[providers.…]`: cloud providers' launch settings.
     pub providers: crate::provider_config::ProvidersConfig,
+    /// `[store]`: a shared PostgreSQL store for several controllers.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where the controller keeps its state. Unset `url`: the embedded SQLite file
+/// (`autoscale.store`), for one controller. `url = "postgres://…"`: a PostgreSQL database
+/// shared by every controller of the fleet; one of them leads (scales pools, answers the API)
+/// and the others stand by, warm, to take over (`crate::leader`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/db` (or `sqlite://PATH`); the password is best set
+    /// through `FLEET__STORE__URL`.
+    pub url: Option<String>,
+    /// A leader that has not renewed its lease with the database for this long stops acting as
+    /// leader, and the database ends its session so a standby takes over.
+    pub lease_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            lease_ms: 5_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether several controllers share this store (one leads).
+    pub fn shared(&self) -> bool {
+        self.url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
 }
 
 /// `[demand]`: the controller keeps the sessions it placed as a demand trace (no ids or IPs,
@@ -330,6 +365,17 @@ impl Config {
         self.placement.validate().map_err(in_section("placement"))?;
         self.registry.validate().map_err(in_section("registry"))?;
         self.autoscale.validate().map_err(in_section("autoscale"))?;
+        if let Some(url) = &self.store.url
+            && !(self.store.shared() || url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "store.url",
+                "expected postgres://user@host:port/db or sqlite://PATH",
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.store.lease_ms) {
+            return Err(invalid("store.lease_ms", "expected 1000..=60000 ms"));
+        }
         self.sim.validate().map_err(in_section("sim"))?;
         if !(1..=366).contains(&self.demand.retention_days) {
             return Err(invalid("demand.retention_days", "expected 1..=366 days"));

@@ -3,14 +3,18 @@
 //! progress (so a restarted controller resumes them instead of repeating them), and the demand
 //! trace (finished sessions in the trace format's terms: no ids, locations rounded to 0.1°).
 //!
-//! Embedded SQLite through sqlx, in the controller's state directory. sqlx because the same
-//! async API and pool also speak PostgreSQL, which the highly available controller (several
-//! controllers, one shared store) will use; SQLite (WAL) for one controller because it needs
-//! no server. Writes from the scaler go through a queue to one writer task, so a slow disk never
-//! stalls a tick.
+//! Two backends through sqlx's `Any` driver, with the same SQL (numbered parameters, `ON
+//! CONFLICT` upserts) and a schema written for both: embedded SQLite (WAL) in the controller's
+//! state directory, the default for one controller and `fleet up`; and PostgreSQL (`[store]
+//! url`), shared by several controllers of which one leads (`crate::leader`). As leader, every
+//! write runs in a transaction that first checks the leader's fencing epoch, and is refused
+//! when a newer leader exists. Writes from the scaler go through a queue to one writer task, so
+//! a slow disk or database never stalls a tick, and nothing on the placement path waits on it.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use fleet_core::Profile;
 use fleet_core::autoscale::{Booking, InFlight, PolicyPatch, PoolKey, PoolPolicy};
@@ -18,7 +22,8 @@ use fleet_core::demand::DemandRow;
 use fleet_core::trace::{format_participants, parse_participants};
 use fleet_proto::{Market, NodeId, NodeKind, RegionId};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use tokio::sync::mpsc;
 
 use crate::scaler::ScalingEvent;
@@ -30,6 +35,11 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("store: a saved value does not read back: {0}")]
     Corrupt(String),
+    #[error("store: {0}")]
+    Url(String),
+    /// A write made as leader after a newer leader took over (or before this one led).
+    #[error("store: write refused: this controller is not the leader (epoch {mine}, leader's {current})")]
+    Fenced { mine: i64, current: i64 },
 }
 
 /// One write, queued for the writer task.
@@ -83,47 +93,78 @@ pub struct Saved {
     pub events: Vec<ScalingEvent>,
 }
 
+/// Which database the store is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// With several controllers: the epoch this controller leads with (0 while it does not);
+    /// every write checks it against the database's. `None`: one controller, no fencing.
+    fence: Option<Arc<AtomicI64>>,
 }
 
+/// The schema, for both backends: `{id}` is each backend's auto-incremented key.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS scaling_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at_unix_ms INTEGER NOT NULL, region TEXT NOT NULL,
-        kind TEXT NOT NULL, action TEXT NOT NULL, node_id TEXT, count INTEGER,
+        id {id}, at_unix_ms BIGINT NOT NULL, region TEXT NOT NULL,
+        kind TEXT NOT NULL, action TEXT NOT NULL, node_id TEXT, count BIGINT,
         reason TEXT NOT NULL, inputs TEXT)",
     "CREATE INDEX IF NOT EXISTS scaling_events_at ON scaling_events (at_unix_ms)",
     "CREATE TABLE IF NOT EXISTS pool_policies (
         region TEXT NOT NULL, kind TEXT NOT NULL, policy TEXT NOT NULL,
         PRIMARY KEY (region, kind))",
     "CREATE TABLE IF NOT EXISTS policy_changes (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at_unix_ms INTEGER NOT NULL, region TEXT NOT NULL,
+        id {id}, at_unix_ms BIGINT NOT NULL, region TEXT NOT NULL,
         kind TEXT NOT NULL, change TEXT NOT NULL, changed_by TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS pool_pauses (
         region TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (region, kind))",
     "CREATE TABLE IF NOT EXISTS bookings (
-        id TEXT PRIMARY KEY, region TEXT NOT NULL, start_unix_ms INTEGER NOT NULL,
-        duration_ms INTEGER NOT NULL, participants INTEGER NOT NULL, profile TEXT NOT NULL,
-        made_unix_ms INTEGER NOT NULL DEFAULT 0)",
+        id TEXT PRIMARY KEY, region TEXT NOT NULL, start_unix_ms BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL, participants BIGINT NOT NULL, profile TEXT NOT NULL,
+        made_unix_ms BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS drains (
         node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL,
-        deadline_unix_ms INTEGER NOT NULL)",
+        deadline_unix_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS launches (
         node_id TEXT PRIMARY KEY, region TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL,
-        launched_unix_ms INTEGER NOT NULL)",
+        launched_unix_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS demand (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, start_unix_ms INTEGER NOT NULL,
-        duration_ms INTEGER NOT NULL, participants TEXT NOT NULL, booked_unix_ms INTEGER,
+        id {id}, start_unix_ms BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL, participants TEXT NOT NULL, booked_unix_ms BIGINT,
         profile TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS demand_start ON demand (start_unix_ms)",
+    // The leader's fencing epoch (one row; used with PostgreSQL, see `crate::leader`).
+    "CREATE TABLE IF NOT EXISTS fleet_leader (
+        id BIGINT PRIMARY KEY, epoch BIGINT NOT NULL, holder TEXT NOT NULL,
+        since_unix_ms BIGINT NOT NULL)",
 ];
+
+/// The PostgreSQL advisory lock that serializes schema changes.
+const MIGRATION_LOCK: i64 = 0x666c_6565_745f_6d67; // "fleet_mg"
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
 
 /// Columns added after a table's first release: (table, column, definition). Added to a store
 /// written by an older controller; already there in a new one.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    ("bookings", "made_unix_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("bookings", "made_unix_ms", "BIGINT NOT NULL DEFAULT 0"),
     ("launches", "market", "TEXT NOT NULL DEFAULT 'on-demand'"),
 ];
 
@@ -154,7 +195,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 const ACTIONS: [&str; 5] = ["launch", "drain", "undrain", "terminate", "launch_refused"];
 
 /// A `scaling_events` row.
-fn event_of(row: &sqlx::sqlite::SqliteRow) -> Result<ScalingEvent, StoreError> {
+fn event_of(row: &AnyRow) -> Result<ScalingEvent, StoreError> {
     let action: String = row.try_get("action")?;
     let action = ACTIONS
         .into_iter()
@@ -202,7 +243,7 @@ impl Store {
     ) -> Result<Vec<PolicyChange>, StoreError> {
         let rows = sqlx::query(
             "SELECT at_unix_ms, change, changed_by FROM policy_changes
-             WHERE region = ? AND kind = ? ORDER BY id DESC LIMIT ?",
+             WHERE region = $1 AND kind = $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(pool.region.as_str())
         .bind(pool.kind.as_str())
@@ -235,15 +276,14 @@ impl Store {
         let rows = sqlx::query(
             "SELECT at_unix_ms, region, kind, action, node_id, count, reason, inputs
              FROM scaling_events
-             WHERE at_unix_ms >= ? AND at_unix_ms < ?
-               AND (? IS NULL OR region = ?) AND (? IS NULL OR kind = ?)
-             ORDER BY at_unix_ms DESC, id DESC LIMIT ?",
+             WHERE at_unix_ms >= $1 AND at_unix_ms < $2
+               AND (CAST($3 AS TEXT) IS NULL OR region = $3)
+               AND (CAST($4 AS TEXT) IS NULL OR kind = $4)
+             ORDER BY at_unix_ms DESC, id DESC LIMIT $5",
         )
         .bind(i64_of(since_unix_ms))
         .bind(i64_of(before_unix_ms))
         .bind(region.map(|r| r.as_str()))
-        .bind(region.map(|r| r.as_str()))
-        .bind(kind.map(|k| k.as_str()))
         .bind(kind.map(|k| k.as_str()))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -256,33 +296,117 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
+        let text = path.to_str().filter(|t| !t.contains(['?', '#']));
+        let Some(text) = text else {
+            return Err(StoreError::Url(format!(
+                "the store path {} must be UTF-8 without '?' or '#'",
+                path.display()
+            )));
+        };
+        Self::connect(&format!("sqlite://{text}?mode=rwc")).await
+    }
+
+    /// Opens the store at a URL: `postgres://…` (or `postgresql://…`) or `sqlite://PATH`, and
+    /// brings its schema up to date (idempotent; with PostgreSQL under a lock, so controllers
+    /// starting together do not race).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Url(format!(
+                "{}: expected postgres://… or sqlite://…",
+                redact(url)
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 2,
+                Backend::Postgres => 4,
+            })
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
             .await?;
+        if backend == Backend::Sqlite {
+            // Kept in the file: once is enough, and never inside a transaction.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let mut tx = pool.begin().await?;
+        let id = match backend {
+            Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Backend::Postgres => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+            }
+        };
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&pool).await?;
+            sqlx::query(&statement.replace("{id}", id))
+                .execute(&mut *tx)
+                .await?;
         }
         for (table, column, definition) in ADDED_COLUMNS {
-            let present: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?")
+            let present: i64 = match backend {
+                Backend::Sqlite => {
+                    sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2",
+                    )
                     .bind(table)
                     .bind(column)
-                    .fetch_one(&pool)
-                    .await?;
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+                Backend::Postgres => {
+                    sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM information_schema.columns
+                         WHERE table_schema = current_schema() AND table_name = $1
+                           AND column_name = $2",
+                    )
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
             if present == 0 {
                 sqlx::query(&format!(
                     "ALTER TABLE {table} ADD COLUMN {column} {definition}"
                 ))
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await?;
             }
         }
-        Ok(Store { pool })
+        tx.commit().await?;
+        Ok(Store {
+            pool,
+            backend,
+            fence: None,
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for the leader election's own queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// This store, its writes fenced by `epoch` (the epoch this controller leads with, 0 while
+    /// it does not lead: then every write is refused).
+    pub fn fenced(&self, epoch: Arc<AtomicI64>) -> Store {
+        Store {
+            fence: Some(epoch),
+            ..self.clone()
+        }
     }
 
     /// Starts the writer task; writes sent to the returned queue are applied in order (a failed
@@ -302,12 +426,31 @@ impl Store {
 
     /// Applies one write now.
     pub async fn apply(&self, write: &Write) -> Result<(), StoreError> {
-        let p = &self.pool;
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = &self.fence {
+            let mine = fence.load(Ordering::SeqCst);
+            // FOR SHARE: a new leader's epoch increment waits for this write to commit, and
+            // this write sees a committed increment.
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM fleet_leader WHERE id = 1 FOR SHARE")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let current = current.unwrap_or(0);
+            if mine == 0 || current != mine {
+                return Err(StoreError::Fenced { mine, current });
+            }
+        }
+        Self::write_in(&mut tx, write).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn write_in(p: &mut sqlx::AnyConnection, write: &Write) -> Result<(), StoreError> {
         match write {
             Write::Event(e) => {
                 sqlx::query(
                     "INSERT INTO scaling_events (at_unix_ms, region, kind, action, node_id, count, reason, inputs)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(i64_of(e.at_unix_ms))
                 .bind(e.region.as_str())
@@ -317,7 +460,7 @@ impl Store {
                 .bind(e.count.map(i64::from))
                 .bind(&e.reason)
                 .bind(e.inputs.as_ref().map(json))
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::Policy {
@@ -328,42 +471,46 @@ impl Store {
                 at_unix_ms,
             } => {
                 sqlx::query(
-                    "INSERT INTO pool_policies (region, kind, policy) VALUES (?, ?, ?)
+                    "INSERT INTO pool_policies (region, kind, policy) VALUES ($1, $2, $3)
                      ON CONFLICT (region, kind) DO UPDATE SET policy = excluded.policy",
                 )
                 .bind(pool.region.as_str())
                 .bind(pool.kind.as_str())
                 .bind(json(policy))
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
                 sqlx::query(
                     "INSERT INTO policy_changes (at_unix_ms, region, kind, change, changed_by)
-                     VALUES (?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(i64_of(*at_unix_ms))
                 .bind(pool.region.as_str())
                 .bind(pool.kind.as_str())
                 .bind(json(change))
                 .bind(by)
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::Paused { pool, paused } => {
                 let sql = if *paused {
-                    "INSERT OR IGNORE INTO pool_pauses (region, kind) VALUES (?, ?)"
+                    "INSERT INTO pool_pauses (region, kind) VALUES ($1, $2) ON CONFLICT DO NOTHING"
                 } else {
-                    "DELETE FROM pool_pauses WHERE region = ? AND kind = ?"
+                    "DELETE FROM pool_pauses WHERE region = $1 AND kind = $2"
                 };
                 sqlx::query(sql)
                     .bind(pool.region.as_str())
                     .bind(pool.kind.as_str())
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             }
             Write::BookingAdded(b) => {
                 sqlx::query(
-                    "INSERT OR REPLACE INTO bookings (id, region, start_unix_ms, duration_ms, participants, profile, made_unix_ms)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO bookings (id, region, start_unix_ms, duration_ms, participants, profile, made_unix_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (id) DO UPDATE SET region = excluded.region,
+                       start_unix_ms = excluded.start_unix_ms, duration_ms = excluded.duration_ms,
+                       participants = excluded.participants, profile = excluded.profile,
+                       made_unix_ms = excluded.made_unix_ms",
                 )
                 .bind(&b.id)
                 .bind(b.region.as_str())
@@ -372,13 +519,13 @@ impl Store {
                 .bind(i64::from(b.participants))
                 .bind(json(&b.profile))
                 .bind(i64_of(b.made_unix_ms))
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::BookingRemoved(id) => {
-                sqlx::query("DELETE FROM bookings WHERE id = ?")
+                sqlx::query("DELETE FROM bookings WHERE id = $1")
                     .bind(id)
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             }
             Write::DrainStarted {
@@ -387,24 +534,30 @@ impl Store {
                 deadline_unix_ms,
             } => {
                 sqlx::query(
-                    "INSERT OR REPLACE INTO drains (node_id, region, kind, deadline_unix_ms) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO drains (node_id, region, kind, deadline_unix_ms) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (node_id) DO UPDATE SET region = excluded.region,
+                       kind = excluded.kind, deadline_unix_ms = excluded.deadline_unix_ms",
                 )
                 .bind(node.as_str())
                 .bind(pool.region.as_str())
                 .bind(pool.kind.as_str())
                 .bind(i64_of(*deadline_unix_ms))
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::DrainEnded(node) => {
-                sqlx::query("DELETE FROM drains WHERE node_id = ?")
+                sqlx::query("DELETE FROM drains WHERE node_id = $1")
                     .bind(node.as_str())
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             }
             Write::Launched { pool, launch } => {
                 sqlx::query(
-                    "INSERT OR REPLACE INTO launches (node_id, region, kind, zone, launched_unix_ms, market) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO launches (node_id, region, kind, zone, launched_unix_ms, market)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (node_id) DO UPDATE SET region = excluded.region,
+                       kind = excluded.kind, zone = excluded.zone,
+                       launched_unix_ms = excluded.launched_unix_ms, market = excluded.market",
                 )
                 .bind(launch.node.as_str())
                 .bind(pool.region.as_str())
@@ -412,32 +565,32 @@ impl Store {
                 .bind(&launch.zone)
                 .bind(i64_of(launch.launched_unix_ms))
                 .bind(launch.market.as_str())
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::LaunchSeen(node) => {
-                sqlx::query("DELETE FROM launches WHERE node_id = ?")
+                sqlx::query("DELETE FROM launches WHERE node_id = $1")
                     .bind(node.as_str())
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             }
             Write::Demand(row) => {
                 sqlx::query(
                     "INSERT INTO demand (start_unix_ms, duration_ms, participants, booked_unix_ms, profile)
-                     VALUES (?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(i64_of(row.start_unix_ms))
                 .bind(i64_of(row.duration_ms))
                 .bind(format_participants(&row.participants))
                 .bind(row.booked_unix_ms.map(i64_of))
                 .bind(row.profile.as_str())
-                .execute(p)
+                .execute(&mut *p)
                 .await?;
             }
             Write::DemandPrune { before_unix_ms } => {
-                sqlx::query("DELETE FROM demand WHERE start_unix_ms < ?")
+                sqlx::query("DELETE FROM demand WHERE start_unix_ms < $1")
                     .bind(i64_of(*before_unix_ms))
-                    .execute(p)
+                    .execute(&mut *p)
                     .await?;
             }
         }
@@ -513,7 +666,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT at_unix_ms, region, kind, action, node_id, count, reason, inputs
-             FROM scaling_events ORDER BY id DESC LIMIT ?",
+             FROM scaling_events ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::try_from(events).unwrap_or(i64::MAX))
         .fetch_all(p)
@@ -528,7 +681,7 @@ impl Store {
     pub async fn demand_since(&self, since_unix_ms: u64) -> Result<Vec<DemandRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT start_unix_ms, duration_ms, participants, booked_unix_ms, profile
-             FROM demand WHERE start_unix_ms >= ? ORDER BY start_unix_ms, id",
+             FROM demand WHERE start_unix_ms >= $1 ORDER BY start_unix_ms, id",
         )
         .bind(i64_of(since_unix_ms))
         .fetch_all(&self.pool)
@@ -561,11 +714,50 @@ mod tests {
         }
     }
 
+    /// A SQLite store's URL in `dir`.
+    fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite://{}/fleet.db?mode=rwc", dir.path().display())
+    }
+
     #[tokio::test]
-    async fn what_is_written_reads_back_after_a_reopen() {
+    async fn sqlite_store() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("state/fleet.db");
-        let store = Store::open(&path).await.expect("open");
+        what_is_written_reads_back_after_a_reopen(&sqlite_url(&dir)).await;
+        let dir = tempfile::tempdir().expect("dir");
+        decision_log_queries_read_every_action_back(&sqlite_url(&dir)).await;
+        let dir = tempfile::tempdir().expect("dir");
+        demand_rows_read_back_in_start_order_and_are_pruned(&sqlite_url(&dir)).await;
+        // The path form of the same.
+        let dir = tempfile::tempdir().expect("dir");
+        Store::open(&dir.path().join("a/b/fleet.db"))
+            .await
+            .expect("open by path");
+        let refused = Store::open(&dir.path().join("what?.db")).await.err();
+        assert!(matches!(refused, Some(StoreError::Url(_))), "{refused:?}");
+    }
+
+    /// The same checks on a real PostgreSQL, each in a database of its own; then a second
+    /// controller's open (the schema is there) changes nothing.
+    #[tokio::test]
+    async fn postgres_store() {
+        let pg = fleet_testkit::postgres::PgCluster::start();
+        for db in ["reopen", "log", "demand"] {
+            pg.create_database(db);
+        }
+        what_is_written_reads_back_after_a_reopen(&pg.url("reopen")).await;
+        decision_log_queries_read_every_action_back(&pg.url("log")).await;
+        demand_rows_read_back_in_start_order_and_are_pruned(&pg.url("demand")).await;
+        let url = pg.url("log");
+        let (a, b) = tokio::join!(Store::connect(&url), Store::connect(&url));
+        assert_eq!(a.expect("open a").backend(), Backend::Postgres);
+        let saved = b.expect("open b").load(100).await.expect("load");
+        assert_eq!(saved.events.len(), 10);
+        let refused = Store::connect("mysql://x").await.err();
+        assert!(matches!(refused, Some(StoreError::Url(_))), "{refused:?}");
+    }
+
+    async fn what_is_written_reads_back_after_a_reopen(url: &str) {
+        let store = Store::connect(url).await.expect("open");
         let node = NodeId::parse("media-eu-west-1-1").expect("id");
         let policy = PoolPolicy {
             max: 20,
@@ -633,8 +825,8 @@ mod tests {
         for w in &writes {
             store.apply(w).await.expect("write");
         }
-        drop(store);
-        let saved = Store::open(&path)
+        store.pool.close().await;
+        let saved = Store::connect(url)
             .await
             .expect("reopen")
             .load(10)
@@ -652,7 +844,7 @@ mod tests {
         assert_eq!(saved.events[0].count, Some(2));
         assert_eq!(saved.events[0].inputs, Some(Default::default()));
         // Ending what was in progress removes it.
-        let store = Store::open(&path).await.expect("reopen");
+        let store = Store::connect(url).await.expect("reopen");
         store.apply(&Write::DrainEnded(node)).await.expect("end");
         store
             .apply(&Write::LaunchSeen(
@@ -666,12 +858,8 @@ mod tests {
 
     /// Every action the decision log writes reads back (a restarted controller loads them),
     /// and the log can be queried by region, kind and time beyond what memory keeps.
-    #[tokio::test]
-    async fn decision_log_queries_read_every_action_back() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(&dir.path().join("fleet.db"))
-            .await
-            .expect("open");
+    async fn decision_log_queries_read_every_action_back(url: &str) {
+        let store = Store::connect(url).await.expect("open");
         let turn = PoolKey {
             kind: NodeKind::Turn,
             ..key()
@@ -711,13 +899,9 @@ mod tests {
         assert_eq!(both[0].at_unix_ms, 5_000);
     }
 
-    #[tokio::test]
-    async fn demand_rows_read_back_in_start_order_and_are_pruned() {
+    async fn demand_rows_read_back_in_start_order_and_are_pruned(url: &str) {
         use fleet_core::trace::TraceParticipant;
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(&dir.path().join("fleet.db"))
-            .await
-            .expect("open");
+        let store = Store::connect(url).await.expect("open");
         let row = |start: u64, relay: bool, booked: Option<u64>| DemandRow {
             start_unix_ms: start,
             duration_ms: 3_000_000,
@@ -760,6 +944,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_from_before_booking_times_gains_the_column() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("fleet.db");
         {

@@ -16,6 +16,7 @@ pub mod kube_api;
 pub mod messages;
 pub mod mmdb;
 pub mod moto;
+pub mod postgres;
 pub mod process;
 pub mod wait;
 
