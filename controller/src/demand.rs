@@ -17,8 +17,9 @@ pub const SWEEP_EVERY_MS: u64 = 5_000;
 /// Milliseconds between two retention prunes.
 pub const PRUNE_EVERY_MS: u64 = 3_600_000;
 
+/// Recording while the store is there, by the leader only (with a shared store).
 fn recording(state: &AppState) -> bool {
-    state.config.demand.record && state.store.get().is_some()
+    state.config.demand.record && state.store.get().is_some() && state.leading()
 }
 
 /// A session was placed.

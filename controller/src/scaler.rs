@@ -19,6 +19,7 @@ use fleet_core::autoscale::{
 use fleet_proto::{MachineId, Market, NodeId, NodeKind, RegionId};
 use serde::Serialize;
 
+use crate::leader::Leadership;
 use crate::provider::{LaunchRequest, PoolProvider, ProviderError, machine_of};
 use crate::state::AppState;
 use crate::store::{Saved, Write};
@@ -66,6 +67,9 @@ pub struct Scaler {
     resume: Mutex<Vec<(PoolKey, InFlight)>>,
     /// Pools whose list failed: failures in a row, and when to ask again.
     list_backoff: Mutex<HashMap<PoolKey, (u32, tokio::time::Instant)>>,
+    /// With a shared store: launches and terminates happen only after the leader's fence
+    /// (fresh lease, current epoch), drains and undrains only while its lease holds.
+    leadership: Option<Arc<Leadership>>,
 }
 
 /// The scaling in progress as the store has it.
@@ -102,6 +106,29 @@ impl Scaler {
             persisted: Mutex::new(Persisted::default()),
             resume: Mutex::new(Vec::new()),
             list_backoff: Mutex::new(HashMap::new()),
+            leadership: None,
+        }
+    }
+
+    /// Acts only as the leader of a shared store (see the field).
+    pub fn with_leadership(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// Whether a mutation outside the store may go ahead: always without an election; else
+    /// after the leader's fence.
+    async fn fenced(&self, what: &str) -> bool {
+        let Some(l) = &self.leadership else {
+            return true;
+        };
+        match l.fence().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "not the leader: no {what}");
+                metrics::counter!("fleet_fenced_mutations_total").increment(1);
+                false
+            }
         }
     }
 
@@ -274,6 +301,7 @@ impl Scaler {
         state: Arc<AppState>,
         every: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        stop_providers: bool,
     ) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,12 +310,15 @@ impl Scaler {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => break,
             }
-            if state.warmed_up() {
+            let leading = self.leadership.as_ref().is_none_or(|l| l.acting());
+            if state.warmed_up() && leading {
                 self.tick(&state).await;
             }
         }
-        for provider in self.providers.values() {
-            provider.shutdown().await;
+        if stop_providers {
+            for provider in self.providers.values() {
+                provider.shutdown().await;
+            }
         }
     }
 
@@ -491,6 +522,9 @@ impl Scaler {
                     };
                     let (scaler, provider, key) = (self.clone(), provider.clone(), key.clone());
                     tokio::spawn(async move {
+                        if !scaler.fenced("launch").await {
+                            return;
+                        }
                         let result =
                             tokio::time::timeout(scaler.timeout, provider.launch(request)).await;
                         match result {
@@ -522,6 +556,11 @@ impl Scaler {
                     });
                 }
             }
+            Step::Drain { .. } | Step::Undrain { .. }
+                if self.leadership.as_ref().is_some_and(|l| !l.acting()) =>
+            {
+                tracing::warn!("not the leader: no drain or undrain");
+            }
             Step::Drain {
                 node,
                 deadline_unix_ms,
@@ -547,7 +586,11 @@ impl Scaler {
                 let sessions = pool_sessions(state, key);
                 let timeout = self.timeout;
                 let key = key.clone();
+                let scaler = self.clone();
                 tokio::spawn(async move {
+                    if !scaler.fenced("terminate").await {
+                        return;
+                    }
                     let costs = provider.removal_costs(&key, &sessions);
                     match tokio::time::timeout(timeout, costs).await {
                         Ok(Ok(())) => {}

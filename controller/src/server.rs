@@ -11,6 +11,7 @@ use fleet_link::{Acceptor, BootSecrets, ControllerIdentity};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::leader::Leadership;
 use crate::link::LinkShell;
 use crate::provider::PoolProvider;
 use crate::provider::local::{Lifetime, LocalProcessProvider, LocalTemplate};
@@ -88,8 +89,18 @@ fn restrict_permissions(path: &std::path::Path) {
 }
 
 /// The store, when the controller keeps one: for its pools' scaling state or for the demand
-/// trace. Its writer task is started here.
-async fn open_store(config: &Config) -> anyhow::Result<Option<StoreHandle>> {
+/// trace, or shared with other controllers (`[store] url`). Its writer task is started here.
+async fn open_store(config: &Config) -> anyhow::Result<Option<Store>> {
+    if let Some(url) = &config.store.url {
+        let store = Store::connect(url).await.with_context(|| {
+            format!(
+                "config key `store.url`: cannot open {}",
+                crate::store::redact(url)
+            )
+        })?;
+        tracing::info!(store = %crate::store::redact(url), "store opened");
+        return Ok(Some(store));
+    }
     if !config.demand.record && config.pool_setups()?.is_empty() {
         return Ok(None);
     }
@@ -104,23 +115,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Option<StoreHandle>> {
         )
     })?;
     tracing::info!(store = %path.display(), "store opened");
-    let writer = store.writer();
-    Ok(Some(StoreHandle { store, writer }))
+    Ok(Some(store))
 }
 
-/// The scaler for the config's pools (none without pools), with the providers they name.
-async fn start_scaler(
-    config: &Config,
-    link_addr: SocketAddr,
-    hook: Option<EventHook>,
-    store: Option<&StoreHandle>,
-    cloud: Vec<Arc<dyn PoolProvider>>,
-) -> anyhow::Result<Option<Arc<Scaler>>> {
-    let setups = config.pool_setups()?;
-    if setups.is_empty() {
-        return Ok(None);
-    }
-    for (key, setup) in &setups {
+/// Fails when a pool names a provider this controller was started without.
+fn check_providers(config: &Config, cloud: &[Arc<dyn PoolProvider>]) -> anyhow::Result<()> {
+    for (key, setup) in &config.pool_setups()? {
         if setup.provider != "local" && !cloud.iter().any(|p| p.name() == setup.provider) {
             anyhow::bail!(
                 "the {} {} pool has provider \"{}\", which this controller was started without",
@@ -130,6 +130,22 @@ async fn start_scaler(
             );
         }
     }
+    Ok(())
+}
+
+/// The scaler for the config's pools (none without pools), with the providers they name.
+async fn start_scaler(
+    config: &Config,
+    link_addr: SocketAddr,
+    hook: Option<EventHook>,
+    store: Option<&StoreHandle>,
+    cloud: Vec<Arc<dyn PoolProvider>>,
+) -> anyhow::Result<Option<Scaler>> {
+    let setups = config.pool_setups()?;
+    if setups.is_empty() {
+        return Ok(None);
+    }
+    check_providers(config, &cloud)?;
     let Some(store) = store else {
         anyhow::bail!("pools are configured but no store was opened");
     };
@@ -159,9 +175,61 @@ async fn start_scaler(
         launches = saved.launches.len(),
         "resumed scaling state"
     );
-    Ok(Some(Arc::new(
-        scaler.with_store(saved, store.writer.clone()),
-    )))
+    Ok(Some(scaler.with_store(saved, store.writer.clone())))
+}
+
+/// With a shared store: scales the pools while this controller leads. Each time it wins, a
+/// scaler starts from what the store holds (the previous leader's policies, bookings, drains
+/// and launches in progress); when it stops leading, that scaler stops at once.
+#[allow(clippy::too_many_arguments)]
+async fn scale_while_leading(
+    state: Arc<AppState>,
+    config: Config,
+    link_addr: SocketAddr,
+    hook: Option<Arc<EventHook>>,
+    cloud: Vec<Arc<dyn PoolProvider>>,
+    leadership: Arc<Leadership>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut leading = leadership.watch();
+    let every = Duration::from_millis(config.autoscale.tick_ms);
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let hook = hook
+            .clone()
+            .map(|h| Box::new(move |e: &_| h(e)) as EventHook);
+        let store = state.store.get().cloned();
+        let scaler =
+            match start_scaler(&config, link_addr, hook, store.as_ref(), cloud.clone()).await {
+                Ok(Some(s)) => Arc::new(s.with_leadership(leadership.clone())),
+                Ok(None) => {
+                    // No pools: nothing to scale while leading.
+                    let _ = leading.wait_for(|l| !*l).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start scaling as leader; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+        state.scaler.set(Some(scaler.clone()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(scaler.run(state.clone(), every, stopped, false));
+        let ended = tokio::select! {
+            _ = leading.wait_for(|l| !*l) => false,
+            _ = shutdown.changed() => true,
+        };
+        let _ = stop.send(true);
+        state.scaler.set(None);
+        let _ = run.await;
+        if ended {
+            return;
+        }
+    }
 }
 
 /// The pure core's configuration: the file's `[registry]` and `[placement]` sections are the
@@ -269,13 +337,51 @@ impl Controller {
             }
         }));
         let store = open_store(&config).await?;
-        if let Some(store) = &store {
-            let _ = state.store.set(store.clone());
-        }
-        if let Some(scaler) = start_scaler(&config, link_addr, hook, store.as_ref(), cloud).await? {
-            let scaler = state.scaler.get_or_init(|| scaler).clone();
-            let every = Duration::from_millis(config.autoscale.tick_ms);
-            tasks.push(tokio::spawn(scaler.run(state.clone(), every, rx.clone())));
+        if config.store.shared()
+            && let Some(store) = store
+        {
+            // Several controllers: this one stands by until it wins the election; its writes
+            // are fenced by the epoch it leads with.
+            check_providers(&config, &cloud)?;
+            let holder = format!("controller {api_addr} (pid {})", std::process::id());
+            let url = config.store.url.clone().unwrap_or_default();
+            let lease = Duration::from_millis(config.store.lease_ms);
+            let leadership = Leadership::new(&url, holder, lease, store.pool().clone());
+            let store = store.fenced(leadership.epoch_cell());
+            let writer = store.writer();
+            let _ = state.store.set(StoreHandle { store, writer });
+            let _ = state.leadership.set(leadership.clone());
+            tasks.push(tokio::spawn(leadership.clone().run(rx.clone())));
+            tasks.push(tokio::spawn(scale_while_leading(
+                state.clone(),
+                config.clone(),
+                link_addr,
+                hook.map(Arc::new),
+                cloud,
+                leadership,
+                rx.clone(),
+            )));
+        } else {
+            let handle = store.map(|store| {
+                let writer = store.writer();
+                StoreHandle { store, writer }
+            });
+            if let Some(h) = &handle {
+                let _ = state.store.set(h.clone());
+            }
+            if let Some(scaler) =
+                start_scaler(&config, link_addr, hook, handle.as_ref(), cloud).await?
+            {
+                let scaler = Arc::new(scaler);
+                state.scaler.set(Some(scaler.clone()));
+                let every = Duration::from_millis(config.autoscale.tick_ms);
+                tasks.push(tokio::spawn(scaler.run(
+                    state.clone(),
+                    every,
+                    rx.clone(),
+                    true,
+                )));
+            }
         }
         let router = crate::api::router(state.clone());
         let mut http_rx = rx;

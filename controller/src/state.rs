@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::credentials::ApiAuth;
+use crate::leader::Leadership;
 use crate::scaler::Scaler;
 use crate::store::{Store, Write};
 use fleet_core::demand::DemandRecorder;
@@ -32,6 +33,23 @@ pub struct StoreHandle {
     pub writer: tokio::sync::mpsc::UnboundedSender<Write>,
 }
 
+/// The scaler of the moment: none without pools, and none while a controller of a shared
+/// store stands by.
+#[derive(Default)]
+pub struct ScalerSlot(std::sync::RwLock<Option<Arc<Scaler>>>);
+
+impl ScalerSlot {
+    /// The scaler, if one runs.
+    pub fn get(&self) -> Option<Arc<Scaler>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a scaler in (or takes it out).
+    pub fn set(&self, scaler: Option<Arc<Scaler>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = scaler;
+    }
+}
+
 /// Everything the shells share.
 pub struct AppState {
     pub config: Config,
@@ -43,8 +61,11 @@ pub struct AppState {
     pub catalog: Arc<RegionCatalog>,
     pub default_location: Location,
     pub metrics: Option<PrometheusHandle>,
-    /// The scaler, when the config has pools (set once the link is bound).
-    pub scaler: OnceLock<Arc<Scaler>>,
+    /// The scaler, when the config has pools and this controller leads (set once the link is
+    /// bound; with a shared store, while leading).
+    pub scaler: ScalerSlot,
+    /// With a shared store: this controller's part in the leader election.
+    pub leadership: OnceLock<Arc<Leadership>>,
     /// The store and its write queue, when the controller keeps one (pools or demand
     /// recording).
     pub store: OnceLock<StoreHandle>,
@@ -84,7 +105,8 @@ impl AppState {
             fleet: Mutex::new(fleet),
             geoip,
             metrics,
-            scaler: OnceLock::new(),
+            scaler: ScalerSlot::default(),
+            leadership: OnceLock::new(),
             store: OnceLock::new(),
             demand: Mutex::new(DemandRecorder::new()),
             started: Instant::now(),
@@ -105,6 +127,12 @@ impl AppState {
             mono_ms: self.started.elapsed().as_millis() as Millis,
             unix_ms,
         }
+    }
+
+    /// Whether this controller answers the API and scales pools: always with its own store;
+    /// with a shared one, while it leads.
+    pub fn leading(&self) -> bool {
+        self.leadership.get().is_none_or(|l| l.acting())
     }
 
     /// Whether the start-up grace period, in which nodes reconnect, is over.

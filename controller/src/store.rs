@@ -21,8 +21,8 @@ use fleet_core::autoscale::{Booking, InFlight, PolicyPatch, PoolKey, PoolPolicy}
 use fleet_core::demand::DemandRow;
 use fleet_core::trace::{format_participants, parse_participants};
 use fleet_proto::{Market, NodeId, NodeKind, RegionId};
-use sqlx::Row;
 use sqlx::AnyPool;
+use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use tokio::sync::mpsc;
 
@@ -38,7 +38,9 @@ pub enum StoreError {
     #[error("store: {0}")]
     Url(String),
     /// A write made as leader after a newer leader took over (or before this one led).
-    #[error("store: write refused: this controller is not the leader (epoch {mine}, leader's {current})")]
+    #[error(
+        "store: write refused: this controller is not the leader (epoch {mine}, leader's {current})"
+    )]
     Fenced { mine: i64, current: i64 },
 }
 
@@ -354,13 +356,11 @@ impl Store {
         for (table, column, definition) in ADDED_COLUMNS {
             let present: i64 = match backend {
                 Backend::Sqlite => {
-                    sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2",
-                    )
-                    .bind(table)
-                    .bind(column)
-                    .fetch_one(&mut *tx)
-                    .await?
+                    sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2")
+                        .bind(table)
+                        .bind(column)
+                        .fetch_one(&mut *tx)
+                        .await?
                 }
                 Backend::Postgres => {
                     sqlx::query_scalar(

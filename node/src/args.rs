@@ -35,7 +35,8 @@ pub struct NodeArgs {
     /// rebalance recommendations (IMDSv2), e.g. http://169.254.169.254 on EC2.
     #[arg(long)]
     pub instance_metadata: Option<String>,
-    /// Controller link address, host:port (QUIC).
+    /// Controller link address, host:port (QUIC); several, comma-separated, for controllers
+    /// sharing a store (the node reports to each, so a standby is warm when it takes over).
     #[arg(long)]
     pub controller: String,
     /// TLS server name sent to the controller.

@@ -79,7 +79,8 @@ pub struct NodeConfig {
     pub instance_metadata: Option<String>,
     /// The node's software version.
     pub version: String,
-    /// The controller's link address, `host:port` (resolved once, at [`Node::bind`]).
+    /// The controllers' link addresses, `host:port`, comma-separated (resolved once, at
+    /// [`Node::bind`]).
     pub controller: String,
     /// TLS server name to send to the controller.
     pub controller_name: String,

@@ -52,7 +52,9 @@ pub struct Node {
     config: NodeConfig,
     listener: TcpListener,
     http_addr: SocketAddr,
-    controller: SocketAddr,
+    /// Every controller it reports to (several controllers sharing a store: the leader and
+    /// the standbys, which keep a warm view for a takeover).
+    controllers: Vec<SocketAddr>,
     pinned: CertificateDer<'static>,
     auth: NodeAuth,
     kind_secret: Option<String>,
@@ -63,16 +65,23 @@ impl Node {
     /// HTTP listener.
     pub async fn bind(config: NodeConfig) -> Result<Node, NodeError> {
         let pinned = load_pinned_cert(&config.controller_cert)?;
-        let controller = tokio::net::lookup_host(config.controller.as_str())
-            .await
-            .map_err(|source| NodeError::Resolve {
-                controller: config.controller.clone(),
-                source,
-            })?
-            .next()
-            .ok_or_else(|| NodeError::NoAddress {
-                controller: config.controller.clone(),
-            })?;
+        let mut controllers = Vec::new();
+        for entry in config.controller.split(',').map(str::trim) {
+            let addr = tokio::net::lookup_host(entry)
+                .await
+                .map_err(|source| NodeError::Resolve {
+                    controller: entry.to_owned(),
+                    source,
+                })?
+                .next()
+                .ok_or_else(|| NodeError::NoAddress {
+                    controller: entry.to_owned(),
+                })?;
+            controllers.push(addr);
+        }
+        // A boot token is traded once, with the first controller; every controller accepts
+        // the credential it buys (they share the cluster secret).
+        let controller = controllers[0];
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| NodeError::Bind {
@@ -88,7 +97,7 @@ impl Node {
             config,
             listener,
             http_addr,
-            controller,
+            controllers,
             pinned,
             auth: resolved.auth,
             kind_secret: resolved.kind_secret,
@@ -125,7 +134,7 @@ impl Node {
             config,
             listener,
             http_addr,
-            controller,
+            controllers,
             pinned,
             auth,
             kind_secret: _,
@@ -169,15 +178,25 @@ impl Node {
         );
         announce(http_addr, &data_plane.announce());
         tracing::info!(node = %config.node_id, kind = %config.kind, http = %http_addr,
-            controller = %controller, "node started");
+            controllers = ?controllers, "node started");
 
-        let reporter_config = reporter_config(&config, controller, pinned, auth, addresses);
-        let reporter = tokio::spawn(run_reporter(
-            reporter_config,
-            shared.clone(),
-            status_tx,
-            stopped(),
-        ));
+        // One reporter per controller; the node is linked while any of them is connected.
+        let mut statuses = Vec::new();
+        let mut reporters = Vec::new();
+        for controller in controllers {
+            let (tx, rx) = watch::channel(LinkStatus::Connecting);
+            let link = reporter_config(
+                &config,
+                controller,
+                pinned.clone(),
+                auth.clone(),
+                addresses.clone(),
+            );
+            let source: Arc<dyn fleet_link::ReportSource> = shared.clone();
+            reporters.push(tokio::spawn(run_reporter(link, source, tx, stopped())));
+            statuses.push(rx);
+        }
+        let reporter = tokio::spawn(merge_link_statuses(statuses, status_tx));
 
         let watcher = config.instance_metadata.clone().map(|base| {
             let shared = shared.clone();
@@ -238,6 +257,36 @@ async fn serve_until_exit(
             return NodeExit::Signal;
         }
         drain_on_signal(shared, config.drain_grace);
+    }
+}
+
+/// Publishes the best of several links' statuses (connected over rejected over connecting) until
+/// every reporter has stopped.
+async fn merge_link_statuses(
+    mut links: Vec<watch::Receiver<LinkStatus>>,
+    merged: watch::Sender<LinkStatus>,
+) {
+    loop {
+        let best = links
+            .iter()
+            .map(|l| l.borrow().clone())
+            .max_by_key(|s| match s {
+                LinkStatus::Connected => 2,
+                LinkStatus::Rejected(_) => 1,
+                LinkStatus::Connecting => 0,
+            })
+            .unwrap_or(LinkStatus::Connecting);
+        merged.send_if_modified(|s| {
+            let changed = *s != best;
+            *s = best;
+            changed
+        });
+        let changes = links.iter_mut().map(|l| Box::pin(l.changed()));
+        let (changed, _, _) = futures_util::future::select_all(changes).await;
+        if changed.is_err() {
+            // A reporter ended: they all end together (at stop).
+            return;
+        }
     }
 }
 

@@ -25,7 +25,9 @@ const USER: &str = "fleet";
 /// The newest installed PostgreSQL's programs.
 fn bin_dir() -> PathBuf {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL is not installed (Debian package postgresql): scripts/test.sh installs it")
+        .expect(
+            "PostgreSQL is not installed (Debian package postgresql): scripts/test.sh installs it",
+        )
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let v = e.file_name().to_str()?.parse().ok()?;
@@ -141,7 +143,14 @@ impl PgCluster {
         let data = self.data();
         let _ = self.run(
             "pg_ctl",
-            &["-D", data.to_str().expect("utf-8"), "-m", mode, "-w", "stop"],
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-m",
+                mode,
+                "-w",
+                "stop",
+            ],
         );
     }
 

@@ -26,6 +26,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A standby controller of a shared store: the leader answers.
+    #[error("{0}")]
+    NotLeader(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -42,6 +45,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -68,6 +68,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(deploy::HEALTHZ, get(|| async { "ok\n" }))
         .route(deploy::READYZ, get(readyz))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            leader_only,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors::json_errors))
         .with_state(state)
@@ -89,7 +93,33 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+/// A standby (several controllers on one shared store) answers no API request: a load balancer
+/// sends them to the leader, whose `/readyz` is the only 200. Refusing rather than proxying
+/// keeps a standby from ever placing a session on a stale view, and needs no address of the
+/// leader. Health, readiness and metrics stay served.
+async fn leader_only(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path().starts_with("/v1/") && !state.leading() {
+        return error::ApiError::NotLeader(
+            "this controller is standing by: send the request to the leader (the controller \
+             whose /readyz answers 200)"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if !state.leading() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standing by: another controller leads\n",
+        );
+    }
     if state.warmed_up() {
         (StatusCode::OK, "ready\n")
     } else {

@@ -75,7 +75,7 @@ fn view(key: &PoolKey, pool: &PoolState, summaries: &[RegionSummary]) -> PoolVie
     }
 }
 
-fn scaler(state: &AppState) -> Result<&Arc<Scaler>, ApiError> {
+fn scaler(state: &AppState) -> Result<Arc<Scaler>, ApiError> {
     state.scaler.get().ok_or_else(|| {
         ApiError::NotFound("this controller scales no pools (no [[pools]] in its config)".into())
     })
@@ -123,7 +123,8 @@ pub async fn get_pool(
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let summaries = summaries(&state);
-    let autoscaler = scaler(&state)?.autoscaler();
+    let scaler = scaler(&state)?;
+    let autoscaler = scaler.autoscaler();
     let pool = autoscaler.pool(&key).ok_or_else(|| unknown_pool(&key))?;
     Ok(Json(view(&key, pool, &summaries)))
 }
@@ -139,7 +140,7 @@ fn change_pool(
     let scaler = scaler(state)?;
     let mut autoscaler = scaler.autoscaler();
     let pool = autoscaler.pool_mut(key).ok_or_else(|| unknown_pool(key))?;
-    change(scaler, pool)?;
+    change(&scaler, pool)?;
     Ok(Json(view(key, pool, &summaries)))
 }
 

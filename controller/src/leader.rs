@@ -1,0 +1,219 @@
+//! Which of the controllers sharing a PostgreSQL store leads: the one holding a session-level
+//! advisory lock on a dedicated connection. Each new leader increments a fencing epoch (the one
+//! row of `fleet_leader`) and leads with it: every store write it makes checks the epoch in its
+//! transaction (`Store::fenced`), and every provider mutation is preceded by [`Leadership::fence`],
+//! so a leader that was paused (SIGSTOP, a long GC-like stall, a partition) and resumes after
+//! another took over writes and launches nothing.
+//!
+//! The lease: the leader renews it every `lease / 4` by reading the epoch on its lock
+//! connection; it acts only while the last renewal started less than `lease` ago
+//! ([`Leadership::acting`]), so it stops acting within the lease when it loses the database,
+//! even if the connection hangs. The database ends a session idle for longer than the lease
+//! (`idle_session_timeout`) and probes the client's socket (`tcp_keepalives_*`), so a stopped
+//! or vanished leader's lock is released within about the lease, and a standby (trying the lock
+//! every `lease / 5`) takes over. A leader that stops leading goes back to standing by; it
+//! never resumes leadership without a new epoch.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tokio::sync::watch;
+
+/// The advisory lock key the leader holds ("fleet_ld").
+const LEADER_LOCK: i64 = 0x666c_6565_745f_6c64;
+
+/// Why a mutation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotLeader {
+    #[error("not the leader (standing by)")]
+    StandingBy,
+    #[error("the lease lapsed: no renewal for {0:?}")]
+    LeaseLapsed(Duration),
+    #[error("a newer leader exists (epoch {current}, ours {mine})")]
+    Superseded { mine: i64, current: i64 },
+    #[error("the epoch could not be checked: {0}")]
+    Unchecked(String),
+}
+
+/// This controller's part in the election.
+pub struct Leadership {
+    url: String,
+    holder: String,
+    lease: Duration,
+    /// The epoch this controller leads with; 0 while it does not lead.
+    epoch: Arc<AtomicI64>,
+    /// When the renewal that keeps the lease started (while leading).
+    renewed: Mutex<Option<Instant>>,
+    leading: watch::Sender<bool>,
+    /// Checks of the epoch on the store's pool (for [`Leadership::fence`]).
+    pool: sqlx::AnyPool,
+}
+
+impl Leadership {
+    /// A standby for the store at `url` (PostgreSQL), known to the others as `holder`.
+    pub fn new(url: &str, holder: String, lease: Duration, pool: sqlx::AnyPool) -> Arc<Self> {
+        Arc::new(Leadership {
+            url: url.to_owned(),
+            holder,
+            lease,
+            epoch: Arc::new(AtomicI64::new(0)),
+            renewed: Mutex::new(None),
+            leading: watch::channel(false).0,
+            pool,
+        })
+    }
+
+    /// The epoch cell the store's writes are fenced by.
+    pub fn epoch_cell(&self) -> Arc<AtomicI64> {
+        self.epoch.clone()
+    }
+
+    /// The epoch this controller leads with (0: it does not).
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// True while leading (changes as leadership is won and lost).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Whether this controller may act as leader now: it won the lock and its lease is fresh.
+    pub fn acting(&self) -> bool {
+        self.check_lease().is_ok()
+    }
+
+    fn check_lease(&self) -> Result<i64, NotLeader> {
+        let epoch = self.epoch();
+        if epoch == 0 {
+            return Err(NotLeader::StandingBy);
+        }
+        let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+        match renewed {
+            Some(at) if at.elapsed() < self.lease => Ok(epoch),
+            Some(at) => Err(NotLeader::LeaseLapsed(at.elapsed())),
+            None => Err(NotLeader::StandingBy),
+        }
+    }
+
+    /// Before a mutation outside the store (a launch, a terminate): the lease is fresh and the
+    /// database's epoch is still ours, checked now. Returns the epoch.
+    pub async fn fence(&self) -> Result<i64, NotLeader> {
+        let mine = self.check_lease()?;
+        let read = sqlx::query_scalar::<_, i64>("SELECT epoch FROM fleet_leader WHERE id = 1")
+            .fetch_optional(&self.pool);
+        let current = match tokio::time::timeout(self.lease / 2, read).await {
+            Ok(Ok(e)) => e.unwrap_or(0),
+            Ok(Err(e)) => return Err(NotLeader::Unchecked(e.to_string())),
+            Err(_) => return Err(NotLeader::Unchecked("timed out".into())),
+        };
+        if current != mine {
+            return Err(NotLeader::Superseded { mine, current });
+        }
+        // The check took time: the lease must still hold after it.
+        self.check_lease()
+    }
+
+    fn step_down(&self, why: &str) {
+        if self.epoch.swap(0, Ordering::SeqCst) != 0 {
+            tracing::warn!(reason = why, "stepping down: no longer the leader");
+            metrics::counter!("fleet_leader_step_downs_total").increment(1);
+        }
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.leading.send_replace(false);
+    }
+
+    /// Campaigns and leads until `shutdown` changes: connect, try the lock, lead while the
+    /// lease is renewed, stand by again on any failure.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let round = self.clone().round();
+            tokio::select! {
+                r = round => {
+                    self.step_down("lost the database");
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "leader election: database unavailable; retrying");
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.step_down("shutting down");
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(self.lease / 2);
+        }
+    }
+
+    /// One connection's life: stand by until the lock is won, then lead until a renewal fails.
+    async fn round(self: Arc<Self>) -> Result<(), sqlx::Error> {
+        let mut conn = PgConnection::connect(&self.url).await?;
+        let lease_ms = self.lease.as_millis();
+        // The server ends a session silent for longer than the lease (a paused leader), and
+        // probes a client that vanished; both release the lock.
+        for setting in [
+            format!("SET idle_session_timeout = {lease_ms}"),
+            "SET tcp_keepalives_idle = 2".to_owned(),
+            "SET tcp_keepalives_interval = 1".to_owned(),
+            "SET tcp_keepalives_count = 2".to_owned(),
+            "SET application_name = 'fleet-controller-election'".to_owned(),
+        ] {
+            sqlx::query(&setting).execute(&mut conn).await?;
+        }
+        loop {
+            let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+            if won {
+                break;
+            }
+            tokio::time::sleep(self.lease / 5).await;
+        }
+        let started = Instant::now();
+        let epoch: i64 = sqlx::query_scalar(
+            "INSERT INTO fleet_leader (id, epoch, holder, since_unix_ms) VALUES (1, 1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET epoch = fleet_leader.epoch + 1,
+               holder = excluded.holder, since_unix_ms = excluded.since_unix_ms
+             RETURNING epoch",
+        )
+        .bind(&self.holder)
+        .bind(i64::try_from(fleet_node::now_unix_ms()).unwrap_or(i64::MAX))
+        .fetch_one(&mut conn)
+        .await?;
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        self.epoch.store(epoch, Ordering::SeqCst);
+        self.leading.send_replace(true);
+        tracing::info!(epoch, holder = %self.holder, "leading the fleet");
+        metrics::counter!("fleet_leader_elections_won_total").increment(1);
+        loop {
+            tokio::time::sleep(self.lease / 4).await;
+            let at = Instant::now();
+            let read = sqlx::query_scalar::<_, i64>("SELECT epoch FROM fleet_leader WHERE id = 1")
+                .fetch_one(&mut conn);
+            match tokio::time::timeout(self.lease / 2, read).await {
+                Ok(Ok(current)) if current == epoch => {
+                    *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+                }
+                Ok(Ok(current)) => {
+                    tracing::warn!(epoch, current, "a newer leader took over");
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(sqlx::Error::Protocol(
+                        "the lease renewal timed out".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+}
