@@ -21,6 +21,10 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 { [ -x /usr/bin/chromium ] && command -v chromedriver; } >/dev/null || need_apt+=(chromium chromium-driver)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# PostgreSQL: the shared store of several controllers (controller/src/store.rs, leader.rs and
+# tests/tests/failover.rs start throwaway clusters of their own with initdb and pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+command -v runuser >/dev/null || need_apt+=(util-linux)
 # python3 with venv: moto's EC2 server for the EC2 provider's tests (ec2/tests/moto.rs).
 { command -v python3 && python3 -m venv --help; } >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -31,6 +35,10 @@ fi
 # bench start their own on loopback, so keep that one off.
 if command -v systemctl >/dev/null && systemctl is-enabled --quiet coturn 2>/dev/null; then
   $SUDO systemctl disable --now coturn || true
+fi
+# Likewise the package's system-wide PostgreSQL cluster: the tests run their own.
+if command -v systemctl >/dev/null && systemctl is-enabled --quiet postgresql 2>/dev/null; then
+  $SUDO systemctl disable --now postgresql || true
 fi
 # moto's server in a virtual environment of the checkout (ec2/tests/moto.rs finds it there).
 MOTO_VERSION=5.2.5

@@ -217,3 +217,120 @@ impl Leadership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The election and its fence on a real PostgreSQL (the test kit's throwaway cluster).
+
+    use super::*;
+    use crate::store::{Store, StoreError, Write};
+
+    async fn wait_leading(l: &Leadership) {
+        let mut w = l.watch();
+        tokio::time::timeout(Duration::from_secs(10), w.wait_for(|v| *v))
+            .await
+            .expect("leads in time")
+            .expect("watch");
+    }
+
+    /// A leader that stopped renewing (its task gone, as a process paused at the worst moment:
+    /// its own view still says it leads, its lease not lapsed) is fenced as soon as another
+    /// leads: its store writes and its provider mutations are refused.
+    #[tokio::test]
+    async fn a_superseded_leader_is_fenced_although_it_thinks_it_leads() {
+        let pg = fleet_testkit::postgres::PgCluster::start();
+        pg.create_database("fleet");
+        let url = pg.url("fleet");
+        let store = Store::connect(&url).await.expect("store");
+        // A long lease: the old leader's own clock does not tell it to stop in this test (the
+        // standby tries the lock every fifth of it).
+        let lease = Duration::from_secs(15);
+        let first = Leadership::new(&url, "first".into(), lease, store.pool().clone());
+        let (stop_first, first_stopped) = watch::channel(false);
+        let first_task = tokio::spawn(first.clone().run(first_stopped));
+        wait_leading(&first).await;
+        assert_eq!(first.epoch(), 1);
+        assert_eq!(first.fence().await.expect("fenced in"), 1);
+        let first_store = store.fenced(first.epoch_cell());
+        let write = Write::Paused {
+            pool: fleet_core::autoscale::PoolKey {
+                region: fleet_proto::RegionId::parse("eu-west-1").unwrap(),
+                kind: fleet_proto::NodeKind::Media,
+            },
+            paused: true,
+        };
+        first_store.apply(&write).await.expect("the leader writes");
+
+        // A second controller stands by while the first holds the lock.
+        let second = Leadership::new(&url, "second".into(), lease, store.pool().clone());
+        let (_stop_second, second_stopped) = watch::channel(false);
+        tokio::spawn(second.clone().run(second_stopped));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!second.acting(), "two leaders");
+        assert!(matches!(second.fence().await, Err(NotLeader::StandingBy)));
+        let second_store = store.fenced(second.epoch_cell());
+        assert!(matches!(
+            second_store.apply(&write).await,
+            Err(StoreError::Fenced { mine: 0, .. })
+        ));
+
+        // The first one's renewals stop and its lock connection goes (its task ends without
+        // stepping down): the second takes over with a new epoch.
+        first_task.abort();
+        let _ = first_task.await;
+        drop(stop_first);
+        wait_leading(&second).await;
+        assert_eq!(second.epoch(), 2);
+        assert!(first.acting(), "the old leader's own view: still leading");
+        let refused = first.fence().await;
+        assert!(
+            matches!(
+                refused,
+                Err(NotLeader::Superseded {
+                    mine: 1,
+                    current: 2
+                })
+            ),
+            "{refused:?}"
+        );
+        let refused = first_store.apply(&write).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Fenced {
+                    mine: 1,
+                    current: 2
+                })
+            ),
+            "{refused:?}"
+        );
+        second_store
+            .apply(&write)
+            .await
+            .expect("the new leader writes");
+    }
+
+    /// Without the database a leader stops acting within its lease, and leads again (with a
+    /// new epoch) once the database is back.
+    #[tokio::test]
+    async fn a_leader_that_loses_the_database_stops_within_its_lease() {
+        let pg = fleet_testkit::postgres::PgCluster::start();
+        pg.create_database("fleet");
+        let url = pg.url("fleet");
+        let store = Store::connect(&url).await.expect("store");
+        let lease = Duration::from_millis(1_000);
+        let l = Leadership::new(&url, "only".into(), lease, store.pool().clone());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(l.clone().run(stopped));
+        wait_leading(&l).await;
+        pg.stop();
+        let lost = Instant::now();
+        while l.acting() {
+            assert!(lost.elapsed() < lease, "still acting past the lease");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pg.start_again();
+        wait_leading(&l).await;
+        assert_eq!(l.epoch(), 2, "a new epoch after the outage");
+    }
+}

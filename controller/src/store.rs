@@ -323,14 +323,28 @@ impl Store {
                 redact(url)
             )));
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 2,
                 Backend::Postgres => 4,
             })
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await?;
+            .acquire_timeout(std::time::Duration::from_secs(5));
+        if backend == Backend::Postgres {
+            // A controller paused inside a write (its transaction holds the leader row in
+            // share mode) must not block a new leader's epoch increment for long.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET idle_in_transaction_session_timeout = 2000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("SET application_name = 'fleet-controller'")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
         if backend == Backend::Sqlite {
             // Kept in the file: once is enough, and never inside a transaction.
             sqlx::query("PRAGMA journal_mode = WAL")

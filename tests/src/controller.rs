@@ -40,6 +40,11 @@ pub struct ControllerOptions {
     pub extra_toml: String,
     /// Extra environment of the controller process (e.g. AWS credentials for moto).
     pub env: Vec<(String, String)>,
+    /// Wait for `/readyz` at start (a standby of a shared store never gets ready).
+    pub wait_ready: bool,
+    /// The link ports of the other controllers of a shared store: nodes started through this
+    /// controller report to those too.
+    pub peer_link_ports: Vec<u16>,
 }
 
 impl Default for ControllerOptions {
@@ -49,6 +54,8 @@ impl Default for ControllerOptions {
             warmup_ms: 300,
             extra_toml: String::new(),
             env: Vec::new(),
+            wait_ready: true,
+            peer_link_ports: Vec::new(),
         }
     }
 }
@@ -141,7 +148,9 @@ impl Controller {
         };
         let api = api?;
         let link = SocketAddr::from(([127, 0, 0, 1], opts.link_port));
-        wait_ready(&api, Duration::from_secs(10))?;
+        if opts.wait_ready {
+            wait_ready(&api, Duration::from_secs(10))?;
+        }
         Ok(Controller {
             proc,
             api,
@@ -213,10 +222,17 @@ impl Controller {
         } else {
             "TURN_NODE"
         };
+        let mut controllers = vec![self.link.to_string()];
+        controllers.extend(
+            self.opts
+                .peer_link_ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}")),
+        );
         let mut cmd = Command::new(bin(kind));
         cmd.args(["--node-id", id, "--region", region])
             .arg("--controller")
-            .arg(self.link.to_string())
+            .arg(controllers.join(","))
             .arg("--controller-cert")
             .arg(self.dir.join("link-cert.pem"))
             .args(["--capacity", &capacity.to_string()])

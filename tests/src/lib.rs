@@ -13,6 +13,7 @@ pub mod api;
 pub mod browser;
 pub mod controller;
 pub mod fleet_up;
+pub mod kubelet;
 pub mod rtc_peer;
 pub mod turn;
 

@@ -5,9 +5,9 @@
 //! exactly the drained pod, even when the ReplicaSet alone would remove the one with a call; a
 //! pod evicted from outside gets SIGTERM as from the kubelet, drains its call, and is replaced.
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use fleet_e2e::kubelet::Kubelet;
 use fleet_e2e::*;
 use fleet_testkit::kube_api::{FakeKubeApi, Phase};
 use serde_json::json;
@@ -44,6 +44,10 @@ deployment = "media-eu-west-1"
     }
 }
 
+/// The pods' termination grace in the fake, and the nodes' drain grace: equal, as in
+/// deploy/kubernetes.
+const GRACE_SECS: u64 = 30;
+
 /// A fake API server holding the pool's Deployment, at 0 replicas.
 async fn fake_with_empty_pool() -> FakeKubeApi {
     let api = FakeKubeApi::start().await;
@@ -53,77 +57,6 @@ async fn fake_with_empty_pool() -> FakeKubeApi {
     ];
     api.add_deployment("fleet", "media-eu-west-1", &labels, 0, GRACE_SECS);
     api
-}
-
-/// The pods' termination grace in the fake, and the nodes' drain grace: equal, as in
-/// deploy/kubernetes.
-const GRACE_SECS: u64 = 30;
-
-/// Plays the kubelet: a media-node process for each new pod (its name is its node id and
-/// machine), the pod Running once started. A pod that starts Terminating gets SIGTERM once, as
-/// the kubelet sends it when the grace period starts; a pod gone (its grace over) loses its
-/// process (SIGKILL).
-#[derive(Default)]
-struct Kubelet {
-    procs: HashMap<String, Proc>,
-    signalled: HashSet<String>,
-}
-
-impl Kubelet {
-    fn sync(&mut self, c: &Controller, api: &FakeKubeApi) {
-        let pods = api.pods("fleet");
-        self.procs.retain(|name, proc| {
-            let Some(pod) = pods.iter().find(|p| &p.name == name) else {
-                proc.kill();
-                return false;
-            };
-            if pod.terminating() && self.signalled.insert(name.clone()) {
-                proc.signal(libc::SIGTERM);
-            }
-            true
-        });
-        for p in pods.iter().filter(|p| !p.terminating()) {
-            if self.procs.contains_key(&p.name) {
-                continue;
-            }
-            let grace = GRACE_SECS.to_string();
-            let proc = c
-                .node_in_machine(
-                    "media-node",
-                    &p.name,
-                    "eu-west-1",
-                    "eu-west-1a",
-                    &p.name,
-                    16,
-                    &["--drain-grace-secs", &grace],
-                )
-                .unwrap();
-            api.set_pod("fleet", &p.name, "node-a", Phase::Running, true);
-            self.procs.insert(p.name.clone(), proc);
-        }
-    }
-
-    /// Syncs until the pool has `n` serving media nodes.
-    async fn until_serving(&mut self, c: &Controller, api: &FakeKubeApi, n: usize) {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.sync(c, api);
-            let nodes = c.nodes().await.unwrap_or_default();
-            let serving = nodes
-                .iter()
-                .filter(|n| n["kind"] == "media" && n["state"] == "serving")
-                .count();
-            if serving == n {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "not {n} serving pods: {:?}",
-                api.pods("fleet")
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
 }
 
 /// A 1:1 call in eu-west-1: its session id and media node.
@@ -187,7 +120,7 @@ async fn a_scale_down_removes_exactly_the_drained_pod_never_the_one_with_a_call(
     let api = fake_with_empty_pool().await;
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
-    let mut kubelet = Kubelet::default();
+    let mut kubelet = Kubelet::new(GRACE_SECS);
     kubelet.until_serving(&c, &api, 2).await;
     // A call on one pod; the fake marks that pod not ready, so the ReplicaSet alone would
     // remove it first.
@@ -276,7 +209,7 @@ async fn an_evicted_pod_drains_its_call_and_is_replaced() {
     let api = fake_with_empty_pool().await;
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), k8s_options(&api, "min = 2\nmax = 3")).unwrap();
-    let mut kubelet = Kubelet::default();
+    let mut kubelet = Kubelet::new(GRACE_SECS);
     kubelet.until_serving(&c, &api, 2).await;
     let (sid, busy) = place_call(&c).await;
     let end = Instant::now() + Duration::from_secs(20);
