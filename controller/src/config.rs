@@ -133,11 +133,16 @@ impl Default for DemandConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// The URL other controllers of a shared store reach this one's API at, to forward
+    /// requests to it when it leads (default: `http://<listen>`, which needs a listen address
+    /// other than 0.0.0.0).
+    pub advertise: Option<String>,
 }
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:8080".parse().expect("static address"),
+            advertise: None,
         }
     }
 }
@@ -372,6 +377,11 @@ impl Config {
                 "store.url",
                 "expected postgres://user@host:port/db or sqlite://PATH",
             ));
+        }
+        if let Some(url) = &self.api.advertise
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("api.advertise", "expected an http(s):// URL"));
         }
         if !(1_000..=60_000).contains(&self.store.lease_ms) {
             return Err(invalid("store.lease_ms", "expected 1000..=60000 ms"));

@@ -51,10 +51,13 @@ pub struct Leadership {
     leading: watch::Sender<bool>,
     /// Checks of the epoch on the store's pool (for [`Leadership::fence`]).
     pool: sqlx::AnyPool,
+    /// While standing by: the API URL of the controller that leads (its `holder`).
+    leader_api: Mutex<Option<String>>,
 }
 
 impl Leadership {
-    /// A standby for the store at `url` (PostgreSQL), known to the others as `holder`.
+    /// A standby for the store at `url` (PostgreSQL), known to the others as `holder` (the URL
+    /// of its API, where they forward requests while it leads).
     pub fn new(url: &str, holder: String, lease: Duration, pool: sqlx::AnyPool) -> Arc<Self> {
         Arc::new(Leadership {
             url: url.to_owned(),
@@ -64,7 +67,20 @@ impl Leadership {
             renewed: Mutex::new(None),
             leading: watch::channel(false).0,
             pool,
+            leader_api: Mutex::new(None),
         })
+    }
+
+    /// While standing by, the API URL of the leader (as it advertised itself), when one leads.
+    pub fn leader_api(&self) -> Option<String> {
+        self.leader_api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_leader_api(&self, url: Option<String>) {
+        *self.leader_api.lock().unwrap_or_else(|e| e.into_inner()) = url;
     }
 
     /// The epoch cell the store's writes are fenced by.
@@ -119,6 +135,7 @@ impl Leadership {
     }
 
     fn step_down(&self, why: &str) {
+        self.set_leader_api(None);
         if self.epoch.swap(0, Ordering::SeqCst) != 0 {
             tracing::warn!(reason = why, "stepping down: no longer the leader");
             metrics::counter!("fleet_leader_step_downs_total").increment(1);
@@ -176,6 +193,13 @@ impl Leadership {
             if won {
                 break;
             }
+            // Someone else holds the lock: the row names the leader (it wrote the row when it
+            // won, holding the lock).
+            let holder: Option<String> =
+                sqlx::query_scalar("SELECT holder FROM fleet_leader WHERE id = 1")
+                    .fetch_optional(&mut conn)
+                    .await?;
+            self.set_leader_api(holder);
             tokio::time::sleep(self.lease / 5).await;
         }
         let started = Instant::now();
@@ -190,6 +214,7 @@ impl Leadership {
         .fetch_one(&mut conn)
         .await?;
         *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        self.set_leader_api(None);
         self.epoch.store(epoch, Ordering::SeqCst);
         self.leading.send_replace(true);
         tracing::info!(epoch, holder = %self.holder, "leading the fleet");

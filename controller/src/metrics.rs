@@ -15,6 +15,11 @@ pub fn install() -> Option<PrometheusHandle> {
 
 /// Sets the fleet gauges from the current state (the core's region summaries).
 pub fn refresh(state: &AppState) {
+    if let Some(l) = state.leadership.get() {
+        // 1 while this controller of a shared store leads; its epoch while it does.
+        metrics::gauge!("fleet_controller_leading").set(if l.acting() { 1.0 } else { 0.0 });
+        metrics::gauge!("fleet_controller_leader_epoch").set(l.epoch() as f64);
+    }
     let fleet = state.fleet();
     let sessions = fleet.sessions().len();
     let regions = fleet.region_summaries();

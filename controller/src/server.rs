@@ -343,7 +343,15 @@ impl Controller {
             // Several controllers: this one stands by until it wins the election; its writes
             // are fenced by the epoch it leads with.
             check_providers(&config, &cloud)?;
-            let holder = format!("controller {api_addr} (pid {})", std::process::id());
+            // Where the others forward API requests while this one leads.
+            let holder = match &config.api.advertise {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None if api_addr.ip().is_unspecified() => anyhow::bail!(
+                    "config key `api.advertise`: needed with a shared store when `api.listen` \
+                     is {api_addr} (the URL the other controllers reach this one at)"
+                ),
+                None => format!("http://{api_addr}"),
+            };
             let url = config.store.url.clone().unwrap_or_default();
             let lease = Duration::from_millis(config.store.lease_ms);
             let leadership = Leadership::new(&url, holder, lease, store.pool().clone());

@@ -93,32 +93,108 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-/// A standby (several controllers on one shared store) answers no API request: a load balancer
-/// sends them to the leader, whose `/readyz` is the only 200. Refusing rather than proxying
-/// keeps a standby from ever placing a session on a stale view, and needs no address of the
-/// leader. Health, readiness and metrics stay served.
+/// The header a forwarded request carries, so it is never forwarded twice.
+const FORWARDED: &str = "x-fleet-forwarded";
+
+/// A standby (several controllers on one shared store) places nothing and changes nothing
+/// itself: it forwards every API request to the leader and relays the answer. Forwarding rather
+/// than refusing lets any load balancer (or a Kubernetes Service, whose PodDisruptionBudget
+/// counts only ready pods) send traffic to every controller, at the cost of one hop. Without a
+/// known leader (an election under way) it answers 503 `not_leader`, with Retry-After.
+/// Health, readiness and metrics stay its own.
 async fn leader_only(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if request.uri().path().starts_with("/v1/") && !state.leading() {
-        return error::ApiError::NotLeader(
-            "this controller is standing by: send the request to the leader (the controller \
-             whose /readyz answers 200)"
-                .into(),
-        )
-        .into_response();
+    if !request.uri().path().starts_with("/v1/") || state.leading() {
+        return next.run(request).await;
     }
-    next.run(request).await
+    let leader = state.leadership.get().and_then(|l| l.leader_api());
+    match leader {
+        Some(url) if !request.headers().contains_key(FORWARDED) => forward(&url, request)
+            .await
+            .unwrap_or_else(|e| e.into_response()),
+        _ => error::ApiError::NotLeader(
+            "this controller is standing by and no leader is known yet: try again".into(),
+        )
+        .into_response(),
+    }
 }
 
+/// Sends `request` to the leader at `leader` and relays its answer.
+async fn forward(
+    leader: &str,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, error::ApiError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .unwrap_or_default()
+    });
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| error::ApiError::BadRequest(format!("request body: {e}")))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut out = client
+        .request(parts.method.clone(), format!("{leader}{path}"))
+        .header(FORWARDED, "1")
+        .body(body);
+    for (name, value) in &parts.headers {
+        let hop_by_hop = matches!(
+            name.as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+        );
+        if !hop_by_hop {
+            out = out.header(name, value);
+        }
+    }
+    let answer = out.send().await.map_err(|e| {
+        error::ApiError::NotLeader(format!(
+            "this controller is standing by and the leader did not answer: {e}"
+        ))
+    })?;
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.map_err(|e| {
+        error::ApiError::NotLeader(format!(
+            "this controller is standing by and the leader's answer broke off: {e}"
+        ))
+    })?;
+    let mut response = (status, bytes).into_response();
+    for (name, value) in &headers {
+        if !matches!(
+            name.as_str(),
+            "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+        ) {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(response)
+}
+
+/// Ready: leading and warmed up, or standing by with a leader to forward to.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if !state.leading() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "standing by: another controller leads\n",
-        );
+        let leader = state.leadership.get().and_then(|l| l.leader_api());
+        return match leader {
+            Some(_) => (
+                StatusCode::OK,
+                "ready: standing by, forwarding to the leader\n",
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "standing by: no leader known yet\n",
+            ),
+        };
     }
     if state.warmed_up() {
         (StatusCode::OK, "ready\n")
