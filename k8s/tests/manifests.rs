@@ -21,6 +21,8 @@ use fleet_proto::{NodeKind, RegionId};
 use serde_json::Value;
 
 const HOME: &str = "eu-west-1";
+/// The controllers of the home overlay (one leads, one stands by).
+const CONTROLLERS: usize = 2;
 const REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "ap-south-1"];
 
 fn root() -> PathBuf {
@@ -146,8 +148,8 @@ fn home_config(objects: &[Value]) -> Config {
     let text = config_map["data"]["fleet.toml"]
         .as_str()
         .expect("fleet.toml");
-    let controller = &find(objects, "Deployment", "fleet-controller")["spec"]["template"]["spec"]["containers"]
-        [0];
+    let controller = &find(objects, "StatefulSet", "fleet-controller")["spec"]["template"]["spec"]
+        ["containers"][0];
     let env: Vec<(String, String)> = env_of(controller)
         .into_iter()
         .filter(|(k, _)| k.starts_with("FLEET__"))
@@ -156,6 +158,7 @@ fn home_config(objects: &[Value]) -> Config {
                 ("FLEET__AUTH__API_KEYS", "<from>") => {
                     r#"[{kid="app", secret="placeholder-secret-0123456789"}]"#.to_owned()
                 }
+                ("FLEET__STORE__URL", "<from>") => "postgres://fleet@db.example.com/fleet".into(),
                 (_, "<from>") => "placeholder-secret-0123456789".to_owned(),
                 _ => v,
             };
@@ -244,7 +247,16 @@ fn every_overlay_builds_and_agrees_with_the_code() {
             assert_eq!(var("REGION"), region, "{at}");
             assert_eq!(var("NODE_ID"), "<from>", "{at}: the pod's name");
             assert_eq!(var("MACHINE_ID"), "<from>", "{at}: the pod's name");
-            assert_eq!(port_of(&var("CONTROLLER")), deploy::LINK_UDP, "{at}");
+            let controllers = var("CONTROLLER");
+            let controllers: Vec<&str> = controllers.split(',').collect();
+            assert_eq!(
+                controllers.len(),
+                CONTROLLERS,
+                "{at}: every controller's link"
+            );
+            for c in controllers {
+                assert_eq!(port_of(c), deploy::LINK_UDP, "{at}");
+            }
             assert_eq!(port_of(&var("HTTP_LISTEN")), deploy::NODE_HTTP_TCP, "{at}");
             assert_eq!(port_named(c, "http"), deploy::NODE_HTTP_TCP, "{at}");
             match kind {
@@ -315,8 +327,29 @@ fn every_overlay_builds_and_agrees_with_the_code() {
         }
     }
 
+    // The controllers: on the shared store, one link Service each, a disruption budget.
+    let set = find(&home, "StatefulSet", "fleet-controller");
+    assert_eq!(set["spec"]["replicas"], CONTROLLERS as u64);
+    assert!(
+        config.store.shared(),
+        "the controllers share a PostgreSQL store"
+    );
+    assert!(config.autoscale.store.is_none());
+    for i in 0..CONTROLLERS {
+        let link = find(&home, "Service", &format!("fleet-link-{i}"));
+        assert_eq!(link["spec"]["ports"][0]["port"], deploy::LINK_UDP);
+        assert_eq!(link["spec"]["ports"][0]["protocol"], "UDP");
+        assert_eq!(
+            link["spec"]["selector"]["statefulset.kubernetes.io/pod-name"],
+            format!("fleet-controller-{i}").as_str()
+        );
+    }
+    let pdb = find(&home, "PodDisruptionBudget", "fleet-controller");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let advertise = config.api.advertise.as_deref().expect("api.advertise");
+    assert_eq!(port_of(advertise), deploy::API_TCP);
     // The controller listens where its Services and probes point.
-    let ctl = &find(&home, "Deployment", "fleet-controller")["spec"]["template"]["spec"];
+    let ctl = &set["spec"]["template"]["spec"];
     let c = &ctl["containers"][0];
     assert_eq!(c["image"], image.as_str());
     assert_eq!(config.api.listen.port(), deploy::API_TCP);
@@ -327,9 +360,6 @@ fn every_overlay_builds_and_agrees_with_the_code() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], deploy::HEALTHZ);
     let api = find(&home, "Service", "fleet-api");
     assert_eq!(api["spec"]["ports"][0]["port"], deploy::API_TCP);
-    let link = find(&home, "Service", "fleet-link");
-    assert_eq!(link["spec"]["ports"][0]["port"], deploy::LINK_UDP);
-    assert_eq!(link["spec"]["ports"][0]["protocol"], "UDP");
     // Its files are where its volumes are mounted.
     let mounts: BTreeMap<String, String> = c["volumeMounts"]
         .as_array()
@@ -346,8 +376,6 @@ fn every_overlay_builds_and_agrees_with_the_code() {
         let file = file.as_ref().expect("the link's certificate files");
         assert!(file.starts_with(&mounts["link-tls"]), "{file:?}");
     }
-    let store = config.autoscale.store.as_ref().expect("a store path");
-    assert!(store.starts_with(&mounts["state"]), "{store:?}");
     assert_eq!(
         c["args"],
         serde_json::json!([
