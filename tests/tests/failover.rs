@@ -218,10 +218,15 @@ async fn the_standby_places_sessions_soon_after_the_leader_is_killed() {
         "{nodes:?}"
     );
     // The policy change and the booking made before the failover.
-    let pool = standby
-        .admin_get("/v1/pools/eu-west-1/media")
-        .await
-        .unwrap();
+    // (503 for a moment while the new leader's scaler starts from the store.)
+    let end = Instant::now() + Duration::from_secs(10);
+    let pool = loop {
+        match standby.admin_get("/v1/pools/eu-west-1/media").await {
+            Ok(p) => break p,
+            Err(e) => assert!(Instant::now() < end, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(pool["policy"]["max"], 3, "{pool}");
     let changes = standby
         .admin_get("/v1/pools/eu-west-1/media/changes")
@@ -292,15 +297,27 @@ deployment = "media-eu-west-1"
         assert!(Instant::now() < end, "the standby does not take over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The new leader's pool wants two pods: it launches the second.
-    let (status, body) = standby
-        .admin_send(
-            reqwest::Method::PATCH,
-            "/v1/pools/eu-west-1/media",
-            json!({"min": 2}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    // The new leader's pool wants two pods: it launches the second. (503 while its scaler
+    // starts from the store.)
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = standby
+            .admin_send(
+                reqwest::Method::PATCH,
+                "/v1/pools/eu-west-1/media",
+                json!({"min": 2}),
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < end,
+            "the new leader scales nothing: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     kubelet.until_serving(&standby, &api, 2).await;
 
     // The old leader resumes with its stale view (min 1, two pods): one pod too many, which it

@@ -70,9 +70,10 @@ fn booking_view(b: &Booking) -> BookingView {
 }
 
 fn scaler(state: &AppState) -> Result<Arc<Scaler>, ApiError> {
-    state.scaler.get().ok_or_else(|| {
-        ApiError::NotFound("this controller scales no pools, so it takes no bookings".into())
-    })
+    super::scaler(
+        state,
+        "this controller scales no pools, so it takes no bookings",
+    )
 }
 
 fn booking_id() -> String {

@@ -93,6 +93,25 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+/// The scaler; without one, 404 with `none` when the config has no pools, else 503 (a
+/// controller that has just become the leader starts its scaler from the store).
+pub(crate) fn scaler(
+    state: &AppState,
+    none: &str,
+) -> Result<Arc<crate::scaler::Scaler>, error::ApiError> {
+    state.scaler.get().ok_or_else(|| {
+        if state.config.pools.is_empty() {
+            error::ApiError::NotFound(none.into())
+        } else {
+            error::ApiError::Unavailable(
+                "this controller has just become the leader and its scaler is starting: try \
+                 again in a moment"
+                    .into(),
+            )
+        }
+    })
+}
+
 /// The header a forwarded request carries, so it is never forwarded twice.
 const FORWARDED: &str = "x-fleet-forwarded";
 

@@ -76,9 +76,10 @@ fn view(key: &PoolKey, pool: &PoolState, summaries: &[RegionSummary]) -> PoolVie
 }
 
 fn scaler(state: &AppState) -> Result<Arc<Scaler>, ApiError> {
-    state.scaler.get().ok_or_else(|| {
-        ApiError::NotFound("this controller scales no pools (no [[pools]] in its config)".into())
-    })
+    super::scaler(
+        state,
+        "this controller scales no pools (no [[pools]] in its config)",
+    )
 }
 
 fn pool_key(region: &str, kind: &str) -> Result<PoolKey, ApiError> {
