@@ -1,6 +1,7 @@
-//! Plays the kubelet for the test kit's fake Kubernetes API server: real media-node processes
-//! for the pods of namespace `fleet` (eu-west-1), started through a test controller (so they
-//! report to it and its peers).
+//! A eu-west-1 media pool on the test kit's fake Kubernetes API server, for end-to-end tests:
+//! the fake with the pool's Deployment, the controller config of that pool, and a kubelet that
+//! plays the pods with real media-node processes of namespace `fleet`, started through a test
+//! controller (so they report to it and its peers).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -9,6 +10,47 @@ use fleet_testkit::Proc;
 use fleet_testkit::kube_api::{FakeKubeApi, Phase};
 
 use crate::Controller;
+
+/// A fake API server holding the pool's Deployment `media-eu-west-1` (cluster `e2e`), at 0
+/// replicas, its pods with `grace_secs` of termination grace.
+pub async fn fake_with_empty_pool(grace_secs: u64) -> FakeKubeApi {
+    let api = FakeKubeApi::start().await;
+    let labels = [
+        ("fleet.io/cluster", "e2e"),
+        ("fleet.io/pool", "eu-west-1.media"),
+    ];
+    api.add_deployment("fleet", "media-eu-west-1", &labels, 0, grace_secs);
+    api
+}
+
+/// The controller config of that pool (16 units a node, no idle buffer, quick to scale down),
+/// with `bounds` (`min = …` and `max = …` lines).
+pub fn pool_toml(api: &FakeKubeApi, bounds: &str, scale_down_window_secs: u64) -> String {
+    format!(
+        r#"
+[autoscale]
+tick_ms = 300
+[[pools]]
+region = "eu-west-1"
+kind = "media"
+provider = "kubernetes"
+node_capacity = 16
+{bounds}
+buffer_sessions = 0
+min_node_age_secs = 0
+scale_down_window_secs = {scale_down_window_secs}
+[providers.kubernetes]
+cluster = "e2e"
+[[providers.kubernetes.pools]]
+region = "eu-west-1"
+kind = "media"
+api_url = "{url}"
+namespace = "fleet"
+deployment = "media-eu-west-1"
+"#,
+        url = api.url
+    )
+}
 
 /// Plays the kubelet: a media-node process for each new pod (its name is its node id and
 /// machine), the pod Running once started. A pod that starts Terminating gets SIGTERM once, as

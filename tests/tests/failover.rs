@@ -248,42 +248,8 @@ async fn the_standby_places_sessions_soon_after_the_leader_is_killed() {
 async fn a_paused_leader_resumes_as_a_standby_and_acts_on_nothing() {
     let pg = PgCluster::start();
     pg.create_database("fleet");
-    let api = FakeKubeApi::start().await;
-    api.add_deployment(
-        "fleet",
-        "media-eu-west-1",
-        &[
-            ("fleet.io/cluster", "e2e"),
-            ("fleet.io/pool", "eu-west-1.media"),
-        ],
-        0,
-        30,
-    );
-    let extra = format!(
-        r#"
-[autoscale]
-tick_ms = 300
-[[pools]]
-region = "eu-west-1"
-kind = "media"
-provider = "kubernetes"
-node_capacity = 16
-min = 1
-max = 3
-buffer_sessions = 0
-min_node_age_secs = 0
-scale_down_window_secs = 1
-[providers.kubernetes]
-cluster = "e2e"
-[[providers.kubernetes.pools]]
-region = "eu-west-1"
-kind = "media"
-api_url = "{url}"
-namespace = "fleet"
-deployment = "media-eu-west-1"
-"#,
-        url = api.url
-    );
+    let api = fleet_e2e::kubelet::fake_with_empty_pool(30).await;
+    let extra = fleet_e2e::kubelet::pool_toml(&api, "min = 1\nmax = 3", 1);
     let dirs = dirs();
     let (leader, standby) = pair(&pg, &dirs, &extra);
     let mut kubelet = Kubelet::new(30);

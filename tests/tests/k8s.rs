@@ -7,39 +7,15 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_e2e::kubelet::Kubelet;
+use fleet_e2e::kubelet::{Kubelet, pool_toml};
 use fleet_e2e::*;
 use fleet_testkit::kube_api::{FakeKubeApi, Phase};
 use serde_json::json;
 
 /// The controller config of a eu-west-1 media pool on the fake's Deployment `media-eu-west-1`.
 fn k8s_options(api: &FakeKubeApi, bounds: &str) -> ControllerOptions {
-    let extra_toml = format!(
-        r#"
-[autoscale]
-tick_ms = 300
-[[pools]]
-region = "eu-west-1"
-kind = "media"
-provider = "kubernetes"
-node_capacity = 16
-{bounds}
-buffer_sessions = 0
-min_node_age_secs = 0
-scale_down_window_secs = 2
-[providers.kubernetes]
-cluster = "e2e"
-[[providers.kubernetes.pools]]
-region = "eu-west-1"
-kind = "media"
-api_url = "{url}"
-namespace = "fleet"
-deployment = "media-eu-west-1"
-"#,
-        url = api.url
-    );
     ControllerOptions {
-        extra_toml,
+        extra_toml: pool_toml(api, bounds, 2),
         ..ControllerOptions::default()
     }
 }
@@ -48,15 +24,8 @@ deployment = "media-eu-west-1"
 /// deploy/kubernetes.
 const GRACE_SECS: u64 = 30;
 
-/// A fake API server holding the pool's Deployment, at 0 replicas.
 async fn fake_with_empty_pool() -> FakeKubeApi {
-    let api = FakeKubeApi::start().await;
-    let labels = [
-        ("fleet.io/cluster", "e2e"),
-        ("fleet.io/pool", "eu-west-1.media"),
-    ];
-    api.add_deployment("fleet", "media-eu-west-1", &labels, 0, GRACE_SECS);
-    api
+    fleet_e2e::kubelet::fake_with_empty_pool(GRACE_SECS).await
 }
 
 /// A 1:1 call in eu-west-1: its session id and media node.
