@@ -64,6 +64,10 @@ for region in eu-west-1 us-east-1 ap-south-1; do
     --controller "127.0.0.1:$LINK_PORT" --controller-cert "$WORK/cert.pem" > /dev/null 2>> "$WORK/nodes.err" &
   PIDS+=($!)
 done
+# Ready means warmed up (the controller's start-up grace for reconnecting nodes is over).
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$API/readyz")" = 200 ] && break; sleep 0.1
+done
 TOKEN=$("$BIN/fleet" token --config "$WORK/fleet.toml" --ttl-secs 3600)
 ADMIN=bench-admin-token-0123456789
 for _ in $(seq 100); do

@@ -148,6 +148,9 @@ const SCHEMA: &[&str] = &[
         since_unix_ms BIGINT NOT NULL)",
 ];
 
+/// The most queued writes applied in one transaction.
+const WRITE_BATCH: usize = 256;
+
 /// The PostgreSQL advisory lock that serializes schema changes.
 const MIGRATION_LOCK: i64 = 0x666c_6565_745f_6d67; // "fleet_mg"
 
@@ -429,17 +432,36 @@ impl Store {
         let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
         let store = self.clone();
         tokio::spawn(async move {
-            while let Some(write) = rx.recv().await {
-                if let Err(e) = store.apply(&write).await {
-                    tracing::error!(error = %e, ?write, "store write failed");
-                }
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                store.apply_batch(&batch).await;
+                batch.clear();
             }
         });
         tx
     }
 
+    /// Applies queued writes in order, in one transaction (one commit, one fence check, one
+    /// disk sync for all of them); when that fails, one by one, so a bad write costs only
+    /// itself (each failure is logged).
+    async fn apply_batch(&self, writes: &[Write]) {
+        if writes.len() > 1 && self.apply_all(writes).await.is_ok() {
+            return;
+        }
+        for write in writes {
+            if let Err(e) = self.apply(write).await {
+                tracing::error!(error = %e, ?write, "store write failed");
+            }
+        }
+    }
+
     /// Applies one write now.
     pub async fn apply(&self, write: &Write) -> Result<(), StoreError> {
+        self.apply_all(std::slice::from_ref(write)).await
+    }
+
+    /// Applies writes in order in one transaction: all or none.
+    async fn apply_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = &self.fence {
             let mine = fence.load(Ordering::SeqCst);
@@ -454,7 +476,9 @@ impl Store {
                 return Err(StoreError::Fenced { mine, current });
             }
         }
-        Self::write_in(&mut tx, write).await?;
+        for write in writes {
+            Self::write_in(&mut tx, write).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -748,6 +772,42 @@ mod tests {
             .expect("open by path");
         let refused = Store::open(&dir.path().join("what?.db")).await.err();
         assert!(matches!(refused, Some(StoreError::Url(_))), "{refused:?}");
+        let dir = tempfile::tempdir().expect("dir");
+        queued_writes_land_in_order(&sqlite_url(&dir)).await;
+    }
+
+    /// Writes queued faster than one transaction each are applied in batches, in order.
+    async fn queued_writes_land_in_order(url: &str) {
+        let store = Store::connect(url).await.expect("open");
+        let writer = store.writer();
+        for i in 0..600u64 {
+            let event = ScalingEvent {
+                at_unix_ms: i,
+                region: key().region,
+                kind: NodeKind::Media,
+                action: "launch",
+                node_id: None,
+                count: Some(1),
+                reason: "unmet_demand".into(),
+                inputs: None,
+            };
+            writer.send(Write::Event(event)).expect("queued");
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let saved = store.load(1_000).await.expect("load");
+            if saved.events.len() == 600 {
+                let at: Vec<u64> = saved.events.iter().map(|e| e.at_unix_ms).collect();
+                assert_eq!(at, (0..600).collect::<Vec<_>>(), "in order");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{} of 600",
+                saved.events.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The same checks on a real PostgreSQL, each in a database of its own; then a second
@@ -761,6 +821,8 @@ mod tests {
         what_is_written_reads_back_after_a_reopen(&pg.url("reopen")).await;
         decision_log_queries_read_every_action_back(&pg.url("log")).await;
         demand_rows_read_back_in_start_order_and_are_pruned(&pg.url("demand")).await;
+        pg.create_database("queue");
+        queued_writes_land_in_order(&pg.url("queue")).await;
         let url = pg.url("log");
         let (a, b) = tokio::join!(Store::connect(&url), Store::connect(&url));
         assert_eq!(a.expect("open a").backend(), Backend::Postgres);
