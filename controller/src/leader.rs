@@ -147,8 +147,10 @@ impl Leadership {
     /// Campaigns and leads until `shutdown` changes: connect, try the lock, lead while the
     /// lease is renewed, stand by again on any failure.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(200);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+        let mut backoff = FIRST_BACKOFF;
         loop {
+            let started = Instant::now();
             let round = self.clone().round();
             tokio::select! {
                 r = round => {
@@ -161,6 +163,10 @@ impl Leadership {
                     self.step_down("shutting down");
                     return;
                 }
+            }
+            // A round that lasted starts the backoff over; failures in a row double it.
+            if started.elapsed() > self.lease {
+                backoff = FIRST_BACKOFF;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

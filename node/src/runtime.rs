@@ -196,7 +196,13 @@ impl Node {
             reporters.push(tokio::spawn(run_reporter(link, source, tx, stopped())));
             statuses.push(rx);
         }
-        let reporter = tokio::spawn(merge_link_statuses(statuses, status_tx));
+        tokio::spawn(merge_link_statuses(statuses, status_tx));
+        // Stopping waits for every link's last report.
+        let reporter = tokio::spawn(async move {
+            for r in reporters {
+                let _ = r.await;
+            }
+        });
 
         let watcher = config.instance_metadata.clone().map(|base| {
             let shared = shared.clone();
