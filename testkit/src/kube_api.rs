@@ -459,17 +459,22 @@ fn selector_string(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// A Deployment's metadata, which its scale subresource shares.
+fn deployment_metadata(d: &FakeDeployment) -> Value {
+    json!({
+        "name": d.name,
+        "namespace": d.namespace,
+        "uid": format!("uid-{}", d.name),
+        "resourceVersion": d.resource_version.to_string(),
+        "creationTimestamp": d.creation_timestamp,
+    })
+}
+
 fn scale_json(d: &FakeDeployment) -> Value {
     json!({
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
-        "metadata": {
-            "name": d.name,
-            "namespace": d.namespace,
-            "uid": format!("uid-{}", d.name),
-            "resourceVersion": d.resource_version.to_string(),
-            "creationTimestamp": d.creation_timestamp,
-        },
+        "metadata": deployment_metadata(d),
         "spec": {"replicas": d.replicas},
         "status": {"replicas": d.replicas, "selector": selector_string(&d.labels)},
     })
@@ -479,13 +484,7 @@ fn deployment_json(d: &FakeDeployment, ready: usize) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": d.name,
-            "namespace": d.namespace,
-            "uid": format!("uid-{}", d.name),
-            "resourceVersion": d.resource_version.to_string(),
-            "creationTimestamp": d.creation_timestamp,
-        },
+        "metadata": deployment_metadata(d),
         "spec": {
             "replicas": d.replicas,
             "selector": {"matchLabels": labels_json(&d.labels)},

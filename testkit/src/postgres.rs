@@ -3,9 +3,10 @@
 //! `pg_ctl`. PostgreSQL refuses to run as root, so when the tests do, the cluster belongs to
 //! and runs as the package's unprivileged `postgres` user (`runuser`). Durability is switched
 //! off (`fsync`, `synchronous_commit`): the tests need its semantics, not its crash safety. A
-//! test can stop and start the server under running controllers ([`PgCluster::restart`]).
+//! test can stop and start the server under running controllers ([`PgCluster::stop`],
+//! [`PgCluster::start_again`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use crate::process::free_tcp_port;
@@ -188,12 +189,6 @@ impl PgCluster {
         )
     }
 
-    /// Stops the server (fast: connections are closed) and starts it again on the same port.
-    pub fn restart(&self) {
-        self.stop_server("fast");
-        self.start_server();
-    }
-
     /// Stops the server; [`PgCluster::start_again`] brings it back.
     pub fn stop(&self) {
         self.stop_server("fast");
@@ -202,16 +197,6 @@ impl PgCluster {
     /// Starts a stopped server again.
     pub fn start_again(&self) {
         self.start_server();
-    }
-
-    /// Where the server logs.
-    pub fn log(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    /// The cluster's directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
