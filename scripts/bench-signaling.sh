@@ -11,13 +11,19 @@
 # measured over refusals is not a throughput. The failure counts are always printed.
 #
 # Usage: scripts/bench-signaling.sh [duration_secs] [connections]
+# A/B runs: FLEET_BIN=DIR takes the binaries from DIR (no build); BENCH_EXTRA_TOML is appended
+# to the controller's config (e.g. $'[demand]\nrecord = false').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-15}"
 CONNS="${2:-32}"
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
-cargo build --release --workspace --bins --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${FLEET_BIN:-}" ]; then
+  BIN="$FLEET_BIN"
+else
+  cargo build --release --workspace --bins --quiet
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -48,6 +54,7 @@ secret = "bench-turn-secret-0123456789"
 [registry]
 warmup_ms = 500
 TOML
+printf '%s\n' "${BENCH_EXTRA_TOML:-}" >> "$WORK/fleet.toml"
 RUST_LOG=warn "$BIN/fleet" serve --config "$WORK/fleet.toml" > "$WORK/fleet.out" 2> "$WORK/fleet.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q FLEET_API= "$WORK/fleet.out" 2>/dev/null && break; sleep 0.1; done
@@ -140,11 +147,22 @@ if [ -n "${PERF_OUT:-}" ]; then
   perf record -F 999 -g -p "${PIDS[0]}" -o "$PERF_OUT" -- sleep $((DURATION - 2)) > /dev/null 2>&1 &
   PERF_PID=$!
 fi
-CPU0=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
+# CPU (user + system ticks) of the controller, of all nodes, and of wrk (this shell's reaped
+# children) over the measured run: the three share the machine's cores.
+cpu_of() { cat "${@/#//proc/}" 2>/dev/null | awk '{s += $14 + $15} END {print s + 0}'; }
+NODE_STATS=("${PIDS[@]:1}"); NODE_STATS=("${NODE_STATS[@]/%//stat}")
+CPU0=$(cpu_of "${PIDS[0]}/stat"); NODES0=$(cpu_of "${NODE_STATS[@]}")
+WRK0=$(awk '{print $16 + $17}' /proc/$$/stat)
 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$API" | tee "$WORK/wrk.out"
-CPU1=$(awk '{print $14+$15}' /proc/${PIDS[0]}/stat)
+CPU1=$(cpu_of "${PIDS[0]}/stat"); NODES1=$(cpu_of "${NODE_STATS[@]}")
+WRK1=$(awk '{print $16 + $17}' /proc/$$/stat)
 [ -n "${PERF_PID:-}" ] && wait "$PERF_PID"
 check_failures "measured run" "$WORK/wrk.out"
 REQS=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$WORK/wrk.out")
 awk -v a="$CPU0" -v b="$CPU1" -v n="$REQS" 'BEGIN { printf "RESULT controller_cpu_s=%.2f cpu_us_per_request=%.1f\n", (b-a)/100, (b-a)*1e4/n }'
+# Where the machine's CPU went: the controller, the 15 nodes handling its commands and
+# reporting, and the load generator (ticks are 1/100 s).
+awk -v c="$((CPU1 - CPU0))" -v nd="$((NODES1 - NODES0))" -v w="$((WRK1 - WRK0))" -v n="$REQS" -v d="$DURATION" 'BEGIN {
+  printf "RESULT cpu_us_per_request controller=%.1f nodes=%.1f wrk=%.1f total=%.1f (cores busy: %.2f of %d)\n",
+    c*1e4/n, nd*1e4/n, w*1e4/n, (c+nd+w)*1e4/n, (c+nd+w)/100/d, '"$(nproc)"' }'
 

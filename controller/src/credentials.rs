@@ -6,6 +6,7 @@
 //! defined once in `fleet_proto::join_token` and `fleet_proto::turn_rest`.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -57,10 +58,20 @@ pub struct ClientClaims {
     pub participant: Option<String>,
 }
 
+/// Most client tokens the verified-token cache holds before it starts over.
+const VERIFIED_CACHE_MAX: usize = 4096;
+
 /// Checks client JWTs and the admin token.
 pub struct ApiAuth {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    leeway_secs: u64,
+    /// Tokens that passed the full check, with their claims. An app backend sends the same
+    /// token for many requests, and all a second check can find that the first did not is
+    /// expiry (the keys and the audience are fixed at start), which a hit checks. Only good
+    /// tokens enter; when full it starts over, so a flood of new tokens costs what it did
+    /// without the cache.
+    verified: Mutex<HashMap<String, ClientClaims>>,
     admin_token: String,
     /// (name, token) of each named operator.
     operators: Vec<(String, String)>,
@@ -82,6 +93,8 @@ impl ApiAuth {
         ApiAuth {
             keys,
             validation,
+            leeway_secs: config.leeway_secs,
+            verified: Mutex::new(HashMap::new()),
             admin_token: config.admin_token.clone(),
             operators: config
                 .operators
@@ -93,6 +106,39 @@ impl ApiAuth {
 
     /// Checks a client token (without the `Bearer ` prefix).
     pub fn verify_client(&self, token: &str) -> Result<ClientClaims, AuthError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.verify_client_at(token, now)
+    }
+
+    /// [`ApiAuth::verify_client`] at `now_unix_secs`, which decides the expiry of a token
+    /// already verified (a new one is checked against the system clock by the JWT library).
+    fn verify_client_at(&self, token: &str, now_unix_secs: u64) -> Result<ClientClaims, AuthError> {
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(claims) = cached {
+            if claims.exp.saturating_add(self.leeway_secs) < now_unix_secs {
+                return Err(AuthError::Expired);
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE_MAX {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    /// The full check of a client token: header, key, signature and claims.
+    fn verify_uncached(&self, token: &str) -> Result<ClientClaims, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::HS256 {
@@ -216,6 +262,32 @@ mod tests {
             a.verify_client("garbage"),
             Err(AuthError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let (a, key) = auth();
+        let exp = now() + 60;
+        let t = mint_client_token(&key, &claims(exp)).unwrap();
+        assert_eq!(a.verify_client(&t).unwrap().exp, exp);
+        assert_eq!(a.verified.lock().unwrap().len(), 1);
+        // Answered from the cache (the same claims), and refused once past its expiry.
+        assert_eq!(a.verify_client_at(&t, exp).unwrap().exp, exp);
+        assert_eq!(a.verify_client_at(&t, exp + 1), Err(AuthError::Expired));
+        // Refused tokens are not remembered; a full cache starts over.
+        let forged_key = ApiKey {
+            kid: "k1".into(),
+            secret: "another-secret-of-20b".into(),
+        };
+        let forged = mint_client_token(&forged_key, &claims(exp)).unwrap();
+        assert_eq!(a.verify_client(&forged), Err(AuthError::BadSignature));
+        assert_eq!(a.verify_client(&forged), Err(AuthError::BadSignature));
+        assert_eq!(a.verified.lock().unwrap().len(), 1);
+        for i in 0..VERIFIED_CACHE_MAX as u64 {
+            let t = mint_client_token(&key, &claims(exp + i + 1)).unwrap();
+            a.verify_client(&t).unwrap();
+        }
+        assert!(a.verified.lock().unwrap().len() <= VERIFIED_CACHE_MAX);
     }
 
     #[test]

@@ -10,9 +10,14 @@ use fleet_proto::{ParticipantId, SessionId};
 use crate::state::AppState;
 use crate::store::Write;
 
-/// Milliseconds between two sweeps for ended sessions (a session's recorded duration is this
-/// much too long at worst).
-pub const SWEEP_EVERY_MS: u64 = 5_000;
+/// Milliseconds between two sweeps of every recorded session against the session index. The
+/// tick ends sessions as the index removes them ([`ended`]); the sweep only catches one that
+/// left the index another way, so it is rare and goes in steps.
+pub const SWEEP_EVERY_MS: u64 = 300_000;
+
+/// Sessions looked up per hold of the fleet lock in a sweep: a busy controller records
+/// hundreds of thousands, and placement must not wait for all of them.
+const SWEEP_STEP: usize = 2_000;
 
 /// Milliseconds between two retention prunes.
 pub const PRUNE_EVERY_MS: u64 = 3_600_000;
@@ -62,22 +67,45 @@ pub fn relay_started(state: &AppState, users: &[ParticipantId]) {
     }
 }
 
-/// Ends the recorded sessions the session index no longer holds and queues them for the store.
-/// Returns how many ended.
+/// Ends the recorded sessions among `ids` (the ones the session index removed since the last
+/// tick) and queues them for the store. Returns how many ended.
+pub fn ended(state: &AppState, now_unix_ms: u64, ids: &[SessionId]) -> usize {
+    if ids.is_empty() || !recording(state) {
+        return 0;
+    }
+    let rows = state.demand().ended(now_unix_ms, ids);
+    queue(state, rows)
+}
+
+/// Ends the recorded sessions the session index no longer holds, looking them up in steps
+/// of [`SWEEP_STEP`], and queues them for the store. Returns how many ended.
 pub fn sweep(state: &AppState, now_unix_ms: u64) -> usize {
     if !recording(state) {
         return 0;
     }
-    let rows = {
+    let open = state.demand().open_ids();
+    let mut gone = Vec::new();
+    for step in open.chunks(SWEEP_STEP) {
         let fleet = state.fleet();
         let sessions = fleet.sessions();
-        state
-            .demand()
-            .sweep(now_unix_ms, |id| sessions.get(id).is_some())
+        gone.extend(step.iter().filter(|id| sessions.get(id).is_none()).cloned());
+    }
+    // A session placed again between the look-up and now is open under the same id: the
+    // recorder only ends what is still missing.
+    let still_gone: Vec<SessionId> = {
+        let fleet = state.fleet();
+        gone.into_iter()
+            .filter(|id| fleet.sessions().get(id).is_none())
+            .collect()
     };
+    let rows = state.demand().ended(now_unix_ms, &still_gone);
+    queue(state, rows)
+}
+
+fn queue(state: &AppState, rows: Vec<fleet_core::demand::DemandRow>) -> usize {
     let ended = rows.len();
-    for row in rows {
-        state.persist(Write::Demand(row));
+    if ended > 0 {
+        state.persist(Write::Demand(rows));
     }
     ended
 }

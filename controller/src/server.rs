@@ -322,11 +322,15 @@ impl Controller {
                     _ = tick_rx.changed() => break,
                 }
                 let now = tick_state.now();
-                let died = tick_state.fleet().tick(now);
+                let (died, ended) = {
+                    let mut fleet = tick_state.fleet();
+                    (fleet.tick(now), fleet.take_ended_sessions())
+                };
                 for node in died {
                     tracing::warn!(%node, "node missed its reports: DEAD");
                     metrics::counter!("fleet_nodes_died_total").increment(1);
                 }
+                crate::demand::ended(&tick_state, now.unix_ms, &ended);
                 if now.mono_ms >= next_sweep_ms {
                     next_sweep_ms = now.mono_ms + crate::demand::SWEEP_EVERY_MS;
                     crate::demand::sweep(&tick_state, now.unix_ms);

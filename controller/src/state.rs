@@ -85,6 +85,9 @@ impl AppState {
         geoip: Option<GeoIp>,
         metrics: Option<PrometheusHandle>,
     ) -> Result<AppState, ConfigError> {
+        let mut fleet = fleet;
+        // The tick hands the sessions the index removes to the demand recorder.
+        fleet.collect_ended_sessions(true);
         // The catalog is the fleet's (built once, from the config, at start); the default
         // region was checked against it when the config was validated.
         let default_region = &config.geoip.default_region;

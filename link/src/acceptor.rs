@@ -2,8 +2,10 @@
 //! frames into [`LinkHandler`] calls.
 //!
 //! Each connection runs in its own task; a bad frame, timeout or refusal closes only that
-//! connection. Frames are read by a separate reader task (reading a frame is not cancel-safe)
-//! through a small bounded channel, so a fast node cannot queue unbounded memory.
+//! connection. Frames are read by a separate reader task (reading a frame is not cancel-safe),
+//! which hands reports and command results to the handler itself (no hop to another task per
+//! frame) and tells the connection task only how the stream ended. A node that sends faster
+//! than the handler takes its frames waits in QUIC flow control, not in our memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::framing::{read_message, write_message};
+use crate::framing::{read_message, write_message, write_messages};
 use crate::tls::{ControllerIdentity, TlsError, server_crypto};
 use crate::{HELLO_TIMEOUT, LinkError, close_code, describe_close, transport_config};
 use fleet_proto::auth::{node_auth, verify_boot_token, verify_node_auth};
@@ -199,7 +201,7 @@ enum HelloOutcome {
     Accepted {
         node: NodeId,
         send: quinn::SendStream,
-        incoming: mpsc::Receiver<Result<Option<NodeMessage>, DecodeError>>,
+        recv: quinn::RecvStream,
         outgoing: mpsc::UnboundedReceiver<Outgoing>,
     },
     /// Nothing more to do (refused or connection already gone).
@@ -219,71 +221,136 @@ async fn serve_connection(incoming: quinn::Incoming, conn_id: ConnId, shared: Ar
     let HelloOutcome::Accepted {
         node,
         mut send,
-        mut incoming,
+        recv,
         mut outgoing,
     } = outcome
     else {
         return;
     };
     tracing::info!(conn_id, node = %node, %remote, "node connected");
-    let handler = &shared.handler;
+    let (end_tx, mut end_rx) = tokio::sync::oneshot::channel();
+    let mut reader = tokio::spawn(dispatch_frames(
+        recv,
+        conn_id,
+        node.clone(),
+        shared.clone(),
+        end_tx,
+    ));
+    let mut commands = Vec::new();
+    let mut last_write = tokio::time::Instant::now() - COMMAND_LINGER;
     let reason = loop {
         tokio::select! {
-            msg = incoming.recv() => match msg {
-                Some(Ok(Some(NodeMessage::Report(report)))) => {
-                    handler.on_report(conn_id, &node, report);
-                }
-                Some(Ok(Some(NodeMessage::CommandResult { id, error }))) => {
-                    handler.on_command_result(conn_id, &node, id, error);
-                }
-                Some(Ok(Some(NodeMessage::Hello(_) | NodeMessage::Boot(_)))) => {
-                    let reason = "protocol error: a hello or boot after the hello".to_owned();
+            end = &mut end_rx => break match end {
+                Ok(StreamEnd::Unexpected(what)) => {
+                    let reason = format!("protocol error: {what}");
                     connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
-                    break reason;
+                    reason
                 }
-                Some(Ok(None)) | None => {
+                Ok(StreamEnd::Finished) | Err(_) => {
                     let reason = "node shutting down: it finished its stream".to_owned();
                     connection.close(close_code::NORMAL, reason.as_bytes());
-                    break reason;
+                    reason
                 }
-                Some(Err(DecodeError::Io(e))) => {
-                    break match connection.close_reason() {
-                        Some(err) => describe_close(&err),
-                        None => {
-                            let reason = format!("read failed: {e}");
-                            connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
-                            reason
-                        }
-                    };
-                }
-                Some(Err(e)) => {
+                Ok(StreamEnd::Failed(DecodeError::Io(e))) => match connection.close_reason() {
+                    Some(err) => describe_close(&err),
+                    None => {
+                        let reason = format!("read failed: {e}");
+                        connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
+                        reason
+                    }
+                },
+                Ok(StreamEnd::Failed(e)) => {
                     let reason = format!("bad frame: {e}");
                     connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
-                    break reason;
+                    reason
                 }
             },
-            Some(out) = outgoing.recv() => match out {
-                Outgoing::Command { id, command } => {
-                    let msg = ControllerMessage::Command { id, command };
-                    if let Err(e) = write_message(&mut send, &msg).await {
-                        let reason = match connection.close_reason() {
-                            Some(err) => describe_close(&err),
-                            None => format!("sending a command failed: {e}"),
-                        };
-                        connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
-                        break reason;
-                    }
+            Some(out) = outgoing.recv() => {
+                // Commands queued together leave in one write. Under load (the last write
+                // was moments ago) the first waits a little for others, so that a node
+                // handling hundreds of sessions a second wakes once per batch, not once per
+                // session; an idle link sends at once.
+                if last_write.elapsed() < COMMAND_LINGER {
+                    tokio::time::sleep_until(last_write + COMMAND_LINGER).await;
                 }
-                Outgoing::Close(reason) => {
+                let mut closing = None;
+                let mut next = Some(out);
+                while let Some(out) = next {
+                    match out {
+                        Outgoing::Command { id, command } => {
+                            commands.push(ControllerMessage::Command { id, command });
+                        }
+                        Outgoing::Close(reason) => {
+                            closing = Some(reason);
+                            break;
+                        }
+                    }
+                    next = outgoing.try_recv().ok();
+                }
+                if let Some(reason) = closing {
                     connection.close(close_code::CLOSED_BY_CONTROLLER, reason.as_bytes());
+                    break reason;
+                }
+                let written = write_messages(&mut send, &commands).await;
+                last_write = tokio::time::Instant::now();
+                commands.clear();
+                if let Err(e) = written {
+                    let reason = match connection.close_reason() {
+                        Some(err) => describe_close(&err),
+                        None => format!("sending a command failed: {e}"),
+                    };
+                    connection.close(close_code::PROTOCOL_ERROR, reason.as_bytes());
                     break reason;
                 }
             },
             err = connection.closed() => break describe_close(&err),
         }
     };
+    // No handler call of this connection may come after its on_closed: the reader stops at
+    // its next await (a call it is making finishes first).
+    reader.abort();
+    let _ = (&mut reader).await;
     tracing::info!(conn_id, node = %node, %reason, "node disconnected");
-    handler.on_closed(conn_id, &node, &reason);
+    shared.handler.on_closed(conn_id, &node, &reason);
+}
+
+/// How long a command may wait for others to the same node when the link is busy.
+const COMMAND_LINGER: Duration = Duration::from_millis(2);
+
+/// How a node's stream ended, as its reader saw it.
+enum StreamEnd {
+    /// The node finished the stream.
+    Finished,
+    /// A frame that cannot be read (or the stream failed).
+    Failed(DecodeError),
+    /// A message that has no place after the hello.
+    Unexpected(&'static str),
+}
+
+/// Reads a node's frames after its hello and hands each report and command result to the
+/// handler, in order; says how the stream ended.
+async fn dispatch_frames(
+    mut recv: quinn::RecvStream,
+    conn_id: ConnId,
+    node: NodeId,
+    shared: Arc<Shared>,
+    end: tokio::sync::oneshot::Sender<StreamEnd>,
+) {
+    let handler = &shared.handler;
+    let how = loop {
+        match read_message::<NodeMessage, _>(&mut recv).await {
+            Ok(Some(NodeMessage::Report(report))) => handler.on_report(conn_id, &node, report),
+            Ok(Some(NodeMessage::CommandResult { id, error })) => {
+                handler.on_command_result(conn_id, &node, id, error);
+            }
+            Ok(Some(NodeMessage::Hello(_) | NodeMessage::Boot(_))) => {
+                break StreamEnd::Unexpected("a hello or boot after the hello");
+            }
+            Ok(None) => break StreamEnd::Finished,
+            Err(e) => break StreamEnd::Failed(e),
+        }
+    };
+    let _ = end.send(how);
 }
 
 /// Waits for the node's stream and hello, checks it, and answers Welcome or Reject.
@@ -350,8 +417,6 @@ async fn hello_phase(
     let welcome = ControllerMessage::Welcome {
         controller_version: shared.controller_version.clone(),
     };
-    let (in_tx, in_rx) = mpsc::channel(16);
-    tokio::spawn(read_frames(recv, in_tx));
     if let Err(e) = write_message(&mut send, &welcome).await {
         // on_hello passed, so the handler must hear that the connection ended.
         let reason = format!("sending welcome failed: {e}");
@@ -362,7 +427,7 @@ async fn hello_phase(
     HelloOutcome::Accepted {
         node: hello.node_id,
         send,
-        incoming: in_rx,
+        recv,
         outgoing: out_rx,
     }
 }

@@ -49,17 +49,36 @@ pub async fn write_message<T: Serialize, W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &T,
 ) -> std::io::Result<()> {
-    let frame =
-        try_encode(msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if frame.len() - LEN_BYTES > MAX_FRAME_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}",
-                frame.len() - LEN_BYTES
-            ),
-        ));
+    write_messages(w, std::slice::from_ref(msg)).await
+}
+
+/// Writes messages as consecutive frames in one write and flushes: messages that are ready
+/// together leave in as few packets as they fit, with one wake-up of the connection.
+///
+/// Fails as [`write_message`] does, before writing anything, when any message fails.
+pub async fn write_messages<T: Serialize, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msgs: &[T],
+) -> std::io::Result<()> {
+    let mut frames = Vec::new();
+    for msg in msgs {
+        let frame =
+            try_encode(msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if frame.len() - LEN_BYTES > MAX_FRAME_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}",
+                    frame.len() - LEN_BYTES
+                ),
+            ));
+        }
+        if frames.is_empty() {
+            frames = frame;
+        } else {
+            frames.extend_from_slice(&frame);
+        }
     }
-    w.write_all(&frame).await?;
+    w.write_all(&frames).await?;
     w.flush().await
 }

@@ -16,7 +16,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 
 use crate::acceptor::read_frames;
-use crate::framing::write_message;
+use crate::framing::write_messages;
 use crate::tls::{TlsError, client_crypto};
 use crate::{HELLO_TIMEOUT, LinkError, close_code, describe_close, transport_config};
 use fleet_proto::auth::node_auth;
@@ -357,22 +357,42 @@ impl Session<'_> {
                     let _ = send.stopped().await;
                     return Ok(());
                 }
-                item = rx.recv() => match next_message(item, connection)? {
-                    ControllerMessage::Command { id, command } => {
-                        tracing::info!(id, ?command, "command from controller");
-                        let result = self.source.on_command(command);
-                        if let Err(error) = &result {
-                            tracing::info!(id, %error, "command refused");
+                item = rx.recv() => {
+                    // Commands that arrived together are answered in one write.
+                    let mut answers = Vec::new();
+                    let mut item = item;
+                    loop {
+                        answers.push(self.answer(next_message(item, connection)?)?);
+                        match rx.try_recv() {
+                            Ok(next) => item = Some(next),
+                            Err(_) => break,
                         }
-                        let answer = NodeMessage::CommandResult { id, error: result.err() };
-                        write(&mut send, &answer, connection).await?;
                     }
-                    ControllerMessage::Reject { reason } => return Err(LinkError::Rejected(reason)),
-                    ControllerMessage::Welcome { .. } | ControllerMessage::Credentials(_) => {
-                        return Err(LinkError::Protocol("unexpected welcome or credentials".to_owned()));
-                    }
-                },
+                    write_all(&mut send, &answers, connection).await?;
+                }
             }
+        }
+    }
+
+    /// Applies a command from the controller and gives the result to send back; any other
+    /// message ends the conversation.
+    fn answer(&self, msg: ControllerMessage) -> Result<NodeMessage, LinkError> {
+        match msg {
+            ControllerMessage::Command { id, command } => {
+                tracing::debug!(id, ?command, "command from controller");
+                let result = self.source.on_command(command);
+                if let Err(error) = &result {
+                    tracing::info!(id, %error, "command refused");
+                }
+                Ok(NodeMessage::CommandResult {
+                    id,
+                    error: result.err(),
+                })
+            }
+            ControllerMessage::Reject { reason } => Err(LinkError::Rejected(reason)),
+            ControllerMessage::Welcome { .. } | ControllerMessage::Credentials(_) => Err(
+                LinkError::Protocol("unexpected welcome or credentials".to_owned()),
+            ),
         }
     }
 
@@ -420,7 +440,16 @@ async fn write(
     msg: &NodeMessage,
     connection: &quinn::Connection,
 ) -> Result<(), LinkError> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write_message(send, msg)).await {
+    write_all(send, std::slice::from_ref(msg), connection).await
+}
+
+/// Writes messages in one write (see [`write_messages`]).
+async fn write_all(
+    send: &mut quinn::SendStream,
+    msgs: &[NodeMessage],
+    connection: &quinn::Connection,
+) -> Result<(), LinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write_messages(send, msgs)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(closed_error(connection, &format!("write failed: {e}"))),
         Err(_) => Err(LinkError::Timeout("writing to the controller")),

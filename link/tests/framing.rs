@@ -1,6 +1,6 @@
 //! Frames on async streams: round trips, truncation, refusals, and oversized writes.
 
-use fleet_link::framing::{read_message, write_message};
+use fleet_link::framing::{read_message, write_message, write_messages};
 use fleet_proto::codec::{DecodeError, MAX_FRAME_LEN, decode, encode};
 use fleet_proto::messages::NodeMessage;
 use fleet_testkit::messages::node_messages;
@@ -22,6 +22,12 @@ async fn async_read_write() {
         .await
         .expect("clean end");
     assert_eq!(end, None);
+    // Written as one batch, the same frames byte for byte.
+    let mut batch = Vec::new();
+    write_messages(&mut batch, &node_messages())
+        .await
+        .expect("write batch");
+    assert_eq!(batch, buf);
 
     let first_len = encode(&node_messages()[0]).len();
     for cut in [1, 3, 4, 5, first_len / 2, first_len - 1] {
@@ -55,6 +61,14 @@ async fn oversized_messages_are_not_written() {
     };
     let mut buf = Vec::new();
     let err = write_message(&mut buf, &msg).await.err();
+    assert_eq!(
+        err.map(|e| e.kind()),
+        Some(std::io::ErrorKind::InvalidInput)
+    );
+    assert!(buf.is_empty());
+    // In a batch, one oversized message keeps the whole batch from being written.
+    let fine = NodeMessage::CommandResult { id: 2, error: None };
+    let err = write_messages(&mut buf, &[fine, msg.clone()]).await.err();
     assert_eq!(
         err.map(|e| e.kind()),
         Some(std::io::ErrorKind::InvalidInput)

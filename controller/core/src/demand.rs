@@ -138,23 +138,16 @@ impl DemandRecorder {
         }
     }
 
-    /// Ends the open sessions that `is_open` no longer knows (ended, deleted, or dropped by the
-    /// session index) at `now_unix_ms`, and returns their rows. Cost: one lookup per open
-    /// session, so the shell calls it every few seconds rather than on every event.
-    pub fn sweep(
+    /// Ends these sessions at `now_unix_ms` (the session index removed them) and returns the
+    /// rows of those recorded, in start order. Cost: one lookup per id.
+    pub fn ended<'a>(
         &mut self,
         now_unix_ms: u64,
-        is_open: impl Fn(&SessionId) -> bool,
+        ids: impl IntoIterator<Item = &'a SessionId>,
     ) -> Vec<DemandRow> {
-        let ended: Vec<SessionId> = self
-            .open
-            .keys()
-            .filter(|id| !is_open(id))
-            .cloned()
-            .collect();
-        let mut rows = Vec::with_capacity(ended.len());
-        for id in ended {
-            let Some(open) = self.open.remove(&id) else {
+        let mut rows = Vec::new();
+        for id in ids {
+            let Some(open) = self.open.remove(id) else {
                 continue;
             };
             self.forget_participants(&open);
@@ -168,6 +161,29 @@ impl DemandRecorder {
         }
         rows.sort_by_key(|r| r.start_unix_ms);
         rows
+    }
+
+    /// The ids of the open sessions (for a shell that checks them against the session index
+    /// in steps, then ends the missing ones with [`DemandRecorder::ended`]).
+    pub fn open_ids(&self) -> Vec<SessionId> {
+        self.open.keys().cloned().collect()
+    }
+
+    /// Ends the open sessions that `is_open` no longer knows (ended, deleted, or dropped by the
+    /// session index) at `now_unix_ms`, and returns their rows. Cost: one lookup per open
+    /// session.
+    pub fn sweep(
+        &mut self,
+        now_unix_ms: u64,
+        is_open: impl Fn(&SessionId) -> bool,
+    ) -> Vec<DemandRow> {
+        let gone: Vec<SessionId> = self
+            .open
+            .keys()
+            .filter(|id| !is_open(id))
+            .cloned()
+            .collect();
+        self.ended(now_unix_ms, &gone)
     }
 
     fn forget_participants(&mut self, open: &OpenSession) {
@@ -349,5 +365,28 @@ mod tests {
         rec.relayed([&pid("p")]);
         let rows = rec.sweep(4_000, |_| false);
         assert!(rows[0].participants[0].relay);
+    }
+
+    #[test]
+    fn ended_ids_close_only_recorded_sessions_once_in_start_order() {
+        let mut rec = DemandRecorder::new();
+        for (id, start) in [("a", 5_000), ("b", 1_000), ("c", 3_000)] {
+            rec.started(
+                sid(id),
+                start,
+                [(pid(id), at(1.0, 1.0))],
+                None,
+                Profile::Audio,
+            );
+        }
+        let rows = rec.ended(9_000, &[sid("a"), sid("x"), sid("b")]);
+        let got: Vec<(u64, u64)> = rows
+            .iter()
+            .map(|r| (r.start_unix_ms, r.duration_ms))
+            .collect();
+        assert_eq!(got, vec![(1_000, 8_000), (5_000, 4_000)]);
+        assert!(rec.ended(9_500, &[sid("a")]).is_empty());
+        assert_eq!(rec.open_ids(), vec![sid("c")]);
+        assert_eq!(rec.open_sessions(), 1);
     }
 }

@@ -136,6 +136,16 @@ impl Fleet {
         }
     }
 
+    /// See [`SessionIndex::collect_ended`].
+    pub fn collect_ended_sessions(&mut self, on: bool) {
+        self.sessions.collect_ended(on);
+    }
+
+    /// See [`SessionIndex::take_ended`].
+    pub fn take_ended_sessions(&mut self) -> Vec<SessionId> {
+        self.sessions.take_ended()
+    }
+
     pub fn config(&self) -> &FleetConfig {
         &self.config
     }

@@ -68,6 +68,10 @@ pub struct SessionIndex {
     pending: BinaryHeap<Reverse<(Millis, SessionId)>>,
     /// Sessions marked LOST (entries of sessions placed again are skipped).
     lost: HashSet<SessionId>,
+    /// Whether removed sessions are kept in `ended` for [`SessionIndex::take_ended`].
+    collect_ended: bool,
+    /// Sessions removed since the last [`SessionIndex::take_ended`].
+    ended: Vec<SessionId>,
 }
 
 /// How long a deleted session's id is ignored in node reports.
@@ -123,13 +127,32 @@ impl SessionIndex {
 
     /// Removes a session.
     pub fn remove(&mut self, id: &SessionId) -> Option<SessionRecord> {
-        self.sessions.remove(id)
+        let removed = self.sessions.remove(id);
+        if removed.is_some() && self.collect_ended {
+            self.ended.push(id.clone());
+        }
+        removed
     }
 
     /// Removes a session that was deleted through the API and remembers it for a while.
     pub fn delete(&mut self, now: Millis, id: &SessionId) -> Option<SessionRecord> {
         self.tombstones.insert(id.clone(), now + TOMBSTONE_MS);
-        self.sessions.remove(id)
+        self.remove(id)
+    }
+
+    /// Starts (or stops) keeping the ids of removed sessions for [`SessionIndex::take_ended`],
+    /// for a shell that follows sessions to their end (the demand recorder) without looking
+    /// at every open one. Whoever turns it on drains it often.
+    pub fn collect_ended(&mut self, on: bool) {
+        self.collect_ended = on;
+        if !on {
+            self.ended = Vec::new();
+        }
+    }
+
+    /// The sessions removed (ended, deleted, dropped) since the last call, when collecting.
+    pub fn take_ended(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Applies a node's report: its hosted sessions that are new or changed since its previous
@@ -203,7 +226,7 @@ impl SessionIndex {
             .cloned()
             .collect();
         for id in &ended {
-            self.sessions.remove(id);
+            self.remove(id);
         }
         ended
     }
@@ -238,10 +261,11 @@ impl SessionIndex {
                 .get(&id)
                 .is_some_and(|r| r.state == SessionState::Pending && r.pending_until_ms <= now)
             {
-                self.sessions.remove(&id);
+                self.remove(&id);
                 dropped.push(id);
             }
         }
+        let pending_dropped = dropped.len();
         if !self.lost.is_empty() {
             let sessions = &mut self.sessions;
             self.lost.retain(|id| match sessions.get(id) {
@@ -255,6 +279,11 @@ impl SessionIndex {
                 }
                 _ => false,
             });
+            if self.collect_ended {
+                // The LOST ones dropped here (the PENDING ones went through remove).
+                self.ended
+                    .extend(dropped[pending_dropped..].iter().cloned());
+            }
         }
         dropped
     }

@@ -545,6 +545,49 @@ fn deleted_session_is_not_resurrected_by_a_late_report() {
 }
 
 #[test]
+fn removed_sessions_are_handed_over_once_when_collected() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+    let (node, conn) = conns[0].clone();
+    let mut r = rng();
+    let mut place = |f: &mut Fleet, who: &str| {
+        f.create_session(at(0), new_session(&[(who, LONDON)]), &mut r)
+            .unwrap()
+            .0
+            .session
+    };
+    // Not collecting: nothing is kept.
+    let uncollected = place(&mut f, "u");
+    f.delete_session(at(1), &uncollected).unwrap();
+    assert!(f.take_ended_sessions().is_empty());
+
+    f.collect_ended_sessions(true);
+    let (ends, deleted, never) = (place(&mut f, "a"), place(&mut f, "b"), place(&mut f, "c"));
+    let hosted = |id: &SessionId| HostedSession {
+        id: id.clone(),
+        participants: vec![pid("a")],
+        cost: 8,
+        created_unix_ms: 0,
+    };
+    let live = vec![hosted(&ends), hosted(&deleted)];
+    f.on_report(at(1), conn, &node, report(NodeState::Serving, live, 100));
+    // `ends` leaves the node's report; `deleted` is deleted through the API.
+    let left = vec![hosted(&deleted)];
+    f.on_report(at(2), conn, &node, report(NodeState::Serving, left, 100));
+    f.delete_session(at(3), &deleted).unwrap();
+    assert_eq!(f.take_ended_sessions(), vec![ends.clone(), deleted.clone()]);
+    assert!(f.take_ended_sessions().is_empty());
+    // `never` was never reported: it is dropped when its pending time is up (or with its
+    // node), once.
+    let mut dropped = Vec::new();
+    for t in [60_000, 600_000, 6_000_000, 60_000_000] {
+        f.tick(at(t));
+        dropped.extend(f.take_ended_sessions());
+    }
+    assert!(f.sessions().get(&never).is_none());
+    assert_eq!(dropped, vec![never]);
+}
+
+#[test]
 fn ties_favour_headroom_and_turn_is_near_each_participant() {
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
     // Two regions at (nearly) the same distance from a point between them.

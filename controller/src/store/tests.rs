@@ -251,13 +251,17 @@ async fn demand_rows_read_back_in_start_order_and_are_pruned(url: &str) {
         booked_unix_ms: booked,
         profile: Profile::Audio,
     };
-    for w in [
-        row(3_000, true, Some(1_000)),
-        row(1_000, false, None),
-        row(2_000, false, None),
-    ] {
-        store.apply(&Write::Demand(w)).await.expect("write");
-    }
+    store
+        .apply(&Write::Demand(vec![
+            row(3_000, true, Some(1_000)),
+            row(1_000, false, None),
+        ]))
+        .await
+        .expect("write");
+    store
+        .apply(&Write::Demand(vec![row(2_000, false, None)]))
+        .await
+        .expect("write");
     let got = store.demand_since(1_500).await.expect("read");
     assert_eq!(
         got,
@@ -273,6 +277,15 @@ async fn demand_rows_read_back_in_start_order_and_are_pruned(url: &str) {
         store.demand_since(0).await.expect("read"),
         vec![row(3_000, true, Some(1_000))]
     );
+    // A busy sweep's rows (more than one INSERT holds) all land, each as written.
+    let many: Vec<DemandRow> = (0..450u64)
+        .map(|i| row(10_000 + i, i % 3 == 0, (i % 2 == 0).then_some(9_000)))
+        .collect();
+    store
+        .apply(&Write::Demand(many.clone()))
+        .await
+        .expect("write many");
+    assert_eq!(store.demand_since(10_000).await.expect("read"), many);
 }
 
 #[tokio::test]

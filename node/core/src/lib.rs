@@ -90,6 +90,11 @@ pub struct NodeCore {
     state: NodeState,
     drain_deadline_unix_ms: Option<u64>,
     sessions: BTreeMap<SessionId, Hosted>,
+    /// Sum of the hosted sessions' costs, kept as they change (admission asks for it on every
+    /// new session, and a busy node hosts thousands).
+    used: u64,
+    /// Participants over all hosted sessions, kept likewise.
+    participants: usize,
 }
 
 impl NodeCore {
@@ -101,6 +106,8 @@ impl NodeCore {
             state: NodeState::Starting,
             drain_deadline_unix_ms: None,
             sessions: BTreeMap::new(),
+            used: 0,
+            participants: 0,
         }
     }
 
@@ -121,9 +128,7 @@ impl NodeCore {
 
     /// Sum of the hosted sessions' costs.
     pub fn capacity_used(&self) -> u64 {
-        self.sessions
-            .values()
-            .fold(0u64, |sum, s| sum.saturating_add(s.cost))
+        self.used
     }
 
     /// Number of hosted sessions.
@@ -133,7 +138,15 @@ impl NodeCore {
 
     /// Number of participants over all hosted sessions.
     pub fn participant_count(&self) -> usize {
-        self.sessions.values().map(|s| s.participants.len()).sum()
+        self.participants
+    }
+
+    /// Stops hosting a session (nothing if it is not hosted).
+    fn remove_session(&mut self, session: &SessionId) {
+        if let Some(gone) = self.sessions.remove(session) {
+            self.used = self.used.saturating_sub(gone.cost);
+            self.participants = self.participants.saturating_sub(gone.participants.len());
+        }
     }
 
     /// The hosted sessions as reported.
@@ -192,7 +205,7 @@ impl NodeCore {
                 cost,
             } => self.add_participant(&session, participant, cost, now_unix_ms),
             Command::CloseSession { session } => {
-                self.sessions.remove(&session);
+                self.remove_session(&session);
                 Ok(())
             }
         }
@@ -209,6 +222,7 @@ impl NodeCore {
             for p in participants {
                 if !existing.participants.contains(&p) {
                     existing.participants.push(p);
+                    self.participants += 1;
                 }
             }
             existing.last_activity_unix_ms = now_unix_ms;
@@ -216,6 +230,7 @@ impl NodeCore {
             // controller reserved for it.
             if existing.cost == 0 {
                 existing.cost = cost;
+                self.used = self.used.saturating_add(cost);
             }
             return Ok(());
         }
@@ -238,6 +253,8 @@ impl NodeCore {
                 unique.push(p);
             }
         }
+        self.used = used.saturating_add(cost);
+        self.participants += unique.len();
         self.sessions.insert(
             session,
             Hosted {
@@ -266,6 +283,8 @@ impl NodeCore {
         if !hosted.participants.contains(&participant) {
             hosted.participants.push(participant);
             hosted.cost = hosted.cost.saturating_add(cost);
+            self.participants += 1;
+            self.used = self.used.saturating_add(cost);
         }
         Ok(())
     }
@@ -308,6 +327,7 @@ impl NodeCore {
             for p in l.participants {
                 if !hosted.participants.contains(&p) {
                     hosted.participants.push(p);
+                    self.participants += 1;
                 }
             }
         }
@@ -321,7 +341,7 @@ impl NodeCore {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &ended {
-            self.sessions.remove(id);
+            self.remove_session(id);
         }
         ended
     }
@@ -336,7 +356,7 @@ impl NodeCore {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &expired {
-            self.sessions.remove(id);
+            self.remove_session(id);
         }
         expired
     }
@@ -578,5 +598,69 @@ mod tests {
         assert!(core.sync_live(vec![], 1_000, 1_100).is_empty());
         assert_eq!(core.sync_live(vec![], 1_000, 1_101), vec![sid("s1")]);
         assert_eq!(core.capacity_used(), 0);
+    }
+
+    /// The running sums (capacity used, participants) always equal what the hosted sessions
+    /// add up to, whatever sequence of commands, joins, leaves and expiries made them.
+    #[test]
+    fn running_totals_match_the_sessions() {
+        let mut core = NodeCore::new(1_000, Duration::from_secs(1));
+        core.on_connected();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for step in 0..2_000u64 {
+            let s = sid(&format!("s{}", next() % 40));
+            let p = pid(&format!("p{}", next() % 5));
+            let now = step * 10;
+            match next() % 7 {
+                0 | 1 => {
+                    let _ = core.apply(open(s.as_str(), next() % 30), now);
+                }
+                2 => {
+                    let _ = core.apply(
+                        Command::AddParticipant {
+                            session: s,
+                            participant: p,
+                            cost: next() % 10,
+                        },
+                        now,
+                    );
+                }
+                3 => {
+                    let _ = core.apply(Command::CloseSession { session: s }, now);
+                }
+                4 => {
+                    let live_now = vec![LiveSession {
+                        id: s,
+                        participants: vec![p],
+                    }];
+                    core.sync_live(live_now, 500, now);
+                }
+                5 => {
+                    core.expire_idle(now + next() % 2_000);
+                }
+                _ => {
+                    core.touch(&s, now);
+                }
+            }
+            let hosted = core.sessions();
+            let used: u64 = hosted.iter().map(|h| h.cost).sum();
+            let participants: usize = hosted.iter().map(|h| h.participants.len()).sum();
+            assert_eq!(
+                core.capacity_used(),
+                used,
+                "capacity used after step {step}"
+            );
+            assert_eq!(
+                core.participant_count(),
+                participants,
+                "participants after step {step}"
+            );
+        }
     }
 }
