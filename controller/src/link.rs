@@ -8,6 +8,9 @@ use fleet_proto::{Hello, NodeId, Report};
 
 use crate::state::AppState;
 
+/// Sessions of a report applied per hold of the fleet lock (a few hundred microseconds).
+const REPORT_STEP: usize = 500;
+
 /// Feeds link events to the fleet.
 pub struct LinkShell {
     pub state: Arc<AppState>,
@@ -30,10 +33,20 @@ impl LinkHandler for LinkShell {
         let now = self.state.now();
         let relay_started = std::mem::take(&mut report.relay_started);
         let notice = report.notice;
-        let mut fleet = self.state.fleet();
-        let noticed_before = fleet.registry().get(node).and_then(|n| n.notice);
-        fleet.on_report(now, conn, node, report);
-        drop(fleet);
+        let (noticed_before, mut applying) = {
+            let mut fleet = self.state.fleet();
+            let noticed_before = fleet.registry().get(node).and_then(|n| n.notice);
+            (noticed_before, fleet.begin_report(now, conn, node, report))
+        };
+        // The node's previous session list is freed, and its session changes applied a step
+        // at a time, with the lock released in between: placement never waits for a whole
+        // busy report.
+        drop(std::mem::take(&mut applying.replaced));
+        while self
+            .state
+            .fleet()
+            .continue_report(&mut applying, REPORT_STEP)
+        {}
         if let Some(n) = notice
             && noticed_before.map(|b| b.kind) != Some(n.kind)
         {

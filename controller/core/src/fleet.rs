@@ -3,7 +3,9 @@
 //! send to nodes ([`Outgoing`]); nothing here does I/O.
 
 use fleet_geo::Location;
-use fleet_proto::{Command, Hello, NodeId, NodeKind, ParticipantId, RegionId, Report, SessionId};
+use fleet_proto::{
+    Command, Hello, HostedSession, NodeId, NodeKind, ParticipantId, RegionId, Report, SessionId,
+};
 use rand::Rng;
 
 use super::placement::{Choice, PlacementConfig, PlacementError, Placer};
@@ -118,6 +120,21 @@ pub struct Fleet {
     demand: Vec<RegionDemand>,
 }
 
+/// A node's report whose session changes are still being applied (see
+/// [`Fleet::begin_report`]).
+#[derive(Debug)]
+pub struct ReportInProgress {
+    now: Millis,
+    conn: u64,
+    node: NodeId,
+    /// Positions in the node's session list still to apply, last first.
+    changed: Vec<usize>,
+    /// Ended sessions still to apply, last first.
+    ended: Vec<SessionId>,
+    /// The node's previous session list: drop it where no lock is held.
+    pub replaced: Vec<HostedSession>,
+}
+
 impl Fleet {
     /// A fleet with no nodes over a region catalog.
     pub fn new(
@@ -177,19 +194,72 @@ impl Fleet {
 
     /// A node reported.
     pub fn on_report(&mut self, now: Now, conn: u64, node: &NodeId, report: Report) {
+        let mut applying = self.begin_report(now, conn, node, report);
+        while self.continue_report(&mut applying, usize::MAX) {}
+    }
+
+    /// A node reported: its state, load and session list take effect now; what changed in its
+    /// sessions is applied to the session index by [`Fleet::continue_report`], which a shell
+    /// holding this fleet under a lock calls a step at a time, releasing the lock between
+    /// steps, so that a busy node's report (thousands of sessions started and ended since the
+    /// last) does not hold up placement. The steps of one report must be applied in order
+    /// before the node's next report begins; a reconnection abandons them (the new link's
+    /// first report is taken whole).
+    pub fn begin_report(
+        &mut self,
+        now: Now,
+        conn: u64,
+        node: &NodeId,
+        report: Report,
+    ) -> ReportInProgress {
         let now = now.mono_ms;
+        let mut applying = ReportInProgress {
+            now,
+            conn,
+            node: node.clone(),
+            changed: Vec::new(),
+            ended: Vec::new(),
+            replaced: Vec::new(),
+        };
         let Some(diff) = self.registry.report(now, conn, node, report) else {
-            return;
+            return applying;
         };
-        let Some(n) = self.registry.get(node) else {
-            return;
-        };
-        if n.kind != NodeKind::Media {
-            return;
+        applying.replaced = diff.replaced;
+        if self
+            .registry
+            .get(node)
+            .is_some_and(|n| n.kind == NodeKind::Media)
+        {
+            applying.changed = diff.changed;
+            applying.ended = diff.ended;
+            // Applied from the back, a step at a time.
+            applying.changed.reverse();
+            applying.ended.reverse();
         }
-        let changed = diff.changed.iter().filter_map(|&i| n.hosted.get(i));
+        applying
+    }
+
+    /// Applies up to `step` of a report's changed and ended sessions (see
+    /// [`Fleet::begin_report`]); true while some remain.
+    pub fn continue_report(&mut self, applying: &mut ReportInProgress, step: usize) -> bool {
+        let Some(n) = self
+            .registry
+            .get(&applying.node)
+            .filter(|n| n.conn == Some(applying.conn))
+        else {
+            applying.changed.clear();
+            applying.ended.clear();
+            return false;
+        };
+        let take = step.min(applying.changed.len());
+        let changed = applying.changed.split_off(applying.changed.len() - take);
+        let take = step.saturating_sub(take).min(applying.ended.len());
+        let ended = applying.ended.split_off(applying.ended.len() - take);
+        let changed = changed.iter().rev().filter_map(|&i| n.hosted.get(i));
+        let ended: Vec<SessionId> = ended.into_iter().rev().collect();
         self.sessions
-            .apply_report(now, node, &n.region, changed, &diff.ended);
+            .apply_report(applying.now, &applying.node, &n.region, changed, &ended);
+        !(applying.changed.is_empty() && applying.ended.is_empty())
     }
 
     /// A node's link closed.

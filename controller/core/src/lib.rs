@@ -21,7 +21,7 @@ pub mod trace;
 
 pub use fleet::{
     Fleet, FleetConfig, FleetError, JoinOutcome, NewSession, Outgoing, ParticipantPlan,
-    RegionDemand, SessionPlan, TurnChoice,
+    RegionDemand, ReportInProgress, SessionPlan, TurnChoice,
 };
 pub use locate::{LocationClues, UnknownRegion, best_region, locate};
 pub use placement::{PlacementConfig, PlacementError, Strategy};

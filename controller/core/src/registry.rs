@@ -173,6 +173,9 @@ pub struct ReportDiff {
     /// Positions (in the report's session list, now the node's `hosted`) of the sessions that
     /// are new or whose participants changed.
     pub changed: Vec<usize>,
+    /// The node's previous session list, which the report replaced (for the caller to drop
+    /// where it holds no lock: a busy node's list is thousands of allocations).
+    pub replaced: Vec<HostedSession>,
 }
 
 /// Compares two session lists. Nodes list their sessions sorted by id, so this is one merge
@@ -442,7 +445,7 @@ impl Registry {
             });
         }
         node.reserved = node.reservations.iter().map(|r| r.cost).sum();
-        node.hosted = hosted;
+        diff.replaced = std::mem::replace(&mut node.hosted, hosted);
         if node.status != old_status {
             self.rebuild_pools();
         } else {

@@ -588,6 +588,98 @@ fn removed_sessions_are_handed_over_once_when_collected() {
 }
 
 #[test]
+fn a_report_applied_in_steps_ends_where_a_whole_one_does() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 10_000);
+    let (node, conn) = conns[0].clone();
+    let mut r = rng();
+    let ids: Vec<SessionId> = (0..40)
+        .map(|i| {
+            f.create_session(at(0), new_session(&[(&format!("p{i}"), LONDON)]), &mut r)
+                .unwrap()
+                .0
+                .session
+        })
+        .collect();
+    let hosted = |id: &SessionId, people: &[&str]| HostedSession {
+        id: id.clone(),
+        participants: people.iter().map(|p| pid(p)).collect(),
+        cost: 8,
+        created_unix_ms: 0,
+    };
+    let sorted = |mut v: Vec<HostedSession>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    // The first 30 go live; then 10 of them end, 5 gain a participant and the last 10 go live.
+    let first = sorted(ids[..30].iter().map(|id| hosted(id, &["p"])).collect());
+    f.on_report(
+        at(1),
+        conn,
+        &node,
+        report(NodeState::Serving, first, 10_000),
+    );
+    let second = sorted(
+        ids[10..]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| hosted(id, if i < 5 { &["p", "q"] } else { &["p"] }))
+            .collect(),
+    );
+    let mut whole = f.clone();
+    whole.on_report(
+        at(2),
+        conn,
+        &node,
+        report(NodeState::Serving, second.clone(), 10_000),
+    );
+    let mut applying = f.begin_report(
+        at(2),
+        conn,
+        &node,
+        report(NodeState::Serving, second, 10_000),
+    );
+    assert_eq!(applying.replaced.len(), 30);
+    let mut steps = 1;
+    while f.continue_report(&mut applying, 3) {
+        steps += 1;
+    }
+    assert!(steps > 5, "{steps} steps");
+    let view = |f: &Fleet| {
+        let mut v: Vec<(SessionId, SessionState, usize)> = f
+            .sessions()
+            .iter()
+            .map(|s| (s.id.clone(), s.state, s.participants.len()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(view(&f), view(&whole));
+    assert_eq!(f.sessions().len(), 30);
+    assert!(f.sessions().iter().all(|s| s.state == SessionState::Live));
+
+    // A reconnection between steps abandons the rest: the new link's first report counts.
+    let third = sorted(ids[20..].iter().map(|id| hosted(id, &["p"])).collect());
+    let mut applying = f.begin_report(
+        at(3),
+        conn,
+        &node,
+        report(NodeState::Serving, third, 10_000),
+    );
+    f.on_closed(at(4), conn, &node);
+    f.on_hello(
+        at(4),
+        conn + 100,
+        &hello(node.as_str(), NodeKind::Media, "eu-west-1", 10_000),
+    )
+    .unwrap();
+    assert!(!f.continue_report(&mut applying, 3));
+    assert!(
+        f.sessions().get(&ids[10]).is_some(),
+        "not ended by the old link's report"
+    );
+}
+
+#[test]
 fn ties_favour_headroom_and_turn_is_near_each_participant() {
     let mut f = Fleet::new(FleetConfig::default(), RegionCatalog::default());
     // Two regions at (nearly) the same distance from a point between them.
