@@ -13,6 +13,7 @@ use fleet_controller::credentials::{ClientClaims, mint_client_token};
 use fleet_proto::NodeKind;
 
 mod boot_env;
+mod loadsim;
 mod plot;
 mod simulate;
 
@@ -113,6 +114,8 @@ enum Cmd {
         #[arg(long)]
         timeline: Option<PathBuf>,
     },
+    /// Load-test a live fleet with concurrent sessions of real WebRTC peers.
+    Loadsim(loadsim::LoadsimArgs),
     /// Run a media node (as `fleet up` does).
     MediaNode(media_node::Args),
     /// Run a TURN node (as `fleet up` does).
@@ -183,6 +186,10 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = parse_cli();
     match cli.command {
+        Cmd::Loadsim(args) => {
+            init_tracing();
+            loadsim::main(args, runtime()?)
+        }
         Cmd::MediaNode(args) => {
             media_node::init_process();
             runtime()?.block_on(media_node::run(args))

@@ -1,5 +1,5 @@
 //! A synthetic WebRTC participant on the `webrtc` 0.17 crate, for tests and the forwarding
-//! benchmark: one peer connection with an Opus and a VP8 track, WHIP-style join against a media
+//! benchmark (built with `fleet loadsim`'s WebRTC setup; this one asserts and records payloads): one peer connection with an Opus and a VP8 track, WHIP-style join against a media
 //! node, RTP it writes itself (recognizable payloads, or a paced audio+video stream), and what
 //! it receives (every payload when recording, else only counts).
 
@@ -7,13 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use webrtc::api::APIBuilder;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
-use webrtc::api::setting_engine::SettingEngine;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
-use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
@@ -22,7 +15,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
@@ -85,38 +78,13 @@ impl Peer {
     }
 
     async fn build(record: bool, extra: usize) -> Peer {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().expect("codecs");
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
-        let mut settings = SettingEngine::default();
-        settings.set_include_loopback_candidate(true);
-        settings.set_network_types(vec![NetworkType::Udp4]);
-        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        let api = APIBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(settings)
-            .build();
+        let api = fleet_loadsim::peer::webrtc_api().expect("webrtc api");
         let pc = Arc::new(
             api.new_peer_connection(RTCConfiguration::default())
                 .await
                 .expect("peer connection"),
         );
-        let track = |mime: &str, rate: u32, channels: u16, id: &str| {
-            Arc::new(TrackLocalStaticRTP::new(
-                RTCRtpCodecCapability {
-                    mime_type: mime.into(),
-                    clock_rate: rate,
-                    channels,
-                    ..Default::default()
-                },
-                id.into(),
-                "peer".into(),
-            ))
-        };
-        let audio = track(MIME_TYPE_OPUS, 48000, 2, "audio");
-        let video = track(MIME_TYPE_VP8, 90000, 0, "video");
+        let (audio, video) = fleet_loadsim::peer::media_tracks("peer");
         for t in [audio.clone(), video.clone()] {
             let sender = pc.add_track(t as Arc<_>).await.expect("add track");
             tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
