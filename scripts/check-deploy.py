@@ -2,8 +2,9 @@
 """Checks deploy/: the Terraform parses as HCL2 (python-hcl2), every variable it uses is
 declared and every declared variable without a default is an input or comes from
 fleet.auto.tfvars.json; the systemd units carry the hardening every fleet unit must have; every
-Kubernetes overlay builds with `kubectl kustomize` and validates (kubernetes-validate, strict)
-against the schemas of the oldest and newest Kubernetes versions supported; checkov finds no
+Kubernetes overlay (and the loadsim Job) builds with `kubectl kustomize` and validates
+(kubernetes-validate, strict) against the schemas of the oldest and newest Kubernetes versions
+supported; checkov finds no
 failed check in the Terraform, the built manifests and the Containerfile (the skipped ones are
 listed with their reasons). Whether the manifests agree with the code (labels, ports, probe
 paths, flags, drain deadline) is k8s/tests/manifests.rs's job.
@@ -129,29 +130,36 @@ def check_kubernetes(out_dir):
     if len(overlays) < 3:
         problems.append("expected one overlay per region in deploy/kubernetes/overlays")
     for overlay in overlays:
-        built = subprocess.run(
-            [str(BIN / "kubectl"), "kustomize", str(overlay)], capture_output=True, text=True
+        check_kustomization(overlay, f"overlay {overlay.name}", out_dir)
+    check_kustomization(K8S / "loadsim", "loadsim Job", out_dir)
+
+
+def check_kustomization(directory, name, out_dir):
+    """Builds one kustomization, validates it against each supported Kubernetes version and
+    runs checkov on it."""
+    built = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(directory)], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        problems.append(f"kubectl kustomize {name}: {built.stderr.strip()}")
+        return
+    path = out_dir / f"{directory.name}.yaml"
+    path.write_text(built.stdout)
+    kinds = re.findall(r"^kind: (\S+)", built.stdout, re.M)
+    print(f"kustomize {name}: {len(kinds)} objects")
+    for version in KUBERNETES_VERSIONS:
+        valid = subprocess.run(
+            [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", version, str(path)],
+            capture_output=True,
+            text=True,
         )
-        if built.returncode != 0:
-            problems.append(f"kubectl kustomize {overlay.name}: {built.stderr.strip()}")
-            continue
-        path = out_dir / f"{overlay.name}.yaml"
-        path.write_text(built.stdout)
-        kinds = re.findall(r"^kind: (\S+)", built.stdout, re.M)
-        print(f"kustomize {overlay.name}: {len(kinds)} objects")
-        for version in KUBERNETES_VERSIONS:
-            valid = subprocess.run(
-                [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", version, str(path)],
-                capture_output=True,
-                text=True,
+        if valid.returncode != 0:
+            problems.append(
+                f"{name} is not valid Kubernetes {version}: "
+                f"{(valid.stdout + valid.stderr).strip()[-2000:]}"
             )
-            if valid.returncode != 0:
-                problems.append(
-                    f"{overlay.name} is not valid Kubernetes {version}: "
-                    f"{(valid.stdout + valid.stderr).strip()[-2000:]}"
-                )
-        print(f"kubernetes-validate {overlay.name}: checked against {', '.join(KUBERNETES_VERSIONS)}")
-        checkov(f"kubernetes overlay {overlay.name}", ["-f", str(path), "--framework", "kubernetes"])
+    print(f"kubernetes-validate {name}: checked against {', '.join(KUBERNETES_VERSIONS)}")
+    checkov(f"kubernetes {name}", ["-f", str(path), "--framework", "kubernetes"])
 
 
 def check_containerfile(out_dir):

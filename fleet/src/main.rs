@@ -187,7 +187,12 @@ fn main() -> anyhow::Result<()> {
     let cli = parse_cli();
     match cli.command {
         Cmd::Loadsim(args) => {
-            init_tracing();
+            // The webrtc crates log every peer's ICE and DTLS steps; at a thousand peers that
+            // drowns the run's own lines (RUST_LOG brings them back).
+            fleet_node::init_tracing_with_default(
+                "info,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,\
+                 webrtc_sctp=error,webrtc_data=error,webrtc_mdns=off,interceptor=error,turn=error",
+            );
             loadsim::main(args, runtime()?)
         }
         Cmd::MediaNode(args) => {

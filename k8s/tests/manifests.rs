@@ -49,10 +49,14 @@ fn kubectl() -> PathBuf {
 
 /// The objects an overlay builds to.
 fn build(region: &str) -> Vec<Value> {
-    let dir = root().join("deploy/kubernetes/overlays").join(region);
+    build_dir(&root().join("deploy/kubernetes/overlays").join(region))
+}
+
+/// The objects a kustomization builds to.
+fn build_dir(dir: &Path) -> Vec<Value> {
     let out = Command::new(kubectl())
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .expect("run kubectl");
     assert!(
@@ -402,4 +406,66 @@ fn the_containerfile_builds_with_the_workspace_toolchain() {
     );
     assert!(file.contains("USER 65532:65532"), "non-root");
     assert!(file.contains("cargo build --release --locked --bin fleet"));
+}
+
+/// The loadsim Job: an Indexed Job whose pod i runs shard i/K of one run, K being its
+/// completions and parallelism; its summary on standard output for `fleet loadsim merge`; the
+/// tokens from a Secret, never on the command line; the fleet's own image.
+#[test]
+fn the_loadsim_job_runs_one_shard_per_pod() {
+    let objects = build_dir(&root().join("deploy/kubernetes/loadsim"));
+    let job = find(&objects, "Job", "loadsim");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let k = spec["completions"].as_u64().expect("completions");
+    assert_eq!(
+        spec["parallelism"].as_u64(),
+        Some(k),
+        "one pod per shard at once"
+    );
+    assert_eq!(
+        spec["backoffLimit"], 0,
+        "a retried shard would double its sessions"
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args.first(), Some(&"loadsim"));
+    assert!(
+        args.contains(&format!("--shard=$(JOB_COMPLETION_INDEX)/{k}").as_str()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--json=-"), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.contains("token")),
+        "tokens go by environment: {args:?}"
+    );
+    let env = env_of(container);
+    assert!(env.contains_key("FLEET_API"), "{env:?}");
+    for (var, key) in [
+        ("FLEET_CLIENT_TOKEN", "client-token"),
+        ("FLEET_ADMIN_TOKEN", "admin-token"),
+    ] {
+        let from = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .map(|e| &e["valueFrom"]["secretKeyRef"])
+            .unwrap_or_else(|| panic!("{var}"));
+        assert_eq!(from["name"], "fleet-loadsim", "{var}");
+        assert_eq!(from["key"], key, "{var}");
+    }
+    let home = build(HOME);
+    let media = find(&home, "Deployment", "media");
+    assert_eq!(
+        container["image"], media["spec"]["template"]["spec"]["containers"][0]["image"],
+        "the same image as the fleet"
+    );
 }

@@ -8,12 +8,17 @@
 //!
 //! Modules: [`plan`] (when sessions start; pure), [`locations`] (where participants are),
 //! [`api`] (the signaling API client), [`peer`] (one simulated participant), [`stats`]
-//! (mergeable measurements), [`run`] (one run), [`summary`] (what is printed and saved).
+//! (mergeable measurements), [`series`] (the run over time, with the pools), [`plot`] (the
+//! series as SVG), [`run`] (one run), [`workers`] (a run split over processes), [`summary`]
+//! (what is printed and saved).
 
 pub mod api;
 pub mod locations;
 pub mod peer;
 pub mod plan;
+pub mod plot;
 pub mod run;
+pub mod series;
 pub mod stats;
 pub mod summary;
+pub mod workers;

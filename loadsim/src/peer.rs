@@ -128,6 +128,16 @@ struct Receiving {
     stats: MediaStats,
 }
 
+/// Where a participant's outgoing streams are: their next sequence numbers and the frame count.
+#[derive(Debug, Default)]
+pub struct Sending {
+    audio_seq: u32,
+    video_seq: u32,
+    frames: u32,
+    /// The 20 ms frame clock, kept across slices so that they add up to one even pace.
+    clock: Option<tokio::time::Interval>,
+}
+
 /// One simulated participant.
 pub struct Peer {
     pc: Arc<RTCPeerConnection>,
@@ -148,6 +158,14 @@ pub struct IceServer {
 /// The `webrtc` API a simulated participant is built with: default codecs and interceptors,
 /// IPv4 UDP candidates including loopback (fleets on one machine), no mDNS.
 pub fn webrtc_api() -> Result<webrtc::api::API, webrtc::Error> {
+    webrtc_api_for(false)
+}
+
+/// [`webrtc_api`] for a participant that is relay-only or not. The crate's ICE agent waits 2 s
+/// before it accepts a pair with a relay candidate (in case a direct one succeeds meanwhile);
+/// for a relay-only participant nothing else can, and browsers do not wait: that wait was the
+/// whole of the relayed participants' 2 s setup time. A relay-only participant does not wait.
+pub fn webrtc_api_for(relay_only: bool) -> Result<webrtc::api::API, webrtc::Error> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
@@ -155,6 +173,9 @@ pub fn webrtc_api() -> Result<webrtc::api::API, webrtc::Error> {
     settings.set_include_loopback_candidate(true);
     settings.set_network_types(vec![NetworkType::Udp4]);
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if relay_only {
+        settings.set_relay_acceptance_min_wait(Some(Duration::ZERO));
+    }
     Ok(APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
@@ -197,7 +218,7 @@ impl Peer {
         ice_servers: &[IceServer],
         relay_only: bool,
     ) -> Result<Peer, PeerError> {
-        let api = webrtc_api().map_err(local)?;
+        let api = webrtc_api_for(relay_only).map_err(local)?;
         let config = RTCConfiguration {
             ice_servers: ice_servers
                 .iter()
@@ -350,22 +371,27 @@ impl Peer {
         lock(&self.receiving).first_packet
     }
 
-    /// Sends the profile's paced media until `until`.
-    pub async fn stream(&self, profile: MediaProfile, until: Instant) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let (mut audio_seq, mut video_seq, mut n) = (0u32, 0u32, 0u32);
+    /// Sends the profile's paced media until `until`, going on from where `sending` left off
+    /// (a stream sent in slices keeps one sequence, or the receiver's SRTP replay check would
+    /// drop the repeats and the gap count would hide it).
+    pub async fn stream(&self, profile: MediaProfile, until: Instant, sending: &mut Sending) {
+        let tick = sending.clock.get_or_insert_with(|| {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            tick
+        });
         while Instant::now() < until {
             tick.tick().await;
-            n = n.wrapping_add(1);
+            sending.frames = sending.frames.wrapping_add(1);
+            let n = sending.frames;
             let audio = self.packet(
                 111,
                 false,
-                audio_seq,
+                sending.audio_seq,
                 n.wrapping_mul(960),
                 profile.audio_bytes,
             );
-            audio_seq = audio_seq.wrapping_add(1);
+            sending.audio_seq = sending.audio_seq.wrapping_add(1);
             if self.audio.write_rtp(&audio).await.is_err() {
                 return;
             }
@@ -374,11 +400,11 @@ impl Peer {
                 let video = self.packet(
                     96,
                     last,
-                    video_seq,
+                    sending.video_seq,
                     n.wrapping_mul(1800),
                     profile.video_bytes,
                 );
-                video_seq = video_seq.wrapping_add(1);
+                sending.video_seq = sending.video_seq.wrapping_add(1);
                 if self.video.write_rtp(&video).await.is_err() {
                     return;
                 }

@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use tokio::sync::watch;
 
-use crate::api::Api;
+use crate::api::{Api, OpsApi};
 use crate::locations::Locations;
-use crate::peer::{MediaProfile, Peer, PeerError};
+use crate::peer::{MediaProfile, Peer, PeerError, Sending};
 use crate::plan::{Scenario, Shard, starts};
-use crate::stats::Totals;
+use crate::series::{Sample, Series};
+use crate::stats::{Histogram, Totals};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub api: String,
     pub token: String,
+    /// An admin token: the pools are sampled with it every second.
+    pub admin_token: Option<String>,
     pub sessions: u32,
     pub participants: u32,
     pub ramp: Duration,
@@ -41,13 +44,83 @@ impl RunConfig {
     }
 }
 
-/// Counters for a live view while the run goes.
+/// Counters for a live view while the run goes, and the setups since the last sample.
 #[derive(Debug, Default)]
 pub struct Live {
     pub sessions_started: AtomicU64,
+    /// Sessions that have come up (every participant receiving media) since the start.
     pub sessions_up: AtomicU64,
+    /// Sessions up now.
+    pub sessions_active: AtomicU64,
     pub participants_up: AtomicU64,
+    pub participants_active: AtomicU64,
     pub failures: AtomicU64,
+    setups: Mutex<Histogram>,
+}
+
+impl Live {
+    fn participant_up(&self, setup_ms: f64) {
+        self.participants_up.fetch_add(1, Ordering::Relaxed);
+        self.participants_active.fetch_add(1, Ordering::Relaxed);
+        lock(&self.setups).record(setup_ms);
+    }
+
+    fn session_up(&self) {
+        self.sessions_up.fetch_add(1, Ordering::Relaxed);
+        self.sessions_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now, with the setups recorded since the previous sample (which this one
+    /// takes).
+    pub fn sample(&self, unix_s: u64) -> Sample {
+        Sample {
+            unix_s,
+            sessions_active: self.sessions_active.load(Ordering::Relaxed),
+            participants_active: self.participants_active.load(Ordering::Relaxed),
+            sessions_up_total: self.sessions_up.load(Ordering::Relaxed),
+            failures_total: self.failures.load(Ordering::Relaxed),
+            setups: std::mem::take(&mut *lock(&self.setups)),
+            pools: Default::default(),
+        }
+    }
+}
+
+/// Now, in whole seconds since the Unix epoch.
+pub fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Takes a sample a second (with the pools when `ops` is given) until `stop` is set; the
+/// series is what it returns.
+pub async fn sample_every_second(
+    live: Arc<Live>,
+    ops: Option<OpsApi>,
+    stop: watch::Receiver<bool>,
+) -> Series {
+    let mut series = Series::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let mut sample = live.sample(unix_s());
+        if let Some(ops) = &ops {
+            match tokio::time::timeout(Duration::from_millis(900), ops.pools()).await {
+                Ok(Ok(pools)) => sample.pools = pools,
+                Ok(Err(e)) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "the pools' view is not available (admin token?)");
+                }
+                _ => {}
+            }
+        }
+        series.push(sample);
+        if *stop.borrow() {
+            return series;
+        }
+    }
 }
 
 /// Whether participant `n` of the run is relay-only: spread evenly over the run (the golden
@@ -57,7 +130,8 @@ pub fn relay_only(n: u64, share: f64) -> bool {
     ((n as f64 + 1.0) * PHI).fract() < share
 }
 
-fn cpu_seconds() -> f64 {
+/// CPU seconds this process has used (user and system), from `/proc/self/stat`.
+pub fn cpu_seconds() -> f64 {
     // utime and stime (fields 14 and 15) of this process, in clock ticks of 1/100 s.
     std::fs::read_to_string("/proc/self/stat")
         .ok()
@@ -70,8 +144,13 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Runs the load until the end of the hold or until `stop` turns true; returns what it
-/// measured. Every session it created is deleted before it returns.
-pub async fn run(config: RunConfig, live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Totals {
+/// measured, in total and second by second. Every session it created is deleted before it
+/// returns.
+pub async fn run(
+    config: RunConfig,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) -> (Totals, Series) {
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let end = started + config.ramp + config.hold;
@@ -87,6 +166,12 @@ pub async fn run(config: RunConfig, live: Arc<Live>, mut stop: watch::Receiver<b
         .build()
         .unwrap_or_default();
     let api = Api::new(http.clone(), &config.api, &config.token);
+    let ops = config
+        .admin_token
+        .as_ref()
+        .map(|t| OpsApi::new(&config.api, t));
+    let (sampled_tx, sampled_rx) = watch::channel(false);
+    let sampler = tokio::spawn(sample_every_second(live.clone(), ops, sampled_rx));
     let totals = Arc::new(Mutex::new(Totals {
         target_sessions: plan.len() as u64,
         participants_target: plan.len() as u64 * u64::from(config.participants),
@@ -125,10 +210,12 @@ pub async fn run(config: RunConfig, live: Arc<Live>, mut stop: watch::Receiver<b
     for task in tasks {
         let _ = task.await;
     }
+    let _ = sampled_tx.send(true);
+    let series = sampler.await.unwrap_or_default();
     let mut totals = lock(&totals).clone();
     totals.loadsim_cpu_s = cpu_seconds() - cpu_before;
     totals.wall_s = started.elapsed().as_secs_f64();
-    totals
+    (totals, series)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -212,13 +299,15 @@ impl SessionRun {
             }
         }
         // Everyone streams until the end; each participant's setup time is from the API
-        // request to the first packet it received from another.
+        // request to the first packet it received from another, counted live as it comes.
         let profile = c.profile;
+        let expected = grant.participants.len();
+        let came_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let streams: Vec<_> = peers
             .into_iter()
             .map(|peer| {
-                let stopping = self.stopping.clone();
-                let end = self.end;
+                let (stopping, end) = (self.stopping.clone(), self.end);
+                let (live, came_up) = (self.live.clone(), came_up.clone());
                 tokio::spawn(async move {
                     let Some(peer) = peer else {
                         return Joined {
@@ -228,7 +317,26 @@ impl SessionRun {
                             relayed: false,
                         };
                     };
-                    stream_until(&peer, profile, end, &stopping).await;
+                    let mut sending = Sending::default();
+                    let mut receiving = false;
+                    // In slices, so that a stop is seen within a second, and the first packet
+                    // within 100 ms.
+                    while !stopping.load(Ordering::SeqCst) && Instant::now() < end {
+                        let slice = if receiving { 1000 } else { 100 };
+                        let until = end.min(Instant::now() + Duration::from_millis(slice));
+                        peer.stream(profile, until, &mut sending).await;
+                        if let (false, Some(first)) = (receiving, peer.first_packet()) {
+                            receiving = true;
+                            let setup = first.saturating_duration_since(asked);
+                            live.participant_up(setup.as_secs_f64() * 1000.0);
+                            if came_up.fetch_add(1, Ordering::SeqCst) + 1 == expected {
+                                live.session_up();
+                            }
+                        }
+                    }
+                    if receiving {
+                        live.participants_active.fetch_sub(1, Ordering::Relaxed);
+                    }
                     let setup = peer
                         .first_packet()
                         .map(|t| t.saturating_duration_since(asked));
@@ -272,15 +380,16 @@ impl SessionRun {
                     region.participants_up += 1;
                     t.setup.record(ms);
                     t.participants_up += 1;
-                    self.live.participants_up.fetch_add(1, Ordering::Relaxed);
                 }
                 if j.relayed {
                     t.participants_relayed += 1;
                 }
             }
-            if all_up && joined.len() == grant.participants.len() {
+            if all_up && joined.len() == expected {
                 t.sessions_up += 1;
-                self.live.sessions_up.fetch_add(1, Ordering::Relaxed);
+            }
+            if came_up.load(Ordering::SeqCst) == expected {
+                self.live.sessions_active.fetch_sub(1, Ordering::Relaxed);
             }
         }
         for j in &joined {
@@ -322,15 +431,6 @@ async fn join_one(
             peer.close().await;
             Err(e)
         }
-    }
-}
-
-/// Streams until the end of the run or until the run stops.
-async fn stream_until(peer: &Peer, profile: MediaProfile, end: Instant, stopping: &AtomicBool) {
-    // In slices, so that a stop is seen within a second.
-    while !stopping.load(Ordering::SeqCst) && Instant::now() < end {
-        let until = end.min(Instant::now() + Duration::from_secs(1));
-        peer.stream(profile, until).await;
     }
 }
 

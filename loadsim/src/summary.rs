@@ -5,6 +5,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::series::Series;
 use crate::stats::{Percentiles, Totals};
 
 /// The `--json` file of one run or shard.
@@ -17,6 +20,18 @@ pub struct Summary {
     pub totals: Totals,
     /// Derived figures, for a reader of the file (recomputed on merge).
     pub derived: Derived,
+    /// The run second by second (with the pools when run with an admin token).
+    #[serde(default)]
+    pub series: Series,
+}
+
+/// How a pool's node count went over the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolRange {
+    /// Nodes up when the run first saw the pool.
+    pub first: u32,
+    /// The most nodes up at once.
+    pub max: u32,
 }
 
 /// Figures computed from the totals.
@@ -30,17 +45,27 @@ pub struct Derived {
     pub loadsim_cpu_us_per_participant_second: Option<f64>,
     /// How many streaming participants one core of the load generator drives at that cost.
     pub participants_per_loadsim_core: Option<f64>,
+    /// CPU seconds the media nodes used while the load had participants up (admin token).
+    pub media_nodes_cpu_s: Option<f64>,
+    /// The media nodes' CPU per participant per second of media (microseconds).
+    pub media_nodes_cpu_us_per_participant_second: Option<f64>,
+    /// CPU seconds the TURN nodes used while the load had participants up (admin token).
+    pub turn_nodes_cpu_s: Option<f64>,
+    /// Each pool's node count over the run, by `region/kind` (admin token).
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolRange>,
 }
 
 impl Summary {
     /// A run's summary.
-    pub fn new(shards: Vec<String>, hold_secs: f64, totals: Totals) -> Summary {
-        let derived = derive(&totals, hold_secs);
+    pub fn new(shards: Vec<String>, hold_secs: f64, totals: Totals, series: Series) -> Summary {
+        let derived = derive(&totals, hold_secs, &series);
         Summary {
             shards,
             hold_secs,
             totals,
             derived,
+            series,
         }
     }
 
@@ -54,7 +79,8 @@ impl Summary {
             shards.extend(p.shards.iter().cloned());
             hold_secs = hold_secs.max(p.hold_secs);
         }
-        Summary::new(shards, hold_secs, totals)
+        let series = Series::merge(&parts.iter().map(|p| &p.series).collect::<Vec<_>>());
+        Summary::new(shards, hold_secs, totals, series)
     }
 
     /// The table printed at the end of a run.
@@ -127,13 +153,42 @@ impl Summary {
             d.participants_per_loadsim_core
                 .map_or("-".to_owned(), |v| format!("{v:.0}"))
         );
+        if let Some(media) = d.media_nodes_cpu_s {
+            let _ = writeln!(
+                out,
+                "fleet nodes: media {media:.1} s CPU ({} µs per participant-second), TURN {:.1} s CPU",
+                d.media_nodes_cpu_us_per_participant_second
+                    .map_or("-".to_owned(), |v| format!("{v:.0}")),
+                d.turn_nodes_cpu_s.unwrap_or(0.0)
+            );
+        }
+        if !d.pools.is_empty() {
+            let pools: Vec<String> = d
+                .pools
+                .iter()
+                .map(|(k, r)| format!("{k} {}→{} (max)", r.first, r.max))
+                .collect();
+            let _ = writeln!(out, "pools' nodes: {}", pools.join(", "));
+        }
         out
     }
 }
 
-fn derive(t: &Totals, hold_secs: f64) -> Derived {
+fn derive(t: &Totals, hold_secs: f64, series: &Series) -> Derived {
     let per = t.cpu_us_per_participant_second(hold_secs);
+    let observed = series.samples.iter().any(|s| !s.pools.is_empty());
+    let (media_cpu, participant_s) = series.node_cpu("media");
+    let (turn_cpu, _) = series.node_cpu("turn");
     Derived {
+        media_nodes_cpu_s: observed.then_some(media_cpu),
+        media_nodes_cpu_us_per_participant_second: (observed && participant_s > 0.0)
+            .then(|| media_cpu * 1e6 / participant_s),
+        turn_nodes_cpu_s: observed.then_some(turn_cpu),
+        pools: series
+            .pool_growth()
+            .into_iter()
+            .map(|(k, (first, max))| (k, PoolRange { first, max }))
+            .collect(),
         setup: t.setup.percentiles(),
         delay: t.media.delay.percentiles(),
         jitter: t.media.jitter.percentiles(),
@@ -160,10 +215,34 @@ mod tests {
         let mut b = a.clone();
         b.fail("api:no_capacity");
         b.sessions_up = 2;
+        let mut pools_seen = Series::default();
+        let mut sample = crate::series::Sample {
+            unix_s: 7,
+            participants_active: 4,
+            ..Default::default()
+        };
+        sample.pools.insert(
+            "eu/media".into(),
+            crate::series::PoolSample {
+                serving: 2,
+                cpu_cores: 0.5,
+                ..Default::default()
+            },
+        );
+        pools_seen.push(sample);
         let merged = Summary::merge(&[
-            Summary::new(vec!["0/2".into()], 10.0, a),
-            Summary::new(vec!["1/2".into()], 10.0, b),
+            Summary::new(vec!["0/2".into()], 10.0, a, Series::default()),
+            Summary::new(vec!["1/2".into()], 10.0, b, pools_seen),
         ]);
+        // 0.5 cores for one second over 4 participants: 125,000 µs per participant-second.
+        assert_eq!(
+            merged.derived.media_nodes_cpu_us_per_participant_second,
+            Some(125_000.0)
+        );
+        assert_eq!(
+            merged.derived.pools["eu/media"],
+            PoolRange { first: 2, max: 2 }
+        );
         assert_eq!(merged.totals.target_sessions, 6);
         assert_eq!(merged.totals.sessions_up, 5);
         assert_eq!(merged.shards, ["0/2", "1/2"]);
@@ -179,6 +258,7 @@ mod tests {
         let text = merged.table();
         assert!(text.contains("sessions: 5 up of 6 target"), "{text}");
         assert!(text.contains("api:no_capacity"), "{text}");
+        assert!(text.contains("eu/media 2→2"), "{text}");
         let json = serde_json::to_string(&merged).unwrap();
         assert_eq!(serde_json::from_str::<Summary>(&json).unwrap(), merged);
     }

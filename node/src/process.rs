@@ -11,6 +11,8 @@ use std::time::Instant;
 pub struct ProcessUsage {
     /// CPU used since the previous sample, as a fraction (0..1) of the whole machine.
     pub cpu: f32,
+    /// The same as cores used (1.0: one core busy).
+    pub cpu_cores: f32,
     /// Resident set size.
     pub memory_bytes: u64,
     /// Memory the process may use: the machine's, or its cgroup limit when lower (0: unknown).
@@ -78,6 +80,7 @@ impl ProcessSampler {
         }
         ProcessUsage {
             cpu: self.last_cpu,
+            cpu_cores: (f64::from(self.last_cpu) * self.cpus) as f32,
             memory_bytes,
             memory_total_bytes: self.memory_total_bytes,
         }

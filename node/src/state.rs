@@ -191,6 +191,7 @@ impl ReportSource for NodeShared {
             sessions: core.sessions(),
             load: Load {
                 cpu: usage.cpu,
+                cpu_cores: usage.cpu_cores,
                 memory_bytes: usage.memory_bytes,
                 memory_total_bytes: usage.memory_total_bytes,
                 capacity_used: core.capacity_used(),

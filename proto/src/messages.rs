@@ -123,6 +123,9 @@ pub struct HostedSession {
 pub struct Load {
     /// CPU used by the node process, as a fraction (0..1) of the whole machine.
     pub cpu: f32,
+    /// CPU cores the node process used (`cpu` times the machine's cores): what a load test
+    /// sets beside its own CPU.
+    pub cpu_cores: f32,
     /// Resident memory of the node process.
     pub memory_bytes: u64,
     /// Memory the node may use: the machine's, or its cgroup limit when lower (0: unknown).

@@ -42,6 +42,7 @@ pub fn report() -> Report {
         }],
         load: Load {
             cpu: 0.25,
+            cpu_cores: 0.5,
             memory_bytes: 1 << 30,
             memory_total_bytes: 8 << 30,
             setup_p95_ms: Some(180),
