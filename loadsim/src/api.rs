@@ -62,6 +62,26 @@ fn error_parts(body: &str) -> (String, String) {
     }
 }
 
+/// The body of an answer with the `expected` status; any other answer as its error.
+async fn body_of(
+    response: reqwest::Result<reqwest::Response>,
+    expected: u16,
+) -> Result<String, ApiError> {
+    let unreachable = |e: reqwest::Error| ApiError::Unreachable(e.without_url().to_string());
+    let response = response.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(unreachable)?;
+    if status != expected {
+        let (code, message) = error_parts(&text);
+        return Err(ApiError::Refused {
+            status,
+            code,
+            message,
+        });
+    }
+    Ok(text)
+}
+
 /// What the API granted one participant.
 #[derive(Debug, Clone)]
 pub struct ParticipantGrant {
@@ -141,21 +161,8 @@ impl Api {
             .bearer_auth(&self.token)
             .json(&body)
             .send()
-            .await
-            .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
-        if status != 201 {
-            let (code, message) = error_parts(&text);
-            return Err(ApiError::Refused {
-                status,
-                code,
-                message,
-            });
-        }
+            .await;
+        let text = body_of(response, 201).await?;
         let g: GrantBody =
             serde_json::from_str(&text).map_err(|e| ApiError::BadGrant(e.to_string()))?;
         Ok(Grant {
@@ -297,22 +304,8 @@ impl OpsApi {
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
-            .await
-            .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
-        if status != 200 {
-            let (code, message) = error_parts(&text);
-            return Err(ApiError::Refused {
-                status,
-                code,
-                message,
-            });
-        }
-        Ok(text)
+            .await;
+        body_of(response, 200).await
     }
 
     /// The pools now ([`pool_view`]).
