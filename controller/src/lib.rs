@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod credentials;
 pub mod demand;
+pub mod events;
 pub mod leader;
 pub mod link;
 pub mod metrics;

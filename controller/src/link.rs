@@ -7,6 +7,7 @@ use fleet_link::{CommandSender, ConnId, LinkHandler};
 use fleet_proto::{Hello, NodeId, Report};
 
 use crate::state::AppState;
+use fleet_core::NodeStatus;
 
 /// Sessions of a report applied per hold of the fleet lock (a few hundred microseconds).
 const REPORT_STEP: usize = 500;
@@ -74,7 +75,23 @@ impl LinkHandler for LinkShell {
 
     fn on_closed(&self, conn: ConnId, node: &NodeId, reason: &str) {
         let now = self.state.now();
-        self.state.fleet().on_closed(now, conn, node);
+        let died = {
+            let mut fleet = self.state.fleet();
+            let was_alive = fleet
+                .registry()
+                .get(node)
+                .is_some_and(|n| n.status != NodeStatus::Dead);
+            fleet.on_closed(now, conn, node);
+            // A drained node leaving with no session left is the end of a drain, not a death.
+            fleet
+                .registry()
+                .get(node)
+                .filter(|n| was_alive && n.status == NodeStatus::Dead && !n.left_drained)
+                .map(|n| (n.region.to_string(), n.kind))
+        };
+        if let Some((region, kind)) = died {
+            crate::metrics::node_died(region, kind);
+        }
         self.state.detach(node, conn);
         tracing::info!(%node, reason, "node link closed");
     }

@@ -15,7 +15,7 @@ use crate::leader::Leadership;
 use crate::link::LinkShell;
 use crate::provider::PoolProvider;
 use crate::provider::local::{Lifetime, LocalProcessProvider, LocalTemplate};
-use crate::scaler::{EventHook, Scaler};
+use crate::scaler::{EventHook, Scaler, ScalingEvent};
 use crate::state::{AppState, StoreHandle};
 use crate::store::Store;
 use fleet_core::{Fleet, FleetConfig};
@@ -280,6 +280,14 @@ impl Controller {
         let catalog = config.catalog()?;
         let fleet = Fleet::new(fleet_config(&config), catalog);
         let state = Arc::new(AppState::new(config.clone(), fleet, geoip, metrics)?);
+        // Every scaling event goes to the event feed, then to the caller's hook.
+        let feed = state.events.clone();
+        let hook: Option<EventHook> = Some(Box::new(move |e: &ScalingEvent| {
+            feed.publish(crate::events::FleetEvent::Scaling(e.clone()));
+            if let Some(h) = &hook {
+                h(e);
+            }
+        }));
         // Machines launched with a boot token trade it here for their credentials.
         let boot = BootSecrets {
             media: config.media.join_secret.clone(),
@@ -324,11 +332,24 @@ impl Controller {
                 let now = tick_state.now();
                 let (died, ended) = {
                     let mut fleet = tick_state.fleet();
-                    (fleet.tick(now), fleet.take_ended_sessions())
+                    let died: Vec<_> = fleet
+                        .tick(now)
+                        .into_iter()
+                        .map(|node| {
+                            let pool = fleet
+                                .registry()
+                                .get(&node)
+                                .map(|n| (n.region.to_string(), n.kind));
+                            (node, pool)
+                        })
+                        .collect();
+                    (died, fleet.take_ended_sessions())
                 };
-                for node in died {
+                for (node, pool) in died {
                     tracing::warn!(%node, "node missed its reports: DEAD");
-                    metrics::counter!("fleet_nodes_died_total").increment(1);
+                    if let Some((region, kind)) = pool {
+                        crate::metrics::node_died(region, kind);
+                    }
                 }
                 crate::demand::ended(&tick_state, now.unix_ms, &ended);
                 if now.mono_ms >= next_sweep_ms {
@@ -395,6 +416,10 @@ impl Controller {
                 )));
             }
         }
+        tasks.push(tokio::spawn(crate::events::watch_nodes(
+            state.clone(),
+            rx.clone(),
+        )));
         let router = crate::api::router(state.clone());
         let mut http_rx = rx;
         tasks.push(tokio::spawn(async move {

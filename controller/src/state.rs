@@ -71,6 +71,8 @@ pub struct AppState {
     pub store: OnceLock<StoreHandle>,
     /// The sessions open now, followed for the demand trace.
     pub demand: Mutex<DemandRecorder>,
+    /// Nodes changing state, scaling actions and refusals, as they happen.
+    pub events: crate::events::EventFeed,
     started: Instant,
     senders: Mutex<HashMap<NodeId, (u64, CommandSender)>>,
     pending: Mutex<HashMap<u64, PendingCommand>>,
@@ -112,6 +114,7 @@ impl AppState {
             leadership: OnceLock::new(),
             store: OnceLock::new(),
             demand: Mutex::new(DemandRecorder::new()),
+            events: crate::events::EventFeed::default(),
             started: Instant::now(),
             senders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),

@@ -1,8 +1,9 @@
 //! `fleet up`: a whole fleet on one machine. Starts a controller whose scaler runs, through the
 //! local process provider, an elastic media and TURN pool in each `[up]` region on loopback
-//! (each starts at its min and grows and shrinks with load; one line per scaling action);
-//! prints the API address, an admin token and a client token; Ctrl-C (or SIGTERM) stops
-//! everything.
+//! (each starts at its min and grows and shrinks with load); prints the API address, an admin
+//! token and a client token, then one line per event that matters (a node serving, draining,
+//! dead or gone, a pool scaling, a session refused) while the logs go to the state directory;
+//! Ctrl-C (or SIGTERM) stops everything.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +13,6 @@ use rand::Rng;
 
 use crate::config::{ApiKey, Config};
 use crate::credentials::{ClientClaims, mint_client_token};
-use crate::scaler::ScalingEvent;
 use crate::server::Controller;
 use fleet_core::NodeStatus;
 
@@ -79,11 +79,15 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         .iter()
         .map(|(_, s)| s.policy.min)
         .sum();
-    let hook = Box::new(|e: &ScalingEvent| println!("{}", scaling_line(e)));
     let metrics = crate::metrics::install();
-    let controller = Controller::start_with(config.clone(), metrics, Some(hook)).await?;
+    let controller = Controller::start_with(config.clone(), metrics, None).await?;
+    let mut events = controller.state.events.subscribe();
     let limit = Duration::from_millis(config.registry.warmup_ms) + Duration::from_secs(30);
     wait_until_serving(&controller, expected as usize, limit).await;
+    // The banner tells of the nodes that came up: their events (the node watch looks twice a
+    // second) are not repeated after it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    while events.try_recv().is_ok() {}
     let client_token = up_client_token(&config)?;
     let api = format!("http://{}", controller.api_addr);
     let env_file = state_dir.join("fleet-up.env");
@@ -106,24 +110,31 @@ pub async fn run(mut config: Config, state_dir: PathBuf) -> anyhow::Result<()> {
         &env_file,
         &call_url,
     );
-    stop_signal().await;
+    // From here on, one line per event that matters (the logs are in the state directory).
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            e = events.recv() => match e {
+                Ok(e) => println!("{}  {}", clock(e.at_unix_ms()), e.line()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("({n} events not shown: they came faster than they could be printed)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => stop.as_mut().await,
+            },
+        }
+    }
     println!("stopping the fleet…");
     controller.shutdown().await;
     println!("fleet stopped");
     Ok(())
 }
 
-/// One line per scaling action: `scaling: eu-west-1 media launch ×1 (utilization)`.
-fn scaling_line(e: &ScalingEvent) -> String {
-    let what = match (&e.node_id, e.count) {
-        (Some(node), _) => format!(" {node}"),
-        (None, Some(n)) => format!(" ×{n}"),
-        (None, None) => String::new(),
-    };
-    format!(
-        "scaling: {} {} {}{what} ({})",
-        e.region, e.kind, e.action, e.reason
-    )
+/// The UTC time of day of a Unix time in milliseconds, as `15:04:05`.
+fn clock(unix_ms: u64) -> String {
+    let s = unix_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// Waits until `expected` nodes serve and the controller is warmed up, or `limit` passes (then
@@ -192,7 +203,8 @@ fn print_banner(
     println!();
     println!(
         "fleet is up: {} regions ({}); each has an elastic media pool ({}..{} nodes) and TURN \
-         pool ({}..{}) that grow and shrink with load (logs in {})",
+         pool ({}..{}) that grow and shrink with load (logs in {}; `fleet up -v` shows the \
+         controller's here)",
         regions.len(),
         names.join(", "),
         config.up.media_min,
@@ -211,9 +223,14 @@ fn print_banner(
     );
     println!("        {call_url}");
     println!();
+    // The ops verbs read the env file; its default place is `.fleet/fleet-up.env`.
+    let ops = if env_file == Path::new(".fleet/fleet-up.env") {
+        "fleet".to_string()
+    } else {
+        format!("FLEET_ENV_FILE={} fleet", env_file.display())
+    };
     println!(
-        "  try:  curl -s -H 'Authorization: Bearer {}' {api}/v1/regions",
-        config.auth.admin_token
+        "  try:  {ops} regions      (also: nodes, pools, sessions, events, drain NODE --wait)"
     );
     println!(
         "        curl -s -H 'Authorization: Bearer {client_token}' -H 'content-type: application/json' \\\n              -d '{{\"participants\":[{{\"id\":\"therapist\",\"region\":\"eu-west-1\"}},{{\"id\":\"client\",\"location\":{{\"lat\":0.35,\"lon\":32.58}}}}]}}' {api}/v1/sessions"

@@ -2,7 +2,9 @@
 //! media node, TURN node). `fleet up` runs a whole fleet on this machine, `fleet serve` runs a
 //! controller from a config file, `fleet token` mints a development client token, and
 //! `fleet media-node` / `fleet turn-node` run a node (what `fleet up` starts as child processes,
-//! re-executing this binary), and `fleet simulate` scores a demand trace.
+//! re-executing this binary), `fleet simulate` scores a demand trace, `fleet loadsim` load-tests
+//! a live fleet, and the ops verbs (`fleet nodes`, `fleet pools`, `fleet drain`, …) talk to a
+//! running controller's ops API.
 
 use std::path::PathBuf;
 
@@ -14,6 +16,7 @@ use fleet_proto::NodeKind;
 
 mod boot_env;
 mod loadsim;
+mod ops;
 mod plot;
 mod simulate;
 
@@ -37,9 +40,13 @@ enum Cmd {
         /// Config file (optional; secrets left empty are generated).
         #[arg(long, env = "FLEET_CONFIG")]
         config: Option<PathBuf>,
-        /// Where certificates, node logs and the token file go (default: `[up] state_dir`).
+        /// Where certificates, logs and the token file go (default: `[up] state_dir`).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Print the controller's log here instead of `<state dir>/logs/controller.log` (the
+        /// terminal then shows the log rather than one line per fleet event).
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Run the controller from a config file.
     Serve {
@@ -116,6 +123,8 @@ enum Cmd {
     },
     /// Load-test a live fleet with concurrent sessions of real WebRTC peers.
     Loadsim(loadsim::LoadsimArgs),
+    #[command(flatten)]
+    Ops(ops::OpsVerb),
     /// Run a media node (as `fleet up` does).
     MediaNode(media_node::Args),
     /// Run a TURN node (as `fleet up` does).
@@ -195,6 +204,16 @@ fn main() -> anyhow::Result<()> {
             );
             loadsim::main(args, runtime()?)
         }
+        Cmd::Ops(verb) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            if let Err(e) = runtime.block_on(ops::run(verb)) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::MediaNode(args) => {
             media_node::init_process();
             runtime()?.block_on(media_node::run(args))
@@ -203,10 +222,27 @@ fn main() -> anyhow::Result<()> {
             turn_node::init_process();
             runtime()?.block_on(turn_node::run(args))
         }
-        Cmd::Up { config, state_dir } => {
-            init_tracing();
+        Cmd::Up {
+            config,
+            state_dir,
+            verbose,
+        } => {
             let config = load(config.as_deref())?;
             let dir = state_dir.unwrap_or_else(|| config.up.state_dir.clone());
+            if verbose {
+                init_tracing();
+            } else {
+                let logs = dir.join("logs");
+                std::fs::create_dir_all(&logs)
+                    .with_context(|| format!("cannot create {}", logs.display()))?;
+                let path = logs.join("controller.log");
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                fleet_node::init_tracing_to_file(file);
+            }
             runtime()?.block_on(fleet_controller::up::run(config, dir))
         }
         Cmd::BootEnv {

@@ -136,6 +136,23 @@ pub struct Sending {
     frames: u32,
     /// The 20 ms frame clock, kept across slices so that they add up to one even pace.
     clock: Option<tokio::time::Interval>,
+    /// When the first frame was due, and when the last slice ended.
+    started: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+impl Sending {
+    /// Frames sent, and frames the 20 ms pace was due to send from the first to the end of the
+    /// last slice (a late clock skips frames rather than bursting them).
+    pub fn frames(&self) -> (u64, u64) {
+        let due = match (self.started, self.ended) {
+            (Some(start), Some(end)) => {
+                (end.saturating_duration_since(start).as_millis() / 20) as u64 + 1
+            }
+            _ => 0,
+        };
+        (u64::from(self.frames), due)
+    }
 }
 
 /// One simulated participant.
@@ -380,6 +397,7 @@ impl Peer {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             tick
         });
+        sending.started.get_or_insert_with(Instant::now);
         while Instant::now() < until {
             tick.tick().await;
             sending.frames = sending.frames.wrapping_add(1);
@@ -409,6 +427,7 @@ impl Peer {
                     return;
                 }
             }
+            sending.ended = Some(Instant::now());
         }
     }
 

@@ -240,6 +240,8 @@ struct Joined {
     setup: Option<Duration>,
     failure: Option<String>,
     relayed: bool,
+    /// Frames sent and due ([`Sending::frames`]).
+    frames: (u64, u64),
 }
 
 impl SessionRun {
@@ -315,6 +317,7 @@ impl SessionRun {
                             setup: None,
                             failure: None,
                             relayed: false,
+                            frames: (0, 0),
                         };
                     };
                     let mut sending = Sending::default();
@@ -346,6 +349,7 @@ impl SessionRun {
                         peer: Some(peer),
                         setup,
                         relayed,
+                        frames: sending.frames(),
                     }
                 })
             })
@@ -370,7 +374,8 @@ impl SessionRun {
                     self.live.failures.fetch_add(1, Ordering::Relaxed);
                     t.fail(f.clone());
                 }
-                let media = peer.media();
+                let mut media = peer.media();
+                (media.frames_sent, media.frames_due) = j.frames;
                 t.media.merge(&media);
                 let region = t.regions.entry(grant.region.clone()).or_default();
                 region.media.merge(&media);

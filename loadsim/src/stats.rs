@@ -95,6 +95,13 @@ pub struct MediaStats {
     pub delay: Histogram,
     /// Interarrival jitter (RFC 3550) of each received stream at its end.
     pub jitter: Histogram,
+    /// 20 ms media frames the senders sent, and the frames their pace was due to send over the
+    /// same time: fewer sent than due means the load generator fell behind (then the receivers'
+    /// gap count cannot see what was never sent).
+    #[serde(default)]
+    pub frames_sent: u64,
+    #[serde(default)]
+    pub frames_due: u64,
 }
 
 impl MediaStats {
@@ -104,6 +111,17 @@ impl MediaStats {
         self.lost += other.lost;
         self.delay.merge(&other.delay);
         self.jitter.merge(&other.jitter);
+        self.frames_sent += other.frames_sent;
+        self.frames_due += other.frames_due;
+    }
+
+    /// The share of due frames the senders did not send (0 when nothing was due).
+    pub fn send_shortfall(&self) -> f64 {
+        if self.frames_due == 0 {
+            0.0
+        } else {
+            self.frames_due.saturating_sub(self.frames_sent) as f64 / self.frames_due as f64
+        }
     }
 
     /// Lost / (received + lost); 0 when nothing was expected.

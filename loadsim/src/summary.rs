@@ -41,6 +41,10 @@ pub struct Derived {
     pub delay: Percentiles,
     pub jitter: Percentiles,
     pub loss: f64,
+    /// The share of the profile's media frames the load generator was due to send but did not
+    /// (it fell behind): above ~1 % the run measured the generator, not the fleet.
+    #[serde(default)]
+    pub send_shortfall: f64,
     /// Load-generator CPU per participant per second of media (microseconds).
     pub loadsim_cpu_us_per_participant_second: Option<f64>,
     /// How many streaming participants one core of the load generator drives at that cost.
@@ -109,13 +113,21 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "media: loss {:.3} %, delay ms p50 {} p95 {} p99 {}, jitter ms p50 {} p95 {}",
+            "media: loss {:.3} %, delay ms p50 {} p95 {} p99 {}, jitter ms p50 {} p95 {}; \
+             frames due but not sent {:.2} %{}",
             d.loss * 100.0,
             ms(d.delay.p50_ms),
             ms(d.delay.p95_ms),
             ms(d.delay.p99_ms),
             ms(d.jitter.p50_ms),
-            ms(d.jitter.p95_ms)
+            ms(d.jitter.p95_ms),
+            d.send_shortfall * 100.0,
+            if d.send_shortfall > 0.01 {
+                " — WARNING: above 1 %, this run measured the load generator, not the fleet: \
+                 use --workers or more machines"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -193,6 +205,7 @@ fn derive(t: &Totals, hold_secs: f64, series: &Series) -> Derived {
         delay: t.media.delay.percentiles(),
         jitter: t.media.jitter.percentiles(),
         loss: t.media.loss(),
+        send_shortfall: t.media.send_shortfall(),
         loadsim_cpu_us_per_participant_second: per,
         participants_per_loadsim_core: per.filter(|&v| v > 0.0).map(|v| 1e6 / v),
     }

@@ -59,6 +59,18 @@ pub fn init_tracing_with_default(default_filter: &str) {
         .try_init();
 }
 
+/// Like [`init_tracing`], appending to `file` (without colours) instead of stderr (`fleet up`
+/// keeps its terminal for events and its controller's log in the state directory).
+pub fn init_tracing_to_file(file: std::fs::File) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}
+
 /// Everything a node needs to run, already parsed.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

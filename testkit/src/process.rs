@@ -119,6 +119,20 @@ pub fn read_lines_with(
     prefixes: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<Vec<String>> {
+    Ok(read_lines_keeping(child, prefixes, timeout)?.0)
+}
+
+/// The lines of a child's stdout after the ones [`read_lines_keeping`] waited for.
+pub type LaterLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`read_lines_with`], keeping every later stdout line (e.g. `fleet up`'s event lines).
+pub fn read_lines_keeping(
+    child: &mut Child,
+    prefixes: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<(Vec<String>, LaterLines)> {
+    let later = LaterLines::default();
+    let keep = later.clone();
     let stdout = child.stdout.take().context("stdout not piped")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let wanted: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
@@ -128,6 +142,7 @@ pub fn read_lines_with(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if sent {
+                keep.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 continue;
             }
             for (i, p) in wanted.iter().enumerate() {
@@ -143,6 +158,8 @@ pub fn read_lines_with(
             }
         }
     });
-    rx.recv_timeout(timeout)
-        .with_context(|| format!("no {prefixes:?} lines on stdout within {timeout:?}"))
+    let lines = rx
+        .recv_timeout(timeout)
+        .with_context(|| format!("no {prefixes:?} lines on stdout within {timeout:?}"))?;
+    Ok((lines, later))
 }

@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_testkit::{Proc, bin, eventually, free_udp_port, read_line_with};
+use fleet_testkit::process::{LaterLines, read_lines_keeping};
+use fleet_testkit::{Proc, bin, eventually, free_udp_port};
 use serde_json::Value;
 
 use crate::api::{SessionsApi, http};
@@ -24,6 +25,8 @@ pub struct FleetUp {
     pub client: String,
     /// `FLEET_CALL_URL`: the demo call page with the client token.
     pub call_url: String,
+    /// Its stdout after the `FLEET_API=` line: the banner, then one line per fleet event.
+    pub stdout: LaterLines,
 }
 
 impl FleetUp {
@@ -50,12 +53,13 @@ impl FleetUp {
             .stderr(Stdio::inherit())
             .spawn()
             .context("start fleet up")?;
-        let api = read_line_with(&mut child, "FLEET_API=", Duration::from_secs(40));
+        let read = read_lines_keeping(&mut child, &["FLEET_API="], Duration::from_secs(40));
         let proc = Proc {
             child,
             name: "fleet up".into(),
         };
-        let api = api?;
+        let (mut api, stdout) = read?;
+        let api = api.pop().context("the FLEET_API line")?;
         let env = std::fs::read_to_string(dir.join("fleet-up.env")).context("fleet-up.env")?;
         let get = |k: &str| {
             env.lines()
@@ -73,6 +77,7 @@ impl FleetUp {
             call_url: get("FLEET_CALL_URL")?,
             api,
             proc,
+            stdout,
         })
     }
 
@@ -97,6 +102,19 @@ impl FleetUp {
                     r["media"]["nodes"]["serving"] == media && r["turn"]["nodes"]["serving"] == turn
                 }))
             .then_some(body)
+        })
+        .await
+    }
+
+    /// Waits (at most `timeout`) for a stdout line containing `text`; the line.
+    pub async fn wait_stdout(&self, text: &str, timeout: Duration) -> Option<String> {
+        eventually(timeout, || async {
+            self.stdout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|l| l.contains(text))
+                .cloned()
         })
         .await
     }

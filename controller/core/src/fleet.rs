@@ -631,6 +631,8 @@ impl Fleet {
     /// Asks a node to drain (stop taking sessions) with a deadline.
     pub fn drain(&mut self, node: &NodeId, deadline_unix_ms: u64) -> Result<Outgoing, FleetError> {
         self.request(node, NodeStatus::Draining)?;
+        self.registry
+            .set_drain_deadline(node, Some(deadline_unix_ms));
         Ok(Outgoing {
             node: node.clone(),
             command: Command::Drain { deadline_unix_ms },
@@ -640,6 +642,7 @@ impl Fleet {
     /// Asks a draining node to serve again.
     pub fn undrain(&mut self, node: &NodeId) -> Result<Outgoing, FleetError> {
         self.request(node, NodeStatus::Serving)?;
+        self.registry.set_drain_deadline(node, None);
         Ok(Outgoing {
             node: node.clone(),
             command: Command::Undrain,

@@ -142,6 +142,11 @@ pub struct NodeEntry {
     pub notice: Option<MachineNotice>,
     /// Its reported CPU is above the registry's `cpu_limit`: full for placement.
     pub cpu_saturated: bool,
+    /// The deadline of the drain asked of it (Unix ms): it stops then even with calls.
+    pub drain_deadline_unix_ms: Option<u64>,
+    /// Its link closed while it drained with no session left: it left as a drain ends, it did
+    /// not die (DEAD all the same for placement).
+    pub left_drained: bool,
     /// The next report is compared with nothing: every session in it counts as changed
     /// (after a Hello, the session index must learn everything the node hosts again).
     pub full_report_due: bool,
@@ -364,6 +369,8 @@ impl Registry {
             market: hello.market.unwrap_or_default(),
             notice: None,
             cpu_saturated: false,
+            drain_deadline_unix_ms: None,
+            left_drained: false,
             full_report_due: true,
         };
         let mut was_serving = false;
@@ -377,6 +384,7 @@ impl Registry {
                 node.used = old.used;
                 node.reservations = old.reservations;
                 node.reserved = old.reserved;
+                node.drain_deadline_unix_ms = old.drain_deadline_unix_ms;
             }
             None => {
                 self.by_id.insert(hello.node_id.clone(), self.nodes.len());
@@ -465,6 +473,7 @@ impl Registry {
         }
         node.conn = None;
         if node.status != NodeStatus::Dead {
+            node.left_drained = node.status == NodeStatus::Draining && node.hosted.is_empty();
             node.status = NodeStatus::Dead;
             node.dead_since_ms = Some(now);
             self.rebuild_pools();
@@ -538,6 +547,13 @@ impl Registry {
             if let Some(f) = pool.node_free.get_mut(node.pool_pos as usize) {
                 *f = new_free;
             }
+        }
+    }
+
+    /// Records the deadline of the drain asked of node `id` (`None`: no drain).
+    pub fn set_drain_deadline(&mut self, id: &NodeId, deadline_unix_ms: Option<u64>) {
+        if let Some(&i) = self.by_id.get(id) {
+            self.nodes[i].drain_deadline_unix_ms = deadline_unix_ms;
         }
     }
 

@@ -422,6 +422,10 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
     );
     f.on_closed(at(20), conn, &node);
     assert_eq!(f.registry().get(&node).unwrap().status, NodeStatus::Dead);
+    assert!(
+        !f.registry().get(&node).unwrap().left_drained,
+        "a serving node whose link closes died"
+    );
     f.on_hello(at(30), 99, &dup).unwrap();
     assert_eq!(
         f.registry().get(&node).unwrap().status,
@@ -432,6 +436,13 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
         f.on_hello(at(30), 100, &bad),
         Err(RegistryError::UnknownRegion(_))
     ));
+    // A drained node with no session left closes its link: it left, it did not die.
+    f.on_report(at(40), 99, &node, report(NodeState::Serving, vec![], 100));
+    f.drain(&node, 1_000).unwrap();
+    f.on_closed(at(50), 99, &node);
+    let entry = f.registry().get(&node).unwrap();
+    assert_eq!(entry.status, NodeStatus::Dead);
+    assert!(entry.left_drained);
 }
 
 #[test]
@@ -443,6 +454,11 @@ fn drain_wins_over_a_stale_report_and_joins_still_land() {
         .unwrap();
     let conn = conns.iter().find(|(n, _)| *n == plan.node).unwrap().1;
     f.drain(&plan.node, 10_000).unwrap();
+    assert_eq!(
+        f.registry().get(&plan.node).unwrap().drain_deadline_unix_ms,
+        Some(10_000),
+        "the drain's deadline is kept for the ops API and the overdue-drain alert"
+    );
     // A report sent before the node saw the drain still says SERVING.
     f.on_report(
         at(10),
@@ -475,6 +491,10 @@ fn drain_wins_over_a_stale_report_and_joins_still_land() {
     assert_eq!(
         f.registry().get(&plan.node).unwrap().status,
         NodeStatus::Serving
+    );
+    assert_eq!(
+        f.registry().get(&plan.node).unwrap().drain_deadline_unix_ms,
+        None
     );
     assert!(matches!(
         f.drain(&nid("nope"), 1),

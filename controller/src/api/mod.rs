@@ -27,7 +27,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// All routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/sessions", post(signaling::create_session))
+        .route(
+            "/v1/sessions",
+            post(signaling::create_session).get(ops::list_sessions),
+        )
         .route(
             "/v1/sessions/{id}",
             get(signaling::get_session).delete(signaling::delete_session),

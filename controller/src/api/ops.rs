@@ -1,19 +1,20 @@
-//! The ops API (admin bearer token): nodes, regions, drain and undrain (pools: [`super::pools`]).
+//! The ops API (admin bearer token): nodes, regions, open sessions, drain and undrain (pools:
+//! [`super::pools`]).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use fleet_proto::{Load, MachineNotice, Market, NodeId, NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, bearer, parse_json};
+use super::error::{ApiError, bearer, parse_json, parse_region_query};
+use super::signaling::{SessionView, media_url, session_view};
 use crate::state::AppState;
 use fleet_core::{Capacity, NodeEntry, NodeStatus, RegionSummary};
 
-/// Checks the admin bearer token.
 /// Checks the ops API token; who it is ("admin" or an operator's name).
 pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     state
@@ -43,6 +44,9 @@ pub struct NodeView {
     /// What the cloud said about its machine (spot interruption, rebalance).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<MachineNotice>,
+    /// While draining: when it stops even with calls (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_deadline_unix_ms: Option<u64>,
 }
 
 fn node_view(n: &NodeEntry, now: u64) -> NodeView {
@@ -61,6 +65,9 @@ fn node_view(n: &NodeEntry, now: u64) -> NodeView {
         machine: n.machine.as_ref().map(|m| m.to_string()),
         market: n.market,
         notice: n.notice,
+        drain_deadline_unix_ms: n
+            .drain_deadline_unix_ms
+            .filter(|_| n.status == NodeStatus::Draining),
     }
 }
 
@@ -155,4 +162,72 @@ pub async fn undrain_node(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({"node_id": node.to_string(), "state": "serving"})),
     ))
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionQuery {
+    pub region: Option<String>,
+    pub node: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Most sessions one list answers (`total` still counts them all).
+pub const MAX_SESSION_LIST: usize = 10_000;
+
+/// `GET /v1/sessions?region=&node=&limit=`: the open sessions, newest first, at most `limit`
+/// (default 1000); `total` counts every match.
+pub async fn list_sessions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<SessionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let region = parse_region_query(q.region.as_deref())?;
+    let node = q.node.as_deref().map(parse_node_id).transpose()?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=MAX_SESSION_LIST).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit: expected 1..={MAX_SESSION_LIST}"
+        )));
+    }
+    let fleet = state.fleet();
+    let mut matching: Vec<&fleet_core::SessionRecord> = fleet
+        .sessions()
+        .iter()
+        .filter(|r| region.as_ref().is_none_or(|g| &r.region == g))
+        .filter(|r| node.as_ref().is_none_or(|n| &r.node == n))
+        .collect();
+    let total = matching.len();
+    // Newest first; only the `limit` kept are sorted (the fleet lock is held meanwhile).
+    let newest_first = |a: &&fleet_core::SessionRecord, b: &&fleet_core::SessionRecord| {
+        b.created_unix_ms
+            .cmp(&a.created_unix_ms)
+            .then_with(|| a.id.cmp(&b.id))
+    };
+    if limit < total {
+        matching.select_nth_unstable_by(limit, newest_first);
+        matching.truncate(limit);
+    }
+    matching.sort_unstable_by(newest_first);
+    let sessions: Vec<SessionView> = matching
+        .into_iter()
+        .take(limit)
+        .map(|r| {
+            let url = fleet
+                .registry()
+                .get(&r.node)
+                .map(|n| media_url(&n.addresses))
+                .unwrap_or_default();
+            session_view(r, url)
+        })
+        .collect();
+    drop(fleet);
+    Ok(Json(serde_json::json!({
+        "sessions": sessions,
+        "total": total,
+        "truncated": total > sessions.len(),
+    })))
 }

@@ -17,7 +17,9 @@ use super::error::{ApiError, bearer, parse_json};
 use crate::credentials::{ClientClaims, mint_client_token};
 use crate::state::AppState;
 use fleet_core::LocationClues;
-use fleet_core::{NewSession, ParticipantPlan, Profile, SessionPlan, SessionRecord};
+use fleet_core::{
+    FleetError, NewSession, ParticipantPlan, PlacementError, Profile, SessionPlan, SessionRecord,
+};
 use fleet_proto::join_token::JoinClaims;
 use fleet_proto::turn_rest::rest_credentials;
 
@@ -190,7 +192,7 @@ fn participant_id(id: &str, field: &str) -> Result<ParticipantId, ApiError> {
     ParticipantId::parse(id).map_err(|e| ApiError::BadRequest(format!("{field}.id: {e}")))
 }
 
-fn media_url(addresses: &[String]) -> String {
+pub(super) fn media_url(addresses: &[String]) -> String {
     addresses
         .iter()
         .find(|a| a.starts_with("http://") || a.starts_with("https://"))
@@ -296,20 +298,23 @@ pub async fn create_session(
         // One lock for the warm-up check and the decision.
         let mut fleet = state.fleet();
         if !fleet.warmed_up(now) {
+            refused(&state, String::new(), "warming_up");
             return Err(ApiError::Unavailable(
                 "controller is starting: waiting for nodes to reconnect".into(),
             ));
         }
-        fleet.create_session(
-            now,
-            NewSession {
-                id: SessionId::random(),
-                participants,
-                profile,
-                booked: req.booking_id.is_some(),
-            },
-            &mut rand::rng(),
-        )?
+        fleet
+            .create_session(
+                now,
+                NewSession {
+                    id: SessionId::random(),
+                    participants,
+                    profile,
+                    booked: req.booking_id.is_some(),
+                },
+                &mut rand::rng(),
+            )
+            .inspect_err(|e| count_refusal(&state, e))?
     };
     state.send(out);
     // An unknown or already fulfilled booking is not an error: the session is placed.
@@ -331,6 +336,31 @@ pub async fn create_session(
         metrics::counter!("fleet_sessions_spilled_total").increment(1);
     }
     Ok((StatusCode::CREATED, Json(session_grant(&state, &plan)?)))
+}
+
+/// Counts a session the fleet had no room for; requests refused as malformed are not counted.
+fn count_refusal(state: &AppState, e: &FleetError) {
+    match e {
+        FleetError::Placement(PlacementError::NoCapacity {
+            preferred_region, ..
+        }) => refused(state, preferred_region.to_string(), "no_capacity"),
+        FleetError::Placement(PlacementError::NoNodes) => refused(state, String::new(), "no_nodes"),
+        _ => {}
+    }
+}
+
+/// A session refused (by the region it wanted): `fleet_sessions_refused_total` and the event
+/// feed.
+fn refused(state: &AppState, region: String, reason: &'static str) {
+    metrics::counter!("fleet_sessions_refused_total", "region" => region.clone(), "reason" => reason)
+        .increment(1);
+    state
+        .events
+        .publish(crate::events::FleetEvent::SessionRefused {
+            at_unix_ms: state.now().unix_ms,
+            region,
+            reason,
+        });
 }
 
 /// `POST /v1/sessions/{id}/participants`: a participant joins an existing session.
@@ -439,6 +469,11 @@ fn view(state: &AppState, r: &SessionRecord) -> SessionView {
         .get(&r.node)
         .map(|n| media_url(&n.addresses))
         .unwrap_or_default();
+    session_view(r, url)
+}
+
+/// A session as the API shows it, with its media node's URL.
+pub(super) fn session_view(r: &SessionRecord, url: String) -> SessionView {
     SessionView {
         session_id: r.id.to_string(),
         region: r.region.clone(),

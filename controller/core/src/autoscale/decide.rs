@@ -58,7 +58,7 @@ pub struct PoolNode {
     pub sessions_end_ms: Option<Millis>,
     /// When the node (its machine) was launched.
     pub launched_ms: Millis,
-    /// Set while draining.
+    /// Set while draining because this autoscaler drained it (not when an operator did).
     pub drain_deadline_ms: Option<Millis>,
     /// p95 of offer-to-connected times, when the node reports it.
     pub setup_p95_ms: Option<u32>,
@@ -478,8 +478,10 @@ fn headroom_floor(nodes: &[PoolNode], node_capacity: u64, session_units: u64, ne
     current - removable
 }
 
-/// Adds `count` nodes: draining nodes are undrained first (they are already running), busiest
-/// first, except those whose machine the cloud is taking back; the rest are launched in the zones with the fewest nodes.
+/// Adds `count` nodes: nodes this autoscaler drained are undrained first (they are already
+/// running), busiest first, except those whose machine the cloud is taking back; the rest are
+/// launched in the zones with the fewest nodes. A node an operator drained (maintenance) is
+/// never undrained here: only the operator undrains it.
 fn grow(
     nodes: &[PoolNode],
     zones: &[String],
@@ -490,6 +492,8 @@ fn grow(
     let mut draining: Vec<&PoolNode> = nodes
         .iter()
         .filter(|n| n.state == PoolNodeState::Draining && !n.noticed)
+        // The autoscaler's own drains carry their deadline; an operator's do not.
+        .filter(|n| n.drain_deadline_ms.is_some())
         .collect();
     draining.sort_by(|a, b| b.live_sessions.cmp(&a.live_sessions).then(a.id.cmp(&b.id)));
     let undrained = draining.len().min(count as usize);

@@ -507,6 +507,24 @@ fn demand_returning_undrains_before_launching() {
 }
 
 #[test]
+fn a_node_an_operator_drained_stays_draining_and_is_replaced() {
+    let p = policy();
+    let mut nodes = serving(3, 90);
+    // Drained by an operator (maintenance): the autoscaler holds no deadline for it.
+    nodes.push(node("maintenance", "z-a", PoolNodeState::Draining, 16, 2));
+    let d = PoolScaler::default().decide(T0, &p, &nodes, &unmet(150));
+    assert_eq!(d.desired, 5);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|(a, _)| matches!(a, Action::Undrain { .. })),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(launched(&d), 2, "both new nodes are launched");
+}
+
+#[test]
 fn drained_nodes_end_when_empty_or_at_the_deadline() {
     let p = policy();
     let mut nodes = serving(2, 50);
