@@ -4,7 +4,7 @@ declared and every declared variable without a default is an input or comes from
 fleet.auto.tfvars.json; the systemd units carry the hardening every fleet unit must have; every
 Kubernetes overlay (and the loadsim Job) builds with `kubectl kustomize` and validates
 (kubernetes-validate, strict) against the schemas of the oldest and newest Kubernetes versions
-supported; checkov finds no
+supported; the Grafana dashboard is well formed; checkov finds no
 failed check in the Terraform, the built manifests and the Containerfile (the skipped ones are
 listed with their reasons). Whether the manifests agree with the code (labels, ports, probe
 paths, flags, drain deadline) is k8s/tests/manifests.rs's job.
@@ -30,6 +30,7 @@ TF = ROOT / "deploy" / "terraform"
 UNITS = ROOT / "deploy" / "systemd"
 K8S = ROOT / "deploy" / "kubernetes"
 CONTAINER = ROOT / "deploy" / "container" / "Containerfile"
+GRAFANA = ROOT / "deploy" / "grafana"
 BIN = pathlib.Path(sys.executable).parent
 # The oldest Kubernetes the manifests support (kube's k8s-openapi feature v1_33) and the newest
 # kubernetes-validate knows.
@@ -193,9 +194,51 @@ def check_units():
     print(f"systemd: {len(units)} units checked")
 
 
+def check_grafana():
+    """The dashboard is JSON Grafana imports: a uid and title, the Prometheus datasource as a
+    variable, each panel with a unique id, a place on the grid that overlaps no other, and
+    PromQL targets that name fleet metrics (whether the controller exports them is
+    tests/tests/ops_cli.rs's job)."""
+    path = GRAFANA / "fleet-dashboard.json"
+    try:
+        dash = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"{path.name}: {e}")
+        return
+    for key in ("uid", "title", "panels", "templating"):
+        if key not in dash:
+            problems.append(f"{path.name}: no {key!r}")
+    variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+    if variables.get("datasource", {}).get("query") != "prometheus":
+        problems.append(f"{path.name}: no `datasource` variable of type prometheus")
+    ids, cells = set(), {}
+    for panel in dash.get("panels", []):
+        title = panel.get("title", "?")
+        if panel.get("id") in ids:
+            problems.append(f"{path.name}: panel id {panel.get('id')} used twice")
+        ids.add(panel.get("id"))
+        if panel.get("datasource", {}).get("uid") != "${datasource}":
+            problems.append(f"{path.name}: panel {title!r} does not use the datasource variable")
+        g = panel.get("gridPos", {})
+        for x in range(g.get("x", 0), g.get("x", 0) + g.get("w", 0)):
+            for y in range(g.get("y", 0), g.get("y", 0) + g.get("h", 0)):
+                if (x, y) in cells:
+                    problems.append(f"{path.name}: {title!r} overlaps {cells[(x, y)]!r}")
+                    break
+                cells[(x, y)] = title
+            else:
+                continue
+            break
+        targets = panel.get("targets", [])
+        if not targets or not all(re.search(r"\bfleet_[a-z_]+", t.get("expr", "")) for t in targets):
+            problems.append(f"{path.name}: panel {title!r} has a target without a fleet metric")
+    print(f"grafana: {len(ids)} panels checked")
+
+
 check_terraform()
 check_checkov()
 check_units()
+check_grafana()
 with tempfile.TemporaryDirectory() as tmp:
     check_kubernetes(pathlib.Path(tmp))
     check_containerfile(pathlib.Path(tmp))

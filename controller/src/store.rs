@@ -258,10 +258,11 @@ fn event_of(row: &AnyRow) -> Result<ScalingEvent, StoreError> {
 }
 
 /// One pool policy change, as the store keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct PolicyChange {
     pub at_unix_ms: u64,
     /// The fields changed, as sent.
+    #[schema(value_type = Object)]
     pub change: serde_json::Value,
     /// "admin" or the operator whose token made it.
     pub by: String,

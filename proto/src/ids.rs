@@ -99,11 +99,24 @@ fn validate(what: &'static str, rule: &IdRule, s: &str) -> Result<(), IdError> {
 }
 
 macro_rules! define_id {
-    ($(#[$meta:meta])* $name:ident, $what:literal, $rule:expr) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal, $rule:expr, $pattern:literal) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(Arc<str>);
+
+        /// In an OpenAPI description: a string of the allowed characters and length.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .description(Some($what))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
@@ -177,32 +190,37 @@ define_id!(
     /// Names one media or TURN node, unique in the fleet.
     NodeId,
     "node id",
-    GENERAL
+    GENERAL,
+    "^[A-Za-z0-9._:-]{1,64}$"
 );
 define_id!(
     /// Names one call session.
     SessionId,
     "session id",
-    GENERAL
+    GENERAL,
+    "^[A-Za-z0-9._:-]{1,64}$"
 );
 define_id!(
     /// An opaque participant id chosen by the app backend (never personal data).
     ParticipantId,
     "participant id",
-    GENERAL
+    GENERAL,
+    "^[A-Za-z0-9._:-]{1,64}$"
 );
 define_id!(
     /// Names the machine a node runs in, as its pool provider knows it: an EC2 instance id, a
     /// Kubernetes pod name, a local process's name.
     MachineId,
     "machine id",
-    GENERAL
+    GENERAL,
+    "^[A-Za-z0-9._:-]{1,64}$"
 );
 define_id!(
     /// Names one region of the catalog, e.g. `eu-west-2`.
     RegionId,
     "region id",
-    REGION
+    REGION,
+    "^[a-z0-9-]{1,32}$"
 );
 
 impl SessionId {
@@ -221,7 +239,19 @@ impl SessionId {
 }
 
 /// What a node does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
     /// A WebRTC SFU.
@@ -267,7 +297,18 @@ impl FromStr for NodeKind {
 /// (cheaper, and the cloud may reclaim it with two minutes' notice). Placement uses a spot
 /// node only when no on-demand node fits, and scale-down takes it first.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub enum Market {
     #[default]

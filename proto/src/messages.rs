@@ -76,7 +76,7 @@ pub struct Report {
 
 /// What the cloud said about a node's machine, as the node read it from the instance
 /// metadata service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineNotice {
     pub kind: NoticeKind,
     /// When the machine is stopped (Unix ms), when the cloud said.
@@ -85,7 +85,7 @@ pub struct MachineNotice {
 }
 
 /// The kind of a [`MachineNotice`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// A spot interruption: the machine is stopped at `at_unix_ms` (two minutes' notice).
@@ -118,7 +118,7 @@ pub struct HostedSession {
 }
 
 /// Resource use of a node. Fields that do not apply to a node kind stay zero.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Load {
     /// CPU used by the node process, as a fraction (0..1) of the whole machine.

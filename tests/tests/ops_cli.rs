@@ -74,6 +74,26 @@ fn rows(table: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The `fleet_…` metric names in a text (PromQL inside YAML or JSON).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("fleet_") {
+        let start = i + at;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if boundary {
+            names.insert(text[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}
+
 async fn call(up: &FleetUp, region: &str) -> Value {
     let body = json!({"participants": [
         {"id": "t1", "region": region}, {"id": "c1", "region": region}
@@ -235,6 +255,27 @@ async fn ops_verbs_show_the_fleet_and_change_its_pools() {
         booked["booking_id"].as_str().unwrap()
     );
     assert_eq!(rows(&bookings)[0][1], "eu-west-1", "{bookings}");
+
+    // Every metric the alert rules and the Grafana dashboard use is one the controller exports.
+    let exported = metrics_text(&up.api).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "deploy/prometheus/fleet-alerts.yml",
+        "deploy/grafana/fleet-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let names = metric_names(&text);
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                exported
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "{file} uses {name}, which the controller does not export"
+            );
+        }
+    }
 
     // Failures say what to do and exit 1.
     let wrong = failed(

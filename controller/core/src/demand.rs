@@ -201,10 +201,12 @@ impl DemandRecorder {
     }
 }
 
-/// Unix seconds of the Monday 00:00 UTC at or before `unix_s` (1970-01-01 was a Thursday).
+/// Unix seconds of the Monday 00:00 UTC at or before `unix_s` (1970-01-01 was a Thursday); for
+/// the days before the first Monday of Unix time, that Monday (1970-01-05).
 pub fn monday_at_or_before(unix_s: u64) -> u64 {
-    let days = unix_s / 86_400;
-    let since_monday = (days + 3) % 7;
+    const FIRST_MONDAY_DAY: u64 = 4;
+    let days = (unix_s / 86_400).max(FIRST_MONDAY_DAY);
+    let since_monday = (days - FIRST_MONDAY_DAY) % 7;
     (days - since_monday) * 86_400
 }
 
@@ -272,6 +274,12 @@ mod tests {
             }
         }
         assert_eq!(monday_at_or_before(MONDAY_S - 1), MONDAY_S - 7 * 86_400);
+        // Before the first Monday of Unix time (found by schemathesis: it underflowed).
+        for early in [0, 1, 3 * 86_400, 4 * 86_400 - 1] {
+            assert_eq!(monday_at_or_before(early), 4 * 86_400, "{early}");
+        }
+        assert_eq!(monday_at_or_before(11 * 86_400), 11 * 86_400);
+        assert_eq!(monday_at_or_before(12 * 86_400), 11 * 86_400);
     }
 
     #[test]

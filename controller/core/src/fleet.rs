@@ -96,7 +96,7 @@ pub struct FleetConfig {
 }
 
 /// Counters per region.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RegionDemand {
     /// Capacity units of sessions that preferred this region but were placed elsewhere or
     /// refused (the autoscaler's strongest signal).

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigIssue, Millis};
 
 /// Where a node is in its life cycle, as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Connected, not yet ready for sessions.

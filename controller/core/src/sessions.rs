@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Millis, Profile};
 
 /// Life of a session as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     /// Placed; the node has not reported it yet.

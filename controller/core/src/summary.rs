@@ -9,7 +9,7 @@ use super::fleet::{Fleet, RegionDemand};
 use super::registry::{NodeEntry, NodeStatus};
 
 /// Nodes of a pool by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StateCounts {
     pub starting: u32,
     pub serving: u32,
@@ -44,7 +44,7 @@ impl StateCounts {
 }
 
 /// Capacity in capacity units.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Capacity {
     pub total: u64,
     pub used: u64,
@@ -65,7 +65,7 @@ impl Capacity {
 }
 
 /// One (region, kind) pool. Capacity and load count live nodes only (not DEAD ones).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PoolSummary {
     pub nodes: StateCounts,
     pub capacity: Capacity,
@@ -109,7 +109,7 @@ impl PoolSummary {
 }
 
 /// One region of the catalog: its media and TURN pools and its unmet demand.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RegionSummary {
     pub id: RegionId,
     pub name: String,

@@ -24,7 +24,7 @@ use crate::scaler::Scaler;
 use crate::state::AppState;
 
 /// One booked participant: where they are (no id: bookings hold no personal data).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BookedParticipant {
     #[serde(default)]
@@ -32,23 +32,29 @@ pub struct BookedParticipant {
     #[serde(default)]
     pub location: Option<LocationRequest>,
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub region: Option<String>,
 }
 
 /// `POST /v1/bookings`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BookingRequest {
-    /// Start, Unix seconds.
+    /// Start, Unix seconds: in the future, at most 90 days ahead.
     pub start_unix: u64,
+    #[schema(minimum = 60, maximum = 43200)]
     pub duration_secs: u64,
+    /// At least one, at most `[placement] max_participants`.
+    #[schema(min_items = 1)]
     pub participants: Vec<BookedParticipant>,
+    /// `audio`, `video` (the default) or `hd`.
     #[serde(default)]
+    #[schema(value_type = Option<Profile>)]
     pub profile: Option<String>,
 }
 
 /// A booking as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BookingView {
     pub booking_id: String,
     pub region: RegionId,
@@ -86,6 +92,11 @@ fn booking_id() -> String {
 }
 
 /// `POST /v1/bookings`.
+#[utoipa::path(post, path = "/v1/bookings", tag = "bookings",
+    security(("client_jwt" = [])),
+    request_body = BookingRequest,
+    responses((status = 201, description = "Booked in the region its participants would be placed in.", body = BookingView,
+        links(("CancelBooking" = (operation_id = "delete_booking", parameters(("id" = "$response.body#/booking_id")))))), crate::api::openapi::Refusals))]
 pub async fn create_booking(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -142,19 +153,31 @@ pub async fn create_booking(
     Ok((StatusCode::CREATED, Json(booking_view(&booking))))
 }
 
+/// `GET /v1/bookings`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BookingList {
+    pub bookings: Vec<BookingView>,
+}
+
 /// Query of `GET /v1/bookings`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BookingQuery {
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
     pub region: Option<String>,
 }
 
 /// `GET /v1/bookings?region=`.
+#[utoipa::path(get, path = "/v1/bookings", tag = "bookings",
+    security(("client_jwt" = []), ("admin_token" = [])),
+    params(BookingQuery),
+    responses((status = 200, description = "The bookings.", body = BookingList), crate::api::openapi::Refusals))]
 pub async fn list_bookings(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<BookingQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BookingList>, ApiError> {
     // The app lists its bookings with a client token; operators with the admin token.
     if super::ops::admin(&state, &headers).is_err() {
         client(&state, &headers)?;
@@ -167,10 +190,14 @@ pub async fn list_bookings(
         .into_iter()
         .map(booking_view)
         .collect();
-    Ok(Json(serde_json::json!({ "bookings": bookings })))
+    Ok(Json(BookingList { bookings }))
 }
 
 /// `DELETE /v1/bookings/{id}`.
+#[utoipa::path(delete, path = "/v1/bookings/{id}", tag = "bookings",
+    security(("client_jwt" = [])),
+    params(("id" = String, Path, description = "The booking")),
+    responses((status = 204, description = "Cancelled."), crate::api::openapi::Refusals))]
 pub async fn delete_booking(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

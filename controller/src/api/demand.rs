@@ -18,7 +18,8 @@ use super::ops::admin;
 use crate::state::AppState;
 
 /// Query of `GET /v1/demand/trace`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TraceQuery {
     /// Unix seconds; rounded down to the Monday 00:00 UTC before it.
@@ -26,6 +27,11 @@ pub struct TraceQuery {
 }
 
 /// `GET /v1/demand/trace?since_unix=`.
+#[utoipa::path(get, path = "/v1/demand/trace", tag = "ops",
+    security(("admin_token" = [])),
+    params(TraceQuery),
+    responses((status = 200, description = "The ended sessions as a trace (CSV: session_id,start_s,duration_s,participants,booked_s,profile); t = 0 is in `x-trace-epoch-unix`.", content_type = "text/csv", body = String,
+        headers(("x-trace-epoch-unix" = u64, description = "The Monday 00:00 UTC the trace counts from (Unix seconds)"))), crate::api::openapi::Refusals))]
 pub async fn demand_trace(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

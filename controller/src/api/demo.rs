@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Redirect};
 const CALL_PAGE: &str = include_str!("../../assets/call.html");
 
 /// `GET /call`.
+#[utoipa::path(get, path = "/call", tag = "demo",
+    responses((status = 200, description = "The demo call page.", content_type = "text/html", body = String)))]
 pub async fn call_page() -> impl IntoResponse {
     (
         [
@@ -22,6 +24,8 @@ pub async fn call_page() -> impl IntoResponse {
 }
 
 /// `GET /`.
+#[utoipa::path(get, path = "/", tag = "demo",
+    responses((status = 303, description = "To the demo call page.", headers(("location" = String)))))]
 pub async fn root() -> Redirect {
     Redirect::to("/call")
 }

@@ -6,6 +6,7 @@ pub mod demand;
 pub mod demo;
 pub mod error;
 mod json_errors;
+pub mod openapi;
 pub mod ops;
 pub mod pools;
 pub mod signaling;
@@ -16,60 +17,63 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use fleet_proto::deploy;
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// All routes.
+/// Every route but `/openapi.json`, each registered with its OpenAPI description (a route
+/// cannot be served here without being described).
+pub(crate) fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(signaling::create_session, ops::list_sessions))
+        .routes(routes!(signaling::get_session, signaling::delete_session))
+        .routes(routes!(signaling::join_session))
+        .routes(routes!(signaling::create_invite))
+        .routes(routes!(demo::call_page))
+        .routes(routes!(demo::root))
+        .routes(routes!(ops::list_nodes))
+        .routes(routes!(ops::drain_node))
+        .routes(routes!(ops::undrain_node))
+        .routes(routes!(ops::list_regions))
+        .routes(routes!(pools::list_pools))
+        .routes(routes!(pools::get_pool, pools::patch_pool))
+        .routes(routes!(pools::policy_changes))
+        .routes(routes!(pools::pause_pool))
+        .routes(routes!(pools::resume_pool))
+        .routes(routes!(pools::scaling_events))
+        .routes(routes!(bookings::list_bookings, bookings::create_booking))
+        .routes(routes!(bookings::delete_booking))
+        .routes(routes!(demand::demand_trace))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// All routes, and `GET /openapi.json` describing them.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let (routes, doc) = documented_routes().split_for_parts();
+    let doc: Arc<str> = serde_json::to_string_pretty(&openapi::document(&doc))
+        .unwrap_or_default()
+        .into();
+    routes
         .route(
-            "/v1/sessions",
-            post(signaling::create_session).get(ops::list_sessions),
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
         )
-        .route(
-            "/v1/sessions/{id}",
-            get(signaling::get_session).delete(signaling::delete_session),
-        )
-        .route(
-            "/v1/sessions/{id}/participants",
-            post(signaling::join_session),
-        )
-        .route("/v1/sessions/{id}/invite", post(signaling::create_invite))
-        .route("/call", get(demo::call_page))
-        .route("/", get(demo::root))
-        .route("/v1/nodes", get(ops::list_nodes))
-        .route("/v1/nodes/{id}/drain", post(ops::drain_node))
-        .route("/v1/nodes/{id}/undrain", post(ops::undrain_node))
-        .route("/v1/regions", get(ops::list_regions))
-        .route("/v1/pools", get(pools::list_pools))
-        .route(
-            "/v1/pools/{region}/{kind}",
-            get(pools::get_pool).patch(pools::patch_pool),
-        )
-        .route(
-            "/v1/pools/{region}/{kind}/changes",
-            get(pools::policy_changes),
-        )
-        .route("/v1/pools/{region}/{kind}/pause", post(pools::pause_pool))
-        .route("/v1/pools/{region}/{kind}/resume", post(pools::resume_pool))
-        .route("/v1/scaling/events", get(pools::scaling_events))
-        .route(
-            "/v1/bookings",
-            get(bookings::list_bookings).post(bookings::create_booking),
-        )
-        .route(
-            "/v1/bookings/{id}",
-            axum::routing::delete(bookings::delete_booking),
-        )
-        .route("/v1/demand/trace", get(demand::demand_trace))
-        .route(deploy::METRICS, get(metrics))
-        .route(deploy::HEALTHZ, get(|| async { "ok\n" }))
-        .route(deploy::READYZ, get(readyz))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -80,6 +84,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "The process is up.", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text format.", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     crate::metrics::refresh(&state);
     let body = state
@@ -204,6 +218,10 @@ async fn forward(
 }
 
 /// Ready: leading and warmed up, or standing by with a leader to forward to.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready (leading and warmed up, or a standby with a leader to forward to).", content_type = "text/plain", body = String),
+        (status = 503, description = "Warming up, or standing by with no leader known.", content_type = "text/plain", body = String)))]
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if !state.leading() {
         let leader = state.leadership.get().and_then(|l| l.leader_api());

@@ -24,7 +24,7 @@ pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<String, Api
 }
 
 /// One node.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: String,
     pub kind: NodeKind,
@@ -72,10 +72,53 @@ fn node_view(n: &NodeEntry, now: u64) -> NodeView {
 }
 
 /// `GET /v1/nodes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// `GET /v1/regions`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RegionList {
+    pub regions: Vec<RegionSummary>,
+}
+
+/// `202` answer of a drain.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DrainAnswer {
+    pub node_id: String,
+    /// `draining`.
+    pub state: String,
+    /// When it stops even with calls (Unix ms).
+    pub deadline_unix_ms: u64,
+}
+
+/// `202` answer of an undrain.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UndrainAnswer {
+    pub node_id: String,
+    /// `serving`.
+    pub state: String,
+}
+
+/// `GET /v1/sessions`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+    /// Sessions that matched (all of them, not only those listed).
+    pub total: usize,
+    /// Fewer are listed than matched (raise `limit`).
+    pub truncated: bool,
+}
+
+/// `GET /v1/nodes`.
+#[utoipa::path(get, path = "/v1/nodes", tag = "ops",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Every node the controller knows.", body = NodeList), crate::api::openapi::Refusals))]
 pub async fn list_nodes(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<NodeList>, ApiError> {
     admin(&state, &headers)?;
     let now = state.now().mono_ms;
     let fleet = state.fleet();
@@ -87,23 +130,26 @@ pub async fn list_nodes(
         .collect();
     drop(fleet);
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(serde_json::json!({ "nodes": nodes })))
+    Ok(Json(NodeList { nodes }))
 }
 
 /// `GET /v1/regions`: regions that have nodes or unmet demand, with each pool's figures as the
 /// core computes them ([`fleet_core::RegionSummary`]).
+#[utoipa::path(get, path = "/v1/regions", tag = "ops",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Regions with nodes or unmet demand.", body = RegionList), crate::api::openapi::Refusals))]
 pub async fn list_regions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RegionList>, ApiError> {
     admin(&state, &headers)?;
     let mut regions = state.fleet().region_summaries();
     regions.retain(RegionSummary::is_active);
-    Ok(Json(serde_json::json!({ "regions": regions })))
+    Ok(Json(RegionList { regions }))
 }
 
 /// Body of a drain request.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// Seconds from now until the node stops even with live sessions (default 3600).
@@ -116,12 +162,17 @@ fn parse_node_id(id: &str) -> Result<NodeId, ApiError> {
 }
 
 /// `POST /v1/nodes/{id}/drain`.
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "ops",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The node", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    request_body(content = DrainRequest, description = "Optional; empty means the default deadline."),
+    responses((status = 202, description = "Draining.", body = DrainAnswer), crate::api::openapi::Refusals, crate::api::openapi::ConflictRefusal))]
 pub async fn drain_node(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DrainAnswer>), ApiError> {
     admin(&state, &headers)?;
     let node = parse_node_id(&id)?;
     let req: DrainRequest = parse_json(&body, true)?;
@@ -141,18 +192,24 @@ pub async fn drain_node(
     tracing::info!(%node, secs, "drain requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            serde_json::json!({"node_id": node.to_string(), "state": "draining", "deadline_unix_ms": deadline_unix_ms}),
-        ),
+        Json(DrainAnswer {
+            node_id: node.to_string(),
+            state: "draining".into(),
+            deadline_unix_ms,
+        }),
     ))
 }
 
 /// `POST /v1/nodes/{id}/undrain`.
+#[utoipa::path(post, path = "/v1/nodes/{id}/undrain", tag = "ops",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The node", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses((status = 202, description = "Serving again.", body = UndrainAnswer), crate::api::openapi::Refusals, crate::api::openapi::ConflictRefusal))]
 pub async fn undrain_node(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<UndrainAnswer>), ApiError> {
     admin(&state, &headers)?;
     let node = parse_node_id(&id)?;
     let out = state.fleet().undrain(&node)?;
@@ -160,16 +217,26 @@ pub async fn undrain_node(
     tracing::info!(%node, "undrain requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"node_id": node.to_string(), "state": "serving"})),
+        Json(UndrainAnswer {
+            node_id: node.to_string(),
+            state: "serving".into(),
+        }),
     ))
 }
 
 /// Query of `GET /v1/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionQuery {
+    /// Only this region's sessions.
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
     pub region: Option<String>,
+    /// Only the sessions on this node.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub node: Option<String>,
+    /// At most this many (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
 }
 
@@ -178,11 +245,15 @@ pub const MAX_SESSION_LIST: usize = 10_000;
 
 /// `GET /v1/sessions?region=&node=&limit=`: the open sessions, newest first, at most `limit`
 /// (default 1000); `total` counts every match.
+#[utoipa::path(get, path = "/v1/sessions", tag = "ops",
+    security(("admin_token" = [])),
+    params(SessionQuery),
+    responses((status = 200, description = "The open sessions, newest first.", body = SessionList), crate::api::openapi::Refusals))]
 pub async fn list_sessions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<SessionQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let region = parse_region_query(q.region.as_deref())?;
@@ -225,9 +296,9 @@ pub async fn list_sessions(
         })
         .collect();
     drop(fleet);
-    Ok(Json(serde_json::json!({
-        "sessions": sessions,
-        "total": total,
-        "truncated": total > sessions.len(),
-    })))
+    Ok(Json(SessionList {
+        truncated: total > sessions.len(),
+        sessions,
+        total,
+    }))
 }

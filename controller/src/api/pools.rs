@@ -19,7 +19,7 @@ use crate::state::AppState;
 use crate::store::Write;
 
 /// Node counts of a pool, now (STARTING includes launches not yet connected).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolNodes {
     pub starting: u32,
     pub serving: u32,
@@ -27,7 +27,7 @@ pub struct PoolNodes {
 }
 
 /// One pool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub region: RegionId,
     pub kind: NodeKind,
@@ -38,6 +38,24 @@ pub struct PoolView {
     /// Capacity units used or reserved over total, on the pool's live nodes.
     pub utilization: f64,
     pub paused: bool,
+}
+
+/// `GET /v1/pools`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
+}
+
+/// `GET /v1/pools/{region}/{kind}/changes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangeList {
+    pub changes: Vec<crate::store::PolicyChange>,
+}
+
+/// `GET /v1/scaling/events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<ScalingEvent>,
 }
 
 /// Every region's pools as the core summarises them (the same figures as `/v1/regions` and
@@ -98,10 +116,13 @@ fn unknown_pool(key: &PoolKey) -> ApiError {
 }
 
 /// `GET /v1/pools`.
+#[utoipa::path(get, path = "/v1/pools", tag = "ops",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Every scaled pool.", body = PoolList), crate::api::openapi::Refusals))]
 pub async fn list_pools(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PoolList>, ApiError> {
     admin(&state, &headers)?;
     let summaries = summaries(&state);
     let pools: Vec<PoolView> = match state.scaler.get() {
@@ -112,10 +133,14 @@ pub async fn list_pools(
             .collect(),
         None => Vec::new(),
     };
-    Ok(Json(serde_json::json!({ "pools": pools })))
+    Ok(Json(PoolList { pools }))
 }
 
 /// `GET /v1/pools/{region}/{kind}`.
+#[utoipa::path(get, path = "/v1/pools/{region}/{kind}", tag = "ops",
+    security(("admin_token" = [])),
+    params(("region" = String, Path, description = "The pool's region", pattern = "^[a-z0-9-]{1,32}$"), ("kind" = NodeKind, Path, description = "`media` or `turn`")),
+    responses((status = 200, description = "The pool.", body = PoolView), crate::api::openapi::Refusals))]
 pub async fn get_pool(
     State(state): State<Arc<AppState>>,
     Path((region, kind)): Path<(String, String)>,
@@ -147,6 +172,11 @@ fn change_pool(
 
 /// `PATCH /v1/pools/{region}/{kind}`: any policy fields; the whole new policy is checked before
 /// anything changes.
+#[utoipa::path(patch, path = "/v1/pools/{region}/{kind}", tag = "ops",
+    security(("admin_token" = [])),
+    params(("region" = String, Path, description = "The pool's region", pattern = "^[a-z0-9-]{1,32}$"), ("kind" = NodeKind, Path, description = "`media` or `turn`")),
+    request_body = PolicyPatch,
+    responses((status = 200, description = "The pool with its new policy (checked as a whole; nothing changes on a 400).", body = PoolView), crate::api::openapi::Refusals))]
 pub async fn patch_pool(
     State(state): State<Arc<AppState>>,
     Path((region, kind)): Path<(String, String)>,
@@ -198,6 +228,10 @@ async fn set_paused(
 
 /// `POST /v1/pools/{region}/{kind}/pause`: no automatic changes until resumed (drains already
 /// started still finish).
+#[utoipa::path(post, path = "/v1/pools/{region}/{kind}/pause", tag = "ops",
+    security(("admin_token" = [])),
+    params(("region" = String, Path, description = "The pool's region", pattern = "^[a-z0-9-]{1,32}$"), ("kind" = NodeKind, Path, description = "`media` or `turn`")),
+    responses((status = 200, description = "Paused.", body = PoolView), crate::api::openapi::Refusals))]
 pub async fn pause_pool(
     State(state): State<Arc<AppState>>,
     Path((region, kind)): Path<(String, String)>,
@@ -207,6 +241,10 @@ pub async fn pause_pool(
 }
 
 /// `POST /v1/pools/{region}/{kind}/resume`.
+#[utoipa::path(post, path = "/v1/pools/{region}/{kind}/resume", tag = "ops",
+    security(("admin_token" = [])),
+    params(("region" = String, Path, description = "The pool's region", pattern = "^[a-z0-9-]{1,32}$"), ("kind" = NodeKind, Path, description = "`media` or `turn`")),
+    responses((status = 200, description = "Resumed.", body = PoolView), crate::api::openapi::Refusals))]
 pub async fn resume_pool(
     State(state): State<Arc<AppState>>,
     Path((region, kind)): Path<(String, String)>,
@@ -217,11 +255,15 @@ pub async fn resume_pool(
 
 /// `GET /v1/pools/{region}/{kind}/changes`: the pool's policy changes and who made them,
 /// newest first (from the store; empty without one).
+#[utoipa::path(get, path = "/v1/pools/{region}/{kind}/changes", tag = "ops",
+    security(("admin_token" = [])),
+    params(("region" = String, Path, description = "The pool's region", pattern = "^[a-z0-9-]{1,32}$"), ("kind" = NodeKind, Path, description = "`media` or `turn`")),
+    responses((status = 200, description = "The pool's policy changes, newest first.", body = ChangeList), crate::api::openapi::Refusals))]
 pub async fn policy_changes(
     State(state): State<Arc<AppState>>,
     Path((region, kind)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ChangeList>, ApiError> {
     admin(&state, &headers)?;
     let key = pool_key(&region, &kind)?;
     let changes = match state.store.get() {
@@ -232,25 +274,37 @@ pub async fn policy_changes(
             .map_err(|e| ApiError::Internal(e.to_string()))?,
         None => Vec::new(),
     };
-    Ok(Json(serde_json::json!({ "changes": changes })))
+    Ok(Json(ChangeList { changes }))
 }
 
 /// Query of `GET /v1/scaling/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventQuery {
+    /// Only this region's events.
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
     pub region: Option<String>,
+    /// Only this kind's pools.
+    #[param(value_type = Option<NodeKind>)]
     pub kind: Option<String>,
+    /// Only events at or after this time (Unix ms).
     pub since_unix_ms: Option<u64>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
 /// `GET /v1/scaling/events?region=&kind=&since_unix_ms=&limit=`: newest first.
+#[utoipa::path(get, path = "/v1/scaling/events", tag = "ops",
+    security(("admin_token" = [])),
+    params(EventQuery),
+    responses((status = 200, description = "The decision log, newest first.", body = EventList), crate::api::openapi::Refusals))]
 pub async fn scaling_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     admin(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let region = parse_region_query(q.region.as_deref())?;
@@ -267,7 +321,7 @@ pub async fn scaling_events(
     }
     let since = q.since_unix_ms.unwrap_or(0);
     let Some(scaler) = state.scaler.get() else {
-        return Ok(Json(serde_json::json!({ "events": [] })));
+        return Ok(Json(EventList { events: Vec::new() }));
     };
     let mut events: Vec<ScalingEvent> = scaler.events(region.as_ref(), kind, since, limit);
     // Older than what the in-memory log holds: from the store.
@@ -289,5 +343,5 @@ pub async fn scaling_events(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         events.extend(older);
     }
-    Ok(Json(serde_json::json!({ "events": events })))
+    Ok(Json(EventList { events }))
 }

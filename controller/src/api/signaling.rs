@@ -24,41 +24,53 @@ use fleet_proto::join_token::JoinClaims;
 use fleet_proto::turn_rest::rest_credentials;
 
 /// A participant in a request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantRequest {
+    /// An opaque id the app chose (never personal data).
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)]
     pub id: String,
+    /// The participant's IP address, located with GeoIP.
     #[serde(default)]
     pub ip: Option<String>,
     #[serde(default)]
     pub location: Option<LocationRequest>,
+    /// A region hint (a catalog region id).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9-]{1,32}$", min_length = 1, max_length = 32)]
     pub region: Option<String>,
 }
 
 /// Explicit coordinates.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocationRequest {
+    #[schema(minimum = -90.0, maximum = 90.0)]
     pub lat: f64,
+    #[schema(minimum = -180.0, maximum = 180.0)]
     pub lon: f64,
 }
 
 /// `POST /v1/sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
+    /// At least one, at most `[placement] max_participants`.
+    #[schema(min_items = 1)]
     pub participants: Vec<ParticipantRequest>,
+    /// `audio`, `video` (the default) or `hd`.
     #[serde(default)]
+    #[schema(value_type = Option<Profile>)]
     pub profile: Option<String>,
     /// The booking this session fulfils: once the session is placed, the booking's capacity
     /// stops counting (the session's own does), so the pool does not hold both.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub booking_id: Option<String>,
 }
 
 /// The browser's `RTCIceServer`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IceServer {
     pub urls: Vec<String>,
     pub username: String,
@@ -66,14 +78,14 @@ pub struct IceServer {
 }
 
 /// The media node of a session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MediaEndpoint {
     pub node_id: String,
     pub url: String,
 }
 
 /// What one participant needs to join.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParticipantGrant {
     pub id: String,
     pub join_token: String,
@@ -81,7 +93,7 @@ pub struct ParticipantGrant {
 }
 
 /// `201` answer of create and join.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionGrant {
     pub session_id: String,
     pub region: RegionId,
@@ -90,7 +102,7 @@ pub struct SessionGrant {
 }
 
 /// `GET /v1/sessions/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub session_id: String,
     pub region: RegionId,
@@ -102,7 +114,7 @@ pub struct SessionView {
 }
 
 /// A participant in a session view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ParticipantView {
     pub id: String,
 }
@@ -255,6 +267,16 @@ fn session_grant(state: &AppState, plan: &SessionPlan) -> Result<SessionGrant, A
 }
 
 /// `POST /v1/sessions`: place a new session.
+#[utoipa::path(post, path = "/v1/sessions", tag = "signaling",
+    security(("client_jwt" = [])),
+    request_body = CreateSessionRequest,
+    responses((status = 201, description = "Placed: where to send each participant's offer, with its join token and TURN servers.", body = SessionGrant,
+        links(
+            ("GetSession" = (operation_id = "get_session", parameters(("id" = "$response.body#/session_id")))),
+            ("DeleteSession" = (operation_id = "delete_session", parameters(("id" = "$response.body#/session_id")))),
+            ("JoinSession" = (operation_id = "join_session", parameters(("id" = "$response.body#/session_id")))),
+            ("InviteToSession" = (operation_id = "create_invite", parameters(("id" = "$response.body#/session_id"))))
+        )), crate::api::openapi::Refusals))]
 pub async fn create_session(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -364,6 +386,11 @@ fn refused(state: &AppState, region: String, reason: &'static str) {
 }
 
 /// `POST /v1/sessions/{id}/participants`: a participant joins an existing session.
+#[utoipa::path(post, path = "/v1/sessions/{id}/participants", tag = "signaling",
+    security(("client_jwt" = [])),
+    params(("id" = String, Path, description = "The session", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    request_body = ParticipantRequest,
+    responses((status = 201, description = "The participant's grant (same media node; a session whose node died is placed again under the same id).", body = SessionGrant), crate::api::openapi::Refusals, crate::api::openapi::ConflictRefusal))]
 pub async fn join_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -408,7 +435,7 @@ const INVITE_SUBJECT: &str = "invite";
 const INVITE_TTL_SECS: u64 = 4 * 3600;
 
 /// `201` answer of an invite.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Invite {
     pub session_id: String,
     /// A client JWT good only for this session (join it, look at it).
@@ -418,6 +445,10 @@ pub struct Invite {
 
 /// `POST /v1/sessions/{id}/invite`: a client token scoped to this session, for a room link
 /// (signed with the first API key; it expires with the caller's token, at most 4 h from now).
+#[utoipa::path(post, path = "/v1/sessions/{id}/invite", tag = "signaling",
+    security(("client_jwt" = [])),
+    params(("id" = String, Path, description = "The session", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses((status = 201, description = "A client token good only for this session.", body = Invite), crate::api::openapi::Refusals))]
 pub async fn create_invite(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -495,6 +526,10 @@ pub(super) fn session_view(r: &SessionRecord, url: String) -> SessionView {
 }
 
 /// `GET /v1/sessions/{id}`.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "signaling",
+    security(("client_jwt" = [])),
+    params(("id" = String, Path, description = "The session", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses((status = 200, description = "The session.", body = SessionView), crate::api::openapi::Refusals))]
 pub async fn get_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -513,6 +548,10 @@ pub async fn get_session(
 }
 
 /// `DELETE /v1/sessions/{id}`.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "signaling",
+    security(("client_jwt" = [])),
+    params(("id" = String, Path, description = "The session", pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    responses((status = 204, description = "Ended for everyone."), crate::api::openapi::Refusals))]
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

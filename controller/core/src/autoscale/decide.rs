@@ -148,7 +148,9 @@ pub enum Action {
 }
 
 /// The figures a decision was made from (kept in the decision log).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Inputs {
     pub serving: u32,
     pub starting: u32,

@@ -9,7 +9,7 @@ use super::schedule::ScheduleRule;
 use crate::ConfigIssue;
 
 /// How one (region, kind) pool scales.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPolicy {
     /// Fewest nodes (SERVING or STARTING) the pool keeps.
@@ -46,6 +46,7 @@ pub struct PoolPolicy {
     #[serde(default)]
     pub bandwidth_target_bps: Option<u64>,
     /// Floors by weekday and local time in the region's time zone.
+    #[schema(value_type = Vec<super::schedule::RawRule>)]
     pub schedule: Vec<ScheduleRule>,
 }
 
@@ -137,7 +138,7 @@ impl PoolPolicy {
 }
 
 /// Any subset of a policy's fields, applied over a base.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
     pub min: Option<u32>,
@@ -154,6 +155,7 @@ pub struct PolicyPatch {
     pub boot_secs: Option<u64>,
     pub setup_p95_limit_ms: Option<u32>,
     pub bandwidth_target_bps: Option<u64>,
+    #[schema(value_type = Option<Vec<super::schedule::RawRule>>)]
     pub schedule: Option<Vec<ScheduleRule>>,
 }
 

@@ -25,7 +25,7 @@ pub struct ScheduleRule {
 }
 
 /// The wire and config form of a rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Days: `mon-fri`, `sat,sun`, `mon,wed-fri`, or `daily`.
