@@ -14,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod demand;
 pub mod events;
+pub mod history;
 pub mod leader;
 pub mod link;
 pub mod metrics;

@@ -318,6 +318,7 @@ impl Controller {
             })?;
         let api_addr = listener.local_addr()?;
         let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let _ = state.stopping.set(rx.clone());
         let mut tasks = Vec::new();
         let tick_state = state.clone();
         let mut tick_rx = rx.clone();
@@ -417,6 +418,10 @@ impl Controller {
             }
         }
         tasks.push(tokio::spawn(crate::events::watch_nodes(
+            state.clone(),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::history::sample_every(
             state.clone(),
             rx.clone(),
         )));

@@ -73,6 +73,11 @@ pub struct AppState {
     pub demand: Mutex<DemandRecorder>,
     /// Nodes changing state, scaling actions and refusals, as they happen.
     pub events: crate::events::EventFeed,
+    /// Sessions and nodes over the last hour (the dashboard's charts).
+    pub history: crate::history::SharedHistory,
+    /// Turns true when the controller stops (long-lived answers such as the dashboard's stream
+    /// end then, so that the HTTP server can stop).
+    pub stopping: OnceLock<tokio::sync::watch::Receiver<bool>>,
     started: Instant,
     senders: Mutex<HashMap<NodeId, (u64, CommandSender)>>,
     pending: Mutex<HashMap<u64, PendingCommand>>,
@@ -115,6 +120,8 @@ impl AppState {
             store: OnceLock::new(),
             demand: Mutex::new(DemandRecorder::new()),
             events: crate::events::EventFeed::default(),
+            history: Default::default(),
+            stopping: OnceLock::new(),
             started: Instant::now(),
             senders: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),

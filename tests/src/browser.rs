@@ -108,6 +108,8 @@ impl Browser {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // The page's console, for [`Browser::console_errors`].
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": [
@@ -258,6 +260,47 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The console messages of level SEVERE since the last call (errors the page logged,
+    /// uncaught exceptions, resources that failed to load), each as chromedriver gives it.
+    pub async fn console_errors(&self) -> anyhow::Result<Vec<String>> {
+        let entries = self
+            .session_call(reqwest::Method::POST, "/se/log", json!({"type": "browser"}))
+            .await?;
+        Ok(entries
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Saves a PNG screenshot of the current tab to `path`.
+    pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let png = self
+            .session_call(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().context("screenshot is not a string")?)
+            .context("screenshot is not base64")?;
+        std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Sets the window's size (the screenshot's).
+    pub async fn set_window(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.session_call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Ends the browser session (Chromium exits); best effort.

@@ -19,7 +19,10 @@ use super::error::ApiError;
 
 /// Paths whose responses are not the JSON API's.
 fn is_plain_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/call" | "/")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/call" | "/" | "/dashboard"
+    )
 }
 
 /// Whether a request's declared body type is acceptable on the JSON API: JSON, or no type at all.

@@ -1,7 +1,9 @@
-//! The controller's HTTP surface (axum): the signaling API for the app, the ops API for
-//! operators, the demo call page, Prometheus metrics and health probes.
+//! The controller's HTTP surface (axum): the signaling API for the app, the ops API and the live
+//! dashboard for operators, the demo call page, Prometheus metrics and health probes, and the
+//! OpenAPI description of them all.
 
 pub mod bookings;
+pub mod dashboard;
 pub mod demand;
 pub mod demo;
 pub mod error;
@@ -50,6 +52,8 @@ pub(crate) fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(bookings::list_bookings, bookings::create_booking))
         .routes(routes!(bookings::delete_booking))
         .routes(routes!(demand::demand_trace))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::stream))
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

@@ -131,6 +131,7 @@ pub fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
         (name = "signaling", description = "Sessions for the app and its clients (client JWT)."),
         (name = "bookings", description = "Sessions booked ahead (client JWT; listing also takes the admin token)."),
         (name = "ops", description = "Nodes, regions, pools, scaling and demand for operators (admin token)."),
+        (name = "dashboard", description = "The live dashboard page and its event stream (admin token)."),
         (name = "probes", description = "Health, readiness and Prometheus metrics (no token)."),
         (name = "demo", description = "The demo call page."),
     )

@@ -120,6 +120,13 @@ pub async fn list_nodes(
     headers: HeaderMap,
 ) -> Result<Json<NodeList>, ApiError> {
     admin(&state, &headers)?;
+    Ok(Json(NodeList {
+        nodes: all_nodes(&state),
+    }))
+}
+
+/// Every node the controller knows, by id.
+pub(super) fn all_nodes(state: &AppState) -> Vec<NodeView> {
     let now = state.now().mono_ms;
     let fleet = state.fleet();
     let mut nodes: Vec<NodeView> = fleet
@@ -130,7 +137,7 @@ pub async fn list_nodes(
         .collect();
     drop(fleet);
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(NodeList { nodes }))
+    nodes
 }
 
 /// `GET /v1/regions`: regions that have nodes or unmet demand, with each pool's figures as the

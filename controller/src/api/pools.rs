@@ -124,16 +124,22 @@ pub async fn list_pools(
     headers: HeaderMap,
 ) -> Result<Json<PoolList>, ApiError> {
     admin(&state, &headers)?;
-    let summaries = summaries(&state);
-    let pools: Vec<PoolView> = match state.scaler.get() {
+    Ok(Json(PoolList {
+        pools: all_pools(&state),
+    }))
+}
+
+/// Every scaled pool (none without a scaler).
+pub(super) fn all_pools(state: &AppState) -> Vec<PoolView> {
+    let summaries = summaries(state);
+    match state.scaler.get() {
         Some(s) => s
             .autoscaler()
             .pools()
             .map(|(k, p)| view(k, p, &summaries))
             .collect(),
         None => Vec::new(),
-    };
-    Ok(Json(PoolList { pools }))
+    }
 }
 
 /// `GET /v1/pools/{region}/{kind}`.
