@@ -247,31 +247,19 @@ mod tests {
 
     #[test]
     fn only_state_changes_that_matter_are_news() {
-        let mut before = BTreeMap::new();
-        before.insert(
-            "m1".to_string(),
-            node("eu", NodeKind::Media, NodeStatus::Starting),
-        );
-        before.insert(
-            "m2".to_string(),
-            node("eu", NodeKind::Media, NodeStatus::Serving),
-        );
-        before.insert(
-            "m3".to_string(),
-            node("eu", NodeKind::Media, NodeStatus::Serving),
-        );
-        before.insert(
-            "t1".to_string(),
-            node("us", NodeKind::Turn, NodeStatus::Serving),
-        );
-        before.insert(
-            "old".to_string(),
-            node("us", NodeKind::Turn, NodeStatus::Dead),
-        );
-        before.insert(
-            "drained".to_string(),
-            node("us", NodeKind::Media, NodeStatus::Draining),
-        );
+        use NodeKind::{Media, Turn};
+        use NodeStatus::{Dead, Draining, Serving, Starting};
+        let before: BTreeMap<String, NodeLook> = [
+            ("m1", "eu", Media, Starting),
+            ("m2", "eu", Media, Serving),
+            ("m3", "eu", Media, Serving),
+            ("t1", "us", Turn, Serving),
+            ("old", "us", Turn, Dead),
+            ("drained", "us", Media, Draining),
+        ]
+        .into_iter()
+        .map(|(id, region, kind, status)| (id.to_string(), node(region, kind, status)))
+        .collect();
         let mut after = before.clone();
         after.get_mut("drained").unwrap().status = NodeStatus::Dead;
         after.get_mut("drained").unwrap().left_drained = true;

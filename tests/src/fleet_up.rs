@@ -92,6 +92,29 @@ impl FleetUp {
             .await?)
     }
 
+    /// The ids of every node the controller knows, sorted.
+    pub async fn node_ids(&self) -> Vec<String> {
+        let body = self.admin_get("/v1/nodes").await.expect("GET /v1/nodes");
+        let mut ids: Vec<String> = body["nodes"]
+            .as_array()
+            .expect("a node list")
+            .iter()
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Node `id`'s state as the controller shows it (`None`: unknown node).
+    pub async fn node_state(&self, id: &str) -> Option<String> {
+        let body = self.admin_get("/v1/nodes").await.ok()?;
+        body["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["state"].as_str().map(str::to_owned))
+    }
+
     /// Waits until every region of `fleet up` has `media` media and `turn` TURN nodes serving.
     pub async fn wait_serving(&self, media: u64, turn: u64, timeout: Duration) -> Option<Value> {
         eventually(timeout, || async {

@@ -54,12 +54,7 @@ async fn dashboard() {
     up.wait_serving(1, 1, Duration::from_secs(30))
         .await
         .expect("fleet up serving in every region");
-    let api_nodes: BTreeSet<String> = up.admin_get("/v1/nodes").await.unwrap()["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
+    let api_nodes: BTreeSet<String> = up.node_ids().await.into_iter().collect();
     assert_eq!(api_nodes.len(), 6);
 
     let profile = tempfile::tempdir().unwrap();
@@ -137,14 +132,7 @@ async fn dashboard() {
         })
         .await
         .unwrap_or_else(|last| panic!("the drain did not show: {last}"));
-    let nodes = up.admin_get("/v1/nodes").await.unwrap();
-    let state = nodes["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == node.as_str())
-        .map(|n| n["state"].clone());
-    assert_eq!(state, Some(json!("draining")), "{nodes}");
+    assert_eq!(up.node_state(&node).await.as_deref(), Some("draining"));
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&shot).await.unwrap();
     eprintln!("dashboard screenshot: {}", shot.display());

@@ -1,7 +1,8 @@
 //! The operator's verbs of the `fleet` binary against a real `fleet up`, reading the address
 //! and admin token from the env file `fleet up` wrote: each verb's table and `--json` agree with
 //! the ops API; pool changes land; a drain with `--wait` finishes exactly when the node's last
-//! call ends, and `fleet up` prints the drain and the node leaving as event lines; a wrong token, an unknown node and an unreachable API fail with a message that
+//! call ends, `fleet events --follow` prints the replacement launch as it happens, and `fleet up`
+//! prints the drain and the node leaving as event lines; a wrong token, an unknown node and an unreachable API fail with a message that
 //! says what to do and a non-zero exit code.
 
 use std::path::Path;
@@ -119,12 +120,7 @@ async fn ops_verbs_show_the_fleet_and_change_its_pools() {
         .expect("every region serving");
 
     // Nodes: the table and the JSON list the same nodes as the API.
-    let api_nodes: Vec<String> = up.admin_get("/v1/nodes").await.unwrap()["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
+    let api_nodes = up.node_ids().await;
     assert_eq!(api_nodes.len(), 6);
     let table = ok(fleet(d, &["nodes"]));
     let mut listed: Vec<String> = rows(&table).into_iter().map(|r| r[0].clone()).collect();
@@ -154,6 +150,10 @@ async fn ops_verbs_show_the_fleet_and_change_its_pools() {
     }
     let pools = ok(fleet(d, &["pools"]));
     assert_eq!(rows(&pools).len(), 6, "{pools}");
+    let regions_json = json_of(&ok(fleet(d, &["regions", "--json"])));
+    assert_eq!(regions_json["regions"].as_array().unwrap().len(), 3);
+    let pools_json = json_of(&ok(fleet(d, &["pools", "--json"])));
+    assert_eq!(pools_json["pools"].as_array().unwrap().len(), 6);
 
     // A pool change lands and is shown.
     let set = ok(fleet(
@@ -255,6 +255,11 @@ async fn ops_verbs_show_the_fleet_and_change_its_pools() {
         booked["booking_id"].as_str().unwrap()
     );
     assert_eq!(rows(&bookings)[0][1], "eu-west-1", "{bookings}");
+    let bookings_json = json_of(&ok(fleet(d, &["bookings", "--json"])));
+    assert_eq!(
+        bookings_json["bookings"][0]["booking_id"],
+        booked["booking_id"]
+    );
 
     // Every metric the alert rules and the Grafana dashboard use is one the controller exports.
     let exported = metrics_text(&up.api).await;
@@ -338,6 +343,35 @@ async fn drain_with_wait_ends_when_the_nodes_last_call_leaves() {
         .await
         .expect("the call is live");
 
+    // `fleet events --follow` prints the scaling events from now on, one JSON line each.
+    let mut follow = fleet_cmd(
+        d,
+        &[
+            "events",
+            "--follow",
+            "--json",
+            "--region",
+            "eu-west-1",
+            "--limit",
+            "1",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let follow_out = follow.stdout.take().unwrap();
+    let followed = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let drain_asked_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let mut drain = fleet_cmd(d, &["drain", &node, "--deadline", "10m", "--wait"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -345,12 +379,7 @@ async fn drain_with_wait_ends_when_the_nodes_last_call_leaves() {
         .unwrap();
     // While the call goes on, the node drains and the command keeps waiting.
     let draining = eventually(Duration::from_secs(10), || async {
-        let nodes = up.admin_get("/v1/nodes").await.ok()?;
-        nodes["nodes"]
-            .as_array()?
-            .iter()
-            .any(|n| n["id"] == node.as_str() && n["state"] == "draining")
-            .then_some(())
+        (up.node_state(&node).await.as_deref() == Some("draining")).then_some(())
     })
     .await;
     assert!(draining.is_some(), "node {node} drains");
@@ -400,6 +429,38 @@ async fn drain_with_wait_ends_when_the_nodes_last_call_leaves() {
         stdout.contains("is empty") || stdout.contains("has left the fleet"),
         "{stdout}"
     );
+    // The pool replaced the drained node (its floor is one serving node): `fleet events
+    // --follow` printed that launch as it happened.
+    let launched = eventually(Duration::from_secs(10), || async {
+        let events = up
+            .admin_get("/v1/scaling/events?region=eu-west-1")
+            .await
+            .ok()?;
+        events["events"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["action"] == "launch" && e["at_unix_ms"].as_u64().unwrap_or(0) >= drain_asked_ms
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(launched.is_some(), "the pool launched a replacement");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let lines = followed.join().unwrap();
+    // (The first line is the last event before the command started: the pool's first launch.)
+    let followed_launch = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| {
+            e["action"] == "launch"
+                && e["region"] == "eu-west-1"
+                && e["at_unix_ms"].as_u64().unwrap_or(0) >= drain_asked_ms
+        });
+    assert!(followed_launch, "fleet events --follow printed: {lines:?}");
+
     // The drained node exits: `fleet up` says it left.
     let left = format!("node {node} (eu-west-1 media) has left the fleet");
     assert!(

@@ -265,7 +265,11 @@ impl Fleet {
     /// A node's link closed.
     pub fn on_closed(&mut self, now: Now, conn: u64, node: &NodeId) {
         let now = now.mono_ms;
-        if self.registry.closed(now, conn, node) {
+        let sessions = &self.sessions;
+        if self
+            .registry
+            .closed(now, conn, node, |s| sessions.get(s).is_none())
+        {
             self.sessions.node_died(node);
         }
     }

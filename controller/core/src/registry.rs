@@ -144,8 +144,9 @@ pub struct NodeEntry {
     pub cpu_saturated: bool,
     /// The deadline of the drain asked of it (Unix ms): it stops then even with calls.
     pub drain_deadline_unix_ms: Option<u64>,
-    /// Its link closed while it drained with no session left: it left as a drain ends, it did
-    /// not die (DEAD all the same for placement).
+    /// Its link closed while it drained with no session left (none it last reported is still
+    /// open at the controller): it left as a drain ends, it did not die (DEAD all the same for
+    /// placement).
     pub left_drained: bool,
     /// The next report is compared with nothing: every session in it counts as changed
     /// (after a Hello, the session index must learn everything the node hosts again).
@@ -463,7 +464,13 @@ impl Registry {
     }
 
     /// The link of `conn` closed: the node is DEAD (if that was its current link).
-    pub fn closed(&mut self, now: Millis, conn: u64, id: &NodeId) -> bool {
+    pub fn closed(
+        &mut self,
+        now: Millis,
+        conn: u64,
+        id: &NodeId,
+        ended: impl Fn(&SessionId) -> bool,
+    ) -> bool {
         let Some(&i) = self.by_id.get(id) else {
             return false;
         };
@@ -473,7 +480,9 @@ impl Registry {
         }
         node.conn = None;
         if node.status != NodeStatus::Dead {
-            node.left_drained = node.status == NodeStatus::Draining && node.hosted.is_empty();
+            // Its last report may still list a session the controller has ended since.
+            node.left_drained =
+                node.status == NodeStatus::Draining && node.hosted.iter().all(|h| ended(&h.id));
             node.status = NodeStatus::Dead;
             node.dead_since_ms = Some(now);
             self.rebuild_pools();

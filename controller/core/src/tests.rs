@@ -436,13 +436,60 @@ fn closed_link_is_dead_at_once_and_duplicate_ids_are_refused_while_connected() {
         f.on_hello(at(30), 100, &bad),
         Err(RegistryError::UnknownRegion(_))
     ));
-    // A drained node with no session left closes its link: it left, it did not die.
-    f.on_report(at(40), 99, &node, report(NodeState::Serving, vec![], 100));
+    // A drained node with no session left closes its link: it left, it did not die. Its last
+    // report may still list a session the controller has already ended (the app hung up).
+    f.on_report(at(34), 99, &node, report(NodeState::Serving, vec![], 100));
+    let (plan, _) = f
+        .create_session(at(35), new_session(&[("a", LONDON)]), &mut rng())
+        .unwrap();
+    let hosted = HostedSession {
+        id: plan.session.clone(),
+        participants: vec![pid("a")],
+        cost: 4,
+        created_unix_ms: 0,
+    };
+    f.on_report(
+        at(40),
+        99,
+        &node,
+        report(NodeState::Serving, vec![hosted.clone()], 100),
+    );
     f.drain(&node, 1_000).unwrap();
+    f.on_report(
+        at(45),
+        99,
+        &node,
+        report(NodeState::Draining, vec![hosted], 100),
+    );
+    f.delete_session(at(46), &plan.session).unwrap();
     f.on_closed(at(50), 99, &node);
     let entry = f.registry().get(&node).unwrap();
     assert_eq!(entry.status, NodeStatus::Dead);
     assert!(entry.left_drained);
+}
+
+#[test]
+fn a_drained_node_that_closes_with_a_call_still_open_died() {
+    let (mut f, conns) = fleet(&["eu-west-1"], 1, 100);
+    let (node, conn) = conns[0].clone();
+    let (plan, _) = f
+        .create_session(at(0), new_session(&[("a", LONDON)]), &mut rng())
+        .unwrap();
+    let hosted = HostedSession {
+        id: plan.session.clone(),
+        participants: vec![pid("a")],
+        cost: 4,
+        created_unix_ms: 0,
+    };
+    f.on_report(
+        at(10),
+        conn,
+        &node,
+        report(NodeState::Serving, vec![hosted], 100),
+    );
+    f.drain(&node, 1_000).unwrap();
+    f.on_closed(at(20), conn, &node);
+    assert!(!f.registry().get(&node).unwrap().left_drained);
 }
 
 #[test]
