@@ -79,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(catch_panic))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             leader_only,
@@ -86,6 +87,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(json_errors::json_errors))
         .with_state(state)
+}
+
+/// A handler that panics (a bug) answers 500 with the error body and logs the panic, instead of
+/// dropping the caller's connection without an answer; other requests go on as before.
+async fn catch_panic(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures_util::FutureExt as _;
+    let path = request.uri().path().to_owned();
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%path, panic = %what, "a request handler panicked");
+            error::ApiError::Internal(
+                "the controller failed on this request (a bug; it is logged)".into(),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// `GET /healthz`.
@@ -247,5 +276,35 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "warming up: waiting for nodes to reconnect\n",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_and_the_server_goes_on() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(catch_panic));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let boom = http
+            .get(format!("http://{addr}/boom"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(boom.status().as_u16(), 500);
+        let body: serde_json::Value = boom.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        let ok = http.get(format!("http://{addr}/ok")).send().await.unwrap();
+        assert_eq!(ok.text().await.unwrap(), "ok");
     }
 }

@@ -49,6 +49,9 @@ pub enum Refusals {
     /// known: try again (`Retry-After`).
     #[response(status = 503)]
     Unavailable(ErrorBody),
+    /// A bug in the controller (logged); the request may be retried.
+    #[response(status = 500)]
+    Internal(ErrorBody),
 }
 
 /// A conflict with the state of the fleet (a full session, a dead node).
