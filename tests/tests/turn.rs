@@ -205,6 +205,18 @@ async fn turn_uclient_relays_client_to_client_over_udp_and_tcp_without_loss() {
     assert_eq!(left, 1, "the UDP probe allocation uclient never deletes");
 }
 
+/// An Allocate with DONT-FRAGMENT (uclient `-g`) gets its allocation and relays, as coturn
+/// does; the `turn` crate alone answers it 420.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_allocate_with_dont_fragment_is_accepted_like_coturn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_c, node) = fleet_with_turn(dir.path(), "t-df", ALLOW_LOOPBACK).await;
+    let mut args = uclient_args(node.udp, TURN_SECRET, "alice", 1, 30, 200, false);
+    args.insert(0, "-g".into());
+    let stats = uclient(&args, RUN).assert_clean(30);
+    assert!(stats.sessions >= 2, "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_uclient_relays_to_an_allowed_echo_peer_with_channels_and_send_indications() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use stun::attributes::ATTR_MESSAGE_INTEGRITY;
+use stun::attributes::{ATTR_DONT_FRAGMENT, ATTR_MESSAGE_INTEGRITY};
 use stun::message::{
     CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
     METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
@@ -39,6 +39,7 @@ use crate::auth::{Credentials, Verified, now_unix};
 use crate::inspect::{
     ALLOCATE_ERROR, ALLOCATE_SUCCESS, DATA_INDICATION, Packet, classify, data_len, decode,
     error_response, peer_addresses, refresh_zero, transaction_id, unknown_required,
+    without_dont_fragment,
 };
 use crate::policy::PeerPolicy;
 use crate::quota::{Allocations, Transport};
@@ -137,6 +138,8 @@ pub enum Listener {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Pass,
+    /// Pass this rewritten message instead of the one received.
+    Rewrite(Vec<u8>),
     Drop(&'static str),
     Reply(Vec<u8>),
 }
@@ -355,10 +358,22 @@ impl Gate {
             }
             _ => {}
         }
+        // coturn grants an Allocate with DONT-FRAGMENT; the crate would refuse it (420).
+        let rewritten = if allocate && m.contains(ATTR_DONT_FRAGMENT) {
+            match without_dont_fragment(m, &verified.key) {
+                Some(raw) => Some(raw),
+                None => return Verdict::Drop("cannot re-sign the Allocate"),
+            }
+        } else {
+            None
+        };
         if self.transport != Transport::Udp {
             lock(&self.stream_auth).insert(src, verified);
         }
-        Verdict::Pass
+        match rewritten {
+            Some(raw) => Verdict::Rewrite(raw),
+            None => Verdict::Pass,
+        }
     }
 
     /// Watches what the server sends: relayed bytes, and Allocate responses.
@@ -465,6 +480,13 @@ impl Conn for Gate {
             self.shared.stats.received(n);
             match self.inspect(packet, src) {
                 Verdict::Pass => return Ok((n, src)),
+                Verdict::Rewrite(raw) => match buf.get_mut(..raw.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(&raw);
+                        return Ok((raw.len(), src));
+                    }
+                    None => self.shared.stats.dropped(),
+                },
                 Verdict::Drop(why) => {
                     self.shared.stats.dropped();
                     tracing::trace!(client = %masked(src), why, "dropped");

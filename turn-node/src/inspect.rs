@@ -139,7 +139,7 @@ const KNOWN_REQUIRED: &[u16] = &[
     0x0017, // REQUESTED-ADDRESS-FAMILY
     0x0018, // EVEN-PORT
     0x0019, // REQUESTED-TRANSPORT
-    0x001A, // DONT-FRAGMENT (the server answers 420 itself)
+    0x001A, // DONT-FRAGMENT (an Allocate's is removed before the server sees it)
     0x0020, // XOR-MAPPED-ADDRESS
     0x0022, // RESERVATION-TOKEN
     0x0024, // PRIORITY
@@ -246,6 +246,28 @@ pub fn refresh_zero(username: &str, realm: &str, nonce: &str, key: &[u8]) -> Opt
     Some(r.raw)
 }
 
+/// `m` (a verified Allocate) without its DONT-FRAGMENT attribute, signed again with `key`: the
+/// same type, transaction id and other attributes, then MESSAGE-INTEGRITY and FINGERPRINT.
+/// coturn grants such an Allocate; the `turn` crate would answer it 420. The relay sockets
+/// keep Linux's default path-MTU discovery (`IP_PMTUDISC_WANT`), under which a datagram that
+/// fits the path goes out with the DF bit set anyway.
+pub fn without_dont_fragment(m: &Message, key: &[u8]) -> Option<Vec<u8>> {
+    const DONT_FRAGMENT: u16 = 0x001A;
+    const INTEGRITY: [u16; 3] = [0x0008, 0x001C, 0x8028]; // MI, MI-SHA256, FINGERPRINT
+    let mut r = Message::new();
+    r.typ = m.typ;
+    r.transaction_id = m.transaction_id;
+    r.write_header();
+    for a in &m.attributes.0 {
+        if a.typ.0 != DONT_FRAGMENT && !INTEGRITY.contains(&a.typ.0) {
+            r.add(a.typ, &a.value);
+        }
+    }
+    MessageIntegrity(key.to_vec()).add_to(&mut r).ok()?;
+    FINGERPRINT.add_to(&mut r).ok()?;
+    Some(r.raw)
+}
+
 /// Decodes a STUN message (already classified as one).
 pub fn decode(buf: &[u8]) -> Option<Message> {
     let mut m = Message::new();
@@ -257,6 +279,40 @@ pub fn decode(buf: &[u8]) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allocate_loses_dont_fragment_and_is_signed_again() {
+        use stun::agent::TransactionId;
+        let key = b"0123456789abcdef".to_vec();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(
+                stun::message::METHOD_ALLOCATE,
+                CLASS_REQUEST,
+            )),
+            Box::new(turn::proto::dontfrag::DontFragmentAttr),
+            Box::new(TextAttribute::new(ATTR_USERNAME, "1:alice".into())),
+            Box::new(TextAttribute::new(ATTR_REALM, "fleet".into())),
+            Box::new(TextAttribute::new(ATTR_NONCE, "n0nce".into())),
+            Box::new(MessageIntegrity(key.clone())),
+            Box::new(FINGERPRINT),
+        ];
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        let raw = without_dont_fragment(&m, &key).unwrap();
+        let r = decode(&raw).unwrap();
+        assert_eq!(r.transaction_id, m.transaction_id);
+        assert_eq!(r.typ, m.typ);
+        assert!(!r.contains(stun::attributes::ATTR_DONT_FRAGMENT));
+        assert!(r.contains(ATTR_USERNAME) && r.contains(ATTR_NONCE));
+        MessageIntegrity(key.clone()).check(&mut r.clone()).unwrap();
+        FINGERPRINT.check(&r).unwrap();
+        assert!(
+            MessageIntegrity(b"another key".to_vec())
+                .check(&mut r.clone())
+                .is_err()
+        );
+    }
     use rand::{Rng, SeedableRng};
     use stun::message::{CLASS_INDICATION, METHOD_ALLOCATE, METHOD_SEND};
     use turn::proto::chandata::ChannelData;
