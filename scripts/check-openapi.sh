@@ -39,13 +39,15 @@ set -a; . "$WORK/up/fleet-up.env"; set +a
 curl -sf "$FLEET_API/openapi.json" > "$WORK/openapi.json"
 "$VENV/bin/openapi-spec-validator" "$WORK/openapi.json"
 
+VENV="$(cd "$VENV" && pwd)"
 run() {
   local token="$1"; shift
-  "$VENV/bin/schemathesis" run "$WORK/openapi.json" --url "$FLEET_API" \
+  # From the work directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+  (cd "$WORK" && "$VENV/bin/schemathesis" run "$WORK/openapi.json" --url "$FLEET_API" \
     -H "Authorization: Bearer $token" "$@" \
     --max-examples "$EXAMPLES" --seed 1 --generation-database none --no-color \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    > "$WORK/schemathesis.out" 2>&1 || {
+    > "$WORK/schemathesis.out" 2>&1) || {
       cat "$WORK/schemathesis.out" >&2
       echo "schemathesis found problems ($*); the controller's log:" >&2
       tail -30 "$WORK/up/logs/controller.log" >&2 || true
