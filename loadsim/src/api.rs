@@ -46,20 +46,7 @@ pub fn error_code(body: &str) -> String {
 }
 
 fn error_parts(body: &str) -> (String, String) {
-    #[derive(Deserialize)]
-    struct Body {
-        error: Inner,
-    }
-    #[derive(Deserialize)]
-    struct Inner {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    match serde_json::from_str::<Body>(body) {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => ("unknown".into(), body.chars().take(200).collect::<String>()),
-    }
+    fleet_proto::api_error::ErrorBody::parts(body.as_bytes())
 }
 
 /// The body of an answer with the `expected` status; any other answer as its error.

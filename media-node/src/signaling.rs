@@ -58,7 +58,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 fn error(status: u16, code: &str, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let body = fleet_proto::api_error::ErrorBody::new(code, message);
     let mut response = (status, axum::Json(body)).into_response();
     cors(response.headers_mut());
     response

@@ -11,6 +11,7 @@
 //! TLS: the QUIC link that carries these frames is `fleet-link`, the node SDK is `fleet-node`,
 //! and the pure controller core (`fleet-core`) links this crate.
 
+pub mod api_error;
 pub mod auth;
 pub mod codec;
 pub mod deploy;

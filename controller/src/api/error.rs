@@ -54,7 +54,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let body = fleet_proto::api_error::ErrorBody::new(code, self.to_string());
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

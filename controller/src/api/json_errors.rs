@@ -112,13 +112,16 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     // Framework refusals carry a short text body; read a bounded prefix for the message.
     let original = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let message = message_for(status, &method, &String::from_utf8_lossy(&original));
-    let json = serde_json::json!({"error": {"code": code_for(status), "message": message}});
+    let json = fleet_proto::api_error::ErrorBody::new(code_for(status), message);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(json.to_string()))
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&json).unwrap_or_default()),
+    )
 }
 
 #[cfg(test)]

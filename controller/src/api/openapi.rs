@@ -6,23 +6,9 @@
 //! body every refusal has.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// Every refusal: `{"error":{"code","message"}}`.
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// What was wrong.
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `unavailable`, `not_leader`, `internal`, …
-    pub code: String,
-    /// What was wrong, for a person (names the field or the value).
-    pub message: String,
-}
+pub use fleet_proto::api_error::{ErrorBody, ErrorDetail};
 
 /// The refusals of every JSON API route (the framework's and the handlers').
 #[derive(utoipa::IntoResponses)]

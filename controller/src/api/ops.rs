@@ -11,7 +11,7 @@ use fleet_proto::{Load, MachineNotice, Market, NodeId, NodeKind, RegionId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, bearer, parse_json, parse_region_query};
-use super::signaling::{SessionView, media_url, session_view};
+use super::signaling::{SessionView, session_view};
 use crate::state::AppState;
 use fleet_core::{Capacity, NodeEntry, NodeStatus, RegionSummary};
 
@@ -293,14 +293,7 @@ pub async fn list_sessions(
     let sessions: Vec<SessionView> = matching
         .into_iter()
         .take(limit)
-        .map(|r| {
-            let url = fleet
-                .registry()
-                .get(&r.node)
-                .map(|n| media_url(&n.addresses))
-                .unwrap_or_default();
-            session_view(r, url)
-        })
+        .map(|r| session_view(r, fleet.registry()))
         .collect();
     drop(fleet);
     Ok(Json(SessionList {

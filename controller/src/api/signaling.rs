@@ -204,7 +204,7 @@ fn participant_id(id: &str, field: &str) -> Result<ParticipantId, ApiError> {
     ParticipantId::parse(id).map_err(|e| ApiError::BadRequest(format!("{field}.id: {e}")))
 }
 
-pub(super) fn media_url(addresses: &[String]) -> String {
+fn media_url(addresses: &[String]) -> String {
     addresses
         .iter()
         .find(|a| a.starts_with("http://") || a.starts_with("https://"))
@@ -494,17 +494,15 @@ pub async fn create_invite(
 }
 
 fn view(state: &AppState, r: &SessionRecord) -> SessionView {
-    let url = state
-        .fleet()
-        .registry()
+    session_view(r, state.fleet().registry())
+}
+
+/// A session as the API shows it, with its media node's URL from `registry`.
+pub(super) fn session_view(r: &SessionRecord, registry: &fleet_core::Registry) -> SessionView {
+    let url = registry
         .get(&r.node)
         .map(|n| media_url(&n.addresses))
         .unwrap_or_default();
-    session_view(r, url)
-}
-
-/// A session as the API shows it, with its media node's URL.
-pub(super) fn session_view(r: &SessionRecord, url: String) -> SessionView {
     SessionView {
         session_id: r.id.to_string(),
         region: r.region.clone(),

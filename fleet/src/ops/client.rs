@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_proto::api_error::ErrorBody;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
@@ -156,11 +157,11 @@ impl OpsClient {
             reason: error_chain(&e),
         })?;
         if status == reqwest::StatusCode::UNAUTHORIZED {
-            let (_, message) = error_parts(&bytes);
+            let (_, message) = ErrorBody::parts(&bytes);
             return Err(OpsError::Unauthorized(message));
         }
         if !status.is_success() {
-            let (code, message) = error_parts(&bytes);
+            let (code, message) = ErrorBody::parts(&bytes);
             return Err(OpsError::Refused {
                 status: status.as_u16(),
                 code,
@@ -188,27 +189,6 @@ pub fn read_as<T: DeserializeOwned>(value: &serde_json::Value, what: &str) -> Re
         what: what.to_string(),
         reason: e.to_string(),
     })
-}
-
-/// The code and message of the API's error body `{"error":{"code","message"}}` (or the raw
-/// text when the body is not one).
-fn error_parts(body: &[u8]) -> (String, String) {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        code: String,
-        message: String,
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) => (b.error.code, b.error.message),
-        Err(_) => (
-            "unknown".into(),
-            String::from_utf8_lossy(body).chars().take(300).collect(),
-        ),
-    }
 }
 
 /// An error and its causes on one line (reqwest's top error hides "connection refused").
@@ -265,20 +245,5 @@ mod tests {
         };
         let e = OpsClient::new(&conn).err().unwrap().to_string();
         assert!(e.contains("--admin-token"), "{e}");
-    }
-
-    #[test]
-    fn api_error_bodies_give_code_and_message() {
-        let (code, message) =
-            error_parts(br#"{"error":{"code":"not_found","message":"unknown node x"}}"#);
-        assert_eq!(
-            (code.as_str(), message.as_str()),
-            ("not_found", "unknown node x")
-        );
-        let (code, message) = error_parts(b"bad gateway");
-        assert_eq!(
-            (code.as_str(), message.as_str()),
-            ("unknown", "bad gateway")
-        );
     }
 }
