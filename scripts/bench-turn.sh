@@ -19,6 +19,7 @@
 # competes with the server's; compare the two servers, not absolute numbers across machines.
 #
 # Usage: scripts/bench-turn.sh [clients=50] [messages=2000] [length=1000] [interval_ms=5] [repeats=3]
+#        BENCH_SERVERS="coturn turn-node" to leave out turn-node-crate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS="${1:-50}"
@@ -26,6 +27,9 @@ MESSAGES="${2:-2000}"
 LENGTH="${3:-1000}"
 INTERVAL_MS="${4:-5}"
 REPEATS="${5:-3}"
+# Servers compared, in the order each round runs them (coturn and turn-node are required for the
+# ratios; turn-node-crate is turn-node with --data-path crate).
+SERVERS="${BENCH_SERVERS:-coturn turn-node turn-node-crate}"
 for tool in turnserver turnutils_uclient; do
   command -v "$tool" >/dev/null || { echo "$tool missing: run scripts/test.sh (installs coturn)" >&2; exit 1; }
 done
@@ -113,11 +117,16 @@ start_turn_node() {
     --listen-ip 127.0.0.1 --relay-ip 127.0.0.1 --turn-port "$TURN_PORT" \
     --relay-min-port "$RELAY_MIN" --relay-max-port "$RELAY_MAX" --realm "$REALM" \
     --user-quota "$USER_QUOTA" --total-quota "$TOTAL_QUOTA" --allow-peer 127.0.0.0/8 \
-    > "$WORK/turn-node.out" 2> "$WORK/turn-node.err" &
+    --data-path "${DATA_PATH:-fast}" > "$WORK/turn-node.out" 2> "$WORK/turn-node.err" &
   SERVER_PID=$!
 }
 
-# One run against $1 (coturn | turn-node); appends "server msgs_per_s loss_pct cpu_s us_per_msg".
+# turn-node with the `turn` crate relaying every packet (the data path before the fast one).
+start_turn_node_crate() {
+  DATA_PATH=crate start_turn_node
+}
+
+# One run against $1 (coturn | turn-node | turn-node-crate); appends "server msgs_per_s loss_pct cpu_s us_per_msg".
 run_one() {
   local server=$1 out="$WORK/uclient.$1.$2.out"
   "start_${server//-/_}"
@@ -147,7 +156,7 @@ run_one() {
   awk -v s="$server" -v r="$recv" -v snd="$sent" -v l="$loss" -v t="$ticks" -v hz="$TICK" \
       -v a="$t0" -v b="$t1" -v i="$2" 'BEGIN {
     cpu = t / hz; rate = r / (b - a); per = (r > 0 ? cpu / r * 1e6 : 0)
-    printf "%-9s run %d: sent %d, received %d in %.1f s = %.0f msg/s, loss %.4f%%, server CPU %.2f s = %.1f us/msg\n", s, i, snd, r, b - a, rate, l, cpu, per > "/dev/stderr"
+    printf "%-15s run %d: sent %d, received %d in %.1f s = %.0f msg/s, loss %.4f%%, server CPU %.2f s = %.1f us/msg\n", s, i, snd, r, b - a, rate, l, cpu, per > "/dev/stderr"
     printf "%s %.1f %.6f %.3f %.3f\n", s, rate, l, cpu, per
   }' >> "$WORK/results"
 }
@@ -156,8 +165,7 @@ echo "load: turnutils_uclient -y -m $CLIENTS -n $MESSAGES -l $LENGTH -z $INTERVA
 echo "coturn: $(turnserver --version 2>/dev/null | head -1); turn-node: $("$BIN/turn-node" --version)"
 : > "$WORK/results"
 for i in $(seq "$REPEATS"); do
-  run_one coturn "$i"
-  run_one turn-node "$i"
+  for server in $SERVERS; do run_one "$server" "$i"; done
 done
 
 median() { # median of column $2 for server $1
@@ -165,9 +173,9 @@ median() { # median of column $2 for server $1
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 echo
-printf '%-10s %12s %10s %10s %12s\n' server "msg/s" "loss %" "CPU s" "CPU us/msg"
-for s in coturn turn-node; do
-  printf '%-10s %12.0f %10.4f %10.2f %12.2f\n' "$s" "$(median "$s" 2)" "$(median "$s" 3)" "$(median "$s" 4)" "$(median "$s" 5)"
+printf '%-16s %12s %10s %10s %12s\n' server "msg/s" "loss %" "CPU s" "CPU us/msg"
+for s in $SERVERS; do
+  printf '%-16s %12.0f %10.4f %10.2f %12.2f\n' "$s" "$(median "$s" 2)" "$(median "$s" 3)" "$(median "$s" 4)" "$(median "$s" 5)"
 done
 echo "(medians of $REPEATS runs)"
 awk -v tc="$(median turn-node 5)" -v cc="$(median coturn 5)" -v tl="$(median turn-node 3)" -v cl="$(median coturn 3)" 'BEGIN {
@@ -176,3 +184,9 @@ awk -v tc="$(median turn-node 5)" -v cc="$(median coturn 5)" -v tl="$(median tur
   else if (tl == 0) printf "turn-node/coturn loss: both 0%%\n"
   else printf "turn-node/coturn loss: coturn 0%%, turn-node %.4f%%\n", tl
 }'
+if [[ " $SERVERS " == *" turn-node-crate "* ]]; then
+  awk -v tc="$(median turn-node 5)" -v kc="$(median turn-node-crate 5)" -v cc="$(median coturn 5)" 'BEGIN {
+    printf "turn-node-crate/coturn CPU per relayed message: %.2f\n", kc / cc
+    printf "turn-node/turn-node-crate CPU per relayed message: %.2f\n", tc / kc
+  }'
+fi

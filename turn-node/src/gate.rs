@@ -29,22 +29,26 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use stun::attributes::{ATTR_DONT_FRAGMENT, ATTR_MESSAGE_INTEGRITY};
 use stun::message::{
-    CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
+    CLASS_INDICATION, CLASS_REQUEST, Getter, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
     METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND, Message,
 };
 use tokio::net::UdpSocket;
+use turn::proto::channum::ChannelNumber;
 use webrtc_util::Conn;
 
 use crate::auth::{Credentials, Verified, now_unix};
+use crate::fastpath::FastUdp;
 use crate::inspect::{
-    ALLOCATE_ERROR, ALLOCATE_SUCCESS, DATA_INDICATION, Packet, classify, data_len, decode,
-    error_response, peer_addresses, refresh_zero, transaction_id, unknown_required,
-    without_dont_fragment,
+    ALLOCATE_ERROR, ALLOCATE_SUCCESS, CHANNEL_BIND_ERROR, CHANNEL_BIND_SUCCESS,
+    CREATE_PERMISSION_ERROR, CREATE_PERMISSION_SUCCESS, DATA_INDICATION, Packet, classify,
+    data_len, decode, error_response, peer_addresses, refresh_zero, relayed_address,
+    transaction_id, unknown_required, without_dont_fragment,
 };
 use crate::policy::PeerPolicy;
 use crate::quota::{Allocations, Transport};
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::redact::masked;
+use crate::relays::BindingChange;
 use crate::stats::Stats;
 use crate::stream::{Inbound, Sent, StreamHub};
 
@@ -119,6 +123,11 @@ impl GateShared {
         &self.credentials
     }
 
+    /// The peer policy.
+    pub fn policy(&self) -> &PeerPolicy {
+        &self.policy
+    }
+
     fn allow_nonce_request(&self, src: SocketAddr) -> bool {
         let now = self.epoch.elapsed().as_secs_f64();
         lock(&self.limiter).allow(src.ip(), now)
@@ -128,8 +137,10 @@ impl GateShared {
 /// The socket or hub under a gate.
 #[derive(Debug)]
 pub enum Listener {
-    /// A UDP socket.
+    /// A UDP socket (`--data-path crate`: every packet goes through the crate).
     Udp(UdpSocket),
+    /// The fast UDP path's worker sockets: only requests come through the gate.
+    Fast(Arc<FastUdp>),
     /// TCP or TLS connections.
     Stream(Arc<StreamHub>),
 }
@@ -157,6 +168,9 @@ pub struct Gate {
     local: SocketAddr,
     shared: Arc<GateShared>,
     pending: Mutex<HashMap<SocketAddr, Pending>>,
+    /// CreatePermission and ChannelBind requests awaiting their response (fast path only),
+    /// by client and transaction id.
+    pending_bindings: Mutex<HashMap<(SocketAddr, [u8; 12]), BindingChange>>,
     stream_auth: Mutex<HashMap<SocketAddr, Verified>>,
 }
 
@@ -174,6 +188,7 @@ impl Gate {
     pub fn new(listener: Listener, shared: Arc<GateShared>) -> io::Result<Self> {
         let (transport, local) = match &listener {
             Listener::Udp(socket) => (Transport::Udp, socket.local_addr()?),
+            Listener::Fast(fast) => (Transport::Udp, fast.local_addr()),
             Listener::Stream(hub) => (hub.transport(), hub.local_addr()),
         };
         Ok(Self {
@@ -182,6 +197,7 @@ impl Gate {
             local,
             shared,
             pending: Mutex::new(HashMap::new()),
+            pending_bindings: Mutex::new(HashMap::new()),
             stream_auth: Mutex::new(HashMap::new()),
         })
     }
@@ -201,6 +217,7 @@ impl Gate {
                     false
                 }
             },
+            Listener::Fast(fast) => fast.send_to_client(buf, to),
             Listener::Stream(hub) => hub.send(buf, to) == Sent::Queued,
         };
         if sent {
@@ -345,6 +362,7 @@ impl Gate {
                 );
             }
             METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
+                let mut peers = Vec::new();
                 for peer in peer_addresses(m) {
                     let Some(peer) = peer else {
                         return Self::refuse(m, 400, "Bad Request", key);
@@ -354,6 +372,10 @@ impl Gate {
                             range = denied.as_str(), "peer refused");
                         return Self::refuse(m, 403, "Forbidden", key);
                     }
+                    peers.push(peer);
+                }
+                if matches!(self.listener, Listener::Fast(_)) {
+                    self.expect_binding(m, src, peers);
                 }
             }
             _ => {}
@@ -376,8 +398,64 @@ impl Gate {
         }
     }
 
+    /// Remembers what a CreatePermission or ChannelBind asks for, to copy it into the fast
+    /// path's table when the crate grants it.
+    fn expect_binding(&self, m: &Message, src: SocketAddr, peers: Vec<SocketAddr>) {
+        let change = if m.typ.method == METHOD_CHANNEL_BIND {
+            let mut number = ChannelNumber::default();
+            match (number.get_from(m), peers.first()) {
+                (Ok(()), Some(peer)) => BindingChange::Channel(number.0, *peer),
+                // The crate will refuse it (400): nothing to copy.
+                _ => return,
+            }
+        } else {
+            BindingChange::Permit(peers)
+        };
+        let mut pending = lock(&self.pending_bindings);
+        if pending.len() >= MAX_PENDING {
+            pending.clear();
+        }
+        pending.insert((src, m.transaction_id.0), change);
+    }
+
+    /// Fast path: copies what the crate just granted into the relay table, before the client
+    /// hears of it (so its first ChannelData finds the channel).
+    fn mirror_grant(&self, fast: &Arc<FastUdp>, buf: &[u8], typ: u16, to: SocketAddr) {
+        if typ == ALLOCATE_SUCCESS {
+            match relayed_address(buf).and_then(|relay| fast.table().attach(relay, to)) {
+                Some(alloc) => fast.start_relaying(alloc),
+                None => tracing::warn!(client = %masked(to),
+                    "Allocate success for a relay address the fast path does not know"),
+            }
+            return;
+        }
+        let Some(tid) = transaction_id(buf) else {
+            return;
+        };
+        let Some(change) = lock(&self.pending_bindings).remove(&(to, tid)) else {
+            return;
+        };
+        if matches!(typ, CREATE_PERMISSION_SUCCESS | CHANNEL_BIND_SUCCESS)
+            && let Some(alloc) = fast.table().of_client(to)
+        {
+            alloc.apply(&change, Instant::now());
+        }
+    }
+
     /// Watches what the server sends: relayed bytes, and Allocate responses.
     fn observe_outgoing(&self, buf: &[u8], to: SocketAddr) {
+        if let (Listener::Fast(fast), Packet::Stun { typ }) = (&self.listener, classify(buf))
+            && matches!(
+                typ,
+                ALLOCATE_SUCCESS
+                    | CREATE_PERMISSION_SUCCESS
+                    | CREATE_PERMISSION_ERROR
+                    | CHANNEL_BIND_SUCCESS
+                    | CHANNEL_BIND_ERROR
+            )
+        {
+            self.mirror_grant(fast, buf, typ, to);
+        }
         match classify(buf) {
             Packet::ChannelData { payload_len, .. } => self.shared.stats.relayed(payload_len),
             Packet::Stun {
@@ -445,6 +523,23 @@ impl Conn for Gate {
                         continue;
                     }
                 },
+                Listener::Fast(fast) => match fast.recv_control().await {
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotConnected,
+                            "UDP fast path stopped",
+                        )
+                        .into());
+                    }
+                    Some((frame, src)) => {
+                        let Some(dst) = buf.get_mut(..frame.len()) else {
+                            self.shared.stats.dropped();
+                            continue;
+                        };
+                        dst.copy_from_slice(&frame);
+                        (frame.len(), src)
+                    }
+                },
                 Listener::Stream(hub) => match hub.recv().await {
                     None => {
                         return Err(io::Error::new(
@@ -477,7 +572,10 @@ impl Conn for Gate {
             let Some(packet) = buf.get(..n) else {
                 continue;
             };
-            self.shared.stats.received(n);
+            // The fast path's workers count what they read.
+            if !matches!(self.listener, Listener::Fast(_)) {
+                self.shared.stats.received(n);
+            }
             match self.inspect(packet, src) {
                 Verdict::Pass => return Ok((n, src)),
                 Verdict::Rewrite(raw) => match buf.get_mut(..raw.len()) {

@@ -33,6 +33,20 @@ pub const ALLOCATE_ERROR: u16 = 0x0113;
 pub const DATA_INDICATION: u16 = 0x0017;
 /// DATA attribute type.
 const ATTR_DATA: u16 = 0x0013;
+/// XOR-PEER-ADDRESS attribute type.
+const ATTR_XOR_PEER: u16 = 0x0012;
+/// XOR-RELAYED-ADDRESS attribute type.
+const ATTR_XOR_RELAYED: u16 = 0x0016;
+/// Send indication type.
+pub const SEND_INDICATION: u16 = 0x0016;
+/// CreatePermission success response type.
+pub const CREATE_PERMISSION_SUCCESS: u16 = 0x0108;
+/// CreatePermission error response type.
+pub const CREATE_PERMISSION_ERROR: u16 = 0x0118;
+/// ChannelBind success response type.
+pub const CHANNEL_BIND_SUCCESS: u16 = 0x0109;
+/// ChannelBind error response type.
+pub const CHANNEL_BIND_ERROR: u16 = 0x0119;
 
 /// What a datagram (or stream frame) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,19 +175,93 @@ pub fn unknown_required(m: &Message) -> Vec<AttrType> {
     unknown
 }
 
-/// The DATA attribute's length in a raw STUN message (walks the attributes; no allocation).
-pub fn data_len(buf: &[u8]) -> Option<usize> {
-    let mut rest = buf.get(STUN_HEADER..)?;
-    while let Some(&[t0, t1, l0, l1]) = rest.get(..4) {
-        let typ = u16::from_be_bytes([t0, t1]);
+/// Where attribute `typ`'s value lies in a raw STUN message (the first one; walks the
+/// attributes, no allocation).
+fn find_attribute(buf: &[u8], typ: u16) -> Option<std::ops::Range<usize>> {
+    let mut at = STUN_HEADER;
+    while let Some(&[t0, t1, l0, l1]) = buf.get(at..at + 4) {
         let len = usize::from(u16::from_be_bytes([l0, l1]));
-        if typ == ATTR_DATA {
-            return (rest.len() >= 4 + len).then_some(len);
+        if u16::from_be_bytes([t0, t1]) == typ {
+            return (buf.len() >= at + 4 + len).then_some(at + 4..at + 4 + len);
         }
-        let padded = len.div_ceil(4) * 4;
-        rest = rest.get(4 + padded..)?;
+        at += 4 + len.div_ceil(4) * 4;
     }
     None
+}
+
+/// The DATA attribute's length in a raw STUN message (walks the attributes; no allocation).
+pub fn data_len(buf: &[u8]) -> Option<usize> {
+    find_attribute(buf, ATTR_DATA).map(|r| r.len())
+}
+
+/// A raw Send indication's peer (its first XOR-PEER-ADDRESS) and where its DATA lies; None when
+/// either is missing or undecodable. No allocation.
+pub fn send_indication(buf: &[u8]) -> Option<(SocketAddr, std::ops::Range<usize>)> {
+    let tid = transaction_id(buf)?;
+    let peer = decode_xor_address(buf.get(find_attribute(buf, ATTR_XOR_PEER)?)?, &tid)?;
+    Some((peer, find_attribute(buf, ATTR_DATA)?))
+}
+
+/// The XOR-RELAYED-ADDRESS of a raw (Allocate success) message.
+pub fn relayed_address(buf: &[u8]) -> Option<SocketAddr> {
+    let tid = transaction_id(buf)?;
+    decode_xor_address(buf.get(find_attribute(buf, ATTR_XOR_RELAYED)?)?, &tid)
+}
+
+/// Bytes a Data indication puts in front of its payload for a peer of this family.
+pub fn data_indication_header(peer: SocketAddr) -> usize {
+    let address = if peer.is_ipv4() { 8 } else { 20 };
+    STUN_HEADER + 4 + address + 4
+}
+
+/// Writes a Data indication from `peer` around a payload already in `slot[payload]`: the
+/// header goes in the [`data_indication_header`] bytes in front of it and the padding after it.
+/// Returns the message's range in `slot`, or None when there is no room.
+pub fn wrap_data_indication(
+    slot: &mut [u8],
+    payload: std::ops::Range<usize>,
+    peer: SocketAddr,
+    transaction_id: [u8; 12],
+) -> Option<std::ops::Range<usize>> {
+    let header = data_indication_header(peer);
+    let start = payload.start.checked_sub(header)?;
+    let padded = payload.len().div_ceil(4) * 4;
+    let end = payload.start + padded;
+    let body = u16::try_from(end - start - STUN_HEADER).ok()?;
+    let data_len = u16::try_from(payload.len()).ok()?;
+    if slot.len() < end {
+        return None;
+    }
+    slot[payload.end..end].fill(0);
+    let h = &mut slot[start..payload.start];
+    h[0..2].copy_from_slice(&DATA_INDICATION.to_be_bytes());
+    h[2..4].copy_from_slice(&body.to_be_bytes());
+    h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    h[8..20].copy_from_slice(&transaction_id);
+    let mut pad = [0u8; 16];
+    pad[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    pad[4..].copy_from_slice(&transaction_id);
+    let (family, octets, address_len): (u16, [u8; 16], usize) = match peer.ip().to_canonical() {
+        IpAddr::V4(ip) if peer.is_ipv4() => {
+            let mut o = [0u8; 16];
+            o[..4].copy_from_slice(&ip.octets());
+            (1, o, 4)
+        }
+        IpAddr::V4(ip) => (2, ip.to_ipv6_mapped().octets(), 16),
+        IpAddr::V6(ip) => (2, ip.octets(), 16),
+    };
+    let xport = peer.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    h[20..22].copy_from_slice(&ATTR_XOR_PEER.to_be_bytes());
+    h[22..24].copy_from_slice(&((4 + address_len) as u16).to_be_bytes());
+    h[24..26].copy_from_slice(&family.to_be_bytes());
+    h[26..28].copy_from_slice(&xport.to_be_bytes());
+    for i in 0..address_len {
+        h[28 + i] = octets[i] ^ pad[i];
+    }
+    let at = 28 + address_len;
+    h[at..at + 2].copy_from_slice(&ATTR_DATA.to_be_bytes());
+    h[at + 2..at + 4].copy_from_slice(&data_len.to_be_bytes());
+    Some(start..end)
 }
 
 /// An error response to request `m`: ERROR-CODE (and UNKNOWN-ATTRIBUTES for 420), then
@@ -484,5 +572,68 @@ mod tests {
                 let _ = error_response(&m, 400, "Bad Request", &[], Some(&[0; 16]));
             }
         }
+    }
+
+    #[test]
+    fn a_data_indication_is_written_around_its_payload() {
+        use turn::proto::data::Data;
+        use turn::proto::peeraddr::PeerAddress;
+        for peer in ["192.0.2.7:4242", "[2001:db8::7]:4242"] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            for len in [0usize, 1, 5, 1000] {
+                let header = data_indication_header(peer);
+                let mut slot = vec![0xAAu8; 64 + len + 8];
+                let payload = 64..64 + len;
+                slot[payload.clone()].fill(7);
+                let tid = [9u8; 12];
+                let range = wrap_data_indication(&mut slot, payload.clone(), peer, tid).unwrap();
+                assert_eq!(range.start, 64 - header);
+                let raw = &slot[range];
+                assert_eq!(
+                    classify(raw),
+                    Packet::Stun {
+                        typ: DATA_INDICATION
+                    }
+                );
+                let m = decode(raw).unwrap();
+                assert_eq!(m.transaction_id.0, tid);
+                let mut p = PeerAddress::default();
+                p.get_from(&m).unwrap();
+                assert_eq!(SocketAddr::new(p.ip, p.port), peer);
+                let mut d = Data::default();
+                d.get_from(&m).unwrap();
+                assert_eq!(d.0, vec![7u8; len]);
+                assert_eq!(data_len(raw), Some(len));
+            }
+        }
+        // No room in front: refused, not written out of bounds.
+        let mut slot = vec![0u8; 100];
+        let peer: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        assert!(wrap_data_indication(&mut slot, 10..20, peer, [0; 12]).is_none());
+    }
+
+    #[test]
+    fn a_send_indication_gives_its_peer_and_data() {
+        use turn::proto::data::Data;
+        use turn::proto::peeraddr::PeerAddress;
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()) as Box<dyn Setter>,
+            Box::new(MessageType::new(
+                stun::message::METHOD_SEND,
+                stun::message::CLASS_INDICATION,
+            )),
+            Box::new(PeerAddress {
+                ip: "198.51.100.3".parse().unwrap(),
+                port: 9,
+            }),
+            Box::new(Data(b"hello".to_vec())),
+        ])
+        .unwrap();
+        let (peer, data) = send_indication(&m.raw).unwrap();
+        assert_eq!(peer, "198.51.100.3:9".parse::<SocketAddr>().unwrap());
+        assert_eq!(&m.raw[data], b"hello");
+        assert!(send_indication(&m.raw[..24]).is_none());
+        assert!(relayed_address(&m.raw).is_none());
     }
 }

@@ -15,6 +15,8 @@
 //! gate's decisions with addresses cut to /24 or /48).
 
 pub mod auth;
+pub mod batch;
+pub mod fastpath;
 pub mod framing;
 pub mod gate;
 pub mod inspect;
@@ -23,6 +25,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod redact;
 pub mod relay;
+pub mod relays;
 pub mod stats;
 pub mod stream;
 pub mod tls;
@@ -38,7 +41,7 @@ use ipnet::IpNet;
 
 use crate::auth::Secrets;
 use crate::policy::PeerPolicy;
-use crate::relay::{Relay, RelayConfig};
+use crate::relay::{DataPath, Relay, RelayConfig};
 
 /// Default log filter: ours at info, the `turn` crate's silent. (A bare `turn` directive would
 /// also match `turn_node`: filter targets match by prefix.)
@@ -117,6 +120,13 @@ pub struct Args {
     /// (e.g. 127.0.0.0/8 for tests).
     #[arg(long, default_value = "", value_parser = parse_allow_list)]
     pub allow_peer: AllowList,
+    /// Who relays UDP clients' packets: `fast` (batched system calls, lookups without async
+    /// locks) or `crate` (the `turn` crate, one packet at a time; kept for comparison).
+    #[arg(long, value_enum, default_value_t = DataPath::Fast)]
+    pub data_path: DataPath,
+    /// Sockets (and reading tasks) sharing the UDP port on the fast path (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub udp_workers: usize,
 }
 
 impl Args {
@@ -176,6 +186,11 @@ impl Args {
             user_quota: usize::try_from(self.user_quota).unwrap_or(usize::MAX),
             total_quota: usize::try_from(self.total_quota).unwrap_or(usize::MAX),
             policy: PeerPolicy::new(self.allow_peer.0.clone()),
+            data_path: self.data_path,
+            udp_workers: match self.udp_workers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
         })
     }
 }

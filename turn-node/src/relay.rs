@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +19,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use turn::allocation::AllocationInfo;
+use turn::relay::RelayAddressGenerator;
 use turn::relay::relay_range::RelayAddressGeneratorRanges;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 use webrtc_util::vnet::net::Net;
 
 use crate::auth::{Credentials, RestAuthHandler, Secrets};
+use crate::fastpath::{FastRelayGenerator, FastUdp, bind_workers};
 use crate::gate::{Gate, GateShared, Listener};
 use crate::policy::PeerPolicy;
 use crate::quota::Transport;
@@ -61,6 +64,20 @@ pub struct RelayConfig {
     pub total_quota: usize,
     /// Peer policy.
     pub policy: PeerPolicy,
+    /// Who relays UDP clients' packets.
+    pub data_path: DataPath,
+    /// Listener sockets (and reading tasks) on the UDP port, for the fast path.
+    pub udp_workers: usize,
+}
+
+/// Who relays UDP clients' packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataPath {
+    /// Our batched path ([`crate::fastpath`]); the crate only answers requests.
+    #[default]
+    Fast,
+    /// The `turn` crate, one packet at a time (kept to compare against).
+    Crate,
 }
 
 /// Why the relay could not start.
@@ -114,12 +131,10 @@ fn bind_error(transport: &'static str, addr: SocketAddr) -> impl FnOnce(io::Erro
 }
 
 /// Asks for larger UDP socket buffers (best effort: failure only costs burst tolerance).
-fn enlarge_buffers(socket: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
+pub(crate) fn enlarge_buffers(fd: std::os::fd::RawFd) {
     let size = libc::c_int::try_from(UDP_BUFFER).unwrap_or(libc::c_int::MAX);
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: `fd` is a live socket owned by `socket`; the value pointer and length
+        // SAFETY: `fd` is a live socket owned by the caller; the value pointer and length
         // describe one c_int on the stack, as setsockopt requires.
         let rc = unsafe {
             libc::setsockopt(
@@ -136,13 +151,16 @@ fn enlarge_buffers(socket: &UdpSocket) {
     }
 }
 
-/// Binds UDP and TCP on the same port (any free one when `port` is 0).
-async fn bind_turn_port(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener), RelayError> {
+/// Binds UDP (with `bind_udp`, which returns the sockets and their port) and TCP on the same
+/// port (any free one when `port` is 0).
+async fn bind_turn_port<U>(
+    ip: IpAddr,
+    port: u16,
+    bind_udp: impl Fn(SocketAddr) -> io::Result<(U, SocketAddr)>,
+) -> Result<(U, TcpListener), RelayError> {
     let wanted = SocketAddr::new(ip, port);
     if port != 0 {
-        let udp = UdpSocket::bind(wanted)
-            .await
-            .map_err(bind_error("udp", wanted))?;
+        let (udp, _) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
         let tcp = TcpListener::bind(wanted)
             .await
             .map_err(bind_error("tcp", wanted))?;
@@ -150,10 +168,7 @@ async fn bind_turn_port(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener
     }
     let mut last = None;
     for _ in 0..SAME_PORT_TRIES {
-        let udp = UdpSocket::bind(wanted)
-            .await
-            .map_err(bind_error("udp", wanted))?;
-        let addr = udp.local_addr()?;
+        let (udp, addr) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
         match TcpListener::bind(addr).await {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last = Some((addr, e)),
@@ -177,15 +192,51 @@ impl Relay {
             config.user_quota,
             config.total_quota,
         ));
-        let (udp_socket, tcp_listener) = bind_turn_port(config.listen_ip, config.turn_port).await?;
-        enlarge_buffers(&udp_socket);
-        let udp = udp_socket.local_addr()?;
+        let workers = config.udp_workers.max(1);
+        let (udp_sockets, tcp_listener) =
+            bind_turn_port(config.listen_ip, config.turn_port, |addr| {
+                let sockets = match config.data_path {
+                    DataPath::Fast => bind_workers(addr, workers)?,
+                    DataPath::Crate => {
+                        let socket = std::net::UdpSocket::bind(addr)?;
+                        socket.set_nonblocking(true)?;
+                        enlarge_buffers(socket.as_raw_fd());
+                        vec![socket]
+                    }
+                };
+                let bound = sockets
+                    .first()
+                    .ok_or_else(|| io::Error::other("no UDP socket"))?
+                    .local_addr()?;
+                Ok((sockets, bound))
+            })
+            .await?;
         let tcp = tcp_listener.local_addr()?;
         let max_connections = config.total_quota.saturating_mul(2).max(256);
         let tcp_hub = StreamHub::start(tcp_listener, None, max_connections)?;
         let mut hubs = vec![tcp_hub.clone()];
+        let mut tasks = Vec::new();
+        let (udp_listener, fast) = match config.data_path {
+            DataPath::Fast => {
+                let fast = FastUdp::new(udp_sockets, shared.clone())?;
+                tasks.extend(fast.start());
+                (Listener::Fast(fast.clone()), Some(fast))
+            }
+            DataPath::Crate => {
+                let socket = udp_sockets
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| io::Error::other("no UDP socket"))?;
+                (Listener::Udp(UdpSocket::from_std(socket)?), None)
+            }
+        };
+        let udp = match &udp_listener {
+            Listener::Udp(socket) => socket.local_addr()?,
+            Listener::Fast(fast) => fast.local_addr(),
+            Listener::Stream(hub) => hub.local_addr(),
+        };
         let mut listeners = vec![
-            (Transport::Udp, Listener::Udp(udp_socket)),
+            (Transport::Udp, udp_listener),
             (Transport::Tcp, Listener::Stream(tcp_hub)),
         ];
         let mut tls = None;
@@ -206,16 +257,23 @@ impl Relay {
         };
         let net = Arc::new(Net::new(None));
         let mut servers = Vec::new();
-        let mut tasks = Vec::new();
         for (transport, listener) in listeners {
             let gate = Arc::new(Gate::new(listener, shared.clone())?);
-            let generator = RelayAddressGeneratorRanges {
-                relay_address: config.relay_ip,
-                min_port: config.relay_ports.0,
-                max_port: config.relay_ports.1,
-                max_retries: 0,
-                address: address.clone(),
-                net: net.clone(),
+            let generator: Box<dyn RelayAddressGenerator + Send + Sync> = match (&fast, transport) {
+                (Some(fast), Transport::Udp) => Box::new(FastRelayGenerator::new(
+                    fast.clone(),
+                    config.listen_ip,
+                    config.relay_ip,
+                    config.relay_ports,
+                )),
+                _ => Box::new(RelayAddressGeneratorRanges {
+                    relay_address: config.relay_ip,
+                    min_port: config.relay_ports.0,
+                    max_port: config.relay_ports.1,
+                    max_retries: 0,
+                    address: address.clone(),
+                    net: net.clone(),
+                }),
             };
             let (server, forget) =
                 turn_server(gate, generator, &config.realm, &credentials).await?;
@@ -231,7 +289,8 @@ impl Relay {
             shared.clone(),
         )));
         tracing::info!(%udp, %tcp, tls = ?tls, relay_ip = %config.relay_ip,
-            relay_ports = ?config.relay_ports, "TURN relay listening");
+            relay_ports = ?config.relay_ports, data_path = ?config.data_path, udp_workers = workers,
+            "TURN relay listening");
         Ok(Arc::new(Relay {
             shared,
             servers,
@@ -409,7 +468,7 @@ impl DataPlane for Relay {
 /// allocations closed.
 async fn turn_server(
     gate: Arc<Gate>,
-    generator: RelayAddressGeneratorRanges,
+    generator: Box<dyn RelayAddressGenerator + Send + Sync>,
     realm: &str,
     credentials: &Arc<Credentials>,
 ) -> Result<(Server, mpsc::Receiver<AllocationInfo>), RelayError> {
@@ -417,7 +476,7 @@ async fn turn_server(
     let server = Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
             conn: gate,
-            relay_addr_generator: Box::new(generator),
+            relay_addr_generator: generator,
         }],
         realm: realm.to_owned(),
         auth_handler: Arc::new(RestAuthHandler(credentials.clone())),

@@ -18,7 +18,7 @@ use turn::client::{Client, ClientConfig};
 use turn_node::auth::{Secrets, now_unix};
 use turn_node::framing::Framer;
 use turn_node::policy::PeerPolicy;
-use turn_node::relay::{Relay, RelayConfig};
+use turn_node::relay::{DataPath, Relay, RelayConfig};
 use webrtc_util::Conn;
 
 mod common;
@@ -75,6 +75,8 @@ async fn start(setup: Setup) -> (Arc<Relay>, Option<TlsFiles>) {
         user_quota: setup.user_quota,
         total_quota: 100,
         policy: PeerPolicy::new(PeerPolicy::parse_allow_list(setup.allow).expect("allow")),
+        data_path: DataPath::Fast,
+        udp_workers: 2,
     })
     .await
     .expect("relay starts");
