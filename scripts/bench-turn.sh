@@ -133,11 +133,18 @@ run_one() {
   PIDS+=("$SERVER_PID")
   wait_bound "$SERVER_PID" || { echo "$server did not start"; cat "$WORK"/coturn.log "$WORK"/turn-node.err 2>/dev/null | tail -20; exit 1; }
   sleep 0.5
+  local perf_pid=""
+  if [ -n "${BENCH_PERF:-}" ]; then # BENCH_PERF=dir: a perf profile of each server run there
+    mkdir -p "$BENCH_PERF"
+    perf record -F 1999 -g -p "$SERVER_PID" -o "$BENCH_PERF/$server.$2.data" > /dev/null 2>&1 &
+    perf_pid=$!
+  fi
   local t0 t1 rc=0
   t0=$(date +%s.%N)
   timeout 300 turnutils_uclient -y -X -W "$SECRET" -u bench -m "$CLIENTS" -n "$MESSAGES" \
     -l "$LENGTH" -z "$INTERVAL_MS" -p "$TURN_PORT" 127.0.0.1 > "$out" 2>&1 || rc=$?
   t1=$(date +%s.%N)
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   local ticks
   ticks=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
   kill -9 "$SERVER_PID" 2>/dev/null || true

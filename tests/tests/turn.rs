@@ -9,6 +9,8 @@
 //! - per-user and total quotas answer 486 and 508;
 //! - drain (ops API or SIGTERM): a live relay keeps flowing with no loss, new Allocates get 403,
 //!   and the process exits 0 once its last allocation is gone;
+//! - floods of garbage and of unauthenticated Allocates at the rate a thread can send leave
+//!   relayed calls at 0 loss;
 //! - the `ice_servers` the controller hands a participant point at the node, and their
 //!   credentials work in uclient's long-term mode (`-u`/`-w`).
 //!
@@ -19,6 +21,8 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -215,6 +219,93 @@ async fn turn_allocate_with_dont_fragment_is_accepted_like_coturn() {
     args.insert(0, "-g".into());
     let stats = uclient(&args, RUN).assert_clean(30);
     assert!(stats.sessions >= 2, "{stats:?}");
+}
+
+/// Sends `packets` round-robin from `sockets` fresh sockets to `target` as fast as one thread
+/// can until `stop`; returns how many the kernel took.
+fn flood(
+    target: SocketAddr,
+    sockets: usize,
+    packets: Vec<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let sockets: Vec<std::net::UdpSocket> = (0..sockets)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            for socket in &sockets {
+                for packet in &packets {
+                    if socket.send_to(packet, target).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        sent
+    })
+}
+
+/// An Allocate request without credentials (REQUESTED-TRANSPORT UDP only).
+fn bare_allocate(tid: u8) -> Vec<u8> {
+    let mut m = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    m.extend([tid; 12]);
+    m.extend([0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    m
+}
+
+/// While relayed calls are flowing, one thread floods the TURN port with garbage (and
+/// ChannelData for no allocation) and another with unauthenticated Allocates, each from 8
+/// sources, as fast as they can: the calls finish with no loss and the node keeps serving.
+/// (With `--data-path crate` the same flood costs the calls about half their packets.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_floods_of_garbage_and_unauthenticated_allocates_leave_relayed_calls_at_zero_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, node) = fleet_with_turn(dir.path(), "t-flood", ALLOW_LOOPBACK).await;
+    let mut args = uclient_args(node.udp, TURN_SECRET, "alice", 2, 400, 500, false);
+    args.splice(0..0, ["-z".to_string(), "10".to_string()]);
+    let calls = Uclient::spawn(&args);
+    // Wait until the calls relay (their allocations, permissions and channels are set up).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.metric("fleet_node_relayed_bytes").unwrap_or(0.0) < 50_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the calls never started relaying"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let garbage = vec![
+        b"\xff\xfe not STUN, not ChannelData".to_vec(),
+        vec![0u8; 20],
+        [&[0x40u8, 0x00, 0x00, 0x40][..], &[7u8; 64][..]].concat(),
+    ];
+    let allocates = (0..4).map(bare_allocate).collect();
+    let flooders = [
+        flood(node.udp, 8, garbage, stop.clone()),
+        flood(node.udp, 8, allocates, stop.clone()),
+    ];
+    let run = tokio::task::spawn_blocking(move || calls.finish(RUN))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let sent: Vec<u64> = flooders.map(|f| f.join().unwrap()).into();
+    eprintln!(
+        "flood packets sent: garbage {}, Allocates {}",
+        sent[0], sent[1]
+    );
+    let stats = run.assert_clean(400);
+    assert_eq!(stats.sessions, 4, "{stats:?}");
+    for n in &sent {
+        assert!(
+            *n > 20_000,
+            "the flood was too thin to mean anything: {sent:?}"
+        );
+    }
+    c.wait_nodes(&["t-flood"], "serving", Duration::from_secs(10))
+        .await
+        .expect("the node still serves after the flood");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,8 @@ use crate::redact::masked;
 use crate::relays::{RelayAlloc, RelayTable, register};
 use crate::stats::Tally;
 
-/// Requests waiting for the gate; beyond this a request is dropped (the client retransmits).
+/// Requests waiting for the gate, per queue; beyond this a request is dropped (the client
+/// retransmits).
 const CONTROL_QUEUE: usize = 4096;
 /// Room in front of a relayed payload: the largest Data indication header (IPv6 peer).
 const HEADROOM: usize = 48;
@@ -61,8 +62,17 @@ pub struct FastUdp {
     local: SocketAddr,
     table: Arc<RelayTable>,
     shared: Arc<GateShared>,
-    control_tx: mpsc::Sender<ControlPacket>,
-    control_rx: AsyncMutex<mpsc::Receiver<ControlPacket>>,
+    /// Requests from clients that hold an allocation (Refresh, CreatePermission, ChannelBind
+    /// of live calls): served first, so a flood from elsewhere cannot starve them.
+    known_tx: mpsc::Sender<ControlPacket>,
+    /// Requests from everyone else.
+    other_tx: mpsc::Sender<ControlPacket>,
+    control_rx: AsyncMutex<ControlQueues>,
+}
+
+struct ControlQueues {
+    known: mpsc::Receiver<ControlPacket>,
+    other: mpsc::Receiver<ControlPacket>,
 }
 
 impl std::fmt::Debug for FastUdp {
@@ -136,14 +146,16 @@ impl FastUdp {
             .into_iter()
             .map(|s| register(s).map(Arc::new))
             .collect::<io::Result<Vec<_>>>()?;
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (known_tx, known) = mpsc::channel(CONTROL_QUEUE);
+        let (other_tx, other) = mpsc::channel(CONTROL_QUEUE);
         Ok(Arc::new(Self {
             sockets,
             local,
             table: Arc::new(RelayTable::default()),
             shared,
-            control_tx,
-            control_rx: AsyncMutex::new(control_rx),
+            known_tx,
+            other_tx,
+            control_rx: AsyncMutex::new(ControlQueues { known, other }),
         }))
     }
 
@@ -169,9 +181,17 @@ impl FastUdp {
         tokio::spawn(peer_loop(self.clone(), alloc));
     }
 
-    /// The next request for the gate; None once the fast path is gone.
+    /// The next request for the gate, those of clients with an allocation first; None once
+    /// the fast path is gone.
     pub async fn recv_control(&self) -> Option<ControlPacket> {
-        self.control_rx.lock().await.recv().await
+        let mut queues = self.control_rx.lock().await;
+        let ControlQueues { known, other } = &mut *queues;
+        tokio::select! {
+            biased;
+            Some(packet) = known.recv() => Some(packet),
+            Some(packet) = other.recv() => Some(packet),
+            else => None,
+        }
     }
 
     fn send_fd(&self) -> (RawFd, bool) {
@@ -218,7 +238,12 @@ impl FastUdp {
                     typ: SEND_INDICATION,
                 } => self.send_indication(clients.get(&src).map(|a| &**a), packet, now),
                 Packet::Stun { .. } => {
-                    if self.control_tx.try_send((packet.to_vec(), src)).is_err() {
+                    let queue = if clients.contains_key(&src) {
+                        &self.known_tx
+                    } else {
+                        &self.other_tx
+                    };
+                    if queue.try_send((packet.to_vec(), src)).is_err() {
                         tally.dropped += 1;
                     }
                     continue;
