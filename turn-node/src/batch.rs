@@ -1,7 +1,8 @@
 //! Batched UDP system calls on a non-blocking socket: [`RecvBatch::recv`] fills up to
 //! [`BATCH`] datagrams with one `recvmmsg`, [`send_batch`] sends a list of datagrams (each to its
-//! own address) with `sendmmsg`. The fast relay path uses them so that a burst of packets costs
-//! one system call each way instead of one per packet.
+//! own address) with `sendmmsg`, and an [`Outbox`] gathers datagrams for one socket from many
+//! sources to send them together. The fast relay path uses them so that a burst of packets
+//! costs one system call each way instead of one per packet.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -13,12 +14,9 @@ pub const BATCH: usize = 32;
 /// Room per datagram: the largest UDP payload (a bigger one cannot exist).
 pub const SLOT: usize = 65_536;
 
-/// Buffers for one `recvmmsg`: [`BATCH`] slots of `headroom` spare bytes followed by room for a
-/// whole datagram, so a header can be written in front of a received payload without a copy.
+/// Buffers for one `recvmmsg`: [`BATCH`] slots, each room for a whole datagram.
 pub struct RecvBatch {
     storage: Box<[u8]>,
-    headroom: usize,
-    stride: usize,
     lens: [usize; BATCH],
     sources: [Option<SocketAddr>; BATCH],
     count: usize,
@@ -27,20 +25,22 @@ pub struct RecvBatch {
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
-            .field("headroom", &self.headroom)
             .field("count", &self.count)
             .finish_non_exhaustive()
     }
 }
 
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RecvBatch {
-    /// Empty buffers with `headroom` bytes in front of each datagram.
-    pub fn new(headroom: usize) -> Self {
-        let stride = headroom + SLOT;
+    /// Empty buffers.
+    pub fn new() -> Self {
         Self {
-            storage: vec![0; stride * BATCH].into_boxed_slice(),
-            headroom,
-            stride,
+            storage: vec![0; SLOT * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
             sources: [None; BATCH],
             count: 0,
@@ -63,8 +63,8 @@ impl RecvBatch {
             .zip(names.iter_mut())
             .enumerate()
         {
-            // SAFETY: slot i starts at i*stride+headroom and has SLOT bytes inside `storage`.
-            iov.iov_base = unsafe { base.add(i * self.stride + self.headroom) }.cast();
+            // SAFETY: slot i starts at i*SLOT and has SLOT bytes inside `storage`.
+            iov.iov_base = unsafe { base.add(i * SLOT) }.cast();
             iov.iov_len = SLOT;
             header.msg_hdr.msg_iov = iov;
             header.msg_hdr.msg_iovlen = 1;
@@ -117,29 +117,82 @@ impl RecvBatch {
             return None;
         }
         let len = self.lens[i];
-        let start = i * self.stride + self.headroom;
+        let start = i * SLOT;
         let data = self.storage.get(start..start.checked_add(len)?)?;
         Some((data, self.sources[i]?))
     }
+}
 
-    /// Slot `i` whole, headroom included, and where datagram `i` lies in it; None as for
-    /// [`get`](Self::get).
-    pub fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], std::ops::Range<usize>)> {
-        if i >= self.count || self.sources[i].is_none() || self.lens[i] > SLOT {
-            return None;
+/// Datagrams for one socket gathered from many places (each relay socket's peers, for the
+/// clients), copied into one buffer and sent with as few `sendmmsg` calls as possible.
+#[derive(Debug)]
+pub struct Outbox {
+    buf: Vec<u8>,
+    datagrams: Vec<(std::ops::Range<usize>, SocketAddr)>,
+}
+
+/// Bytes an [`Outbox`] holds before it must be flushed.
+const OUTBOX_BYTES: usize = 1 << 20;
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            buf: Vec::with_capacity(OUTBOX_BYTES),
+            datagrams: Vec::with_capacity(4 * BATCH),
         }
-        let start = i * self.stride;
-        let slot = self.storage.get_mut(start..start + self.stride)?;
-        Some((slot, self.headroom..self.headroom + self.lens[i]))
+    }
+}
+
+impl Outbox {
+    /// Whether a datagram of `len` bytes still fits before a flush.
+    pub fn fits(&self, len: usize) -> bool {
+        self.buf.len() + len <= OUTBOX_BYTES.max(len)
     }
 
-    /// Slot `i` whole (see [`slot_mut`](Self::slot_mut)).
-    pub fn slot(&self, i: usize) -> Option<&[u8]> {
-        if i >= self.count {
-            return None;
+    /// Adds a datagram for `to` of at most `len` bytes, written by `write` into the zeroed
+    /// space it is given; `write` returns the range of that space to send, or None to drop it.
+    pub fn push_with(
+        &mut self,
+        len: usize,
+        to: SocketAddr,
+        write: impl FnOnce(&mut [u8]) -> Option<std::ops::Range<usize>>,
+    ) -> bool {
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        match write(&mut self.buf[start..]) {
+            Some(range) if range.end <= len => {
+                self.datagrams
+                    .push((start + range.start..start + range.end, to));
+                true
+            }
+            _ => {
+                self.buf.truncate(start);
+                false
+            }
         }
-        let start = i * self.stride;
-        self.storage.get(start..start + self.stride)
+    }
+
+    /// Datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Sends everything waiting from `fd` (of family `v6`) and empties the box.
+    pub fn flush(&mut self, fd: RawFd, v6: bool) -> Sent {
+        let list: Vec<(&[u8], SocketAddr)> = self
+            .datagrams
+            .iter()
+            .map(|(range, to)| (&self.buf[range.clone()], *to))
+            .collect();
+        let sent = send_batch(fd, v6, &list);
+        self.buf.clear();
+        self.datagrams.clear();
+        sent
     }
 }
 
@@ -288,14 +341,10 @@ mod tests {
         let sent = send_batch(tx.as_raw_fd(), false, &list);
         assert_eq!(sent.packets, 40);
         assert_eq!(sent.failed, 0);
-        let mut batch = RecvBatch::new(8);
+        let mut batch = RecvBatch::new();
         let mut got = Vec::new();
         while let Ok(n) = batch.recv(rx.as_raw_fd()) {
             assert!(n <= BATCH);
-            // The headroom sits in front of each datagram.
-            let (slot, range) = batch.slot_mut(0).expect("slot");
-            assert_eq!(range.start, 8);
-            assert!(slot.len() >= range.end);
             for i in 0..n {
                 let (data, from) = batch.get(i).expect("datagram");
                 assert_eq!(from, tx.local_addr().expect("addr"));
@@ -309,7 +358,7 @@ mod tests {
     fn nothing_queued_is_would_block() {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
-        let mut batch = RecvBatch::new(0);
+        let mut batch = RecvBatch::new();
         let e = batch.recv(rx.as_raw_fd()).expect_err("empty");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         assert!(batch.get(0).is_none());
@@ -327,5 +376,32 @@ mod tests {
         assert_eq!((sent.packets, sent.failed), (1, 1));
         let mut buf = [0u8; 16];
         assert_eq!(rx.recv(&mut buf).expect("recv"), 4);
+    }
+
+    #[test]
+    fn an_outbox_sends_what_was_written_and_skips_what_was_not() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("addr");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut out = Outbox::default();
+        assert!(out.push_with(10, to, |b| {
+            b[..3].copy_from_slice(b"abc");
+            Some(0..3)
+        }));
+        assert!(!out.push_with(10, to, |_| None));
+        assert!(!out.push_with(4, to, |_| Some(0..5)), "beyond its space");
+        assert!(out.push_with(6, to, |b| {
+            b[2..4].copy_from_slice(b"de");
+            Some(2..4)
+        }));
+        assert_eq!(out.len(), 2);
+        let sent = out.flush(tx.as_raw_fd(), false);
+        assert_eq!((sent.packets, sent.bytes, sent.failed), (2, 5, 0));
+        assert!(out.is_empty());
+        let mut buf = [0u8; 16];
+        let n = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"abc");
+        let n = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"de");
     }
 }

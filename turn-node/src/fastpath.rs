@@ -2,63 +2,56 @@
 //! datagram per task wake-up, takes async locks and allocates for every relayed packet; here
 //! the packets that carry media never reach it:
 //!
-//! - one listener socket per worker on the TURN port (`SO_REUSEPORT`, the kernel spreads
-//!   clients over them), each read by its own task with `recvmmsg`, up to 32 datagrams a call;
+//! - one listener socket per worker thread on the TURN port (`SO_REUSEPORT`, the kernel spreads
+//!   clients over them), read with `recvmmsg`, up to 32 datagrams a call ([`crate::poller`]);
 //!   ChannelData and Send indications are relayed on the spot (lookups in [`RelayTable`], no
 //!   async lock), the packets for each relay socket leaving in one `sendmmsg`; everything else
-//!   (requests) goes to the gate, and through it to the crate, over a bounded queue (a flood
-//!   of requests fills the queue, never the data path);
+//!   (requests) goes to the gate, and through it to the crate, over bounded queues (a flood of
+//!   requests fills a queue, never the data path; clients holding an allocation have their own);
 //! - relay sockets are ours: [`FastRelayGenerator`] is the crate's relay address generator,
 //!   binds the socket, and hands the crate a [`RelayConn`] that only says when the allocation
-//!   closes. A task per relay socket reads its peers' packets in batches, checks permissions,
-//!   frames them as ChannelData (header written in place) or Data indications, and sends the
-//!   batch to the client in one `sendmmsg`.
+//!   closes. Once the client has it, the socket joins a worker's epoll set; its peers' packets
+//!   are checked against the permissions, framed as ChannelData or Data indications, and sent to
+//!   the clients with those of every other ready relay socket in one `sendmmsg`.
 //!
-//! Counters are added once per batch. TCP and TLS clients keep the crate's own data path.
+//! Counters are added once per round. TCP and TLS clients keep the crate's own data path.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
-use tokio::task::JoinHandle;
 use turn::relay::RelayAddressGenerator;
 use webrtc_util::Conn;
 
-use crate::batch::{BATCH, RecvBatch, send_batch};
+use crate::batch::{Outbox, RecvBatch, send_batch};
 use crate::gate::GateShared;
 use crate::inspect::{
     CHANNEL_HEADER, Packet, SEND_INDICATION, classify, data_indication_header, send_indication,
     wrap_data_indication,
 };
+use crate::poller::Poller;
 use crate::redact::masked;
-use crate::relays::{RelayAlloc, RelayTable, register};
+use crate::relays::{RelayAlloc, RelayTable};
 use crate::stats::Tally;
 
 /// Requests waiting for the gate, per queue; beyond this a request is dropped (the client
 /// retransmits).
 const CONTROL_QUEUE: usize = 4096;
-/// Room in front of a relayed payload: the largest Data indication header (IPv6 peer).
-const HEADROOM: usize = 48;
 /// Tries at a random free relay port before the Allocate fails.
 const PORT_TRIES: usize = 10;
-
-thread_local! {
-    /// Each runtime thread's buffers for reading relay sockets (allocations share them instead
-    /// of holding 2 MB each).
-    static PEER_BATCH: RefCell<Option<RecvBatch>> = const { RefCell::new(None) };
-}
 
 type ControlPacket = (Vec<u8>, SocketAddr);
 
 /// The worker sockets, the allocation table and the queue to the gate.
 pub struct FastUdp {
-    sockets: Vec<Arc<AsyncFd<std::net::UdpSocket>>>,
+    pollers: Vec<Poller>,
+    next_poller: AtomicUsize,
+    stopped: AtomicBool,
     local: SocketAddr,
     table: Arc<RelayTable>,
     shared: Arc<GateShared>,
@@ -79,7 +72,7 @@ impl std::fmt::Debug for FastUdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FastUdp")
             .field("local", &self.local)
-            .field("workers", &self.sockets.len())
+            .field("workers", &self.pollers.len())
             .finish_non_exhaustive()
     }
 }
@@ -142,14 +135,16 @@ impl FastUdp {
             .first()
             .ok_or_else(|| io::Error::other("no worker socket"))?
             .local_addr()?;
-        let sockets = sockets
+        let pollers = sockets
             .into_iter()
-            .map(|s| register(s).map(Arc::new))
+            .map(Poller::new)
             .collect::<io::Result<Vec<_>>>()?;
         let (known_tx, known) = mpsc::channel(CONTROL_QUEUE);
         let (other_tx, other) = mpsc::channel(CONTROL_QUEUE);
         Ok(Arc::new(Self {
-            sockets,
+            pollers,
+            next_poller: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
             local,
             table: Arc::new(RelayTable::default()),
             shared,
@@ -159,11 +154,37 @@ impl FastUdp {
         }))
     }
 
-    /// Starts one reading task per worker socket.
-    pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        (0..self.sockets.len())
-            .map(|i| tokio::spawn(client_loop(self.clone(), i)))
-            .collect()
+    /// Starts one worker thread per listener socket.
+    pub fn start(self: &Arc<Self>) -> io::Result<()> {
+        for index in 0..self.pollers.len() {
+            let fast = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name(format!("turn-udp-{index}"))
+                .spawn(move || crate::poller::run(fast, index))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the worker threads (within one round).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Worker `index`'s poller.
+    pub fn poller(&self, index: usize) -> Option<&Poller> {
+        self.pollers.get(index)
+    }
+
+    /// Adds a round's counts.
+    pub fn count(&self, tally: &Tally) {
+        if *tally != Tally::default() {
+            self.shared.stats().add(tally);
+        }
     }
 
     /// The shared listening address.
@@ -176,9 +197,26 @@ impl FastUdp {
         &self.table
     }
 
-    /// Starts reading the relay socket of an allocation that just got its client.
-    pub fn start_relaying(self: &Arc<Self>, alloc: Arc<RelayAlloc>) {
-        tokio::spawn(peer_loop(self.clone(), alloc));
+    /// Starts reading the relay socket of an allocation that just got its client (in the next
+    /// worker's epoll set, in turn).
+    pub fn start_relaying(&self, alloc: Arc<RelayAlloc>) {
+        let index = self.next_poller.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
+        let Some(poller) = self.pollers.get(index) else {
+            return;
+        };
+        match poller.add(alloc.clone()) {
+            Ok(token) => alloc.set_poll_slot(index, token),
+            Err(e) => tracing::warn!(error = %e, "cannot watch a relay socket"),
+        }
+    }
+
+    /// Stops reading an allocation's relay socket.
+    fn stop_relaying(&self, alloc: &RelayAlloc) {
+        if let Some((index, token)) = alloc.poll_slot()
+            && let Some(poller) = self.pollers.get(index)
+        {
+            poller.remove(token);
+        }
     }
 
     /// The next request for the gate, those of clients with an allocation first; None once
@@ -194,16 +232,14 @@ impl FastUdp {
         }
     }
 
-    fn send_fd(&self) -> (RawFd, bool) {
-        let socket = &self.sockets[0];
-        (socket.get_ref().as_raw_fd(), self.local.is_ipv6())
-    }
-
     /// Sends one datagram to a client (a response from the gate or the crate); false if the
     /// kernel refused it.
     pub fn send_to_client(&self, buf: &[u8], to: SocketAddr) -> bool {
-        let (fd, v6) = self.send_fd();
-        let sent = send_batch(fd, v6, &[(buf, to)]);
+        let Some(poller) = self.pollers.first() else {
+            return false;
+        };
+        let fd = poller.listener().as_raw_fd();
+        let sent = send_batch(fd, self.local.is_ipv6(), &[(buf, to)]);
         if sent.failed > 0 {
             tracing::debug!(client = %masked(to), "UDP send failed");
         }
@@ -212,7 +248,7 @@ impl FastUdp {
 
     /// Relays what a worker read from clients: ChannelData and Send indications go out of
     /// their allocation's relay socket, requests to the gate, the rest is dropped.
-    fn relay_client_batch(&self, batch: &RecvBatch) {
+    pub fn relay_client_batch(&self, batch: &RecvBatch) {
         let now = Instant::now();
         let mut tally = Tally::default();
         let clients = self.table.clients();
@@ -263,7 +299,7 @@ impl FastUdp {
         }
         for (n, (alloc, start)) in runs.iter().enumerate() {
             let end = runs.get(n + 1).map_or(out.len(), |(_, next)| *next);
-            let fd = alloc.socket().get_ref().as_raw_fd();
+            let fd = alloc.socket().as_raw_fd();
             let sent = send_batch(fd, alloc.local_addr().is_ipv6(), &out[*start..end]);
             tally.dropped += sent.failed as u64;
         }
@@ -289,21 +325,25 @@ impl FastUdp {
         Some((alloc, packet.get(data)?, peer))
     }
 
-    /// Relays what a relay socket read from peers to its client; returns how many datagrams
-    /// were read.
-    fn relay_peer_batch(&self, alloc: &RelayAlloc, batch: &mut RecvBatch) -> io::Result<usize> {
-        let n = batch.recv(alloc.socket().get_ref().as_raw_fd())?;
-        let mut tally = Tally::default();
+    /// Frames what a relay socket read from its peers for its client into `outbox` (sent from
+    /// the listener socket `client_fd`, flushed here when full): ChannelData when the peer has
+    /// a channel, else a Data indication; packets from peers without a permission are dropped.
+    pub fn frame_peer_batch(
+        &self,
+        alloc: &RelayAlloc,
+        batch: &RecvBatch,
+        outbox: &mut Outbox,
+        client_fd: RawFd,
+        tally: &mut Tally,
+    ) {
         let Some(client) = alloc.client() else {
-            tally.dropped += n as u64;
-            self.shared.stats().add(&tally);
-            return Ok(n);
+            tally.dropped += batch.len() as u64;
+            return;
         };
         let now = Instant::now();
         let bindings = alloc.bindings();
-        let mut framed: [Option<std::ops::Range<usize>>; BATCH] = Default::default();
-        for (i, frame) in framed.iter_mut().enumerate().take(n) {
-            let Some(src) = batch.get(i).map(|(_, src)| src) else {
+        for i in 0..batch.len() {
+            let Some((payload, src)) = batch.get(i) else {
                 tally.dropped += 1;
                 continue;
             };
@@ -311,93 +351,32 @@ impl FastUdp {
                 tally.dropped += 1;
                 continue;
             }
-            let Some((slot, payload)) = batch.slot_mut(i) else {
+            let channel = bindings.channel_of(src, now);
+            let header = match channel {
+                Some(_) => CHANNEL_HEADER,
+                None => data_indication_header(src),
+            };
+            let room = header + payload.len() + 3;
+            if !outbox.fits(room) {
+                tally.add_sent(outbox.flush(client_fd, self.local.is_ipv6()));
+            }
+            let framed = outbox.push_with(room, client, |slot| {
+                let body = header..header + payload.len();
+                slot.get_mut(body.clone())?.copy_from_slice(payload);
+                match channel {
+                    Some(number) => {
+                        let len = u16::try_from(payload.len()).ok()?;
+                        slot[0..2].copy_from_slice(&number.to_be_bytes());
+                        slot[2..4].copy_from_slice(&len.to_be_bytes());
+                        Some(0..body.end)
+                    }
+                    None => wrap_data_indication(slot, body, src, rand::random()),
+                }
+            });
+            if framed {
+                tally.relayed_bytes += payload.len() as u64;
+            } else {
                 tally.dropped += 1;
-                continue;
-            };
-            let len = payload.len();
-            *frame = match (bindings.channel_of(src, now), u16::try_from(len)) {
-                (Some(number), Ok(len16)) => {
-                    let start = payload.start - CHANNEL_HEADER;
-                    slot[start..start + 2].copy_from_slice(&number.to_be_bytes());
-                    slot[start + 2..start + 4].copy_from_slice(&len16.to_be_bytes());
-                    Some(start..payload.end)
-                }
-                _ if data_indication_header(src) <= payload.start => {
-                    wrap_data_indication(slot, payload, src, rand::random())
-                }
-                _ => None,
-            };
-            match frame {
-                Some(_) => tally.relayed_bytes += len as u64,
-                None => tally.dropped += 1,
-            }
-        }
-        let batch = &*batch;
-        let out: Vec<(&[u8], SocketAddr)> = framed
-            .iter()
-            .enumerate()
-            .take(n)
-            .filter_map(|(i, range)| Some((batch.slot(i)?.get(range.clone()?)?, client)))
-            .collect();
-        let (fd, v6) = self.send_fd();
-        let sent = send_batch(fd, v6, &out);
-        tally.packets_out += sent.packets as u64;
-        tally.bytes_out += sent.bytes as u64;
-        tally.dropped += sent.failed as u64;
-        self.shared.stats().add(&tally);
-        Ok(n)
-    }
-}
-
-/// Reads one worker socket until the runtime stops.
-async fn client_loop(fast: Arc<FastUdp>, index: usize) {
-    let socket = fast.sockets[index].clone();
-    let mut batch = RecvBatch::new(0);
-    loop {
-        let mut guard = match socket.readable().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::warn!(error = %e, "TURN worker socket failed");
-                return;
-            }
-        };
-        match batch.recv(socket.get_ref().as_raw_fd()) {
-            Ok(n) => {
-                if n < BATCH {
-                    guard.clear_ready();
-                }
-                drop(guard);
-                fast.relay_client_batch(&batch);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-            Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
-        }
-    }
-}
-
-/// Reads one relay socket until its allocation closes.
-async fn peer_loop(fast: Arc<FastUdp>, alloc: Arc<RelayAlloc>) {
-    loop {
-        let mut guard = tokio::select! {
-            biased;
-            () = alloc.wait_closed() => return,
-            ready = alloc.socket().readable() => match ready {
-                Ok(guard) => guard,
-                Err(_) => return,
-            },
-        };
-        let read = PEER_BATCH.with_borrow_mut(|batch| {
-            let batch = batch.get_or_insert_with(|| RecvBatch::new(HEADROOM));
-            fast.relay_peer_batch(&alloc, batch)
-        });
-        match read {
-            Ok(n) if n == BATCH => {}
-            Ok(_) => guard.clear_ready(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-            Err(e) => {
-                // ICMP errors from a peer surface here; the socket stays usable.
-                tracing::trace!(error = %e, "relay socket receive failed");
             }
         }
     }
@@ -477,7 +456,7 @@ impl RelayAddressGenerator for FastRelayGenerator {
         self.fast.table.add(alloc.clone());
         let conn = RelayConn {
             alloc,
-            table: self.fast.table.clone(),
+            fast: self.fast.clone(),
         };
         Ok((Arc::new(conn), relay_addr))
     }
@@ -489,12 +468,19 @@ impl RelayAddressGenerator for FastRelayGenerator {
 /// socket only to learn a free even port (EVEN-PORT), and drops it at once.
 pub struct RelayConn {
     alloc: Arc<RelayAlloc>,
-    table: Arc<RelayTable>,
+    fast: Arc<FastUdp>,
+}
+
+impl RelayConn {
+    fn end(&self) {
+        self.fast.table.remove(&self.alloc);
+        self.fast.stop_relaying(&self.alloc);
+    }
 }
 
 impl Drop for RelayConn {
     fn drop(&mut self) {
-        self.table.remove(&self.alloc);
+        self.end();
     }
 }
 
@@ -527,7 +513,7 @@ impl Conn for RelayConn {
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         // Not used while the fast path relays everything; correct if the crate ever does.
-        let fd = self.alloc.socket().get_ref().as_raw_fd();
+        let fd = self.alloc.socket().as_raw_fd();
         send_batch(fd, self.alloc.local_addr().is_ipv6(), &[(buf, target)]);
         Ok(buf.len())
     }
@@ -541,7 +527,7 @@ impl Conn for RelayConn {
     }
 
     async fn close(&self) -> webrtc_util::Result<()> {
-        self.table.remove(&self.alloc);
+        self.end();
         Ok(())
     }
 

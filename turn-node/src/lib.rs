@@ -21,6 +21,7 @@ pub mod framing;
 pub mod gate;
 pub mod inspect;
 pub mod policy;
+pub mod poller;
 pub mod quota;
 pub mod ratelimit;
 pub mod redact;

@@ -106,6 +106,7 @@ pub struct Relay {
     shared: Arc<GateShared>,
     servers: Vec<(Transport, Arc<Server>)>,
     hubs: Vec<Arc<StreamHub>>,
+    fast: Option<Arc<FastUdp>>,
     udp: SocketAddr,
     tcp: SocketAddr,
     tls: Option<SocketAddr>,
@@ -219,7 +220,7 @@ impl Relay {
         let (udp_listener, fast) = match config.data_path {
             DataPath::Fast => {
                 let fast = FastUdp::new(udp_sockets, shared.clone())?;
-                tasks.extend(fast.start());
+                fast.start()?;
                 (Listener::Fast(fast.clone()), Some(fast))
             }
             DataPath::Crate => {
@@ -295,6 +296,7 @@ impl Relay {
             shared,
             servers,
             hubs,
+            fast,
             udp,
             tcp,
             tls,
@@ -335,6 +337,9 @@ impl Relay {
     pub async fn shutdown(&self) {
         for hub in &self.hubs {
             hub.stop();
+        }
+        if let Some(fast) = &self.fast {
+            fast.stop();
         }
         for (transport, server) in &self.servers {
             if tokio::time::timeout(CLOSE_TIMEOUT, server.close())

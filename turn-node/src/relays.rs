@@ -11,15 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
-
-/// Registers a UDP socket with the runtime's reactor.
-pub fn register(socket: std::net::UdpSocket) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
-    // SAFETY: a std UdpSocket owns its descriptor, keeps it open until dropped, and always
-    // returns the same one from as_raw_fd, which is what registering requires.
-    unsafe { AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)
-}
 
 /// A permission lasts this long unless refreshed (RFC 8656 §9; the crate's timer).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -109,13 +101,14 @@ pub enum BindingChange {
 
 /// One UDP allocation as the fast path sees it.
 pub struct RelayAlloc {
-    socket: AsyncFd<std::net::UdpSocket>,
+    socket: std::net::UdpSocket,
     local: SocketAddr,
     relay_addr: SocketAddr,
     client: OnceLock<SocketAddr>,
     bindings: ArcSwap<Bindings>,
     edit: Mutex<()>,
     closed: watch::Sender<bool>,
+    poll_slot: OnceLock<(usize, u64)>,
 }
 
 impl std::fmt::Debug for RelayAlloc {
@@ -127,23 +120,34 @@ impl std::fmt::Debug for RelayAlloc {
 }
 
 impl RelayAlloc {
-    /// A new allocation on this (non-blocking) relay socket, told to clients as `relay_addr`.
+    /// A new allocation on this non-blocking relay socket, told to clients as `relay_addr`.
     pub fn new(socket: std::net::UdpSocket, relay_addr: SocketAddr) -> std::io::Result<Self> {
         let local = socket.local_addr()?;
         Ok(Self {
-            socket: register(socket)?,
+            socket,
             local,
             relay_addr,
             client: OnceLock::new(),
             bindings: ArcSwap::from_pointee(Bindings::default()),
             edit: Mutex::new(()),
             closed: watch::channel(false).0,
+            poll_slot: OnceLock::new(),
         })
     }
 
-    /// The relay socket.
-    pub fn socket(&self) -> &AsyncFd<std::net::UdpSocket> {
+    /// The relay socket (non-blocking).
+    pub fn socket(&self) -> &std::net::UdpSocket {
         &self.socket
+    }
+
+    /// Which worker reads the relay socket, and under which token.
+    pub fn poll_slot(&self) -> Option<(usize, u64)> {
+        self.poll_slot.get().copied()
+    }
+
+    /// Records which worker reads the relay socket.
+    pub fn set_poll_slot(&self, worker: usize, token: u64) {
+        let _ = self.poll_slot.set((worker, token));
     }
 
     /// The address the relay socket is bound to.

@@ -68,6 +68,15 @@ pub struct Tally {
     pub dropped: u64,
 }
 
+impl Tally {
+    /// Counts what a send to clients did.
+    pub fn add_sent(&mut self, sent: crate::batch::Sent) {
+        self.packets_out += sent.packets as u64;
+        self.bytes_out += sent.bytes as u64;
+        self.dropped += sent.failed as u64;
+    }
+}
+
 impl Stats {
     /// Adds a batch's counts.
     pub fn add(&self, t: &Tally) {
