@@ -4,6 +4,7 @@
 //!
 //! - relaying client-to-client (`-y`) with REST credentials (`-W`) over UDP and TCP, and to a
 //!   `turnutils_peer` echo peer, with no loss (uclient's final statistics are parsed);
+//! - IPv6: a node listening on both families relays over `::1` with IPv6 relay addresses;
 //! - a wrong secret or an expired credential relays nothing and leaves no allocation;
 //! - peers in denied ranges (loopback here) get 403 unless `--allow-peer` lists them;
 //! - per-user and total quotas answer 486 and 508;
@@ -207,6 +208,64 @@ async fn turn_uclient_relays_client_to_client_over_udp_and_tcp_without_loss() {
         .wait_allocations(Duration::from_secs(5), |n| n <= 1)
         .expect("allocations deleted by Refresh(0) and closed TCP connections");
     assert_eq!(left, 1, "the UDP probe allocation uclient never deletes");
+}
+
+/// With `--listen-ip` for both families, uclient relays over `::1` with IPv6 relay addresses
+/// (`-x`: REQUESTED-ADDRESS-FAMILY IPv6), and an IPv4 client gets IPv6 relay addresses too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_uclient_relays_over_ipv6_with_ipv6_relay_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_c, node) = fleet_with_turn(
+        dir.path(),
+        "t-ipv6",
+        &[
+            "--listen-ip",
+            "127.0.0.1,::1",
+            "--allow-peer",
+            "127.0.0.0/8,::1/128",
+        ],
+    )
+    .await;
+    let v6: SocketAddr = format!("[::1]:{}", node.udp.port()).parse().unwrap();
+    for (server, label) in [(v6, "client over ::1"), (node.udp, "client over 127.0.0.1")] {
+        let args: Vec<String> = [
+            "-v",
+            "-y",
+            "-x",
+            "-W",
+            TURN_SECRET,
+            "-u",
+            "alice",
+            "-m",
+            "2",
+            "-n",
+            "50",
+            "-l",
+            "500",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([server.port().to_string(), server.ip().to_string()])
+        .collect();
+        let mut args = args;
+        args.insert(args.len() - 2, "-p".into());
+        let run = uclient(&args, RUN);
+        let stats = run.assert_clean(50);
+        assert_eq!(stats.sessions, 4, "{label}: {stats:?}");
+        // `-v` prints each relay address uclient got: all IPv6, none IPv4.
+        let relays: Vec<&str> = run
+            .output
+            .lines()
+            .filter(|l| l.contains("Received relay addr"))
+            .collect();
+        assert!(!relays.is_empty(), "{label}: no relay address shown");
+        assert!(
+            relays
+                .iter()
+                .all(|l| l.contains("IPv6. Received relay addr: ::1:")),
+            "{label}: {relays:?}"
+        );
+    }
 }
 
 /// An Allocate with DONT-FRAGMENT (uclient `-g`) gets its allocation and relays, as coturn

@@ -97,12 +97,17 @@ fn set_reuse_port(socket: &socket2::Socket) -> io::Result<()> {
     }
 }
 
-fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+/// A non-blocking UDP socket bound to `addr` with large buffers (IPv6 only for an IPv6
+/// address, so both families can share a port).
+pub(crate) fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     if reuse_port {
         set_reuse_port(&socket)?;
     }

@@ -39,10 +39,11 @@ use webrtc_util::Conn;
 use crate::auth::{Credentials, Verified, now_unix};
 use crate::fastpath::FastUdp;
 use crate::inspect::{
-    ALLOCATE_ERROR, ALLOCATE_SUCCESS, CHANNEL_BIND_ERROR, CHANNEL_BIND_SUCCESS,
-    CREATE_PERMISSION_ERROR, CREATE_PERMISSION_SUCCESS, DATA_INDICATION, Packet, classify,
-    data_len, decode, error_response, peer_addresses, refresh_zero, relayed_address,
-    transaction_id, unknown_required, without_dont_fragment,
+    ALLOCATE_ERROR, ALLOCATE_SUCCESS, ATTR_DONT_FRAGMENT_TYPE, ATTR_REQUESTED_FAMILY,
+    ATTR_RESERVATION_TOKEN, CHANNEL_BIND_ERROR, CHANNEL_BIND_SUCCESS, CREATE_PERMISSION_ERROR,
+    CREATE_PERMISSION_SUCCESS, DATA_INDICATION, Packet, classify, data_len, decode, error_response,
+    peer_addresses, refresh_zero, relayed_address, reservation_token, resigned, transaction_id,
+    unknown_required,
 };
 use crate::policy::PeerPolicy;
 use crate::quota::{Allocations, Transport};
@@ -54,6 +55,8 @@ use crate::stream::{Inbound, Sent, StreamHub};
 
 /// Allocate requests awaiting their response, per gate, before the table is reset.
 const MAX_PENDING: usize = 10_000;
+/// How long a RESERVATION-TOKEN is good for (RFC 8656 §7.2: about 30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -171,6 +174,8 @@ pub struct Gate {
     /// CreatePermission and ChannelBind requests awaiting their response (fast path only),
     /// by client and transaction id.
     pending_bindings: Mutex<HashMap<(SocketAddr, [u8; 12]), BindingChange>>,
+    /// RESERVATION-TOKENs handed out: whether the reserving allocation was IPv6, and until when.
+    reservations: Mutex<HashMap<[u8; 8], (bool, Instant)>>,
     stream_auth: Mutex<HashMap<SocketAddr, Verified>>,
 }
 
@@ -198,6 +203,7 @@ impl Gate {
             shared,
             pending: Mutex::new(HashMap::new()),
             pending_bindings: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(HashMap::new()),
             stream_auth: Mutex::new(HashMap::new()),
         })
     }
@@ -380,9 +386,19 @@ impl Gate {
             }
             _ => {}
         }
-        // coturn grants an Allocate with DONT-FRAGMENT; the crate would refuse it (420).
-        let rewritten = if allocate && m.contains(ATTR_DONT_FRAGMENT) {
-            match without_dont_fragment(m, &verified.key) {
+        // coturn grants an Allocate with DONT-FRAGMENT; the crate would refuse it (420). And
+        // the crate ignores RESERVATION-TOKEN, always allocating IPv4 for it: one for an IPv6
+        // reservation asks for IPv6 instead (any free port, as the crate does for IPv4).
+        let dont_fragment = allocate && m.contains(ATTR_DONT_FRAGMENT);
+        let reserved_v6 = allocate && self.take_v6_reservation(m);
+        let rewritten = if dont_fragment || reserved_v6 {
+            let mut drop = vec![ATTR_DONT_FRAGMENT_TYPE];
+            let mut add: Vec<(u16, &[u8])> = Vec::new();
+            if reserved_v6 {
+                drop.push(ATTR_RESERVATION_TOKEN);
+                add.push((ATTR_REQUESTED_FAMILY, &[0x02, 0, 0, 0]));
+            }
+            match resigned(m, &verified.key, &drop, &add) {
                 Some(raw) => Some(raw),
                 None => return Verdict::Drop("cannot re-sign the Allocate"),
             }
@@ -396,6 +412,16 @@ impl Gate {
             Some(raw) => Verdict::Rewrite(raw),
             None => Verdict::Pass,
         }
+    }
+
+    /// Whether `m` carries the RESERVATION-TOKEN of an IPv6 allocation (forgotten once used).
+    fn take_v6_reservation(&self, m: &Message) -> bool {
+        let Some(token) = reservation_token(&m.raw) else {
+            return false;
+        };
+        lock(&self.reservations)
+            .remove(&token)
+            .is_some_and(|(v6, until)| v6 && until > Instant::now())
     }
 
     /// Remembers what a CreatePermission or ChannelBind asks for, to copy it into the fast
@@ -464,6 +490,17 @@ impl Gate {
             Packet::Stun {
                 typ: typ @ (ALLOCATE_SUCCESS | ALLOCATE_ERROR),
             } => {
+                if typ == ALLOCATE_SUCCESS
+                    && let (Some(token), Some(relay)) =
+                        (reservation_token(buf), relayed_address(buf))
+                {
+                    let mut reservations = lock(&self.reservations);
+                    let now = Instant::now();
+                    reservations.retain(|_, (_, until)| *until > now);
+                    if reservations.len() < MAX_PENDING {
+                        reservations.insert(token, (relay.is_ipv6(), now + RESERVATION_LIFETIME));
+                    }
+                }
                 let pending = {
                     let mut pending = lock(&self.pending);
                     match pending.get(&to) {

@@ -340,20 +340,42 @@ pub fn refresh_zero(username: &str, realm: &str, nonce: &str, key: &[u8]) -> Opt
 /// keep Linux's default path-MTU discovery (`IP_PMTUDISC_WANT`), under which a datagram that
 /// fits the path goes out with the DF bit set anyway.
 pub fn without_dont_fragment(m: &Message, key: &[u8]) -> Option<Vec<u8>> {
-    const DONT_FRAGMENT: u16 = 0x001A;
+    resigned(m, key, &[ATTR_DONT_FRAGMENT_TYPE], &[])
+}
+
+/// DONT-FRAGMENT attribute type.
+pub const ATTR_DONT_FRAGMENT_TYPE: u16 = 0x001A;
+/// RESERVATION-TOKEN attribute type.
+pub const ATTR_RESERVATION_TOKEN: u16 = 0x0022;
+/// REQUESTED-ADDRESS-FAMILY attribute type.
+pub const ATTR_REQUESTED_FAMILY: u16 = 0x0017;
+
+/// `m` without the attributes in `drop`, with `add` appended, signed again with `key` (same
+/// transaction id) and fingerprinted.
+pub fn resigned(m: &Message, key: &[u8], drop: &[u16], add: &[(u16, &[u8])]) -> Option<Vec<u8>> {
     const INTEGRITY: [u16; 3] = [0x0008, 0x001C, 0x8028]; // MI, MI-SHA256, FINGERPRINT
     let mut r = Message::new();
     r.typ = m.typ;
     r.transaction_id = m.transaction_id;
     r.write_header();
     for a in &m.attributes.0 {
-        if a.typ.0 != DONT_FRAGMENT && !INTEGRITY.contains(&a.typ.0) {
+        if !drop.contains(&a.typ.0) && !INTEGRITY.contains(&a.typ.0) {
             r.add(a.typ, &a.value);
         }
+    }
+    for (typ, value) in add {
+        r.add(AttrType(*typ), value);
     }
     MessageIntegrity(key.to_vec()).add_to(&mut r).ok()?;
     FINGERPRINT.add_to(&mut r).ok()?;
     Some(r.raw)
+}
+
+/// The RESERVATION-TOKEN of a raw message.
+pub fn reservation_token(buf: &[u8]) -> Option<[u8; 8]> {
+    buf.get(find_attribute(buf, ATTR_RESERVATION_TOKEN)?)?
+        .try_into()
+        .ok()
 }
 
 /// Decodes a STUN message (already classified as one).

@@ -42,7 +42,7 @@ use ipnet::IpNet;
 
 use crate::auth::Secrets;
 use crate::policy::PeerPolicy;
-use crate::relay::{DataPath, Relay, RelayConfig};
+use crate::relay::{DataPath, Relay, RelayConfig, RelayFamily};
 
 /// Default log filter: ours at info, the `turn` crate's silent. (A bare `turn` directive would
 /// also match `turn_node`: filter targets match by prefix.)
@@ -87,12 +87,15 @@ pub struct Args {
     /// PEM private key for TURN over TLS.
     #[arg(long, requires = "tls_port")]
     pub tls_key: Option<PathBuf>,
-    /// IPv4 address the TURN listeners and relay sockets bind to (0.0.0.0 on a server).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub listen_ip: IpAddr,
-    /// Relay address told to clients (the public IP behind a 1:1 NAT) [default: --public-ip].
-    #[arg(long)]
-    pub relay_ip: Option<IpAddr>,
+    /// Address the TURN listeners and relay sockets bind to (0.0.0.0 on a server); give one
+    /// IPv4 and one IPv6 address (repeated, or comma-separated) to serve both families and
+    /// offer IPv6 relay addresses (REQUESTED-ADDRESS-FAMILY). The first is the primary one.
+    #[arg(long, default_value = "127.0.0.1", value_delimiter = ',', num_args = 1..)]
+    pub listen_ip: Vec<IpAddr>,
+    /// Relay address told to clients, per family (the public IP behind a 1:1 NAT) [default:
+    /// --public-ip for its family, else the listen address].
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub relay_ip: Vec<IpAddr>,
     /// Lowest relay port.
     #[arg(long, default_value_t = 49152,
         value_parser = clap::value_parser!(u16).range(1..))]
@@ -159,6 +162,40 @@ impl Args {
         urls
     }
 
+    /// The address families to serve: each --listen-ip with the --relay-ip of its family.
+    pub fn families(&self) -> anyhow::Result<Vec<RelayFamily>> {
+        let mut families: Vec<RelayFamily> = Vec::new();
+        for listen_ip in &self.listen_ip {
+            anyhow::ensure!(
+                !families
+                    .iter()
+                    .any(|f| f.listen_ip.is_ipv4() == listen_ip.is_ipv4()),
+                "--listen-ip {listen_ip}: one address per family (IPv4 and IPv6) at most"
+            );
+            let same_family = |ip: &&IpAddr| ip.is_ipv4() == listen_ip.is_ipv4();
+            let relay_ip = match self.relay_ip.iter().filter(same_family).count() {
+                0 if same_family(&&self.node.public_ip) => self.node.public_ip,
+                0 => *listen_ip,
+                1 => *self.relay_ip.iter().find(same_family).unwrap_or(listen_ip),
+                _ => anyhow::bail!("--relay-ip: one address per family at most"),
+            };
+            families.push(RelayFamily {
+                listen_ip: *listen_ip,
+                relay_ip,
+            });
+        }
+        for relay_ip in &self.relay_ip {
+            anyhow::ensure!(
+                families
+                    .iter()
+                    .any(|f| f.listen_ip.is_ipv4() == relay_ip.is_ipv4()),
+                "--relay-ip {relay_ip}: no --listen-ip of that family"
+            );
+        }
+        anyhow::ensure!(!families.is_empty(), "--listen-ip: at least one address");
+        Ok(families)
+    }
+
     /// The relay configuration these arguments describe (loads the TLS certificate).
     pub fn relay_config(&self) -> anyhow::Result<RelayConfig> {
         anyhow::ensure!(
@@ -176,8 +213,7 @@ impl Args {
             _ => anyhow::bail!("--tls-port, --tls-cert and --tls-key go together"),
         };
         Ok(RelayConfig {
-            listen_ip: self.listen_ip,
-            relay_ip: self.relay_ip.unwrap_or(self.node.public_ip),
+            families: self.families()?,
             turn_port: self.turn_port,
             tls,
             relay_ports: (self.relay_min_port, self.relay_max_port),
@@ -256,8 +292,13 @@ mod tests {
         assert_eq!(relay.realm, "fleet");
         assert_eq!(relay.user_quota, 12);
         assert_eq!(relay.total_quota, 10_000);
-        assert_eq!(relay.relay_ip, args.node.public_ip);
-        assert_eq!(relay.listen_ip.to_string(), "127.0.0.1");
+        assert_eq!(
+            relay.families,
+            vec![RelayFamily {
+                listen_ip: "127.0.0.1".parse().expect("ip"),
+                relay_ip: args.node.public_ip,
+            }]
+        );
         assert!(relay.tls.is_none());
         assert!(relay.policy.allow_list().is_empty());
         assert_eq!(
@@ -267,6 +308,38 @@ mod tests {
                 "turn:127.0.0.1:3478?transport=tcp".to_owned()
             ]
         );
+    }
+
+    #[test]
+    fn each_family_gets_its_own_relay_address() {
+        let families = |extra: &[&str]| {
+            let args = turn_args(&[&["--auth-secret", "a"], extra].concat()).expect("parse");
+            args.families().map_err(|e| e.to_string())
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let both = families(&["--listen-ip", "10.0.0.5,2001:db8::5"]).expect("two families");
+        assert_eq!(both[0].listen_ip, ip("10.0.0.5"));
+        assert_eq!(both[0].relay_ip, ip("127.0.0.1"), "--public-ip for IPv4");
+        assert_eq!(
+            both[1].relay_ip,
+            ip("2001:db8::5"),
+            "its own address for IPv6"
+        );
+        let natted = families(&[
+            "--listen-ip",
+            "10.0.0.5",
+            "--listen-ip",
+            "::",
+            "--relay-ip",
+            "2001:db8::9,203.0.113.9",
+        ])
+        .expect("relay addresses by family");
+        assert_eq!(natted[0].relay_ip, ip("203.0.113.9"));
+        assert_eq!(natted[1].relay_ip, ip("2001:db8::9"));
+        let e = families(&["--listen-ip", "10.0.0.5,10.0.0.6"]).expect_err("two IPv4");
+        assert!(e.contains("one address per family"), "{e}");
+        let e = families(&["--relay-ip", "2001:db8::9"]).expect_err("no IPv6 listener");
+        assert!(e.contains("no --listen-ip of that family"), "{e}");
     }
 
     #[test]

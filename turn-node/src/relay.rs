@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use crate::policy::PeerPolicy;
 use crate::quota::Transport;
 use crate::redact::masked;
 use crate::stream::StreamHub;
+use webrtc_util::Conn;
 
 /// How often the allocation table is checked against the servers' own.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,12 +42,19 @@ const SAME_PORT_TRIES: usize = 20;
 /// Socket buffer asked for on the UDP listener (the kernel caps it at `rmem_max`/`wmem_max`).
 const UDP_BUFFER: usize = 4 << 20;
 
-/// Everything the relay needs, already parsed.
-pub struct RelayConfig {
+/// One address family's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayFamily {
     /// Address the listeners and relay sockets bind to.
     pub listen_ip: IpAddr,
-    /// Relay address told to clients (NAT 1:1: the public IP).
+    /// Relay address told to clients (NAT 1:1: the public IP of this family).
     pub relay_ip: IpAddr,
+}
+
+/// Everything the relay needs, already parsed.
+pub struct RelayConfig {
+    /// The address families served, at most one of each; the first is the primary one.
+    pub families: Vec<RelayFamily>,
     /// UDP and TCP port (0: any, the same for both).
     pub turn_port: u16,
     /// TLS port and certificate, when TURN over TLS is on.
@@ -106,7 +113,8 @@ pub struct Relay {
     shared: Arc<GateShared>,
     servers: Vec<(Transport, Arc<Server>)>,
     hubs: Vec<Arc<StreamHub>>,
-    fast: Option<Arc<FastUdp>>,
+    fasts: Vec<Arc<FastUdp>>,
+    addresses: Vec<Addresses>,
     udp: SocketAddr,
     tcp: SocketAddr,
     tls: Option<SocketAddr>,
@@ -162,15 +170,13 @@ async fn bind_turn_port<U>(
     let wanted = SocketAddr::new(ip, port);
     if port != 0 {
         let (udp, _) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
-        let tcp = TcpListener::bind(wanted)
-            .await
-            .map_err(bind_error("tcp", wanted))?;
+        let tcp = bind_tcp(wanted).map_err(bind_error("tcp", wanted))?;
         return Ok((udp, tcp));
     }
     let mut last = None;
     for _ in 0..SAME_PORT_TRIES {
         let (udp, addr) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
-        match TcpListener::bind(addr).await {
+        match bind_tcp(addr) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last = Some((addr, e)),
         }
@@ -183,123 +189,238 @@ async fn bind_turn_port<U>(
     })
 }
 
+/// One address family's bound listeners.
+struct Bound {
+    addresses: Addresses,
+    listeners: Vec<(Transport, Listener)>,
+    fast: Option<Arc<FastUdp>>,
+    hubs: Vec<Arc<StreamHub>>,
+}
+
+/// Where one address family listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// UDP listener.
+    pub udp: SocketAddr,
+    /// TCP listener.
+    pub tcp: SocketAddr,
+    /// TLS listener.
+    pub tls: Option<SocketAddr>,
+}
+
+/// Binds one family's UDP (the fast path's workers, or one socket), TCP and TLS listeners.
+async fn bind_family(
+    config: &RelayConfig,
+    listen_ip: IpAddr,
+    turn_port: u16,
+    shared: &Arc<GateShared>,
+) -> Result<Bound, RelayError> {
+    let workers = config.udp_workers.max(1);
+    let (udp_sockets, tcp_listener) = bind_turn_port(listen_ip, turn_port, |addr| {
+        let sockets = match config.data_path {
+            DataPath::Fast => bind_workers(addr, workers)?,
+            DataPath::Crate => vec![crate::fastpath::udp_socket(addr, false)?],
+        };
+        let bound = sockets
+            .first()
+            .ok_or_else(|| io::Error::other("no UDP socket"))?
+            .local_addr()?;
+        Ok((sockets, bound))
+    })
+    .await?;
+    let tcp = tcp_listener.local_addr()?;
+    let max_connections = config.total_quota.saturating_mul(2).max(256);
+    let tcp_hub = StreamHub::start(tcp_listener, None, max_connections)?;
+    let mut hubs = vec![tcp_hub.clone()];
+    let (udp_listener, fast) = match config.data_path {
+        DataPath::Fast => {
+            let fast = FastUdp::new(udp_sockets, shared.clone())?;
+            fast.start()?;
+            (Listener::Fast(fast.clone()), Some(fast))
+        }
+        DataPath::Crate => {
+            let socket = udp_sockets
+                .into_iter()
+                .next()
+                .ok_or_else(|| io::Error::other("no UDP socket"))?;
+            (Listener::Udp(UdpSocket::from_std(socket)?), None)
+        }
+    };
+    let udp = match &udp_listener {
+        Listener::Udp(socket) => socket.local_addr()?,
+        Listener::Fast(fast) => fast.local_addr(),
+        Listener::Stream(hub) => hub.local_addr(),
+    };
+    let mut listeners = vec![
+        (Transport::Udp, udp_listener),
+        (Transport::Tcp, Listener::Stream(tcp_hub)),
+    ];
+    let mut tls = None;
+    if let Some((port, acceptor)) = &config.tls {
+        let addr = SocketAddr::new(listen_ip, *port);
+        let listener = bind_tcp(addr).map_err(bind_error("tls", addr))?;
+        tls = Some(listener.local_addr()?);
+        let hub = StreamHub::start(listener, Some(acceptor.clone()), max_connections)?;
+        hubs.push(hub.clone());
+        listeners.push((Transport::Tls, Listener::Stream(hub)));
+    }
+    Ok(Bound {
+        addresses: Addresses { udp, tcp, tls },
+        listeners,
+        fast,
+        hubs,
+    })
+}
+
+/// A TCP listener on `addr` (IPv6 only for an IPv6 address, so both families can share a port).
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket2::SockRef::from(&socket).set_only_v6(true)?;
+            socket
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The relay address generator for listeners of one family: relay sockets of the family the
+/// Allocate asks for (REQUESTED-ADDRESS-FAMILY, IPv4 by default), on that family's addresses.
+struct ByFamily {
+    v4: Option<Box<dyn RelayAddressGenerator + Send + Sync>>,
+    v6: Option<Box<dyn RelayAddressGenerator + Send + Sync>>,
+}
+
+#[async_trait::async_trait]
+impl RelayAddressGenerator for ByFamily {
+    fn validate(&self) -> Result<(), turn::Error> {
+        for generator in [&self.v4, &self.v6].into_iter().flatten() {
+            generator.validate()?;
+        }
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        let generator = if use_ipv4 { &self.v4 } else { &self.v6 };
+        match generator {
+            Some(generator) => generator.allocate_conn(use_ipv4, requested_port).await,
+            None => Err(turn::Error::Other(format!(
+                "no IPv{} relay address on this node",
+                if use_ipv4 { 4 } else { 6 }
+            ))),
+        }
+    }
+}
+
 impl Relay {
-    /// Binds every listener and starts the servers.
+    /// Binds every listener (each family's, on the same ports) and starts the servers.
     pub async fn start(config: RelayConfig) -> Result<Arc<Relay>, RelayError> {
-        let credentials = Arc::new(Credentials::new(config.secrets, config.realm.clone()));
+        let credentials = Arc::new(Credentials::new(
+            config.secrets.clone(),
+            config.realm.clone(),
+        ));
         let shared = Arc::new(GateShared::new(
             credentials.clone(),
-            config.policy,
+            config.policy.clone(),
             config.user_quota,
             config.total_quota,
         ));
-        let workers = config.udp_workers.max(1);
-        let (udp_sockets, tcp_listener) =
-            bind_turn_port(config.listen_ip, config.turn_port, |addr| {
-                let sockets = match config.data_path {
-                    DataPath::Fast => bind_workers(addr, workers)?,
-                    DataPath::Crate => {
-                        let socket = std::net::UdpSocket::bind(addr)?;
-                        socket.set_nonblocking(true)?;
-                        enlarge_buffers(socket.as_raw_fd());
-                        vec![socket]
-                    }
-                };
-                let bound = sockets
-                    .first()
-                    .ok_or_else(|| io::Error::other("no UDP socket"))?
-                    .local_addr()?;
-                Ok((sockets, bound))
-            })
-            .await?;
-        let tcp = tcp_listener.local_addr()?;
-        let max_connections = config.total_quota.saturating_mul(2).max(256);
-        let tcp_hub = StreamHub::start(tcp_listener, None, max_connections)?;
-        let mut hubs = vec![tcp_hub.clone()];
-        let mut tasks = Vec::new();
-        let (udp_listener, fast) = match config.data_path {
-            DataPath::Fast => {
-                let fast = FastUdp::new(udp_sockets, shared.clone())?;
-                fast.start()?;
-                (Listener::Fast(fast.clone()), Some(fast))
-            }
-            DataPath::Crate => {
-                let socket = udp_sockets
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| io::Error::other("no UDP socket"))?;
-                (Listener::Udp(UdpSocket::from_std(socket)?), None)
-            }
-        };
-        let udp = match &udp_listener {
-            Listener::Udp(socket) => socket.local_addr()?,
-            Listener::Fast(fast) => fast.local_addr(),
-            Listener::Stream(hub) => hub.local_addr(),
-        };
-        let mut listeners = vec![
-            (Transport::Udp, udp_listener),
-            (Transport::Tcp, Listener::Stream(tcp_hub)),
-        ];
-        let mut tls = None;
-        if let Some((port, acceptor)) = config.tls {
-            let addr = SocketAddr::new(config.listen_ip, port);
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(bind_error("tls", addr))?;
-            tls = Some(listener.local_addr()?);
-            let hub = StreamHub::start(listener, Some(acceptor), max_connections)?;
-            hubs.push(hub.clone());
-            listeners.push((Transport::Tls, Listener::Stream(hub)));
+        let mut bound: Vec<(RelayFamily, Bound)> = Vec::new();
+        let mut turn_port = config.turn_port;
+        for family in &config.families {
+            let b = bind_family(&config, family.listen_ip, turn_port, &shared).await?;
+            turn_port = b.addresses.udp.port();
+            bound.push((*family, b));
         }
-
-        let address = match config.listen_ip {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("[{ip}]"),
+        let Some(primary) = bound.first().map(|(_, b)| b.addresses) else {
+            return Err(RelayError::Io(io::Error::other("no listen address")));
         };
         let net = Arc::new(Net::new(None));
-        let mut servers = Vec::new();
-        for (transport, listener) in listeners {
-            let gate = Arc::new(Gate::new(listener, shared.clone())?);
-            let generator: Box<dyn RelayAddressGenerator + Send + Sync> = match (&fast, transport) {
-                (Some(fast), Transport::Udp) => Box::new(FastRelayGenerator::new(
-                    fast.clone(),
-                    config.listen_ip,
-                    config.relay_ip,
-                    config.relay_ports,
-                )),
-                _ => Box::new(RelayAddressGeneratorRanges {
-                    relay_address: config.relay_ip,
+        let crate_generator =
+            |family: Option<&RelayFamily>| -> Option<Box<dyn RelayAddressGenerator + Send + Sync>> {
+                let family = family?;
+                let address = match family.listen_ip {
+                    IpAddr::V4(ip) => ip.to_string(),
+                    IpAddr::V6(ip) => format!("[{ip}]"),
+                };
+                Some(Box::new(RelayAddressGeneratorRanges {
+                    relay_address: family.relay_ip,
                     min_port: config.relay_ports.0,
                     max_port: config.relay_ports.1,
                     max_retries: 0,
-                    address: address.clone(),
+                    address,
                     net: net.clone(),
-                }),
+                }))
             };
-            let (server, forget) =
-                turn_server(gate, generator, &config.realm, &credentials).await?;
-            tasks.push(tokio::spawn(forget_closed(
-                transport,
-                forget,
-                shared.clone(),
-            )));
-            servers.push((transport, Arc::new(server)));
+        let v4 = config.families.iter().find(|f| f.listen_ip.is_ipv4());
+        let v6 = config.families.iter().find(|f| f.listen_ip.is_ipv6());
+        let fast_generator = |fast: &Arc<FastUdp>,
+                              family: Option<&RelayFamily>|
+         -> Option<Box<dyn RelayAddressGenerator + Send + Sync>> {
+            let family = family?;
+            Some(Box::new(FastRelayGenerator::new(
+                fast.clone(),
+                family.listen_ip,
+                family.relay_ip,
+                config.relay_ports,
+            )))
+        };
+        let mut servers = Vec::new();
+        let mut tasks = Vec::new();
+        let mut hubs = Vec::new();
+        let mut fasts = Vec::new();
+        let mut addresses = Vec::new();
+        for (_, b) in bound {
+            addresses.push(b.addresses);
+            hubs.extend(b.hubs);
+            fasts.extend(b.fast.clone());
+            for (transport, listener) in b.listeners {
+                let gate = Arc::new(Gate::new(listener, shared.clone())?);
+                let generator = match (&b.fast, transport) {
+                    (Some(fast), Transport::Udp) => ByFamily {
+                        v4: fast_generator(fast, v4),
+                        v6: fast_generator(fast, v6),
+                    },
+                    _ => ByFamily {
+                        v4: crate_generator(v4),
+                        v6: crate_generator(v6),
+                    },
+                };
+                let (server, forget) =
+                    turn_server(gate, Box::new(generator), &config.realm, &credentials).await?;
+                tasks.push(tokio::spawn(forget_closed(
+                    transport,
+                    forget,
+                    shared.clone(),
+                )));
+                servers.push((transport, Arc::new(server)));
+            }
         }
         tasks.push(tokio::spawn(reconcile_loop(
             servers.clone(),
             shared.clone(),
         )));
-        tracing::info!(%udp, %tcp, tls = ?tls, relay_ip = %config.relay_ip,
-            relay_ports = ?config.relay_ports, data_path = ?config.data_path, udp_workers = workers,
-            "TURN relay listening");
+        for a in &addresses {
+            tracing::info!(udp = %a.udp, tcp = %a.tcp, tls = ?a.tls,
+                relay_ports = ?config.relay_ports, data_path = ?config.data_path,
+                udp_workers = config.udp_workers, "TURN relay listening");
+        }
         Ok(Arc::new(Relay {
             shared,
             servers,
             hubs,
-            fast,
-            udp,
-            tcp,
-            tls,
+            fasts,
+            udp: primary.udp,
+            tcp: primary.tcp,
+            tls: primary.tls,
+            addresses,
             tasks,
         }))
     }
@@ -324,11 +445,25 @@ impl Relay {
         &self.shared
     }
 
-    /// The start-up line: `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`.
+    /// Every family's listeners, the first family's first.
+    pub fn addresses(&self) -> &[Addresses] {
+        &self.addresses
+    }
+
+    /// The start-up line: `TURN udp=<addr> tcp=<addr>[ tls=<addr>]`, then the second family's
+    /// as `udp6=`/`tcp6=`/`tls6=` (or `udp4=`… when IPv6 came first).
     pub fn announce_line(&self) -> String {
-        let mut line = format!("TURN udp={} tcp={}", self.udp, self.tcp);
-        if let Some(tls) = self.tls {
-            line.push_str(&format!(" tls={tls}"));
+        let mut line = String::from("TURN");
+        for (i, a) in self.addresses.iter().enumerate() {
+            let suffix = match (i, a.udp.is_ipv6()) {
+                (0, _) => "",
+                (_, true) => "6",
+                (_, false) => "4",
+            };
+            line.push_str(&format!(" udp{suffix}={} tcp{suffix}={}", a.udp, a.tcp));
+            if let Some(tls) = a.tls {
+                line.push_str(&format!(" tls{suffix}={tls}"));
+            }
         }
         line
     }
@@ -338,7 +473,7 @@ impl Relay {
         for hub in &self.hubs {
             hub.stop();
         }
-        if let Some(fast) = &self.fast {
+        for fast in &self.fasts {
             fast.stop();
         }
         for (transport, server) in &self.servers {

@@ -18,7 +18,7 @@ use turn::client::{Client, ClientConfig};
 use turn_node::auth::{Secrets, now_unix};
 use turn_node::framing::Framer;
 use turn_node::policy::PeerPolicy;
-use turn_node::relay::{DataPath, Relay, RelayConfig};
+use turn_node::relay::{DataPath, Relay, RelayConfig, RelayFamily};
 use webrtc_util::Conn;
 
 mod common;
@@ -65,8 +65,10 @@ async fn start(setup: Setup) -> (Arc<Relay>, Option<TlsFiles>) {
         None
     };
     let relay = Relay::start(RelayConfig {
-        listen_ip: "127.0.0.1".parse().expect("ip"),
-        relay_ip: "127.0.0.1".parse().expect("ip"),
+        families: vec![RelayFamily {
+            listen_ip: "127.0.0.1".parse().expect("ip"),
+            relay_ip: "127.0.0.1".parse().expect("ip"),
+        }],
         turn_port: 0,
         tls,
         relay_ports: (40_000, 60_000),
