@@ -373,6 +373,7 @@ impl Relay {
             )))
         };
         let mut servers = Vec::new();
+        let mut reconciled = Vec::new();
         let mut tasks = Vec::new();
         let mut hubs = Vec::new();
         let mut fasts = Vec::new();
@@ -400,11 +401,13 @@ impl Relay {
                     forget,
                     shared.clone(),
                 )));
-                servers.push((transport, Arc::new(server)));
+                let server = Arc::new(server);
+                reconciled.push((transport, b.addresses.udp.is_ipv6(), server.clone()));
+                servers.push((transport, server));
             }
         }
         tasks.push(tokio::spawn(reconcile_loop(
-            servers.clone(),
+            reconciled,
             shared.clone(),
         )));
         for a in &addresses {
@@ -513,14 +516,16 @@ async fn forget_closed(
 
 /// Periodically aligns the allocation table with the servers' own (a relay socket that fails
 /// ends its allocation without a close notice).
-async fn reconcile_loop(servers: Vec<(Transport, Arc<Server>)>, shared: Arc<GateShared>) {
+/// Each server knows its own listener's clients only: those of one transport and one family.
+async fn reconcile_loop(servers: Vec<(Transport, bool, Arc<Server>)>, shared: Arc<GateShared>) {
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        for (transport, server) in &servers {
-            let before = shared.allocations().keys_on(*transport);
+        for (transport, v6, server) in &servers {
+            let mut before = shared.allocations().keys_on(*transport);
+            before.retain(|(_, client)| client.is_ipv6() == *v6);
             let infos = match tokio::time::timeout(
                 Duration::from_secs(5),
                 server.get_allocations_info(None),
