@@ -41,10 +41,11 @@ use crate::fastpath::FastUdp;
 use crate::inspect::{
     ALLOCATE_ERROR, ALLOCATE_SUCCESS, ATTR_DONT_FRAGMENT_TYPE, ATTR_REQUESTED_FAMILY,
     ATTR_RESERVATION_TOKEN, CHANNEL_BIND_ERROR, CHANNEL_BIND_SUCCESS, CREATE_PERMISSION_ERROR,
-    CREATE_PERMISSION_SUCCESS, DATA_INDICATION, Packet, classify, data_len, decode, error_response,
-    peer_addresses, refresh_zero, relayed_address, reservation_token, resigned, transaction_id,
-    unknown_required,
+    CREATE_PERMISSION_SUCCESS, DATA_INDICATION, Packet, challenge, challenge_nonce, classify,
+    data_len, decode, error_response, peer_addresses, refresh_zero, relayed_address,
+    reservation_token, resigned, transaction_id, unknown_required,
 };
+use crate::nonce::NoncePool;
 use crate::policy::PeerPolicy;
 use crate::quota::{Allocations, Transport};
 use crate::ratelimit::{Limits, RateLimiter};
@@ -55,6 +56,9 @@ use crate::stream::{Inbound, Sent, StreamHub};
 
 /// Allocate requests awaiting their response, per gate, before the table is reset.
 const MAX_PENDING: usize = 10_000;
+/// The class bits of a STUN message type, and their value for an error response.
+const CLASS_BITS: u16 = 0x0110;
+const ERROR_CLASS: u16 = 0x0110;
 /// How long a RESERVATION-TOKEN is good for (RFC 8656 §7.2: about 30 s).
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -155,7 +159,10 @@ enum Verdict {
     /// Pass this rewritten message instead of the one received.
     Rewrite(Vec<u8>),
     Drop(&'static str),
+    /// Answer with this refusal.
     Reply(Vec<u8>),
+    /// Answer with this 401 challenge (the crate's current nonce).
+    Challenge(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -176,6 +183,7 @@ pub struct Gate {
     pending_bindings: Mutex<HashMap<(SocketAddr, [u8; 12]), BindingChange>>,
     /// RESERVATION-TOKENs handed out: whether the reserving allocation was IPv6, and until when.
     reservations: Mutex<HashMap<[u8; 8], (bool, Instant)>>,
+    nonces: Mutex<NoncePool>,
     stream_auth: Mutex<HashMap<SocketAddr, Verified>>,
 }
 
@@ -204,6 +212,7 @@ impl Gate {
             pending: Mutex::new(HashMap::new()),
             pending_bindings: Mutex::new(HashMap::new()),
             reservations: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(NoncePool::default()),
             stream_auth: Mutex::new(HashMap::new()),
         })
     }
@@ -311,10 +320,18 @@ impl Gate {
             tracing::trace!(client = %masked(src), reason = %e, "credential refused");
             return Verdict::Reply(raw);
         }
-        // Otherwise the server answers 401/438 with a fresh nonce (kept forever), or
-        // 400: limited per source, since the crate never forgets a nonce.
+        // Otherwise a 401 challenge: limited per source (it is bigger than the request), and
+        // with the nonce the crate minted last while that is fresh, so the crate, which never
+        // forgets a nonce, mints one per ten minutes instead of one per request.
         if !self.shared.allow_nonce_request(src) {
             return Verdict::Drop("unauthenticated request rate limit");
+        }
+        let pooled = lock(&self.nonces).fresh(Instant::now()).map(str::to_owned);
+        if !m.contains(ATTR_MESSAGE_INTEGRITY)
+            && let Some(nonce) = pooled
+            && let Some(raw) = challenge(m, self.shared.credentials.realm(), &nonce)
+        {
+            return Verdict::Challenge(raw);
         }
         tracing::trace!(client = %masked(src), reason = %e, "unauthenticated request");
         Verdict::Pass
@@ -468,8 +485,15 @@ impl Gate {
         }
     }
 
-    /// Watches what the server sends: relayed bytes, and Allocate responses.
+    /// Watches what the server sends: relayed bytes, Allocate responses, and the nonces of its
+    /// challenges.
     fn observe_outgoing(&self, buf: &[u8], to: SocketAddr) {
+        if let Packet::Stun { typ } = classify(buf)
+            && typ & CLASS_BITS == ERROR_CLASS
+            && let Some(nonce) = challenge_nonce(buf)
+        {
+            lock(&self.nonces).record(nonce, Instant::now());
+        }
         if let (Listener::Fast(fast), Packet::Stun { typ }) = (&self.listener, classify(buf))
             && matches!(
                 typ,
@@ -628,6 +652,9 @@ impl Conn for Gate {
                 }
                 Verdict::Reply(response) => {
                     self.shared.stats.refused();
+                    self.transmit(&response, src).await;
+                }
+                Verdict::Challenge(response) => {
                     self.transmit(&response, src).await;
                 }
             }
@@ -841,5 +868,61 @@ mod tests {
             g.inspect(&bare.raw, SocketAddr::from(([203, 0, 113, 1], 1))),
             Verdict::Pass
         );
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_requests_get_the_crates_last_nonce_instead_of_a_new_one() {
+        let g = gate("", 10, 10).await;
+        let bare = |method| {
+            let mut m = Message::new();
+            m.build(&[
+                Box::new(TransactionId::new()) as Box<dyn Setter>,
+                Box::new(MessageType::new(method, CLASS_REQUEST)),
+            ])
+            .expect("build");
+            m.raw
+        };
+        // Nothing minted yet: the crate answers (and mints).
+        assert_eq!(g.inspect(&bare(METHOD_ALLOCATE), client(1)), Verdict::Pass);
+        // The crate's challenge goes out: its nonce is remembered.
+        let first = decode(&bare(METHOD_ALLOCATE)).expect("decode");
+        let crate_challenge = challenge(&first, "fleet", "crate-nonce-1").expect("challenge");
+        g.observe_outgoing(&crate_challenge, client(1));
+        for (i, method) in [METHOD_ALLOCATE, METHOD_REFRESH, METHOD_CREATE_PERMISSION]
+            .into_iter()
+            .enumerate()
+        {
+            let request = bare(method);
+            let Verdict::Challenge(raw) = g.inspect(&request, client(2 + i as u16)) else {
+                panic!("the gate should answer the challenge itself");
+            };
+            let m = decode(&raw).expect("decode");
+            assert_eq!(m.transaction_id.0, transaction_id(&request).expect("tid"));
+            assert_eq!(m.typ.method, method);
+            assert_eq!(error_code(&Verdict::Reply(raw.clone())), Some(401));
+            assert_eq!(challenge_nonce(&raw).as_deref(), Some("crate-nonce-1"));
+        }
+        // A 438 (stale nonce) from the crate brings its new nonce.
+        let mut stale = Message::new();
+        stale
+            .build(&[
+                Box::new(TransactionId::new()) as Box<dyn Setter>,
+                Box::new(MessageType::new(
+                    METHOD_REFRESH,
+                    stun::message::CLASS_ERROR_RESPONSE,
+                )),
+                Box::new(ErrorCodeAttribute {
+                    code: ErrorCode(438),
+                    reason: b"Stale Nonce".to_vec(),
+                }),
+                Box::new(TextAttribute::new(ATTR_REALM, "fleet".into())),
+                Box::new(TextAttribute::new(ATTR_NONCE, "crate-nonce-2".into())),
+            ])
+            .expect("build");
+        g.observe_outgoing(&stale.raw, client(1));
+        let Verdict::Challenge(raw) = g.inspect(&bare(METHOD_ALLOCATE), client(9)) else {
+            panic!("challenge");
+        };
+        assert_eq!(challenge_nonce(&raw).as_deref(), Some("crate-nonce-2"));
     }
 }

@@ -300,6 +300,12 @@ pub fn error_response(
 pub fn unauthorized_response(m: &Message, realm: &str) -> Option<Vec<u8>> {
     let mut nonce = TextAttribute::new(ATTR_NONCE, String::new());
     nonce.get_from(m).ok()?;
+    challenge(m, realm, &nonce.text)
+}
+
+/// A 401 Unauthorized challenge to request `m` with REALM and this NONCE (no integrity), as
+/// the `turn` crate answers a request without MESSAGE-INTEGRITY.
+pub fn challenge(m: &Message, realm: &str, nonce: &str) -> Option<Vec<u8>> {
     let setters: Vec<Box<dyn Setter>> = vec![
         Box::new(m.transaction_id),
         Box::new(MessageType::new(m.typ.method, CLASS_ERROR_RESPONSE)),
@@ -308,12 +314,25 @@ pub fn unauthorized_response(m: &Message, realm: &str) -> Option<Vec<u8>> {
             reason: b"Unauthorized".to_vec(),
         }),
         Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())),
-        Box::new(nonce),
+        Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_owned())),
         Box::new(FINGERPRINT),
     ];
     let mut r = Message::new();
     r.build(&setters).ok()?;
     Some(r.raw)
+}
+
+/// The NONCE of an error response whose ERROR-CODE is 401 or 438 (a server's challenge).
+pub fn challenge_nonce(buf: &[u8]) -> Option<String> {
+    let m = decode(buf)?;
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&m).ok()?;
+    if !matches!(code.code, ErrorCode(401 | 438)) {
+        return None;
+    }
+    let mut nonce = TextAttribute::new(ATTR_NONCE, String::new());
+    nonce.get_from(&m).ok()?;
+    Some(nonce.text)
 }
 
 /// A Refresh request with LIFETIME 0 (deletes the sender's allocation), authenticated like a

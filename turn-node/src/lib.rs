@@ -20,6 +20,7 @@ pub mod fastpath;
 pub mod framing;
 pub mod gate;
 pub mod inspect;
+pub mod nonce;
 pub mod policy;
 pub mod poller;
 pub mod quota;

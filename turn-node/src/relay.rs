@@ -406,10 +406,7 @@ impl Relay {
                 servers.push((transport, server));
             }
         }
-        tasks.push(tokio::spawn(reconcile_loop(
-            reconciled,
-            shared.clone(),
-        )));
+        tasks.push(tokio::spawn(reconcile_loop(reconciled, shared.clone())));
         for a in &addresses {
             tracing::info!(udp = %a.udp, tcp = %a.tcp, tls = ?a.tls,
                 relay_ports = ?config.relay_ports, data_path = ?config.data_path,
