@@ -8,6 +8,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -270,31 +271,108 @@ pub struct Sent {
     pub failed: usize,
 }
 
+/// Segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+const MAX_SEGMENTS: usize = 64;
+/// Bytes one GSO send may carry (one UDP datagram's worth, with room for the headers).
+const MAX_GSO_BYTES: usize = 65_000;
+/// Datagrams one `sendmmsg` call carries at most (over up to [`BATCH`] messages).
+const MAX_DATAGRAMS_PER_CALL: usize = 256;
+/// Whether UDP GSO works here (cleared the first time the kernel refuses it).
+static GSO: AtomicBool = AtomicBool::new(true);
+
+/// One `sendmmsg` message: datagrams `start..end` of the list, as one GSO send of
+/// `segment`-byte segments when there are several.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: usize,
+    end: usize,
+    segment: usize,
+}
+
+/// Splits `datagrams` from `from` into the runs of one `sendmmsg` call: consecutive datagrams
+/// to the same destination and of the same size (the last may be shorter) go together.
+fn runs(datagrams: &[(&[u8], SocketAddr)], from: usize, gso: bool, out: &mut Vec<Run>) {
+    out.clear();
+    let mut i = from;
+    let mut total = 0;
+    while i < datagrams.len() && out.len() < BATCH && total < MAX_DATAGRAMS_PER_CALL {
+        let (first, to) = datagrams[i];
+        let segment = first.len();
+        let mut end = i + 1;
+        let mut bytes = segment;
+        if gso && segment > 0 {
+            while end < datagrams.len()
+                && end - i < MAX_SEGMENTS
+                && total + (end - i) < MAX_DATAGRAMS_PER_CALL
+            {
+                let (next, next_to) = datagrams[end];
+                if next_to != to
+                    || next.len() > segment
+                    || next.is_empty()
+                    || bytes + next.len() > MAX_GSO_BYTES
+                {
+                    break;
+                }
+                bytes += next.len();
+                end += 1;
+                if next.len() < segment {
+                    break; // a shorter segment ends the run
+                }
+            }
+        }
+        total += end - i;
+        out.push(Run {
+            start: i,
+            end,
+            segment,
+        });
+        i = end;
+    }
+}
+
 /// Sends every `(datagram, destination)` from the non-blocking socket `fd` (of family `v6`),
-/// [`BATCH`] per system call. A datagram the kernel refuses is skipped and counted.
+/// [`BATCH`] messages per system call; consecutive datagrams to one destination and of one size
+/// leave as one UDP GSO send (`UDP_SEGMENT`), which the kernel splits as late as it can. A
+/// datagram the kernel refuses is skipped and counted.
 pub fn send_batch(fd: RawFd, v6: bool, datagrams: &[(&[u8], SocketAddr)]) -> Sent {
     let mut sent = Sent::default();
-    for chunk in datagrams.chunks(BATCH) {
+    let mut plan = Vec::with_capacity(BATCH);
+    let mut next = 0;
+    while next < datagrams.len() {
+        let gso = GSO.load(Ordering::Relaxed);
+        runs(datagrams, next, gso, &mut plan);
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut iovs: [libc::iovec; MAX_DATAGRAMS_PER_CALL] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (i, (data, to)) in chunk.iter().enumerate() {
-            let name_len = to_storage(*to, v6, &mut names[i]);
-            iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
-            iovs[i].iov_len = data.len();
-            headers[i].msg_hdr.msg_iov = &mut iovs[i];
-            headers[i].msg_hdr.msg_iovlen = 1;
-            headers[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            headers[i].msg_hdr.msg_namelen = name_len;
+        let mut controls = [[0u64; 3]; BATCH];
+        let mut iov_at = 0;
+        for (m, run) in plan.iter().enumerate() {
+            let to = datagrams[run.start].1;
+            let name_len = to_storage(to, v6, &mut names[m]);
+            let first_iov = iov_at;
+            for (data, _) in &datagrams[run.start..run.end] {
+                iovs[iov_at].iov_base = data.as_ptr() as *mut libc::c_void;
+                iovs[iov_at].iov_len = data.len();
+                iov_at += 1;
+            }
+            let header = &mut headers[m].msg_hdr;
+            header.msg_iov = &mut iovs[first_iov];
+            header.msg_iovlen = run.end - run.start;
+            header.msg_name = (&mut names[m] as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = name_len;
+            if run.end - run.start > 1 {
+                set_segment_size(header, &mut controls[m], run.segment);
+            }
         }
-        let mut next = 0;
-        while next < chunk.len() {
-            let rest = &mut headers[next..chunk.len()];
+        let mut done_runs = 0;
+        while done_runs < plan.len() {
+            let rest = &mut headers[done_runs..plan.len()];
             // SAFETY: `rest` holds initialised headers whose iovecs point at the borrowed
-            // datagrams and whose names point into `names`, all alive for the call.
+            // datagrams and whose names and controls point into `names` and `controls`, all
+            // alive for the call.
             let rc = unsafe {
                 libc::sendmmsg(
                     fd,
@@ -308,20 +386,53 @@ pub fn send_batch(fd: RawFd, v6: bool, datagrams: &[(&[u8], SocketAddr)]) -> Sen
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                // The first datagram was refused: skip it and go on with the others.
-                sent.failed += 1;
-                next += 1;
+                // The first message was refused: skip it and go on with the others.
+                let run = plan[done_runs];
+                if run.end - run.start > 1
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                    )
+                {
+                    GSO.store(false, Ordering::Relaxed);
+                    tracing::info!(error = %e, "UDP GSO refused by the kernel: sending one datagram at a time");
+                }
+                sent.failed += run.end - run.start;
+                done_runs += 1;
                 continue;
             }
             let done = usize::try_from(rc).unwrap_or(0);
-            for (data, _) in &chunk[next..next + done] {
-                sent.packets += 1;
-                sent.bytes += data.len();
+            for run in &plan[done_runs..done_runs + done] {
+                for (data, _) in &datagrams[run.start..run.end] {
+                    sent.packets += 1;
+                    sent.bytes += data.len();
+                }
             }
-            next += done;
+            done_runs += done;
         }
+        next = plan.last().map_or(datagrams.len(), |run| run.end);
     }
     sent
+}
+
+// The control buffer of `set_segment_size` holds one cmsghdr with a 2-byte payload.
+const _: () = assert!(unsafe { libc::CMSG_SPACE(2) } as usize <= 24);
+
+/// Attaches a `UDP_SEGMENT` control message (GSO segment size) to `header`, in `control`.
+fn set_segment_size(header: &mut libc::msghdr, control: &mut [u64; 3], segment: usize) {
+    let size = u16::try_from(segment).unwrap_or(u16::MAX);
+    header.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    header.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+    // SAFETY: `control` is 24 aligned bytes, room for one cmsghdr with a 2-byte payload
+    // (CMSG_SPACE(2) is 24 on Linux); CMSG_FIRSTHDR points at its start.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(header);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+    }
 }
 
 #[cfg(test)]
@@ -403,5 +514,66 @@ mod tests {
         assert_eq!(&buf[..n], b"abc");
         let n = rx.recv(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"de");
+    }
+
+    #[test]
+    fn runs_group_one_destination_and_size() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let big = [0u8; 100];
+        let small = [0u8; 40];
+        let list: Vec<(&[u8], SocketAddr)> = vec![
+            (&big, a),
+            (&big, a),
+            (&small, a), // a shorter last segment ends the run
+            (&big, a),
+            (&big, b),
+            (&small, b),
+            (&big, b), // longer than the run's segment: a new run
+        ];
+        let mut plan = Vec::new();
+        runs(&list, 0, true, &mut plan);
+        let spans: Vec<(usize, usize, usize)> =
+            plan.iter().map(|r| (r.start, r.end, r.segment)).collect();
+        assert_eq!(
+            spans,
+            vec![(0, 3, 100), (3, 4, 100), (4, 6, 100), (6, 7, 100)]
+        );
+        runs(&list, 0, false, &mut plan);
+        assert_eq!(plan.len(), 7, "no GSO: one datagram per message");
+        // At most MAX_SEGMENTS per run.
+        let many: Vec<(&[u8], SocketAddr)> = vec![(&small[..], a); 200];
+        runs(&many, 0, true, &mut plan);
+        assert!(plan.iter().all(|r| r.end - r.start <= MAX_SEGMENTS));
+        assert_eq!(plan.last().expect("runs").end, 200);
+    }
+
+    #[test]
+    fn a_gso_run_arrives_as_separate_datagrams() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let to = rx.local_addr().expect("addr");
+        let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let payloads: Vec<Vec<u8>> = (0..70u8)
+            .map(|i| vec![i; if i == 69 { 333 } else { 1004 }])
+            .collect();
+        let mut list: Vec<(&[u8], SocketAddr)> = payloads.iter().map(|p| (&p[..], to)).collect();
+        list.insert(10, (b"elsewhere", other.local_addr().expect("addr")));
+        let sent = send_batch(tx.as_raw_fd(), false, &list);
+        assert_eq!((sent.packets, sent.failed), (71, 0));
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match batch.recv(rx.as_raw_fd()) {
+                Ok(n) => got.extend((0..n).map(|i| batch.get(i).expect("datagram").0.to_vec())),
+                Err(_) if got.len() >= 70 => break,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(got, payloads);
+        let mut buf = [0u8; 32];
+        let n = other.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"elsewhere");
     }
 }
