@@ -6,13 +6,14 @@
 # Load: turnutils_uclient client-to-client (-y) over UDP with the REST secret (-W), -m CLIENTS
 # clients (uclient makes about one relay session per client, 52 for -m 50), -n MESSAGES messages
 # of LENGTH bytes per session, one every INTERVAL_MS ms (-z). Each server is started fresh for
-# every run; runs alternate coturn, turn-node, coturn, … REPEATS times.
+# every run; each of REPEATS rounds runs every server once, in turn.
 #
-# Per run: relayed messages received by the clients per second of the uclient run (its ~4 s of
-# set-up included, the same for both), loss (uclient's "Total lost packets … (P%)"), and the
-# server process's CPU seconds, utime+stime from /proc/<pid>/stat read just before stopping it
-# (start-up included; both idle under 0.05 s). Prints medians and the turn-node/coturn ratios of
-# CPU per relayed message and of loss.
+# Per run: relayed messages received by the clients per second of the uclient run (its set-up of
+# several seconds included, the same for both) and per second of uclient's own "transmit time",
+# loss (uclient's "Total lost packets … (P%)"), and the server process's CPU seconds,
+# utime+stime from /proc/<pid>/stat read just before stopping it (start-up included; both idle
+# under 0.05 s). Prints medians and the turn-node/coturn ratios of CPU per relayed message and
+# of loss.
 #
 # turn-node reports to a controller: a release `fleet serve` with a small config runs alongside
 # (it does not touch the data plane). Everything runs on one machine, so the client's own CPU
@@ -160,11 +161,15 @@ run_one() {
     echo "FAIL: $server relayed nothing (sent ${sent:-0}, received ${recv:-0}):" >&2; tail -5 "$out" >&2; exit 1
   fi
   loss=$(grep 'Total lost packets' "$out" | tail -1 | sed 's/.*Total lost packets [0-9]* (\([0-9.]*\)%).*/\1/')
+  # uclient's own sending time (whole seconds): the rate while the messages flow.
+  local transmit
+  transmit=$(grep 'Total transmit time is' "$out" | tail -1 | sed 's/.*Total transmit time is \([0-9]*\).*/\1/')
   awk -v s="$server" -v r="$recv" -v snd="$sent" -v l="$loss" -v t="$ticks" -v hz="$TICK" \
-      -v a="$t0" -v b="$t1" -v i="$2" 'BEGIN {
+      -v a="$t0" -v b="$t1" -v i="$2" -v tx="${transmit:-0}" 'BEGIN {
     cpu = t / hz; rate = r / (b - a); per = (r > 0 ? cpu / r * 1e6 : 0)
-    printf "%-15s run %d: sent %d, received %d in %.1f s = %.0f msg/s, loss %.4f%%, server CPU %.2f s = %.1f us/msg\n", s, i, snd, r, b - a, rate, l, cpu, per > "/dev/stderr"
-    printf "%s %.1f %.6f %.3f %.3f\n", s, rate, l, cpu, per
+    flow = (tx > 0 ? r / tx : 0)
+    printf "%-15s run %d: sent %d, received %d in %.1f s = %.0f msg/s (%.0f msg/s over uclient'"'"'s %d s of sending), loss %.4f%%, server CPU %.2f s = %.1f us/msg\n", s, i, snd, r, b - a, rate, flow, tx, l, cpu, per > "/dev/stderr"
+    printf "%s %.1f %.6f %.3f %.3f %.1f\n", s, rate, l, cpu, per, flow
   }' >> "$WORK/results"
 }
 
@@ -180,18 +185,19 @@ median() { # median of column $2 for server $1
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 echo
-printf '%-16s %12s %10s %10s %12s\n' server "msg/s" "loss %" "CPU s" "CPU us/msg"
+printf '%-16s %12s %14s %10s %10s %12s\n' server "msg/s" "sending msg/s" "loss %" "CPU s" "CPU us/msg"
 for s in $SERVERS; do
-  printf '%-16s %12.0f %10.4f %10.2f %12.2f\n' "$s" "$(median "$s" 2)" "$(median "$s" 3)" "$(median "$s" 4)" "$(median "$s" 5)"
+  printf '%-16s %12.0f %14.0f %10.4f %10.2f %12.2f\n' "$s" "$(median "$s" 2)" "$(median "$s" 6)" "$(median "$s" 3)" "$(median "$s" 4)" "$(median "$s" 5)"
 done
 echo "(medians of $REPEATS runs)"
+[[ " $SERVERS " == *" coturn "* && " $SERVERS " == *" turn-node "* ]] &&
 awk -v tc="$(median turn-node 5)" -v cc="$(median coturn 5)" -v tl="$(median turn-node 3)" -v cl="$(median coturn 3)" 'BEGIN {
   printf "turn-node/coturn CPU per relayed message: %.2f\n", tc / cc
   if (cl > 0) printf "turn-node/coturn loss: %.2f\n", tl / cl
   else if (tl == 0) printf "turn-node/coturn loss: both 0%%\n"
   else printf "turn-node/coturn loss: coturn 0%%, turn-node %.4f%%\n", tl
 }'
-if [[ " $SERVERS " == *" turn-node-crate "* ]]; then
+if [[ " $SERVERS " == *" turn-node-crate "* && " $SERVERS " == *" coturn "* ]]; then
   awk -v tc="$(median turn-node 5)" -v kc="$(median turn-node-crate 5)" -v cc="$(median coturn 5)" 'BEGIN {
     printf "turn-node-crate/coturn CPU per relayed message: %.2f\n", kc / cc
     printf "turn-node/turn-node-crate CPU per relayed message: %.2f\n", tc / kc

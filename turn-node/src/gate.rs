@@ -16,6 +16,12 @@
 //!   responses going out (and, on streams, deletes a connection's allocation when it closes,
 //!   with a Refresh of lifetime 0 authenticated like the client's last request).
 //!
+//! With the fast UDP path ([`crate::fastpath`]) only requests reach the gate, and it also copies
+//! every Allocate, CreatePermission and ChannelBind grant into the fast path's table before the
+//! response leaves. It answers requests without MESSAGE-INTEGRITY with the crate's last nonce
+//! ([`crate::nonce`]), and turns an Allocate with the RESERVATION-TOKEN of an IPv6 allocation
+//! into one asking for IPv6 (the crate would allocate IPv4).
+//!
 //! The server calls `close()` on its listener conn whenever an allocation ends, so `close` does
 //! nothing here; the server's own `close()` stops its loop.
 

@@ -1,8 +1,10 @@
-//! The TURN relay: binds the UDP, TCP and (optional) TLS listeners, puts a [`Gate`] in front
-//! of each and runs one `turn` server per transport (so allocation close notices say which
-//! transport they belong to), keeps the live-allocation table in step with the servers, and is
-//! the node's [`DataPlane`]: allocations, relayed bytes and packets go into every report, and a
-//! drain refuses new allocations while existing ones keep relaying.
+//! The TURN relay: binds the UDP, TCP and (optional) TLS listeners of each address family (one
+//! IPv4 and one IPv6 at most, on the same ports), puts a [`Gate`] in front of each and runs one
+//! `turn` server per listener (so allocation close notices say which transport they belong to;
+//! UDP media goes through the fast path, [`crate::fastpath`]), keeps the live-allocation table
+//! in step with the servers, and is the node's [`DataPlane`]: allocations, relayed bytes and
+//! packets go into every report, and a drain refuses new allocations while existing ones keep
+//! relaying.
 
 use std::collections::HashSet;
 use std::io;
