@@ -1,7 +1,7 @@
-//! Token buckets for requests that make the server mint a nonce (401 and 438 answers): one per
-//! source address (IPv6 by /64) and one for the whole node. The `turn` crate keeps every nonce
-//! it hands out until a client presents it after it has gone stale, so unauthenticated
-//! requests must be bounded before they reach it. Pure: time comes in as seconds.
+//! Token buckets for requests answered with a challenge (401 and 438 answers): one per source
+//! address (IPv6 by /64) and one for the whole node. A challenge is bigger than the request
+//! (a reflection risk), and when the crate's nonce is due for renewal the request reaches the
+//! crate, which keeps every nonce it mints ([`crate::nonce`]). Pure: time comes in as seconds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,10 +54,13 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// 200 per second per source (600 at once): many clients behind one NAT (or uclient's 400
+    /// sessions from one address) set up at full speed, while a spoofed source gets at most
+    /// 200 small challenges a second. The whole node: 1,000 per second (3,000 at once).
     fn default() -> Self {
         Self {
-            per_source_rate: 20.0,
-            per_source_burst: 60.0,
+            per_source_rate: 200.0,
+            per_source_burst: 600.0,
             global_rate: 1_000.0,
             global_burst: 3_000.0,
         }
