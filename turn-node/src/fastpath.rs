@@ -210,7 +210,13 @@ impl FastUdp {
             return;
         };
         match poller.add(alloc.clone()) {
-            Ok(token) => alloc.set_poll_slot(index, token),
+            Ok(token) => {
+                alloc.set_poll_slot(index, token);
+                // Closed meanwhile: its close found no slot to clear.
+                if alloc.is_closed() {
+                    poller.remove(token);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot watch a relay socket"),
         }
     }
