@@ -15,10 +15,13 @@ pub const BATCH: usize = 32;
 /// Room per datagram: the largest UDP payload (a bigger one cannot exist).
 pub const SLOT: usize = 65_536;
 
-/// Buffers for one `recvmmsg`: [`BATCH`] slots, each room for a whole datagram.
+/// Buffers for one `recvmmsg`: [`BATCH`] slots, each room for a whole datagram (or, on a socket
+/// with [`enable_gro`], for up to 64 KB of same-source datagrams the kernel coalesced, which
+/// [`datagrams`](Self::datagrams) splits again).
 pub struct RecvBatch {
     storage: Box<[u8]>,
     lens: [usize; BATCH],
+    segments: [usize; BATCH],
     sources: [Option<SocketAddr>; BATCH],
     count: usize,
 }
@@ -43,6 +46,7 @@ impl RecvBatch {
         Self {
             storage: vec![0; SLOT * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
+            segments: [0; BATCH],
             sources: [None; BATCH],
             count: 0,
         }
@@ -57,11 +61,13 @@ impl RecvBatch {
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut controls = [[0u64; 4]; BATCH];
         let base = self.storage.as_mut_ptr();
-        for (i, ((iov, header), name)) in iovs
+        for (i, (((iov, header), name), control)) in iovs
             .iter_mut()
             .zip(headers.iter_mut())
             .zip(names.iter_mut())
+            .zip(controls.iter_mut())
             .enumerate()
         {
             // SAFETY: slot i starts at i*SLOT and has SLOT bytes inside `storage`.
@@ -71,6 +77,8 @@ impl RecvBatch {
             header.msg_hdr.msg_iovlen = 1;
             header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = size_of::<[u64; 4]>();
         }
         // SAFETY: `headers` holds BATCH initialised headers whose iovecs and names point into
         // `self.storage` and `names`, which outlive the call.
@@ -97,6 +105,7 @@ impl RecvBatch {
                 headers[i].msg_len as usize
             };
             self.sources[i] = from_storage(&names[i], header.msg_namelen);
+            self.segments[i] = gro_segment(header);
         }
         self.count = count;
         Ok(count)
@@ -112,7 +121,18 @@ impl RecvBatch {
         self.count == 0
     }
 
-    /// Datagram `i` and its source; None when it was truncated or its source unreadable.
+    /// Every datagram received, in order, coalesced ones split again; None for one that was
+    /// truncated or whose source is unreadable.
+    pub fn datagrams(&self) -> Datagrams<'_> {
+        Datagrams {
+            batch: self,
+            slot: 0,
+            offset: 0,
+        }
+    }
+
+    /// Datagram `i` (coalesced ones whole) and its source; None when it was truncated or its
+    /// source unreadable.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.count {
             return None;
@@ -121,6 +141,43 @@ impl RecvBatch {
         let start = i * SLOT;
         let data = self.storage.get(start..start.checked_add(len)?)?;
         Some((data, self.sources[i]?))
+    }
+}
+
+/// Iterator of [`RecvBatch::datagrams`]: walks the slots, cutting a coalesced one at its GRO
+/// segment size; allocates nothing.
+pub struct Datagrams<'a> {
+    batch: &'a RecvBatch,
+    slot: usize,
+    offset: usize,
+}
+
+impl<'a> Iterator for Datagrams<'a> {
+    type Item = Option<(&'a [u8], SocketAddr)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.slot >= self.batch.count {
+            return None;
+        }
+        let Some((data, src)) = self.batch.get(self.slot) else {
+            self.slot += 1;
+            self.offset = 0;
+            return Some(None);
+        };
+        let segment = self.batch.segments[self.slot];
+        let end = if segment == 0 {
+            data.len()
+        } else {
+            (self.offset + segment).min(data.len())
+        };
+        let piece = &data[self.offset..end];
+        if end >= data.len() {
+            self.slot += 1;
+            self.offset = 0;
+        } else {
+            self.offset = end;
+        }
+        Some(Some((piece, src)))
     }
 }
 
@@ -194,6 +251,91 @@ impl Outbox {
         self.buf.clear();
         self.datagrams.clear();
         sent
+    }
+}
+
+/// The `UDP_GRO` segment size the kernel attached to a received message (0: not coalesced).
+fn gro_segment(header: &libc::msghdr) -> usize {
+    if header.msg_controllen == 0 {
+        return 0;
+    }
+    // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
+    // control messages; CMSG_FIRSTHDR/CMSG_NXTHDR walk them within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return usize::try_from(size).unwrap_or(0);
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    0
+}
+
+/// Asks the kernel to coalesce datagrams arriving in a burst from one source (UDP GRO, as the
+/// other side's GSO sent them) into one read; best effort.
+pub fn enable_gro(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is a live socket; the value is one c_int on the stack.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "UDP GRO unavailable");
+    }
+}
+
+/// Sets `fd`'s receive buffer to `bytes`: past `net.core.rmem_max` where the process may
+/// (CAP_NET_ADMIN, with SO_RCVBUFFORCE), else up to that cap, and says once when the cap
+/// leaves it short.
+pub fn enlarge_receive_buffer(fd: RawFd, bytes: usize) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option: libc::c_int| {
+        // SAFETY: `fd` is a live socket; the value is one c_int on the stack.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&want as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) || set(libc::SO_RCVBUF) {
+        let mut got: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as above; `got` and `len` are valid for the kernel to write.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        // The kernel reports twice what it was asked for (its bookkeeping overhead).
+        if rc == 0 && usize::try_from(got).unwrap_or(0) < bytes {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    receive_buffer = got,
+                    wanted = bytes * 2,
+                    "the TURN port's UDP receive buffer is capped by net.core.rmem_max: under \
+                     a flood, calls can lose packets; raise net.core.rmem_max to {bytes} or \
+                     give the process CAP_NET_ADMIN"
+                );
+            });
+        }
     }
 }
 
@@ -550,8 +692,20 @@ mod tests {
 
     #[test]
     fn a_gso_run_arrives_as_separate_datagrams() {
+        gso_run_round_trip(false);
+    }
+
+    #[test]
+    fn a_gso_run_read_with_gro_is_split_again() {
+        gso_run_round_trip(true);
+    }
+
+    fn gso_run_round_trip(gro: bool) {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         rx.set_nonblocking(true).expect("nonblocking");
+        if gro {
+            enable_gro(rx.as_raw_fd());
+        }
         let to = rx.local_addr().expect("addr");
         let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -566,7 +720,7 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..100 {
             match batch.recv(rx.as_raw_fd()) {
-                Ok(n) => got.extend((0..n).map(|i| batch.get(i).expect("datagram").0.to_vec())),
+                Ok(_) => got.extend(batch.datagrams().map(|d| d.expect("datagram").0.to_vec())),
                 Err(_) if got.len() >= 70 => break,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }

@@ -141,6 +141,28 @@ impl GateShared {
         &self.policy
     }
 
+    /// Whether `packet` from `src` is a TURN request without MESSAGE-INTEGRITY that the gate
+    /// would drop at once for the challenge rate limit. The UDP workers drop these before they
+    /// take a control-queue slot: a flood of them would otherwise spend the control task's CPU
+    /// (and the workers') on requests that end in that drop anyway.
+    pub fn over_challenge_limit(&self, packet: &[u8], src: SocketAddr) -> bool {
+        /// Allocate, Refresh, CreatePermission and ChannelBind requests (class bits 0).
+        const LIMITED_REQUESTS: [u16; 4] = [0x0003, 0x0004, 0x0008, 0x0009];
+        const ALLOCATE_REQUEST: u16 = 0x0003;
+        let Packet::Stun { typ } = classify(packet) else {
+            return false;
+        };
+        // A draining node answers unauthenticated Allocates 403 without the limit.
+        if !LIMITED_REQUESTS.contains(&typ) || (typ == ALLOCATE_REQUEST && self.draining()) {
+            return false;
+        }
+        if crate::inspect::has_attribute(packet, ATTR_MESSAGE_INTEGRITY.value()) {
+            return false;
+        }
+        let now = self.epoch.elapsed().as_secs_f64();
+        !lock(&self.limiter).would_allow(src.ip(), now)
+    }
+
     fn allow_nonce_request(&self, src: SocketAddr) -> bool {
         let now = self.epoch.elapsed().as_secs_f64();
         lock(&self.limiter).allow(src.ip(), now)
@@ -865,16 +887,38 @@ mod tests {
             Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
         ])
         .expect("build");
+        assert!(
+            !g.shared.over_challenge_limit(&bare.raw, client(1)),
+            "a fresh source is under the limit"
+        );
         // The burst (600) passes, then about 200 per second.
         let passed = (0..3000)
             .filter(|_| g.inspect(&bare.raw, client(1)) == Verdict::Pass)
             .count();
         assert!((600..700).contains(&passed), "{passed}");
+        // The UDP workers now drop this source's bare requests without queuing them ...
+        assert!(g.shared.over_challenge_limit(&bare.raw, client(1)));
+        // ... but not its authenticated ones, Binding requests or garbage,
+        let transport: Vec<Box<dyn Setter>> = vec![Box::new(RequestedTransport::default())];
+        let signed = request(METHOD_ALLOCATE, "alice", transport);
+        assert!(!g.shared.over_challenge_limit(&signed, client(1)));
+        let mut binding = Message::new();
+        binding
+            .build(&[
+                Box::new(TransactionId::new()) as Box<dyn Setter>,
+                Box::new(MessageType::new(METHOD_BINDING, CLASS_REQUEST)),
+            ])
+            .expect("build");
+        assert!(!g.shared.over_challenge_limit(&binding.raw, client(1)));
+        assert!(!g.shared.over_challenge_limit(b"garbage", client(1)));
+        // ... nor bare Allocates while draining (the gate answers those 403 unlimited).
+        g.shared.set_draining(true);
+        assert!(!g.shared.over_challenge_limit(&bare.raw, client(1)));
+        g.shared.set_draining(false);
         // Another source is not affected.
-        assert_eq!(
-            g.inspect(&bare.raw, SocketAddr::from(([203, 0, 113, 1], 1))),
-            Verdict::Pass
-        );
+        let other = SocketAddr::from(([203, 0, 113, 1], 1));
+        assert!(!g.shared.over_challenge_limit(&bare.raw, other));
+        assert_eq!(g.inspect(&bare.raw, other), Verdict::Pass);
     }
 
     #[tokio::test]

@@ -189,6 +189,11 @@ fn find_attribute(buf: &[u8], typ: u16) -> Option<std::ops::Range<usize>> {
     None
 }
 
+/// Whether a raw STUN message carries attribute `typ` (no allocation).
+pub fn has_attribute(buf: &[u8], typ: u16) -> bool {
+    find_attribute(buf, typ).is_some()
+}
+
 /// The DATA attribute's length in a raw STUN message (walks the attributes; no allocation).
 pub fn data_len(buf: &[u8]) -> Option<usize> {
     find_attribute(buf, ATTR_DATA).map(|r| r.len())

@@ -124,6 +124,21 @@ impl RateLimiter {
         self.global.take(l.global_rate, l.global_burst, now)
     }
 
+    /// Whether [`allow`](Self::allow) would take a token for `ip` at `now`, without taking
+    /// one or tracking a new source: lets the UDP workers drop what the gate would refuse
+    /// before it costs a queue slot.
+    pub fn would_allow(&self, ip: IpAddr, now: f64) -> bool {
+        let l = self.limits;
+        let has_token = |bucket: &Bucket, rate: f64, burst: f64| {
+            (bucket.tokens + (now - bucket.at).max(0.0) * rate).min(burst) >= 1.0
+        };
+        let source_ok = self
+            .sources
+            .get(&source_key(ip))
+            .is_none_or(|b| has_token(b, l.per_source_rate, l.per_source_burst));
+        source_ok && has_token(&self.global, l.global_rate, l.global_burst)
+    }
+
     /// Tracked sources.
     pub fn sources(&self) -> usize {
         self.sources.len()
@@ -141,6 +156,25 @@ mod tests {
             global_rate: 1.0,
             global_burst: 6.0,
         }
+    }
+
+    #[test]
+    fn would_allow_predicts_allow_without_taking() {
+        let mut r = RateLimiter::new(limits(), 0.0);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        assert!(r.would_allow(a, 0.0), "an unknown source has a full bucket");
+        for _ in 0..4 {
+            assert!(r.would_allow(a, 0.0));
+            assert!(r.allow(a, 0.0));
+        }
+        assert!(!r.would_allow(a, 0.0), "the burst is spent");
+        assert!(!r.allow(a, 0.0));
+        assert!(
+            r.would_allow(a, 0.5),
+            "one token back after half a second at 2/s"
+        );
+        assert!(r.would_allow(a, 0.5), "peeking takes nothing");
+        assert!(r.allow(a, 0.5));
     }
 
     #[test]
