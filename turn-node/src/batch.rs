@@ -324,8 +324,8 @@ pub fn enlarge_receive_buffer(fd: RawFd, bytes: usize) {
                 &mut len,
             )
         };
-        // The kernel reports twice what it was asked for (its bookkeeping overhead).
-        if rc == 0 && usize::try_from(got).unwrap_or(0) < bytes {
+        // The kernel reports (and grants) twice what it was asked for: its bookkeeping.
+        if rc == 0 && usize::try_from(got).unwrap_or(0) < bytes.saturating_mul(2) {
             WARNED.call_once(|| {
                 tracing::warn!(
                     receive_buffer = got,
