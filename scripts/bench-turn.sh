@@ -11,8 +11,9 @@
 # Per run: relayed messages received by the clients per second of the uclient run (its set-up of
 # several seconds included, the same for both) and per second of uclient's own "transmit time",
 # loss (uclient's "Total lost packets … (P%)"), and the server process's CPU seconds,
-# utime+stime from /proc/<pid>/stat read just before stopping it (start-up included; both idle
-# under 0.05 s). Prints medians and the turn-node/coturn ratios of CPU per relayed message and
+# utime+stime from /proc/<pid>/stat read just before stopping it (start-up and the sessions'
+# set-up included: with -n 10, about 0.05 s for coturn and 0.09 s for turn-node, which weighs
+# on short runs; -n 5000 makes it small). Prints medians and the turn-node/coturn ratios of CPU per relayed message and
 # of loss.
 #
 # turn-node reports to a controller: a release `fleet serve` with a small config runs alongside
