@@ -274,22 +274,36 @@ fn gro_segment(header: &libc::msghdr) -> usize {
     0
 }
 
-/// Asks the kernel to coalesce datagrams arriving in a burst from one source (UDP GRO, as the
-/// other side's GSO sent them) into one read; best effort.
-pub fn enable_gro(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: `fd` is a live socket; the value is one c_int on the stack.
+/// Sets the integer socket option `option` at `level` on `fd` to `value`.
+pub(crate) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is a socket the caller keeps open; the value pointer and length describe
+    // one c_int on the stack, as setsockopt requires.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&one as *const libc::c_int).cast(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        tracing::debug!(error = %io::Error::last_os_error(), "UDP GRO unavailable");
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to coalesce datagrams arriving in a burst from one source (UDP GRO, as the
+/// other side's GSO sent them) into one read; best effort.
+pub fn enable_gro(fd: RawFd) {
+    if let Err(error) = set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1) {
+        tracing::debug!(%error, "UDP GRO unavailable");
     }
 }
 
@@ -299,22 +313,11 @@ pub fn enable_gro(fd: RawFd) {
 pub fn enlarge_receive_buffer(fd: RawFd, bytes: usize) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |option: libc::c_int| {
-        // SAFETY: `fd` is a live socket; the value is one c_int on the stack.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&want as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
+    let set = |option| set_int_option(fd, libc::SOL_SOCKET, option, want).is_ok();
     if set(libc::SO_RCVBUFFORCE) || set(libc::SO_RCVBUF) {
         let mut got: libc::c_int = 0;
         let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as above; `got` and `len` are valid for the kernel to write.
+        // SAFETY: `fd` is a live socket; `got` and `len` are valid for the kernel to write.
         let rc = unsafe {
             libc::getsockopt(
                 fd,

@@ -79,22 +79,7 @@ impl std::fmt::Debug for FastUdp {
 
 /// Sets `SO_REUSEPORT` (before bind) so several sockets share one UDP port.
 fn set_reuse_port(socket: &socket2::Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is a live socket; the value is one c_int on the stack.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::batch::set_int_option(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
 }
 
 /// A non-blocking UDP socket bound to `addr` with large buffers (IPv6 only for an IPv6

@@ -28,8 +28,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,7 +41,12 @@ use tokio::net::UdpSocket;
 use turn::proto::channum::ChannelNumber;
 use webrtc_util::Conn;
 
-use crate::auth::{Credentials, Verified, now_unix};
+mod shared;
+
+pub use shared::GateShared;
+use shared::lock;
+
+use crate::auth::{Verified, now_unix};
 use crate::fastpath::FastUdp;
 use crate::inspect::{
     ALLOCATE_ERROR, ALLOCATE_SUCCESS, ATTR_DONT_FRAGMENT_TYPE, ATTR_REQUESTED_FAMILY,
@@ -52,12 +56,9 @@ use crate::inspect::{
     reservation_token, resigned, transaction_id, unknown_required,
 };
 use crate::nonce::NoncePool;
-use crate::policy::PeerPolicy;
-use crate::quota::{Allocations, Transport};
-use crate::ratelimit::{Limits, RateLimiter};
+use crate::quota::Transport;
 use crate::redact::masked;
 use crate::relays::BindingChange;
-use crate::stats::Stats;
 use crate::stream::{Inbound, Sent, StreamHub};
 
 /// Allocate requests awaiting their response, per gate, before the table is reset.
@@ -67,107 +68,6 @@ const CLASS_BITS: u16 = 0x0110;
 const ERROR_CLASS: u16 = 0x0110;
 /// How long a RESERVATION-TOKEN is good for (RFC 8656 §7.2: about 30 s).
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// State every gate of the node shares.
-pub struct GateShared {
-    credentials: Arc<Credentials>,
-    policy: PeerPolicy,
-    allocations: Mutex<Allocations>,
-    limiter: Mutex<RateLimiter>,
-    draining: AtomicBool,
-    stats: Stats,
-    epoch: Instant,
-}
-
-impl std::fmt::Debug for GateShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GateShared")
-            .field("policy", &self.policy)
-            .field("draining", &self.draining())
-            .finish_non_exhaustive()
-    }
-}
-
-impl GateShared {
-    /// Shared gate state with these credentials, peer policy and quotas.
-    pub fn new(
-        credentials: Arc<Credentials>,
-        policy: PeerPolicy,
-        user_quota: usize,
-        total_quota: usize,
-    ) -> Self {
-        Self {
-            credentials,
-            policy,
-            allocations: Mutex::new(Allocations::new(user_quota, total_quota)),
-            limiter: Mutex::new(RateLimiter::new(Limits::default(), 0.0)),
-            draining: AtomicBool::new(false),
-            stats: Stats::default(),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// Sets the drain flag; returns the previous value.
-    pub fn set_draining(&self, draining: bool) -> bool {
-        self.draining.swap(draining, Ordering::Relaxed)
-    }
-
-    /// Whether new allocations are refused.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// The live allocations.
-    pub fn allocations(&self) -> MutexGuard<'_, Allocations> {
-        lock(&self.allocations)
-    }
-
-    /// The traffic counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// The credentials.
-    pub fn credentials(&self) -> &Arc<Credentials> {
-        &self.credentials
-    }
-
-    /// The peer policy.
-    pub fn policy(&self) -> &PeerPolicy {
-        &self.policy
-    }
-
-    /// Whether `packet` from `src` is a TURN request without MESSAGE-INTEGRITY that the gate
-    /// would drop at once for the challenge rate limit. The UDP workers drop these before they
-    /// take a control-queue slot: a flood of them would otherwise spend the control task's CPU
-    /// (and the workers') on requests that end in that drop anyway.
-    pub fn over_challenge_limit(&self, packet: &[u8], src: SocketAddr) -> bool {
-        /// Allocate, Refresh, CreatePermission and ChannelBind requests (class bits 0).
-        const LIMITED_REQUESTS: [u16; 4] = [0x0003, 0x0004, 0x0008, 0x0009];
-        const ALLOCATE_REQUEST: u16 = 0x0003;
-        let Packet::Stun { typ } = classify(packet) else {
-            return false;
-        };
-        // A draining node answers unauthenticated Allocates 403 without the limit.
-        if !LIMITED_REQUESTS.contains(&typ) || (typ == ALLOCATE_REQUEST && self.draining()) {
-            return false;
-        }
-        if crate::inspect::has_attribute(packet, ATTR_MESSAGE_INTEGRITY.value()) {
-            return false;
-        }
-        let now = self.epoch.elapsed().as_secs_f64();
-        !lock(&self.limiter).would_allow(src.ip(), now)
-    }
-
-    fn allow_nonce_request(&self, src: SocketAddr) -> bool {
-        let now = self.epoch.elapsed().as_secs_f64();
-        lock(&self.limiter).allow(src.ip(), now)
-    }
-}
 
 /// The socket or hub under a gate.
 #[derive(Debug)]
@@ -264,9 +164,9 @@ impl Gate {
             Listener::Stream(hub) => hub.send(buf, to) == Sent::Queued,
         };
         if sent {
-            self.shared.stats.sent(buf.len());
+            self.shared.stats().sent(buf.len());
         } else {
-            self.shared.stats.dropped();
+            self.shared.stats().dropped();
         }
         sent
     }
@@ -275,7 +175,7 @@ impl Gate {
     fn inspect(&self, buf: &[u8], src: SocketAddr) -> Verdict {
         match classify(buf) {
             Packet::ChannelData { payload_len, .. } => {
-                self.shared.stats.relayed(payload_len);
+                self.shared.stats().relayed(payload_len);
                 Verdict::Pass
             }
             Packet::Garbage => Verdict::Drop("not STUN or ChannelData"),
@@ -307,13 +207,13 @@ impl Gate {
         for peer in peers {
             match peer {
                 None => return Verdict::Drop("undecodable XOR-PEER-ADDRESS"),
-                Some(peer) if self.shared.policy.check(peer.ip()).is_err() => {
+                Some(peer) if self.shared.policy().check(peer.ip()).is_err() => {
                     return Verdict::Drop("Send indication to a denied peer");
                 }
                 Some(_) => {}
             }
         }
-        self.shared.stats.relayed(data_len(raw).unwrap_or(0));
+        self.shared.stats().relayed(data_len(raw).unwrap_or(0));
         Verdict::Pass
     }
 
@@ -343,7 +243,7 @@ impl Gate {
         // turnutils_uclient retry a few dozen times before giving up).
         if m.contains(ATTR_MESSAGE_INTEGRITY)
             && let Some(raw) =
-                crate::inspect::unauthorized_response(m, self.shared.credentials.realm())
+                crate::inspect::unauthorized_response(m, self.shared.credentials().realm())
         {
             tracing::trace!(client = %masked(src), reason = %e, "credential refused");
             return Verdict::Reply(raw);
@@ -357,7 +257,7 @@ impl Gate {
         let pooled = lock(&self.nonces).fresh(Instant::now()).map(str::to_owned);
         if !m.contains(ATTR_MESSAGE_INTEGRITY)
             && let Some(nonce) = pooled
-            && let Some(raw) = challenge(m, self.shared.credentials.realm(), &nonce)
+            && let Some(raw) = challenge(m, self.shared.credentials().realm(), &nonce)
         {
             return Verdict::Challenge(raw);
         }
@@ -369,7 +269,7 @@ impl Gate {
         let allocate = m.typ.method == METHOD_ALLOCATE;
         let draining = self.shared.draining();
         let verified = if m.contains(ATTR_MESSAGE_INTEGRITY) {
-            self.shared.credentials.verify(m, now_unix())
+            self.shared.credentials().verify(m, now_unix())
         } else {
             Err(crate::auth::AuthError::Missing("MESSAGE-INTEGRITY"))
         };
@@ -418,7 +318,7 @@ impl Gate {
                     let Some(peer) = peer else {
                         return Self::refuse(m, 400, "Bad Request", key);
                     };
-                    if let Err(denied) = self.shared.policy.check(peer.ip()) {
+                    if let Err(denied) = self.shared.policy().check(peer.ip()) {
                         tracing::debug!(client = %masked(src), peer = %masked(peer),
                             range = denied.as_str(), "peer refused");
                         return Self::refuse(m, 403, "Forbidden", key);
@@ -535,10 +435,10 @@ impl Gate {
             self.mirror_grant(fast, buf, typ, to);
         }
         match classify(buf) {
-            Packet::ChannelData { payload_len, .. } => self.shared.stats.relayed(payload_len),
+            Packet::ChannelData { payload_len, .. } => self.shared.stats().relayed(payload_len),
             Packet::Stun {
                 typ: DATA_INDICATION,
-            } => self.shared.stats.relayed(data_len(buf).unwrap_or(0)),
+            } => self.shared.stats().relayed(data_len(buf).unwrap_or(0)),
             Packet::Stun {
                 typ: typ @ (ALLOCATE_SUCCESS | ALLOCATE_ERROR),
             } => {
@@ -622,7 +522,7 @@ impl Conn for Gate {
                     }
                     Some((frame, src)) => {
                         let Some(dst) = buf.get_mut(..frame.len()) else {
-                            self.shared.stats.dropped();
+                            self.shared.stats().dropped();
                             continue;
                         };
                         dst.copy_from_slice(&frame);
@@ -639,7 +539,7 @@ impl Conn for Gate {
                     }
                     Some(Inbound::Frame(frame, src)) => {
                         let Some(dst) = buf.get_mut(..frame.len()) else {
-                            self.shared.stats.dropped();
+                            self.shared.stats().dropped();
                             continue;
                         };
                         dst.copy_from_slice(&frame);
@@ -663,7 +563,7 @@ impl Conn for Gate {
             };
             // The fast path's workers count what they read.
             if !matches!(self.listener, Listener::Fast(_)) {
-                self.shared.stats.received(n);
+                self.shared.stats().received(n);
             }
             match self.inspect(packet, src) {
                 Verdict::Pass => return Ok((n, src)),
@@ -672,14 +572,14 @@ impl Conn for Gate {
                         dst.copy_from_slice(&raw);
                         return Ok((raw.len(), src));
                     }
-                    None => self.shared.stats.dropped(),
+                    None => self.shared.stats().dropped(),
                 },
                 Verdict::Drop(why) => {
-                    self.shared.stats.dropped();
+                    self.shared.stats().dropped();
                     tracing::trace!(client = %masked(src), why, "dropped");
                 }
                 Verdict::Reply(response) => {
-                    self.shared.stats.refused();
+                    self.shared.stats().refused();
                     self.transmit(&response, src).await;
                 }
                 Verdict::Challenge(response) => {
@@ -721,7 +621,8 @@ impl Conn for Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Secrets, long_term_key};
+    use crate::auth::{Credentials, Secrets, long_term_key};
+    use crate::policy::PeerPolicy;
     use fleet_proto::turn_rest::rest_credentials;
     use stun::agent::TransactionId;
     use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};

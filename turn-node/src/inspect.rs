@@ -25,6 +25,14 @@ pub const MAGIC_COOKIE: u32 = 0x2112_A442;
 pub const STUN_HEADER: usize = 20;
 /// ChannelData header size.
 pub const CHANNEL_HEADER: usize = 4;
+/// Allocate request type.
+pub const ALLOCATE_REQUEST: u16 = 0x0003;
+/// Refresh request type.
+pub const REFRESH_REQUEST: u16 = 0x0004;
+/// CreatePermission request type.
+pub const CREATE_PERMISSION_REQUEST: u16 = 0x0008;
+/// ChannelBind request type.
+pub const CHANNEL_BIND_REQUEST: u16 = 0x0009;
 /// Allocate success response type.
 pub const ALLOCATE_SUCCESS: u16 = 0x0103;
 /// Allocate error response type.

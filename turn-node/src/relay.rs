@@ -145,18 +145,7 @@ fn bind_error(transport: &'static str, addr: SocketAddr) -> impl FnOnce(io::Erro
 pub(crate) fn enlarge_buffers(fd: std::os::fd::RawFd) {
     let size = libc::c_int::try_from(UDP_BUFFER).unwrap_or(libc::c_int::MAX);
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: `fd` is a live socket owned by the caller; the value pointer and length
-        // describe one c_int on the stack, as setsockopt requires.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if crate::batch::set_int_option(fd, libc::SOL_SOCKET, option, size).is_err() {
             tracing::debug!(option, "could not enlarge a UDP socket buffer");
         }
     }
