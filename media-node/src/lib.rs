@@ -21,6 +21,7 @@ use fleet_node::{Node, NodeArgs, NodeConfig};
 use fleet_proto::ids::NodeKind;
 
 pub mod admission;
+pub mod engine;
 pub mod meter;
 pub mod offer;
 pub mod room;
@@ -73,14 +74,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(s)) => s.to_owned(),
         (None, None) => anyhow::bail!("no --join-secret, and none from the controller at boot"),
     };
-    let sfu = sfu::Sfu::start(sfu::SfuConfig {
-        node_id,
-        join_secret,
-        max_participants: usize::try_from(args.max_participants).unwrap_or(6),
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine_config = engine::EngineConfig {
         public_ip: args.node.public_ip,
         media_port: args.media_port,
-    })
-    .await?;
+    };
+    let engine = engine::webrtc_rs::WebrtcEngine::start(&engine_config, events_tx).await?;
+    let sfu = sfu::Sfu::start(
+        sfu::SfuConfig {
+            node_id,
+            join_secret,
+            max_participants: usize::try_from(args.max_participants).unwrap_or(6),
+        },
+        Box::new(engine),
+        events_rx,
+    );
     let advertised = SocketAddr::new(args.node.public_ip, node.http_addr().port());
     let addresses = vec![format!("http://{advertised}")];
     let exit = node
