@@ -28,7 +28,6 @@ use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use turn::relay::RelayAddressGenerator;
 use webrtc_util::Conn;
 
-use crate::batch::{Outbox, RecvBatch, send_batch};
 use crate::gate::GateShared;
 use crate::inspect::{
     CHANNEL_HEADER, Packet, SEND_INDICATION, classify, data_indication_header, send_indication,
@@ -38,6 +37,7 @@ use crate::poller::Poller;
 use crate::redact::masked;
 use crate::relays::{RelayAlloc, RelayTable};
 use crate::stats::Tally;
+use fleet_udp::{Outbox, RecvBatch, send_batch};
 
 /// Requests waiting for the gate, per queue; beyond this a request is dropped (the client
 /// retransmits).
@@ -79,7 +79,7 @@ impl std::fmt::Debug for FastUdp {
 
 /// Sets `SO_REUSEPORT` (before bind) so several sockets share one UDP port.
 fn set_reuse_port(socket: &socket2::Socket) -> io::Result<()> {
-    crate::batch::set_int_option(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+    fleet_udp::set_int_option(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
 }
 
 /// A non-blocking UDP socket bound to `addr` with large buffers (IPv6 only for an IPv6
@@ -106,7 +106,7 @@ pub(crate) fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::
 /// [`udp_socket`] for the fast path, which reads coalesced datagrams (UDP GRO) too.
 fn fast_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let socket = udp_socket(addr, reuse_port)?;
-    crate::batch::enable_gro(socket.as_raw_fd());
+    fleet_udp::enable_gro(socket.as_raw_fd());
     Ok(socket)
 }
 
@@ -126,7 +126,7 @@ pub fn bind_workers(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net
         sockets.push(fast_socket(bound, true)?);
     }
     for socket in &sockets {
-        crate::batch::enlarge_receive_buffer(socket.as_raw_fd(), WORKER_RCVBUF);
+        fleet_udp::enlarge_receive_buffer(socket.as_raw_fd(), WORKER_RCVBUF);
     }
     Ok(sockets)
 }

@@ -15,7 +15,6 @@
 //! gate's decisions with addresses cut to /24 or /48).
 
 pub mod auth;
-pub mod batch;
 pub mod fastpath;
 pub mod framing;
 pub mod gate;

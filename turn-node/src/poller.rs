@@ -11,10 +11,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::batch::{Outbox, RecvBatch};
 use crate::fastpath::FastUdp;
 use crate::relays::RelayAlloc;
 use crate::stats::Tally;
+use fleet_udp::{Outbox, RecvBatch};
 
 /// The listener's token in the epoll set (relay sockets get 1, 2, …).
 const LISTENER: u64 = 0;

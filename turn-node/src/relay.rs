@@ -145,7 +145,7 @@ fn bind_error(transport: &'static str, addr: SocketAddr) -> impl FnOnce(io::Erro
 pub(crate) fn enlarge_buffers(fd: std::os::fd::RawFd) {
     let size = libc::c_int::try_from(UDP_BUFFER).unwrap_or(libc::c_int::MAX);
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        if crate::batch::set_int_option(fd, libc::SOL_SOCKET, option, size).is_err() {
+        if fleet_udp::set_int_option(fd, libc::SOL_SOCKET, option, size).is_err() {
             tracing::debug!(option, "could not enlarge a UDP socket buffer");
         }
     }

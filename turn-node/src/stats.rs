@@ -70,7 +70,7 @@ pub struct Tally {
 
 impl Tally {
     /// Counts what a send to clients did.
-    pub fn add_sent(&mut self, sent: crate::batch::Sent) {
+    pub fn add_sent(&mut self, sent: fleet_udp::Sent) {
         self.packets_out += sent.packets as u64;
         self.bytes_out += sent.bytes as u64;
         self.dropped += sent.failed as u64;

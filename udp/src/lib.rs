@@ -1,8 +1,8 @@
 //! Batched UDP system calls on a non-blocking socket: [`RecvBatch::recv`] fills up to
 //! [`BATCH`] datagrams with one `recvmmsg`, [`send_batch`] sends a list of datagrams (each to its
 //! own address) with `sendmmsg`, and an [`Outbox`] gathers datagrams for one socket from many
-//! sources to send them together. The fast relay path uses them so that a burst of packets
-//! costs one system call each way instead of one per packet.
+//! sources to send them together. The TURN node's fast relay path and the media node's engine
+//! use them so that a burst of packets costs one system call each way instead of one per packet.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -275,7 +275,7 @@ fn gro_segment(header: &libc::msghdr) -> usize {
 }
 
 /// Sets the integer socket option `option` at `level` on `fd` to `value`.
-pub(crate) fn set_int_option(
+pub fn set_int_option(
     fd: RawFd,
     level: libc::c_int,
     option: libc::c_int,
