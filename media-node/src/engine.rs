@@ -16,6 +16,7 @@ use crate::admission::JoinError;
 use crate::meter::Totals;
 use crate::offer::OfferSummary;
 
+pub mod sans_io;
 pub mod webrtc_rs;
 
 /// One participant's connection: a rejoin gets a new generation, so events of a replaced
@@ -149,4 +150,30 @@ pub struct EngineConfig {
     pub public_ip: std::net::IpAddr,
     /// UDP port for all media (0 = pick one).
     pub media_port: u16,
+}
+
+/// Which engine a media node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EngineKind {
+    /// str0m 0.25 driven by our own batched UDP loop ([`sans_io`]).
+    #[default]
+    SansIo,
+    /// webrtc 0.17 with its tokio tasks ([`webrtc_rs`]).
+    Webrtc,
+}
+
+/// Starts the chosen engine; its events arrive on the returned receiver.
+pub async fn start(
+    kind: EngineKind,
+    config: &EngineConfig,
+) -> anyhow::Result<(
+    Box<dyn Engine>,
+    tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
+)> {
+    let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine: Box<dyn Engine> = match kind {
+        EngineKind::SansIo => Box::new(sans_io::SansIoEngine::start(config, events)?),
+        EngineKind::Webrtc => Box::new(webrtc_rs::WebrtcEngine::start(config, events).await?),
+    };
+    Ok((engine, events_rx))
 }

@@ -52,6 +52,10 @@ pub struct Args {
     #[arg(long, default_value_t = 6,
         value_parser = clap::value_parser!(u64).range(2..=64))]
     pub max_participants: u64,
+    /// The WebRTC engine: `sans-io` (str0m on the node's own batched UDP loop) or `webrtc`
+    /// (the webrtc 0.17 crate's tasks).
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: engine::EngineKind,
 }
 
 impl Args {
@@ -74,19 +78,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(s)) => s.to_owned(),
         (None, None) => anyhow::bail!("no --join-secret, and none from the controller at boot"),
     };
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine_config = engine::EngineConfig {
         public_ip: args.node.public_ip,
         media_port: args.media_port,
     };
-    let engine = engine::webrtc_rs::WebrtcEngine::start(&engine_config, events_tx).await?;
+    let (engine, events_rx) = engine::start(args.engine, &engine_config).await?;
+    tracing::info!(engine = ?args.engine, udp = %engine.udp_addr(), "media engine started");
     let sfu = sfu::Sfu::start(
         sfu::SfuConfig {
             node_id,
             join_secret,
             max_participants: usize::try_from(args.max_participants).unwrap_or(6),
         },
-        Box::new(engine),
+        engine,
         events_rx,
     );
     let advertised = SocketAddr::new(args.node.public_ip, node.http_addr().port());

@@ -5,7 +5,8 @@
 //! - [`controller`]: `fleet serve` and node processes reporting to it;
 //! - [`fleet_up`]: `fleet up` as a newcomer runs it;
 //! - [`api`]: the signaling API as a client;
-//! - [`turn`], [`rtc_peer`], [`browser`]: TURN clients, synthetic WebRTC peers, Chromium.
+//! - [`turn`], [`rtc_peer`], [`browser`]: TURN clients, synthetic WebRTC peers, Chromium;
+//! - [`flood`]: hostile traffic at a node's UDP port.
 //!
 //! Generic process, HTTP and wait helpers come from `fleet-testkit` and are re-exported here.
 
@@ -13,6 +14,7 @@ pub mod api;
 pub mod browser;
 pub mod controller;
 pub mod fleet_up;
+pub mod flood;
 pub mod kubelet;
 pub mod rtc_peer;
 pub mod turn;
@@ -26,6 +28,7 @@ pub use fleet_testkit::{
     Proc, bin, bin_dir, eventually, free_udp_port, http_get_sync, read_line_with, read_lines_with,
 };
 pub use fleet_up::FleetUp;
+pub use flood::flood;
 pub use turn::*;
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";

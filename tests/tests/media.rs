@@ -577,3 +577,165 @@ async fn group() {
         let _ = p.pc.close().await;
     }
 }
+
+/// The media node's UDP address and the ICE ufrag it gave one connection, from its answer.
+fn media_port_and_ufrag(answer: &str) -> (std::net::SocketAddr, String) {
+    let candidate = answer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:") && l.to_ascii_lowercase().contains(" udp "))
+        .unwrap_or_else(|| panic!("no UDP candidate in {answer}"));
+    let fields: Vec<&str> = candidate.split_whitespace().collect();
+    let addr = format!("{}:{}", fields[4], fields[5]).parse().unwrap();
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    (addr, ufrag)
+}
+
+/// A STUN Binding request for `username` with a MESSAGE-INTEGRITY that is not the real one.
+fn forged_binding(username: &str, tid: u8) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend([0x00, 0x06]);
+    attrs.extend((username.len() as u16).to_be_bytes());
+    attrs.extend(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    attrs.extend([0x00, 0x08, 0x00, 0x14]);
+    attrs.extend([0xab; 20]);
+    let mut m = vec![0x00, 0x01];
+    m.extend((attrs.len() as u16).to_be_bytes());
+    m.extend([0x21, 0x12, 0xA4, 0x42]);
+    m.extend([tid; 12]);
+    m.extend(attrs);
+    m
+}
+
+/// While a 1:1 call flows, two threads flood the media port from 8 sockets each: garbage,
+/// RTP and RTCP lookalikes, a DTLS ClientHello for no one, Binding requests for unknown
+/// ufrags, and Binding requests naming a live connection's ufrag with a forged integrity.
+/// The call loses nothing it would not lose anyway (≥ 95% each way, as in the plain call),
+/// nobody's media carries foreign bytes, and the node still has the two participants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_packets_on_the_media_port_change_nothing_for_the_call() {
+    tokio::time::timeout(Duration::from_secs(90), hostile())
+        .await
+        .expect("hostile packets test finished in time");
+}
+
+async fn hostile() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let PlacedCall {
+        _dir,
+        c,
+        node: _node,
+        session,
+        sid,
+        base,
+    } = placed_call("m-hostile", &[]).await;
+    let url = |i: usize| {
+        participant_url(
+            &base,
+            &sid,
+            session["participants"][i]["id"].as_str().unwrap(),
+        )
+    };
+    let token = |i: usize| {
+        session["participants"][i]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let a = Peer::new().await;
+    let b = Peer::new().await;
+    a.join(&url(0), &token(0)).await;
+    b.join(&url(1), &token(1)).await;
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let (media, ufrag) = media_port_and_ufrag(&a.pc.remote_description().await.unwrap().sdp);
+
+    let want = usize::from(PACKETS) * 95 / 100;
+    let round = |n: u16| {
+        let (a, b) = (&a, &b);
+        async move {
+            let before = (a.counts(b'b'), b.counts(b'a'));
+            tokio::join!(a.send(b'a', n), b.send(b'b', n));
+            eventually(Duration::from_secs(10), || {
+                let (ca, cb) = (a.counts(b'b'), b.counts(b'a'));
+                let ok = ca.0 >= before.0.0 + want
+                    && ca.1 >= before.0.1 + want
+                    && cb.0 >= before.1.0 + want
+                    && cb.1 >= before.1.1 + want;
+                async move { ok.then_some(()) }
+            })
+            .await
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(round(0).await.is_some(), "the call flows before the flood");
+
+    let mut junk: Vec<Vec<u8>> = (0..64u8)
+        .map(|i| {
+            (0..(17 + usize::from(i) * 23))
+                .map(|j| (j as u8).wrapping_mul(i | 1))
+                .collect()
+        })
+        .collect();
+    junk.push(
+        [
+            vec![0x80, 0x60, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef],
+            vec![7; 200],
+        ]
+        .concat(),
+    );
+    junk.push([vec![0x80, 0xc8, 0, 6, 0xde, 0xad, 0xbe, 0xef], vec![0; 24]].concat());
+    let mut hello = vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x01];
+    hello.extend([0x5a; 63]);
+    junk.push(hello);
+    let stun: Vec<Vec<u8>> = (0..32u8)
+        .map(|i| forged_binding(&format!("nobody{i}:evil"), i))
+        .chain((0..8u8).map(|i| forged_binding(&format!("{ufrag}:evil"), 100 + i)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders = [
+        flood(media, 8, junk, stop.clone()),
+        flood(media, 8, stun, stop.clone()),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = round(1).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    eprintln!(
+        "flooded the media port with {sent} packets; a got {:?}, b got {:?}",
+        a.counts_by_tag(),
+        b.counts_by_tag()
+    );
+    assert!(sent > 10_000, "the flood ran ({sent} packets)");
+    assert!(during.is_some(), "the call flows during the flood");
+    assert!(round(2).await.is_some(), "and after it");
+    for (peer, other) in [(&a, b'b'), (&b, b'a')] {
+        let tags: Vec<u8> = peer.counts_by_tag().keys().copied().collect();
+        assert_eq!(
+            tags,
+            vec![other],
+            "only the other participant's media arrives"
+        );
+    }
+    assert!(
+        c.wait_session_live(&sid, 2, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "both participants are still in the session"
+    );
+    let load = eventually(Duration::from_secs(10), || async {
+        let nodes = c.nodes().await.ok()?;
+        let node = nodes.iter().find(|n| n["id"] == "m-hostile")?.clone();
+        (node["load"]["participants"] == 2).then_some(())
+    })
+    .await;
+    assert!(load.is_some(), "the node still has both participants");
+}

@@ -1,0 +1,375 @@
+//! The engine on str0m 0.25, a sans-I/O WebRTC core (RTP mode, ICE-lite) driven by a loop of
+//! our own: one I/O thread owns the media UDP socket and every connection, reads with
+//! `recvmmsg` (and GRO), sends with `sendmmsg` (and GSO), keeps the connections' timers in one
+//! heap, and forwards each packet from the publisher's connection to its subscribers' in the
+//! same pass: no task, channel hop, lock or socket call per packet.
+//!
+//! Datagrams are routed to a connection by their source address, or, for one not seen yet, by
+//! the local ICE username fragment of a STUN Binding request ([`stun`]); the connection checks
+//! the request's integrity before the address is learnt. Anything else is dropped unread.
+//!
+//! The async side ([`SansIoEngine`]) parses the offer and makes the connection's `Rtc` and
+//! answer on the caller's task, then hands the connection to the I/O thread with a command;
+//! routes, keyframe requests, renegotiations and hang-ups are commands too, and the thread is
+//! woken for them through an eventfd.
+//!
+//! Slots: every m-line on which the node may send (the participant's sendrecv or recvonly
+//! m-lines) is numbered in order per kind, and slot i is the i-th audio with the i-th video.
+//! Media arriving on the participant's sendrecv or sendonly m-lines is its own and is forwarded
+//! to its routes, audio to the slot's audio and video to its video, with the payload type
+//! mapped to the subscriber's and the sequence numbers and timestamps rewritten so that each
+//! outgoing stream stays continuous across changes of source ([`rewrite`]). NACK/RTX and
+//! receiver/sender reports are str0m's, per leg.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::{Candidate, Rtc};
+
+use super::{ConnKey, Counters, Engine, EngineConfig, EngineTotals, EventSender, Opened, Route};
+use crate::admission::JoinError;
+use crate::offer::OfferSummary;
+
+mod rewrite;
+mod stun;
+mod worker;
+
+/// Kernel receive buffer asked for on the media socket: a few hundred milliseconds of a busy
+/// node's packets, so a scheduling stall of the I/O thread loses nothing.
+const MEDIA_SOCKET_BUFFER: usize = 16 << 20;
+
+/// Which of a connection's m-lines carry what.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Slots: the audio and video m-lines the node sends on, one other participant each.
+    pub slots: Vec<SlotMids>,
+    /// The m-lines the participant sends its own media on, with their kinds.
+    pub incoming: Vec<(Mid, MediaKind)>,
+}
+
+/// The m-lines of one slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SlotMids {
+    pub audio: Option<Mid>,
+    pub video: Option<Mid>,
+}
+
+impl Layout {
+    /// The layout of the media an offer added, with at most `max_slots` slots.
+    fn of(added: &[(Mid, MediaKind, Direction)], max_slots: usize) -> Layout {
+        let sends = |d: Direction| matches!(d, Direction::SendOnly | Direction::SendRecv);
+        let receives = |d: Direction| matches!(d, Direction::RecvOnly | Direction::SendRecv);
+        let of_kind = |kind: MediaKind| -> Vec<Mid> {
+            added
+                .iter()
+                .filter(|(_, k, d)| *k == kind && sends(*d))
+                .map(|(mid, _, _)| *mid)
+                .collect()
+        };
+        let (audio, video) = (of_kind(MediaKind::Audio), of_kind(MediaKind::Video));
+        let count = audio.len().max(video.len()).min(max_slots);
+        Layout {
+            slots: (0..count)
+                .map(|i| SlotMids {
+                    audio: audio.get(i).copied(),
+                    video: video.get(i).copied(),
+                })
+                .collect(),
+            incoming: added
+                .iter()
+                .filter(|(_, _, d)| receives(*d))
+                .map(|(mid, kind, _)| (*mid, *kind))
+                .collect(),
+        }
+    }
+}
+
+/// What the async side asks of the I/O thread.
+pub(crate) enum Command {
+    /// Take over a new connection, answered already.
+    Adopt {
+        conn: ConnKey,
+        rtc: Box<Rtc>,
+        layout: Layout,
+        offered: Instant,
+    },
+    /// Answer a new offer on a connection.
+    Renegotiate {
+        conn: ConnKey,
+        offer: Box<SdpOffer>,
+        reply: tokio::sync::oneshot::Sender<Result<String, JoinError>>,
+    },
+    /// Hang up.
+    Close(ConnKey),
+    /// Replace where a publisher's media goes.
+    SetRoutes {
+        publisher: ConnKey,
+        routes: Vec<Route>,
+    },
+    /// Ask a publisher for a keyframe.
+    Keyframe(ConnKey),
+}
+
+/// Wakes the I/O thread from its `poll` (an eventfd).
+#[derive(Debug)]
+pub(crate) struct Waker(OwnedFd);
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we now own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
+        Ok(Waker(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    pub fn clear(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut value as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The str0m engine's handle.
+pub struct SansIoEngine {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    counters: Arc<Counters>,
+    udp_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for SansIoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SansIoEngine")
+            .field("udp_addr", &self.udp_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SansIoEngine {
+    /// Binds the media UDP port and starts the I/O thread.
+    pub fn start(config: &EngineConfig, events: EventSender) -> anyhow::Result<Self> {
+        static CRYPTO: std::sync::Once = std::sync::Once::new();
+        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+        let socket = bind_media_socket(config)?;
+        let udp_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
+        let waker = Arc::new(Waker::new()?);
+        let counters = Arc::new(Counters::default());
+        let (commands, commands_rx) = mpsc::channel();
+        let worker = worker::Worker::new(
+            socket,
+            udp_addr,
+            commands_rx,
+            waker.clone(),
+            counters.clone(),
+            events,
+        );
+        std::thread::Builder::new()
+            .name("media-io".into())
+            .spawn(move || worker.run())?;
+        Ok(SansIoEngine {
+            commands,
+            waker,
+            counters,
+            udp_addr,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), JoinError> {
+        self.commands
+            .send(command)
+            .map_err(|_| JoinError::Internal("the media I/O thread has stopped".into()))?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+impl Drop for SansIoEngine {
+    fn drop(&mut self) {
+        // The thread sees the channel closed when it wakes.
+        self.waker.wake();
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for SansIoEngine {
+    async fn open(
+        &self,
+        conn: &ConnKey,
+        offer: String,
+        _summary: &OfferSummary,
+        max_slots: usize,
+    ) -> Result<Opened, JoinError> {
+        let offered = Instant::now();
+        let rejected = |e: &dyn std::fmt::Display| JoinError::Rejected(e.to_string());
+        let offer = SdpOffer::from_sdp_string(&offer).map_err(|e| rejected(&e))?;
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .build(offered);
+        let candidate = Candidate::host(self.udp_addr, "udp")
+            .map_err(|e| JoinError::Internal(format!("host candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| rejected(&e))?;
+        let answer = answer.to_sdp_string();
+        // The answer names every m-line (a=mid), in order; the connection knows their kinds and
+        // its own directions.
+        let added: Vec<(Mid, MediaKind, Direction)> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=mid:"))
+            .filter_map(|mid| rtc.media(Mid::from(mid.trim())))
+            .map(|m| (m.mid(), m.kind(), m.direction()))
+            .collect();
+        let layout = Layout::of(&added, max_slots);
+        let slots = layout.slots.len();
+        self.send(Command::Adopt {
+            conn: conn.clone(),
+            rtc: Box::new(rtc),
+            layout,
+            offered,
+        })?;
+        Ok(Opened { answer, slots })
+    }
+
+    async fn renegotiate(&self, conn: &ConnKey, offer: String) -> Result<String, JoinError> {
+        let offer =
+            SdpOffer::from_sdp_string(&offer).map_err(|e| JoinError::Rejected(e.to_string()))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Command::Renegotiate {
+            conn: conn.clone(),
+            offer: Box::new(offer),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| JoinError::Internal("the media I/O thread has stopped".into()))?
+    }
+
+    fn close(&self, conn: &ConnKey) {
+        let _ = self.send(Command::Close(conn.clone()));
+    }
+
+    fn set_routes(&self, publisher: &ConnKey, routes: Vec<Route>) {
+        let _ = self.send(Command::SetRoutes {
+            publisher: publisher.clone(),
+            routes,
+        });
+    }
+
+    fn request_keyframe(&self, publisher: &ConnKey) {
+        let _ = self.send(Command::Keyframe(publisher.clone()));
+    }
+
+    fn totals(&self) -> EngineTotals {
+        self.counters.totals()
+    }
+
+    fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+}
+
+/// The media socket: non-blocking, of the advertised address's family (dual-stack for IPv6),
+/// with GRO and a large receive buffer.
+fn bind_media_socket(config: &EngineConfig) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = if config.public_ip.is_ipv6() {
+        SocketAddr::from(([0u16; 8], config.media_port))
+    } else {
+        SocketAddr::from(([0u8; 4], config.media_port))
+    };
+    let bind = || -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    let socket = bind()
+        .map_err(|e| anyhow::anyhow!("cannot bind media UDP port {}: {e}", config.media_port))?;
+    fleet_udp::enlarge_receive_buffer(socket.as_raw_fd(), MEDIA_SOCKET_BUFFER);
+    if let Err(e) = socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::warn!(error = %e, "cannot set the media socket's send buffer size");
+    }
+    fleet_udp::enable_gro(socket.as_raw_fd());
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_pair_the_lines_the_node_sends_on_and_incoming_are_the_participants() {
+        let m = |s: &str| Mid::from(s);
+        let added = [
+            (m("0"), MediaKind::Audio, Direction::SendRecv),
+            (m("1"), MediaKind::Video, Direction::SendRecv),
+            (m("2"), MediaKind::Audio, Direction::SendOnly),
+            (m("3"), MediaKind::Video, Direction::SendOnly),
+            (m("4"), MediaKind::Video, Direction::SendOnly),
+            (m("5"), MediaKind::Audio, Direction::RecvOnly),
+        ];
+        let layout = Layout::of(&added, 5);
+        assert_eq!(
+            layout.slots,
+            vec![
+                SlotMids {
+                    audio: Some(m("0")),
+                    video: Some(m("1"))
+                },
+                SlotMids {
+                    audio: Some(m("2")),
+                    video: Some(m("3"))
+                },
+                SlotMids {
+                    audio: None,
+                    video: Some(m("4"))
+                },
+            ]
+        );
+        assert_eq!(
+            layout.incoming,
+            vec![
+                (m("0"), MediaKind::Audio),
+                (m("1"), MediaKind::Video),
+                (m("5"), MediaKind::Audio),
+            ]
+        );
+        assert_eq!(Layout::of(&added, 1).slots.len(), 1, "capped");
+    }
+}

@@ -1,0 +1,703 @@
+//! The I/O thread: the media socket, every connection's `Rtc`, their timers and the
+//! forwarding between them. One round is a `poll` on the socket and the waker (with the
+//! nearest timer as its timeout), then the commands, every datagram queued (in `recvmmsg`
+//! batches), the timers due, and one `sendmmsg` flush of everything the round produced.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, TryRecvError};
+use std::time::{Duration, Instant};
+
+use fleet_udp::{Outbox, RecvBatch};
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+
+use super::rewrite::StreamRewrite;
+use super::{Command, Layout, Waker, stun};
+use crate::engine::{ConnKey, Counters, EngineEvent, EventSender, Route};
+use crate::meter::SeqTracker;
+
+/// A connection that has not connected this long after its offer ends.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connected participant heard nothing from (media, RTCP or ICE consent checks) this long
+/// ends: the same 15 s as the first engine's "ICE failed".
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often connections are checked for the two timeouts above.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest sleep in `poll` when no timer is nearer.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Remote addresses remembered per connection (ICE restarts and network changes add some).
+const MAX_ADDRS: usize = 8;
+/// Packets held for a subscriber while its ICE restart is under way (about a second of a
+/// video call's packets in all its slots).
+const MAX_HELD: usize = 1024;
+/// Held packets older than this are dropped rather than sent late.
+const MAX_HOLD: Duration = Duration::from_secs(2);
+/// `recvmmsg` batches read in one round before the timers get their turn.
+const MAX_BATCHES_PER_ROUND: usize = 16;
+
+/// A publisher's incoming stream.
+struct RxStream {
+    kind: MediaKind,
+    seq: SeqTracker,
+    /// The payload type seen last and its parameters in the publisher's negotiation.
+    params: Option<(Pt, PayloadParams)>,
+}
+
+/// A slot's outgoing stream to a subscriber.
+#[derive(Default)]
+struct TxStream {
+    rewrite: StreamRewrite,
+    /// (publisher index, its payload type) → the payload type negotiated with the subscriber.
+    pt: Option<((usize, Pt), Option<Pt>)>,
+}
+
+/// A resolved route: the subscriber's index and generation, and its slot.
+#[derive(Clone, Copy)]
+struct Target {
+    index: usize,
+    generation: u64,
+    slot: usize,
+}
+
+/// Packets for a subscriber that restarts ICE, held until its new path is nominated. str0m
+/// keeps sending on the old path until then (as RFC 8445 allows), but a client that restarts
+/// because its network changed, or that closes its old sockets on a restart (webrtc-rs does),
+/// no longer receives there; holding costs the new path's check time in delay (about 200 ms)
+/// instead of losing those packets.
+struct Held {
+    since: Instant,
+    packets: Vec<(Mid, RtpWrite, u64)>,
+}
+
+struct Conn {
+    key: ConnKey,
+    held: Option<Held>,
+    rtc: Rtc,
+    layout: Layout,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    targets: Vec<Target>,
+    rx: HashMap<Ssrc, RxStream>,
+    tx: HashMap<Mid, TxStream>,
+    offered: Instant,
+    connected: bool,
+    last_heard: Instant,
+    /// The earliest timer entry in the heap for this connection.
+    scheduled: Option<Instant>,
+    next_timeout: Instant,
+}
+
+/// The I/O thread's state.
+pub(crate) struct Worker {
+    socket: std::net::UdpSocket,
+    batch: RecvBatch,
+    state: State,
+}
+
+struct State {
+    fd: RawFd,
+    v6: bool,
+    local: SocketAddr,
+    commands: mpsc::Receiver<Command>,
+    waker: Arc<Waker>,
+    counters: Arc<Counters>,
+    events: EventSender,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    by_key: HashMap<ConnKey, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    by_ufrag: HashMap<String, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    outbox: Outbox,
+    /// Events drained from connections, handled in order after the mutation that made them.
+    queue: VecDeque<(usize, Event)>,
+    next_liveness: Instant,
+}
+
+impl Worker {
+    pub fn new(
+        socket: std::net::UdpSocket,
+        local: SocketAddr,
+        commands: mpsc::Receiver<Command>,
+        waker: Arc<Waker>,
+        counters: Arc<Counters>,
+        events: EventSender,
+    ) -> Worker {
+        let fd = socket.as_raw_fd();
+        let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        Worker {
+            socket,
+            batch: RecvBatch::new(),
+            state: State {
+                fd,
+                v6,
+                local,
+                commands,
+                waker,
+                counters,
+                events,
+                conns: Vec::new(),
+                free: Vec::new(),
+                by_key: HashMap::new(),
+                by_addr: HashMap::new(),
+                by_ufrag: HashMap::new(),
+                timers: BinaryHeap::new(),
+                outbox: Outbox::default(),
+                queue: VecDeque::new(),
+                next_liveness: Instant::now(),
+            },
+        }
+    }
+
+    /// Runs until the engine's handle is dropped.
+    pub fn run(mut self) {
+        let fd = self.socket.as_raw_fd();
+        loop {
+            let sleep = self
+                .state
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            wait(fd, self.state.waker.fd(), sleep);
+            let now = Instant::now();
+            if !self.state.take_commands(now) {
+                tracing::debug!("media I/O thread stops: the engine is gone");
+                return;
+            }
+            for _ in 0..MAX_BATCHES_PER_ROUND {
+                match self.batch.recv(fd) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for (data, source) in self.batch.datagrams().flatten() {
+                            self.state.on_datagram(now, source, data);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "media socket receive failed");
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            self.state.fire_timers(now);
+            self.state.check_liveness(now);
+            self.state.flush();
+        }
+    }
+}
+
+/// Sleeps until the socket or the waker is readable, or `timeout` passes.
+fn wait(socket: RawFd, waker: RawFd, timeout: Duration) {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: waker,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a live array of two pollfd structs, and its length is passed with it.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+}
+
+impl State {
+    fn conn(&mut self, index: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// Applies the queued commands; false once the engine's handle is gone.
+    fn take_commands(&mut self, now: Instant) -> bool {
+        self.waker.clear();
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.apply(command, now),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Adopt {
+                conn,
+                rtc,
+                layout,
+                offered,
+            } => self.adopt(conn, *rtc, layout, offered, now),
+            Command::Renegotiate { conn, offer, reply } => {
+                let answer = self.renegotiate(&conn, *offer, now);
+                let _ = reply.send(answer);
+            }
+            Command::Close(conn) => {
+                if let Some(&index) = self.by_key.get(&conn) {
+                    self.remove(index);
+                }
+            }
+            Command::SetRoutes { publisher, routes } => self.set_routes(&publisher, &routes),
+            Command::Keyframe(publisher) => {
+                if let Some(&index) = self.by_key.get(&publisher) {
+                    self.request_keyframe(index, now);
+                }
+            }
+        }
+    }
+
+    fn adopt(
+        &mut self,
+        key: ConnKey,
+        mut rtc: Rtc,
+        layout: Layout,
+        offered: Instant,
+        now: Instant,
+    ) {
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        self.by_key.insert(key.clone(), index);
+        self.by_ufrag.insert(ufrag.clone(), index);
+        self.conns[index] = Some(Conn {
+            key,
+            held: None,
+            rtc,
+            layout,
+            ufrag,
+            addrs: Vec::new(),
+            targets: Vec::new(),
+            rx: HashMap::new(),
+            tx: HashMap::new(),
+            offered,
+            connected: false,
+            last_heard: now,
+            scheduled: None,
+            next_timeout: now,
+        });
+        self.drain(index);
+        self.handle_queue(now);
+    }
+
+    fn renegotiate(
+        &mut self,
+        key: &ConnKey,
+        offer: str0m::change::SdpOffer,
+        now: Instant,
+    ) -> Result<String, crate::admission::JoinError> {
+        use crate::admission::JoinError;
+        let index = *self.by_key.get(key).ok_or(JoinError::NotFound)?;
+        let conn = self.conn(index).ok_or(JoinError::NotFound)?;
+        let answer = conn
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::Rejected(e.to_string()))?;
+        // An ICE restart gives the connection a new local ufrag.
+        let ufrag = conn.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != conn.ufrag {
+            let old = std::mem::replace(&mut conn.ufrag, ufrag.clone());
+            conn.held = Some(Held {
+                since: now,
+                packets: Vec::new(),
+            });
+            self.by_ufrag.remove(&old);
+            self.by_ufrag.insert(ufrag, index);
+        }
+        self.drain(index);
+        self.handle_queue(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn set_routes(&mut self, publisher: &ConnKey, routes: &[Route]) {
+        let targets: Vec<Target> = routes
+            .iter()
+            .filter_map(|r| {
+                self.by_key.get(&r.conn).map(|&index| Target {
+                    index,
+                    generation: r.conn.generation,
+                    slot: r.slot,
+                })
+            })
+            .collect();
+        if let Some(&index) = self.by_key.get(publisher)
+            && let Some(conn) = self.conn(index)
+        {
+            conn.targets = targets;
+        }
+    }
+
+    fn request_keyframe(&mut self, index: usize, now: Instant) {
+        let Some(conn) = self.conn(index) else { return };
+        let mids: Vec<Mid> = conn
+            .layout
+            .incoming
+            .iter()
+            .filter(|(_, kind)| *kind == MediaKind::Video)
+            .map(|(mid, _)| *mid)
+            .collect();
+        let mut api = conn.rtc.direct_api();
+        for mid in mids {
+            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+        self.drain(index);
+        self.handle_queue(now);
+    }
+
+    /// Removes a connection and everything that routes to it by index.
+    fn remove(&mut self, index: usize) -> Option<ConnKey> {
+        let mut conn = self.conns.get_mut(index)?.take()?;
+        conn.rtc.disconnect();
+        self.by_key.remove(&conn.key);
+        self.by_ufrag.remove(&conn.ufrag);
+        for addr in &conn.addrs {
+            if self.by_addr.get(addr) == Some(&index) {
+                self.by_addr.remove(addr);
+            }
+        }
+        self.counters
+            .tracks
+            .fetch_sub(conn.rx.len() as u64, Ordering::Relaxed);
+        self.free.push(index);
+        Some(conn.key)
+    }
+
+    /// Ends a connection on the engine's own account and tells the façade.
+    fn end(&mut self, index: usize, why: &str) {
+        if let Some(key) = self.remove(index) {
+            tracing::info!(session = %key.session, participant = %key.participant, why, "connection ended");
+            let _ = self.events.send(EngineEvent::Ended { conn: key });
+        }
+    }
+
+    fn on_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        let known = self.by_addr.get(&source).copied();
+        let Some(index) = known.or_else(|| {
+            stun::binding_request_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied())
+        }) else {
+            return;
+        };
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(conn) = self.conn(index) else { return };
+        if !conn.rtc.accepts(&input) {
+            return;
+        }
+        if let Err(e) = conn.rtc.handle_input(input) {
+            tracing::debug!(error = %e, "a datagram was refused by its connection");
+        }
+        conn.last_heard = now;
+        let learn = known.is_none() && conn.addrs.len() < MAX_ADDRS;
+        if learn {
+            conn.addrs.push(source);
+            self.by_addr.insert(source, index);
+        }
+        self.drain(index);
+        self.handle_queue(now);
+    }
+
+    /// Polls connection `index` until it wants a timeout: datagrams to the outbox, events to
+    /// the queue; re-arms its timer. A connection whose poll fails ends.
+    fn drain(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        loop {
+            match conn.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    conn.next_timeout = t;
+                    if conn.scheduled.is_none_or(|s| t < s) {
+                        conn.scheduled = Some(t);
+                        self.timers.push(Reverse((t, index)));
+                    }
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if !self.outbox.fits(t.contents.len()) {
+                        let sent = self.outbox.flush(self.fd, self.v6);
+                        let _ = sent;
+                    }
+                    self.outbox
+                        .push_with(t.contents.len(), t.destination, |buf| {
+                            buf.copy_from_slice(&t.contents);
+                            Some(0..buf.len())
+                        });
+                }
+                Ok(Output::Event(e)) => self.queue.push_back((index, e)),
+                Err(e) => {
+                    tracing::info!(error = %e, "connection failed");
+                    self.end(index, "engine error");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_queue(&mut self, now: Instant) {
+        while let Some((index, event)) = self.queue.pop_front() {
+            self.handle_event(index, event, now);
+        }
+    }
+
+    fn handle_event(&mut self, index: usize, event: Event, now: Instant) {
+        let events = self.events.clone();
+        let Some(conn) = self.conn(index) else { return };
+        match event {
+            Event::Connected if !conn.connected => {
+                conn.connected = true;
+                let _ = events.send(EngineEvent::Connected {
+                    conn: conn.key.clone(),
+                    setup: now.saturating_duration_since(conn.offered),
+                });
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if conn.held.is_some() => self.release_held(index, now),
+            Event::KeyframeRequest(request) => {
+                let slot = conn
+                    .layout
+                    .slots
+                    .iter()
+                    .position(|s| s.video == Some(request.mid));
+                if let Some(slot) = slot {
+                    let _ = events.send(EngineEvent::KeyframeWanted {
+                        conn: conn.key.clone(),
+                        slot,
+                    });
+                }
+            }
+            Event::RtpPacket(packet) => self.forward(index, packet),
+            _ => {}
+        }
+    }
+
+    /// Counts a publisher's packet and writes it to every subscriber slot it is routed to.
+    fn forward(&mut self, index: usize, packet: RtpPacket) {
+        let counters = self.counters.clone();
+        let Some(conn) = self.conn(index) else { return };
+        let ssrc = packet.header.ssrc;
+        if !conn.rx.contains_key(&ssrc) {
+            let Some(mid) = conn.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                return;
+            };
+            let Some(&(_, kind)) = conn.layout.incoming.iter().find(|(m, _)| *m == mid) else {
+                return;
+            };
+            conn.rx.insert(
+                ssrc,
+                RxStream {
+                    kind,
+                    seq: SeqTracker::default(),
+                    params: None,
+                },
+            );
+            counters.tracks.fetch_add(1, Ordering::Relaxed);
+        }
+        let pt = packet.header.payload_type;
+        let codec = conn.rtc.codec_config().find(|p| p.pt() == pt).copied();
+        let Some(rx) = conn.rx.get_mut(&ssrc) else {
+            return;
+        };
+        let size = packet.payload.len() as u64 + 12;
+        counters.packets_in.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_in.fetch_add(size, Ordering::Relaxed);
+        let expected = rx.seq.observe(packet.header.sequence_number);
+        counters
+            .packets_expected
+            .fetch_add(expected, Ordering::Relaxed);
+        if rx.params.is_none_or(|(seen, _)| seen != pt) {
+            rx.params = codec.map(|c| (pt, c));
+        }
+        let Some((_, params)) = rx.params else {
+            return;
+        };
+        let video = rx.kind == MediaKind::Video;
+        let targets = conn.targets.clone();
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        for target in targets {
+            let Some(sub) = self.conn(target.index) else {
+                continue;
+            };
+            if sub.key.generation != target.generation {
+                continue;
+            }
+            let Some(slot) = sub.layout.slots.get(target.slot) else {
+                continue;
+            };
+            let Some(mid) = (if video { slot.video } else { slot.audio }) else {
+                continue;
+            };
+            let tx = sub.tx.entry(mid).or_default();
+            let out_pt = match tx.pt {
+                Some((from, out)) if from == (index, pt) => out,
+                _ => {
+                    let out = sub.rtc.codec_config().match_params(params).map(|p| p.pt());
+                    tx.pt = Some(((index, pt), out));
+                    out
+                }
+            };
+            let Some(out_pt) = out_pt else {
+                continue;
+            };
+            let (seq, ts) = tx
+                .rewrite
+                .rewrite(*ssrc, *packet.seq_no, packet.header.timestamp);
+            let write = RtpWrite::new(
+                out_pt,
+                seq.into(),
+                ts,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(video);
+            if let Some(held) = &mut sub.held {
+                // An ICE restart is under way: the old path may be gone already.
+                if held.packets.len() < MAX_HELD {
+                    held.packets.push((mid, write, size));
+                }
+                continue;
+            }
+            if write_rtp(sub, mid, write) {
+                counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
+            self.drain(target.index);
+        }
+    }
+
+    /// Writes what was held during an ICE restart once the new path is up (or drops it when
+    /// the restart took too long).
+    fn release_held(&mut self, index: usize, now: Instant) {
+        let counters = self.counters.clone();
+        let Some(conn) = self.conn(index) else { return };
+        let Some(held) = conn.held.take() else { return };
+        if now.duration_since(held.since) > MAX_HOLD {
+            return;
+        }
+        for (mid, write, size) in held.packets {
+            if write_rtp(conn, mid, write) {
+                counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_out.fetch_add(size, Ordering::Relaxed);
+            }
+        }
+        self.drain(index);
+    }
+
+    /// Feeds due timeouts to their connections.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conn(index) else {
+                continue;
+            };
+            if conn.scheduled != Some(at) {
+                continue;
+            }
+            conn.scheduled = None;
+            if conn.next_timeout > now {
+                let next = conn.next_timeout;
+                conn.scheduled = Some(next);
+                self.timers.push(Reverse((next, index)));
+                continue;
+            }
+            if let Err(e) = conn.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(error = %e, "timeout refused by its connection");
+            }
+            self.drain(index);
+            self.handle_queue(now);
+        }
+    }
+
+    /// Ends connections that never connected or went silent.
+    fn check_liveness(&mut self, now: Instant) {
+        if now < self.next_liveness {
+            return;
+        }
+        self.next_liveness = now + LIVENESS_INTERVAL;
+        let mut dead = Vec::new();
+        let mut stale = Vec::new();
+        for (index, conn) in self.conns.iter().enumerate() {
+            let Some(conn) = conn else { continue };
+            let why = if !conn.rtc.is_alive() {
+                Some("closed")
+            } else if !conn.connected && now.duration_since(conn.offered) > CONNECT_TIMEOUT {
+                Some("never connected")
+            } else if conn.connected && now.duration_since(conn.last_heard) > SILENCE_TIMEOUT {
+                Some("silent")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                dead.push((index, why));
+            } else if conn
+                .held
+                .as_ref()
+                .is_some_and(|h| now.duration_since(h.since) > MAX_HOLD)
+            {
+                stale.push(index);
+            }
+        }
+        for index in stale {
+            tracing::info!("an ICE restart did not complete in time: held packets dropped");
+            self.release_held(index, now);
+        }
+        for (index, why) in dead {
+            self.end(index, why);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            let _ = self.outbox.flush(self.fd, self.v6);
+        }
+    }
+}
+
+/// Writes one packet on `conn`'s stream of `mid`; false when it has no such stream.
+fn write_rtp(conn: &mut Conn, mid: Mid, write: RtpWrite) -> bool {
+    let mut api = conn.rtc.direct_api();
+    let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+        return false;
+    };
+    stream.write_rtp(write);
+    true
+}
