@@ -4,14 +4,15 @@
 //! sessions, admits joins to existing ones and exits when its last peer connection ends).
 //!
 //! The SFU is split by job: [`room`] is the pure core (who is in a session, which slot carries
-//! whom, the keyframe-request throttle), [`meter`] the pure traffic meters, and [`sfu`] the
-//! engine glue on `webrtc` 0.17.2 (chosen for its ICE UDP mux: all media on one UDP port). A
-//! second engine would sit beside [`sfu`] and reuse the room and the meters.
+//! whom, the keyframe-request throttle), [`meter`] the pure traffic meters, [`sfu`] the façade
+//! (sessions, admission, drain, reports) and [`engine`] the WebRTC engines behind it:
+//! [`engine::sans_io`] (str0m driven by the node's own batched UDP loop, the default) and
+//! [`engine::webrtc_rs`] (the `webrtc` 0.17 crate, kept for comparison).
 //!
 //! Everything it shares with the TURN node (session state, drain rules, HTTP health/metrics,
 //! the controller link) lives in `fleet_node`; this crate maps its command line onto that and
 //! advertises `http://<public-ip>:<http-port>` as its address. May depend on: `fleet-node`,
-//! `fleet-proto`, webrtc 0.17; never on the controller.
+//! `fleet-proto`, `fleet-udp`, str0m, webrtc 0.17; never on the controller.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -206,6 +206,18 @@ impl Controller {
         self.spawn_node(kind, id, region, capacity, secret, interval_ms, &[])
     }
 
+    /// A node of `kind` with `capacity` and extra command-line flags.
+    pub fn node_with_args(
+        &self,
+        kind: &str,
+        id: &str,
+        region: &str,
+        capacity: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
+        self.spawn_node(kind, id, region, capacity, CLUSTER_SECRET, 300, extra)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn spawn_node(
         &self,

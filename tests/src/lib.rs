@@ -6,7 +6,8 @@
 //! - [`fleet_up`]: `fleet up` as a newcomer runs it;
 //! - [`api`]: the signaling API as a client;
 //! - [`turn`], [`rtc_peer`], [`browser`]: TURN clients, synthetic WebRTC peers, Chromium;
-//! - [`flood`]: hostile traffic at a node's UDP port.
+//! - [`flood`]: hostile traffic at a node's UDP port;
+//! - [`swarm`]: many cheap synthetic peers on one thread, for the forwarding benchmark.
 //!
 //! Generic process, HTTP and wait helpers come from `fleet-testkit` and are re-exported here.
 
@@ -17,6 +18,7 @@ pub mod fleet_up;
 pub mod flood;
 pub mod kubelet;
 pub mod rtc_peer;
+pub mod swarm;
 pub mod turn;
 
 pub use api::{SessionsApi, client_token_with, http, metrics_text, pool_nodes, send_json};

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -27,26 +27,6 @@ pub const PACKETS: u16 = 200;
 
 /// (kind, payload) of every RTP packet a peer received.
 pub type Received = Arc<Mutex<Vec<(RTPCodecType, Vec<u8>)>>>;
-
-/// A paced media stream, per 20 ms tick: one audio packet and `video_per_tick` video packets.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamShape {
-    /// Audio payload bytes (Opus at ~40 kbit/s: 100).
-    pub audio_bytes: usize,
-    /// Video packets per 20 ms tick.
-    pub video_per_tick: usize,
-    /// Video payload bytes per packet.
-    pub video_bytes: usize,
-}
-
-impl StreamShape {
-    /// About 1.5 Mbit/s of video (3 × 1,200 B every 20 ms = 1.44 Mbit/s) and 40 kbit/s of audio.
-    pub const CALL: StreamShape = StreamShape {
-        audio_bytes: 100,
-        video_per_tick: 3,
-        video_bytes: 1200,
-    };
-}
 
 /// A test peer: one connection, an Opus and a VP8 track, and what it received.
 pub struct Peer {
@@ -70,11 +50,6 @@ impl Peer {
     /// `extra + 1` other participants (a group call).
     pub async fn with_receive_slots(extra: usize) -> Peer {
         Peer::build(true, extra).await
-    }
-
-    /// A peer that only counts what it receives (for load).
-    pub async fn counting() -> Peer {
-        Peer::build(false, 0).await
     }
 
     async fn build(record: bool, extra: usize) -> Peer {
@@ -195,49 +170,6 @@ impl Peer {
             }
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
-    }
-
-    /// Sends a paced stream of `shape` for `duration`; returns the packets written.
-    pub async fn stream(&self, shape: StreamShape, duration: Duration) -> u64 {
-        let end = Instant::now() + duration;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let (audio_payload, video_payload) = (
-            vec![0xA5u8; shape.audio_bytes],
-            vec![0x5Au8; shape.video_bytes],
-        );
-        let (mut audio_seq, mut video_seq, mut n) = (0u16, 0u16, 0u32);
-        let mut sent = 0u64;
-        while Instant::now() < end {
-            tick.tick().await;
-            n = n.wrapping_add(1);
-            let packet = rtp(
-                111,
-                audio_seq,
-                n.wrapping_mul(960),
-                false,
-                audio_payload.clone(),
-            );
-            audio_seq = audio_seq.wrapping_add(1);
-            if self.audio.write_rtp(&packet).await.is_ok() {
-                sent += 1;
-            }
-            for i in 0..shape.video_per_tick {
-                let last = i + 1 == shape.video_per_tick;
-                let packet = rtp(
-                    96,
-                    video_seq,
-                    n.wrapping_mul(1800),
-                    last,
-                    video_payload.clone(),
-                );
-                video_seq = video_seq.wrapping_add(1);
-                if self.video.write_rtp(&packet).await.is_ok() {
-                    sent += 1;
-                }
-            }
-        }
-        sent
     }
 
     /// (audio, video) packets received per sender tag (payloads checked intact).

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use str0m::change::SdpOffer;
 use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::TcpType;
 use str0m::{Candidate, Rtc};
 
 use super::{ConnKey, Counters, Engine, EngineConfig, EngineTotals, EventSender, Opened, Route};
@@ -37,6 +38,7 @@ use crate::offer::OfferSummary;
 
 mod rewrite;
 mod stun;
+mod tcp;
 mod worker;
 
 /// Kernel receive buffer asked for on the media socket: a few hundred milliseconds of a busy
@@ -182,17 +184,19 @@ impl SansIoEngine {
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
         let socket = bind_media_socket(config)?;
         let udp_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
+        let listener = bind_tcp_listener(socket.local_addr()?)?;
         let waker = Arc::new(Waker::new()?);
         let counters = Arc::new(Counters::default());
         let (commands, commands_rx) = mpsc::channel();
         let worker = worker::Worker::new(
             socket,
+            tcp::TcpSide::new(listener),
             udp_addr,
             commands_rx,
             waker.clone(),
             counters.clone(),
             events,
-        );
+        )?;
         std::thread::Builder::new()
             .name("media-io".into())
             .spawn(move || worker.run())?;
@@ -236,9 +240,16 @@ impl Engine for SansIoEngine {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .build(offered);
-        let candidate = Candidate::host(self.udp_addr, "udp")
-            .map_err(|e| JoinError::Internal(format!("host candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
+        let internal = |e: str0m::error::IceError| JoinError::Internal(format!("candidate: {e}"));
+        rtc.add_local_candidate(Candidate::host(self.udp_addr, "udp").map_err(internal)?);
+        // ICE-TCP: the passive candidate on the TCP twin of the media port (RFC 6544).
+        let tcp = Candidate::builder()
+            .tcp()
+            .host(self.udp_addr)
+            .tcptype(TcpType::Passive)
+            .build()
+            .map_err(internal)?;
+        rtc.add_local_candidate(tcp);
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -327,6 +338,25 @@ fn bind_media_socket(config: &EngineConfig) -> anyhow::Result<std::net::UdpSocke
     }
     fleet_udp::enable_gro(socket.as_raw_fd());
     Ok(socket.into())
+}
+
+/// The ICE-TCP listener on the media socket's port and address (non-blocking).
+fn bind_tcp_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = || -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    };
+    bind()
+        .map(Into::into)
+        .map_err(|e| anyhow::anyhow!("cannot listen on media TCP port {}: {e}", addr.port()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, TryRecvError};
@@ -20,6 +20,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::rewrite::StreamRewrite;
+use super::tcp::{ReadOutcome, TcpSide};
 use super::{Command, Layout, Waker, stun};
 use crate::engine::{ConnKey, Counters, EngineEvent, EventSender, Route};
 use crate::meter::SeqTracker;
@@ -102,8 +103,18 @@ pub(crate) struct Worker {
     state: State,
 }
 
+/// epoll tokens: the UDP socket, the waker, the TCP listener, then TCP connection i at
+/// `TCP_BASE + i`.
+const TOKEN_UDP: u64 = 0;
+const TOKEN_WAKER: u64 = 1;
+const TOKEN_LISTENER: u64 = 2;
+const TCP_BASE: u64 = 3;
+
 struct State {
     fd: RawFd,
+    epoll: OwnedFd,
+    tcp: TcpSide,
+    frames: Vec<Vec<u8>>,
     v6: bool,
     local: SocketAddr,
     commands: mpsc::Receiver<Command>,
@@ -125,19 +136,37 @@ struct State {
 impl Worker {
     pub fn new(
         socket: std::net::UdpSocket,
+        tcp: TcpSide,
         local: SocketAddr,
         commands: mpsc::Receiver<Command>,
         waker: Arc<Waker>,
         counters: Arc<Counters>,
         events: EventSender,
-    ) -> Worker {
+    ) -> std::io::Result<Worker> {
         let fd = socket.as_raw_fd();
         let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-        Worker {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `epoll` was just created and is owned by nobody else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for (watched, token) in [
+            (fd, TOKEN_UDP),
+            (waker.fd(), TOKEN_WAKER),
+            (tcp.listener_fd(), TOKEN_LISTENER),
+        ] {
+            epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, watched, token, false)?;
+        }
+        Ok(Worker {
             socket,
             batch: RecvBatch::new(),
             state: State {
                 fd,
+                epoll,
+                tcp,
+                frames: Vec::new(),
                 v6,
                 local,
                 commands,
@@ -154,12 +183,13 @@ impl Worker {
                 queue: VecDeque::new(),
                 next_liveness: Instant::now(),
             },
-        }
+        })
     }
 
     /// Runs until the engine's handle is dropped.
     pub fn run(mut self) {
         let fd = self.socket.as_raw_fd();
+        let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         loop {
             let sleep = self
                 .state
@@ -168,12 +198,36 @@ impl Worker {
                 .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
-            wait(fd, self.state.waker.fd(), sleep);
+            let ms = libc::c_int::try_from(sleep.as_millis()).unwrap_or(libc::c_int::MAX);
+            let len = libc::c_int::try_from(ready.len()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: `ready` is a live buffer of `len` epoll_event structs.
+            let n = unsafe {
+                libc::epoll_wait(self.state.epoll.as_raw_fd(), ready.as_mut_ptr(), len, ms)
+            };
             let now = Instant::now();
             if !self.state.take_commands(now) {
                 tracing::debug!("media I/O thread stops: the engine is gone");
                 return;
             }
+            for event in ready.iter().take(usize::try_from(n).unwrap_or(0)) {
+                match event.u64 {
+                    TOKEN_UDP | TOKEN_WAKER => {}
+                    TOKEN_LISTENER => self.state.accept_tcp(now),
+                    token => {
+                        let index = (token - TCP_BASE) as usize;
+                        if event.events & libc::EPOLLOUT as u32 != 0 {
+                            self.state.tcp.writable(index);
+                        }
+                        if event.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                            != 0
+                        {
+                            self.state.read_tcp(index, now);
+                        }
+                    }
+                }
+            }
+            // The UDP socket is read every round (it is the busy one; a read that finds
+            // nothing costs one system call).
             for _ in 0..MAX_BATCHES_PER_ROUND {
                 match self.batch.recv(fd) {
                     Ok(0) => break,
@@ -199,23 +253,29 @@ impl Worker {
     }
 }
 
-/// Sleeps until the socket or the waker is readable, or `timeout` passes.
-fn wait(socket: RawFd, waker: RawFd, timeout: Duration) {
-    let mut fds = [
-        libc::pollfd {
-            fd: socket,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: waker,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fds` is a live array of two pollfd structs, and its length is passed with it.
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+/// Adds (or modifies) `fd` in `epoll` under `token`, for reading (and writing when `write`).
+fn epoll_ctl(
+    epoll: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    token: u64,
+    write: bool,
+) -> std::io::Result<()> {
+    let mut flags = libc::EPOLLIN;
+    if write {
+        flags |= libc::EPOLLOUT;
+    }
+    let mut event = libc::epoll_event {
+        events: flags as u32,
+        u64: token,
+    };
+    // SAFETY: `epoll` and `fd` are open descriptors; `event` is a live struct.
+    let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl State {
@@ -440,6 +500,9 @@ impl State {
                         self.timers.push(Reverse((t, index)));
                     }
                     return;
+                }
+                Ok(Output::Transmit(t)) if t.proto == Protocol::Tcp => {
+                    self.tcp.send(t.destination, &t.contents);
                 }
                 Ok(Output::Transmit(t)) => {
                     if !self.outbox.fits(t.contents.len()) {
@@ -683,12 +746,102 @@ impl State {
         for (index, why) in dead {
             self.end(index, why);
         }
+        let conns = &self.conns;
+        let gone = |(index, generation): (usize, u64)| {
+            conns
+                .get(index)
+                .and_then(Option::as_ref)
+                .is_none_or(|c| c.key.generation != generation)
+        };
+        for index in self.tcp.stale(now, gone) {
+            self.tcp.close(index);
+        }
     }
 
     fn flush(&mut self) {
         if !self.outbox.is_empty() {
             let _ = self.outbox.flush(self.fd, self.v6);
         }
+        for (index, fd, write) in self.tcp.write_interest_changes() {
+            let token = TCP_BASE + index as u64;
+            let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, fd, token, write);
+        }
+    }
+
+    /// Takes the TCP connections waiting on the listener.
+    fn accept_tcp(&mut self, now: Instant) {
+        for (index, fd) in self.tcp.accept(now) {
+            let token = TCP_BASE + index as u64;
+            if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, token, false).is_err() {
+                self.tcp.close(index);
+            }
+        }
+    }
+
+    /// Reads a TCP connection and hands its frames to the WebRTC connection it carries (the
+    /// first frame must be a STUN request that binds it to one); closes it on EOF, error or a
+    /// first frame that binds it to none.
+    fn read_tcp(&mut self, index: usize, now: Instant) {
+        let mut frames = std::mem::take(&mut self.frames);
+        let mut open = self.tcp.read(index, &mut frames) == ReadOutcome::Open;
+        for frame in frames.drain(..) {
+            if open && !self.on_tcp_frame(index, &frame, now) {
+                open = false;
+            }
+        }
+        self.frames = frames;
+        if !open {
+            self.tcp.close(index);
+        }
+    }
+
+    fn on_tcp_frame(&mut self, tcp_index: usize, frame: &[u8], now: Instant) -> bool {
+        let Some(tcp) = self.tcp.get_mut(tcp_index) else {
+            return false;
+        };
+        let (peer, bound) = (tcp.peer, tcp.bound);
+        let target = match bound {
+            Some((index, generation)) => Some((index, generation)),
+            None => stun::binding_request_ufrag(frame)
+                .and_then(|u| self.by_ufrag.get(u).copied())
+                .and_then(|i| self.conn(i).map(|c| (i, c.key.generation))),
+        };
+        let Some((index, generation)) = target else {
+            return false;
+        };
+        let Ok(contents) = frame.try_into() else {
+            return bound.is_some();
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Tcp,
+                source: peer,
+                destination: self.local,
+                contents,
+            },
+        );
+        let Some(conn) = self.conn(index) else {
+            return false;
+        };
+        if conn.key.generation != generation {
+            return false;
+        }
+        if !conn.rtc.accepts(&input) {
+            return bound.is_some();
+        }
+        if let Err(e) = conn.rtc.handle_input(input) {
+            tracing::debug!(error = %e, "a TCP frame was refused by its connection");
+        }
+        conn.last_heard = now;
+        if bound.is_none()
+            && let Some(tcp) = self.tcp.get_mut(tcp_index)
+        {
+            tcp.bound = Some((index, generation));
+        }
+        self.drain(index);
+        self.handle_queue(now);
+        true
     }
 }
 
