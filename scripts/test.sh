@@ -21,6 +21,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 { [ -x /usr/bin/chromium ] && command -v chromedriver; } >/dev/null || need_apt+=(chromium chromium-driver)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# nft: tests/tests/browser_ice_tcp.rs drops UDP to the media port inside its namespace.
+command -v nft >/dev/null || need_apt+=(nftables)
 # PostgreSQL: the shared store of several controllers (controller/src/store.rs, leader.rs and
 # tests/tests/failover.rs start throwaway clusters of their own with initdb and pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)

@@ -35,6 +35,10 @@ locals {
       group = "media", protocol = "udp", from = var.ports.media_udp, to = var.ports.media_udp
       description = "WebRTC media (ICE over one UDP port) from clients"
     }
+    media_ice_tcp = {
+      group = "media", protocol = "tcp", from = var.ports.media_udp, to = var.ports.media_udp
+      description = "WebRTC media over ICE-TCP (the media port's TCP twin) from clients without UDP"
+    }
     media_signaling = {
       group = "media", protocol = "tcp", from = var.ports.node_http_tcp, to = var.ports.node_http_tcp
       description = "Signaling (WHIP-style offers) from clients"

@@ -267,6 +267,8 @@ fn every_overlay_builds_and_agrees_with_the_code() {
                 NodeKind::Media => {
                     assert_eq!(var("MEDIA_PORT"), deploy::MEDIA_UDP.to_string());
                     assert_eq!(port_named(c, "media"), deploy::MEDIA_UDP);
+                    // ICE-TCP: the same port number over TCP.
+                    assert_eq!(port_named(c, "media-tcp"), deploy::MEDIA_UDP);
                 }
                 NodeKind::Turn => {
                     assert_eq!(var("TURN_PORT"), deploy::TURN.to_string());

@@ -6,6 +6,7 @@
 //! - [`fleet_up`]: `fleet up` as a newcomer runs it;
 //! - [`api`]: the signaling API as a client;
 //! - [`turn`], [`rtc_peer`], [`browser`]: TURN clients, synthetic WebRTC peers, Chromium;
+//! - [`demo_call`]: the demo call page in two tabs of one Chromium;
 //! - [`flood`]: hostile traffic at a node's UDP port;
 //! - [`swarm`]: many cheap synthetic peers on one thread, for the forwarding benchmark.
 //!
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod browser;
 pub mod controller;
+pub mod demo_call;
 pub mod fleet_up;
 pub mod flood;
 pub mod kubelet;

@@ -10,28 +10,18 @@
 use std::time::{Duration, Instant};
 
 use fleet_e2e::browser::{Browser, chromedriver, in_netns};
+use fleet_e2e::demo_call::TwoTabCall;
 use fleet_e2e::*;
-use serde_json::{Value, json};
 
 /// Bound on the whole re-executed run.
 const NETNS_RUN: Duration = Duration::from_secs(240);
 /// Bound on each wait for the browser to reach a state.
 const BROWSER_WAIT: Duration = Duration::from_secs(40);
-/// The page's inbound media figures.
-const STATS: &str = "return window.demo.stats();";
 
 #[test]
 fn browser_call_two_tabs_talk_through_fleet_up_on_the_demo_page() {
     const NAME: &str = "browser_call_two_tabs_talk_through_fleet_up_on_the_demo_page";
     in_netns(NAME, NETNS_RUN, two_tab_call);
-}
-
-/// Whether a tab's stats show the other side's video decoded and audio received.
-fn hearing_and_seeing(s: &Value) -> bool {
-    s["connection"] == "connected"
-        && s["framesDecoded"].as_u64().unwrap_or(0) > 0
-        && s["audioPackets"].as_u64().unwrap_or(0) > 0
-        && s["tiles"].as_u64().unwrap_or(0) >= 1
 }
 
 async fn two_tab_call() {
@@ -48,77 +38,24 @@ async fn two_tab_call() {
 
     let profile = tempfile::tempdir().unwrap();
     let browser = Browser::start(&chromedriver, profile.path()).await.unwrap();
-    let first = browser.current_tab().await.unwrap();
-    browser.navigate(&up.call_url).await.unwrap();
-    eprintln!("browser up on the demo page: {:?}", started.elapsed());
-
-    // Tab 1 starts a call: a new session and a room link.
-    let link = browser
-        .exec("return window.demo.start();", json!([]))
-        .await
-        .unwrap_or_else(|e| panic!("starting the call failed: {e:#}"));
-    let link = link.as_str().expect("the room link").to_owned();
-    let fragment = link.split_once('#').map(|(_, f)| f).unwrap_or_default();
-    let field = |name: &str| {
-        fragment
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (sid, invite) = (field("session"), field("token"));
+    // Tab 1 starts a call (a new session and a room link); tab 2 opens the room link and joins.
+    let call = TwoTabCall::start(&browser, &up.call_url).await;
+    let sid = call.session.clone();
     assert!(
-        link.starts_with(&format!("{}/call#", up.api)) && !sid.is_empty() && !invite.is_empty(),
-        "room link with session and invite token: {link}"
+        call.link.starts_with(&format!("{}/call#", up.api))
+            && !sid.is_empty()
+            && !call.invite.is_empty(),
+        "room link with session and invite token: {}",
+        call.link
     );
-
-    // Tab 2 opens the room link and clicks "Join the call".
-    let second = browser.new_tab().await.unwrap();
-    browser.switch_to(&second).await.unwrap();
-    browser.navigate(&link).await.unwrap();
-    browser
-        .exec(
-            "document.getElementById('join').click(); return true;",
-            json!([]),
-        )
-        .await
-        .unwrap();
-
-    // Both tabs see and hear the other.
-    for (name, tab) in [("tab 2", &second), ("tab 1", &first)] {
-        browser.switch_to(tab).await.unwrap();
-        let s = match browser
-            .wait_for(STATS, json!([]), BROWSER_WAIT, hearing_and_seeing)
-            .await
-        {
-            Ok(s) => s,
-            Err(s) => panic!(
-                "{name} never decoded the other's media: {s:#}\npage log:\n{}",
-                page_log(&browser).await
-            ),
-        };
-        eprintln!("{name} receives: {s} ({:?})", started.elapsed());
+    // Both tabs see and hear the other, and keep doing so.
+    let stats = call.wait_hearing_and_seeing(&browser, BROWSER_WAIT).await;
+    eprintln!("both receive: {stats:?} ({:?})", started.elapsed());
+    for s in &stats {
+        // With UDP open, the media goes over UDP (ICE-TCP is only the fallback).
+        assert_eq!(s["transport"]["protocol"], "udp", "{s}");
     }
-    let mut before = Vec::new();
-    for tab in [&first, &second] {
-        browser.switch_to(tab).await.unwrap();
-        before.push(browser.exec(STATS, json!([])).await.unwrap());
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (i, tab) in [&first, &second].into_iter().enumerate() {
-        browser.switch_to(tab).await.unwrap();
-        let after = browser.exec(STATS, json!([])).await.unwrap();
-        for key in ["framesDecoded", "audioPackets"] {
-            assert!(
-                after[key].as_u64() > before[i][key].as_u64(),
-                "tab {}: {key} rises over 2 s: {} then {}",
-                i + 1,
-                before[i],
-                after
-            );
-        }
-        eprintln!("tab {}: {} -> {}", i + 1, before[i], after);
-    }
+    call.assert_media_keeps_flowing(&browser).await;
 
     // The controller's view: live, two (opaque) participants, on the node that carries them.
     let session = up
@@ -144,34 +81,16 @@ async fn two_tab_call() {
     // The invite token joins, but cannot end the session.
     let r = http()
         .delete(format!("{}/v1/sessions/{sid}", up.api))
-        .bearer_auth(&invite)
+        .bearer_auth(&call.invite)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
 
     // Both leave: the session ends on the node and at the controller.
-    for tab in [&second, &first] {
-        browser.switch_to(tab).await.unwrap();
-        browser
-            .exec("return window.demo.leave();", json!([]))
-            .await
-            .unwrap();
-    }
+    call.leave(&browser).await;
     let gone = up.sessions().wait_gone(&sid, Duration::from_secs(10)).await;
     assert!(gone, "the session ends when both tabs have left");
     browser.quit().await;
     eprintln!("total in the namespace: {:?}", started.elapsed());
-}
-
-/// The page's own log (best effort), for failure messages.
-async fn page_log(browser: &Browser) -> String {
-    browser
-        .exec(
-            "return document.getElementById('log').innerText;",
-            json!([]),
-        )
-        .await
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
-        .unwrap_or_else(|e| format!("{e:#}"))
 }

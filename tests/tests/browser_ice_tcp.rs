@@ -1,0 +1,111 @@
+//! ICE-TCP with a real browser: inside a loopback-only network namespace (see
+//! `fleet_e2e::browser`) an nftables rule drops every UDP datagram to the media node's media
+//! port, as a firewall that lets only TCP out would. Two tabs of headless Chromium call each
+//! other on the demo page through a controller and that media node; the only candidate of the
+//! node they can reach is its passive TCP one (RFC 6544) on the same port number, so both
+//! connect over TCP, decode each other's video and hear the audio, and keep doing so. The rule's
+//! counter shows Chromium did try UDP first and was dropped.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fleet_e2e::browser::{Browser, chromedriver, in_netns};
+use fleet_e2e::demo_call::TwoTabCall;
+use fleet_e2e::turn::which;
+use fleet_e2e::*;
+
+/// Bound on the whole re-executed run.
+const NETNS_RUN: Duration = Duration::from_secs(240);
+/// Bound on each wait for the browser to reach a state.
+const BROWSER_WAIT: Duration = Duration::from_secs(40);
+/// The media node's port (UDP and TCP) inside the namespace, where nothing else binds.
+const MEDIA_PORT: u16 = 41000;
+
+#[test]
+fn browser_ice_tcp_call_connects_when_udp_to_the_media_node_is_blocked() {
+    const NAME: &str = "browser_ice_tcp_call_connects_when_udp_to_the_media_node_is_blocked";
+    in_netns(NAME, NETNS_RUN, call_with_udp_blocked);
+}
+
+/// Runs `nft` with `args`; its stdout. Panics with its stderr on failure.
+fn nft(args: &[&str]) -> String {
+    let nft = which("nft").unwrap_or_else(|| {
+        panic!("`nft` not found on PATH: install the Debian package `nftables`")
+    });
+    let out = Command::new(nft).args(args).output().expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets the drop rule has counted so far.
+fn dropped_udp_packets() -> u64 {
+    let listing = nft(&["list", "chain", "inet", "icetcp", "out"]);
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in: {listing}"))
+}
+
+async fn call_with_udp_blocked() {
+    let started = Instant::now();
+    let chromedriver = chromedriver();
+    // The firewall: UDP to the media port never arrives (TCP to the same port does).
+    nft(&["add", "table", "inet", "icetcp"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "icetcp",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    let port = MEDIA_PORT.to_string();
+    nft(&[
+        "add", "rule", "inet", "icetcp", "out", "udp", "dport", &port, "counter", "drop",
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
+    let _media = c
+        .media_node_with_args("m-tcp", "eu-west-1", &["--media-port", &port])
+        .unwrap();
+    c.wait_nodes(&["m-tcp"], "serving", Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!("controller and media node up: {:?}", started.elapsed());
+
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Browser::start(&chromedriver, profile.path()).await.unwrap();
+    let call_url = format!("{}/call#token={}", c.api, c.client_token());
+    let call = TwoTabCall::start(&browser, &call_url).await;
+    let stats = call.wait_hearing_and_seeing(&browser, BROWSER_WAIT).await;
+    eprintln!("both receive: {stats:?} ({:?})", started.elapsed());
+    for s in &stats {
+        assert_eq!(
+            s["transport"]["protocol"], "tcp",
+            "the selected path is ICE-TCP: {s}"
+        );
+    }
+    call.assert_media_keeps_flowing(&browser).await;
+    let dropped = dropped_udp_packets();
+    assert!(
+        dropped > 0,
+        "Chromium tried the node's UDP candidate first (and the firewall dropped it)"
+    );
+    eprintln!("UDP packets to the media port dropped: {dropped}");
+
+    call.leave(&browser).await;
+    let gone = c
+        .sessions()
+        .wait_gone(&call.session, Duration::from_secs(10))
+        .await;
+    assert!(gone, "the session ends when both tabs have left");
+    browser.quit().await;
+    eprintln!("total in the namespace: {:?}", started.elapsed());
+}
