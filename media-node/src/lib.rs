@@ -28,6 +28,7 @@ pub mod offer;
 pub mod room;
 pub mod sfu;
 pub mod signaling;
+pub mod simulcast;
 
 /// Command line of `media-node` (every flag also from `MEDIA_NODE_<FLAG>`, see
 /// [`fleet_node::with_env_prefix`]).

@@ -7,7 +7,7 @@
 //! - [`api`]: the signaling API as a client;
 //! - [`turn`], [`rtc_peer`], [`browser`]: TURN clients, synthetic WebRTC peers, Chromium;
 //! - [`demo_call`]: the demo call page in two tabs of one Chromium;
-//! - [`flood`]: hostile traffic at a node's UDP port;
+//! - [`flood`]: hostile traffic at a node's UDP port; [`nft`]: a firewall inside a test's namespace;
 //! - [`swarm`]: many cheap synthetic peers on one thread, for the forwarding benchmark.
 //!
 //! Generic process, HTTP and wait helpers come from `fleet-testkit` and are re-exported here.
@@ -19,6 +19,7 @@ pub mod demo_call;
 pub mod fleet_up;
 pub mod flood;
 pub mod kubelet;
+pub mod nft;
 pub mod rtc_peer;
 pub mod swarm;
 pub mod turn;

@@ -6,12 +6,11 @@
 //! connect over TCP, decode each other's video and hear the audio, and keep doing so. The rule's
 //! counter shows Chromium did try UDP first and was dropped.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleet_e2e::browser::{Browser, chromedriver, in_netns};
 use fleet_e2e::demo_call::TwoTabCall;
-use fleet_e2e::turn::which;
+use fleet_e2e::nft::Firewall;
 use fleet_e2e::*;
 
 /// Bound on the whole re-executed run.
@@ -27,48 +26,13 @@ fn browser_ice_tcp_call_connects_when_udp_to_the_media_node_is_blocked() {
     in_netns(NAME, NETNS_RUN, call_with_udp_blocked);
 }
 
-/// Runs `nft` with `args`; its stdout. Panics with its stderr on failure.
-fn nft(args: &[&str]) -> String {
-    let nft = which("nft").unwrap_or_else(|| {
-        panic!("`nft` not found on PATH: install the Debian package `nftables`")
-    });
-    let out = Command::new(nft).args(args).output().expect("run nft");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Packets the drop rule has counted so far.
-fn dropped_udp_packets() -> u64 {
-    let listing = nft(&["list", "chain", "inet", "icetcp", "out"]);
-    listing
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet counter in: {listing}"))
-}
-
 async fn call_with_udp_blocked() {
     let started = Instant::now();
     let chromedriver = chromedriver();
     // The firewall: UDP to the media port never arrives (TCP to the same port does).
-    nft(&["add", "table", "inet", "icetcp"]);
-    nft(&[
-        "add",
-        "chain",
-        "inet",
-        "icetcp",
-        "out",
-        "{ type filter hook output priority 0; }",
-    ]);
     let port = MEDIA_PORT.to_string();
-    nft(&[
-        "add", "rule", "inet", "icetcp", "out", "udp", "dport", &port, "counter", "drop",
-    ]);
+    let firewall = Firewall::new("icetcp");
+    firewall.add(&["udp", "dport", &port, "counter", "drop"]);
 
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();
@@ -93,7 +57,7 @@ async fn call_with_udp_blocked() {
         );
     }
     call.assert_media_keeps_flowing(&browser).await;
-    let dropped = dropped_udp_packets();
+    let dropped = firewall.counters()[0];
     assert!(
         dropped > 0,
         "Chromium tried the node's UDP candidate first (and the firewall dropped it)"

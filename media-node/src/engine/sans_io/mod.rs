@@ -239,6 +239,8 @@ impl Engine for SansIoEngine {
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            // The estimate towards each participant chooses its simulcast layers.
+            .enable_bwe(Some(worker::INITIAL_ESTIMATE))
             .build(offered);
         let internal = |e: str0m::error::IceError| JoinError::Internal(format!("candidate: {e}"));
         rtc.add_local_candidate(Candidate::host(self.udp_addr, "udp").map_err(internal)?);
@@ -255,12 +257,11 @@ impl Engine for SansIoEngine {
             .accept_offer(offer)
             .map_err(|e| rejected(&e))?;
         let answer = answer.to_sdp_string();
+        ensure_send_streams(&mut rtc, &answer);
         // The answer names every m-line (a=mid), in order; the connection knows their kinds and
         // its own directions.
-        let added: Vec<(Mid, MediaKind, Direction)> = answer
-            .lines()
-            .filter_map(|l| l.strip_prefix("a=mid:"))
-            .filter_map(|mid| rtc.media(Mid::from(mid.trim())))
+        let added: Vec<(Mid, MediaKind, Direction)> = answer_mids(&answer)
+            .filter_map(|mid| rtc.media(mid))
             .map(|m| (m.mid(), m.kind(), m.direction()))
             .collect();
         let layout = Layout::of(&added, max_slots);
@@ -338,6 +339,32 @@ fn bind_media_socket(config: &EngineConfig) -> anyhow::Result<std::net::UdpSocke
     }
     fleet_udp::enable_gro(socket.as_raw_fd());
     Ok(socket.into())
+}
+
+/// The m-lines an answer names (its `a=mid` lines), in order.
+fn answer_mids(answer: &str) -> impl Iterator<Item = Mid> + '_ {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .map(|mid| Mid::from(mid.trim()))
+}
+
+/// Gives every m-line the node sends on a stream to send with. str0m makes one per simulcast
+/// layer the node would *send*; on a participant's sendrecv m-line that it publishes in
+/// simulcast (layers the node receives), that list is empty and str0m makes none, so the
+/// node's single stream back to that participant is declared here (with a repair stream for
+/// RTX). Its SSRC is not in the answer: the browser finds the stream by its MID extension.
+pub(crate) fn ensure_send_streams(rtc: &mut Rtc, answer: &str) {
+    for mid in answer_mids(answer) {
+        let sends = rtc
+            .media(mid)
+            .is_some_and(|m| matches!(m.direction(), Direction::SendOnly | Direction::SendRecv));
+        let mut api = rtc.direct_api();
+        if sends && api.stream_tx_by_mid(mid, None).is_none() {
+            let (ssrc, rtx) = (api.new_ssrc(), api.new_ssrc());
+            api.declare_stream_tx(ssrc, Some(rtx), mid, None);
+        }
+    }
 }
 
 /// The ICE-TCP listener on the media socket's port and address (non-blocking).

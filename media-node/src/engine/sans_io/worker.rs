@@ -13,8 +13,9 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 use fleet_udp::{Outbox, RecvBatch};
-use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
@@ -24,6 +25,8 @@ use super::tcp::{ReadOutcome, TcpSide};
 use super::{Command, Layout, Waker, stun};
 use crate::engine::{ConnKey, Counters, EngineEvent, EventSender, Route};
 use crate::meter::SeqTracker;
+use crate::simulcast::keyframe::{VideoCodec, starts_keyframe};
+use crate::simulcast::{choose_layer, order_by_rate, video_share};
 
 /// A connection that has not connected this long after its offer ends.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,21 +46,75 @@ const MAX_HELD: usize = 1024;
 const MAX_HOLD: Duration = Duration::from_secs(2);
 /// `recvmmsg` batches read in one round before the timers get their turn.
 const MAX_BATCHES_PER_ROUND: usize = 16;
+/// A subscriber's bandwidth estimate before its first transport-cc feedback.
+pub(crate) const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
+/// How often simulcast layers are measured and chosen.
+const LAYER_INTERVAL: Duration = Duration::from_millis(500);
+/// A keyframe request for a layer switch is repeated if no keyframe came this long.
+const SWITCH_RETRY: Duration = Duration::from_secs(1);
+/// At most one keyframe request per publisher stream in this interval.
+const PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// A subscriber's outgoing stream counts as live (for its share of the estimate) this long
+/// after its last packet.
+const TX_LIVE: Duration = Duration::from_secs(2);
 
 /// A publisher's incoming stream.
 struct RxStream {
     kind: MediaKind,
+    mid: Mid,
+    /// The RTP stream id of a simulcast layer.
+    rid: Option<Rid>,
     seq: SeqTracker,
     /// The payload type seen last and its parameters in the publisher's negotiation.
     params: Option<(Pt, PayloadParams)>,
+    /// Bytes since the last layer measurement, and the rate it gave (bits per second).
+    bytes: u64,
+    rate_bps: u64,
+    last_pli: Option<Instant>,
 }
 
 /// A slot's outgoing stream to a subscriber.
-#[derive(Default)]
 struct TxStream {
     rewrite: StreamRewrite,
     /// (publisher index, its payload type) → the payload type negotiated with the subscriber.
     pt: Option<((usize, Pt), Option<Pt>)>,
+    /// The simulcast layer forwarded now (publisher index, its stream), and the one to switch
+    /// to at its next keyframe, with when the switch was asked for.
+    layer: Option<(usize, Ssrc)>,
+    pending: Option<(usize, Ssrc, Instant)>,
+    last_write: Instant,
+}
+
+impl TxStream {
+    fn new(now: Instant) -> TxStream {
+        TxStream {
+            rewrite: StreamRewrite::default(),
+            pt: None,
+            layer: None,
+            pending: None,
+            last_write: now,
+        }
+    }
+
+    /// Whether a packet of simulcast layer `ssrc` of publisher `from` goes out on this stream
+    /// (`key`: it starts a keyframe); switches layers at a keyframe of the pending one.
+    fn takes_layer(&mut self, from: usize, ssrc: Ssrc, key: bool) -> bool {
+        if self.layer == Some((from, ssrc)) {
+            return true;
+        }
+        if !key {
+            return false;
+        }
+        match self.pending {
+            Some((p, s, _)) if (p, s) == (from, ssrc) => {}
+            // The slot's first layer of this publisher: whichever keyframe comes first.
+            None if self.layer.is_none_or(|(p, _)| p != from) => {}
+            _ => return false,
+        }
+        self.layer = Some((from, ssrc));
+        self.pending = None;
+        true
+    }
 }
 
 /// A resolved route: the subscriber's index and generation, and its slot.
@@ -91,6 +148,8 @@ struct Conn {
     offered: Instant,
     connected: bool,
     last_heard: Instant,
+    /// The bandwidth estimate towards this participant (transport-cc), bits per second.
+    estimate_bps: u64,
     /// The earliest timer entry in the heap for this connection.
     scheduled: Option<Instant>,
     next_timeout: Instant,
@@ -131,6 +190,7 @@ struct State {
     /// Events drained from connections, handled in order after the mutation that made them.
     queue: VecDeque<(usize, Event)>,
     next_liveness: Instant,
+    last_layers: Instant,
 }
 
 impl Worker {
@@ -182,6 +242,7 @@ impl Worker {
                 outbox: Outbox::default(),
                 queue: VecDeque::new(),
                 next_liveness: Instant::now(),
+                last_layers: Instant::now(),
             },
         })
     }
@@ -248,6 +309,7 @@ impl Worker {
             let now = Instant::now();
             self.state.fire_timers(now);
             self.state.check_liveness(now);
+            self.state.choose_layers(now);
             self.state.flush();
         }
     }
@@ -349,6 +411,7 @@ impl State {
             offered,
             connected: false,
             last_heard: now,
+            estimate_bps: INITIAL_ESTIMATE.as_u64(),
             scheduled: None,
             next_timeout: now,
         });
@@ -369,7 +432,9 @@ impl State {
             .rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| JoinError::Rejected(e.to_string()))?;
+            .map_err(|e| JoinError::Rejected(e.to_string()))?
+            .to_sdp_string();
+        super::ensure_send_streams(&mut conn.rtc, &answer);
         // An ICE restart gives the connection a new local ufrag.
         let ufrag = conn.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != conn.ufrag {
@@ -383,7 +448,7 @@ impl State {
         }
         self.drain(index);
         self.handle_queue(now);
-        Ok(answer.to_sdp_string())
+        Ok(answer)
     }
 
     fn set_routes(&mut self, publisher: &ConnKey, routes: &[Route]) {
@@ -404,6 +469,7 @@ impl State {
         }
     }
 
+    /// Asks a publisher for a keyframe on every video stream it sends (each simulcast layer).
     fn request_keyframe(&mut self, index: usize, now: Instant) {
         let Some(conn) = self.conn(index) else { return };
         let mids: Vec<Mid> = conn
@@ -413,14 +479,45 @@ impl State {
             .filter(|(_, kind)| *kind == MediaKind::Video)
             .map(|(mid, _)| *mid)
             .collect();
+        let mut layers = Vec::new();
+        for (ssrc, rx) in &mut conn.rx {
+            if rx.kind == MediaKind::Video && rx.rid.is_some() {
+                rx.last_pli = Some(now);
+                layers.push(*ssrc);
+            }
+        }
         let mut api = conn.rtc.direct_api();
         for mid in mids {
             if let Some(rx) = api.stream_rx_by_mid(mid, None) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
             }
         }
+        for ssrc in layers {
+            if let Some(rx) = api.stream_rx(&ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
         self.drain(index);
         self.handle_queue(now);
+    }
+
+    /// Asks a publisher for a keyframe on one stream, at most every [`PLI_MIN_INTERVAL`].
+    fn request_layer_keyframe(&mut self, index: usize, ssrc: Ssrc, now: Instant) {
+        let Some(conn) = self.conn(index) else { return };
+        let Some(rx) = conn.rx.get_mut(&ssrc) else {
+            return;
+        };
+        if rx
+            .last_pli
+            .is_some_and(|t| now.duration_since(t) < PLI_MIN_INTERVAL)
+        {
+            return;
+        }
+        rx.last_pli = Some(now);
+        if let Some(stream) = conn.rtc.direct_api().stream_rx(&ssrc) {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        self.drain(index);
     }
 
     /// Removes a connection and everything that routes to it by index.
@@ -558,18 +655,26 @@ impl State {
                     });
                 }
             }
-            Event::RtpPacket(packet) => self.forward(index, packet),
+            Event::RtpPacket(packet) => self.forward(index, packet, now),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                conn.estimate_bps = estimate.as_u64();
+            }
             _ => {}
         }
     }
 
     /// Counts a publisher's packet and writes it to every subscriber slot it is routed to.
-    fn forward(&mut self, index: usize, packet: RtpPacket) {
+    fn forward(&mut self, index: usize, packet: RtpPacket, now: Instant) {
         let counters = self.counters.clone();
         let Some(conn) = self.conn(index) else { return };
         let ssrc = packet.header.ssrc;
         if !conn.rx.contains_key(&ssrc) {
-            let Some(mid) = conn.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+            let Some((mid, rid)) = conn
+                .rtc
+                .direct_api()
+                .stream_rx(&ssrc)
+                .map(|s| (s.mid(), s.rid()))
+            else {
                 return;
             };
             let Some(&(_, kind)) = conn.layout.incoming.iter().find(|(m, _)| *m == mid) else {
@@ -579,8 +684,13 @@ impl State {
                 ssrc,
                 RxStream {
                     kind,
+                    mid,
+                    rid: rid.filter(|_| kind == MediaKind::Video),
                     seq: SeqTracker::default(),
                     params: None,
+                    bytes: 0,
+                    rate_bps: 0,
+                    last_pli: None,
                 },
             );
             counters.tracks.fetch_add(1, Ordering::Relaxed);
@@ -591,6 +701,7 @@ impl State {
             return;
         };
         let size = packet.payload.len() as u64 + 12;
+        rx.bytes += size;
         counters.packets_in.fetch_add(1, Ordering::Relaxed);
         counters.bytes_in.fetch_add(size, Ordering::Relaxed);
         let expected = rx.seq.observe(packet.header.sequence_number);
@@ -604,6 +715,13 @@ impl State {
             return;
         };
         let video = rx.kind == MediaKind::Video;
+        // A simulcast layer goes to the slots that take that layer; switches happen where a
+        // keyframe starts (a codec this node cannot parse switches anywhere, and the keyframe
+        // asked for at the switch repairs the picture).
+        let key = rx.rid.map(|_| match video_codec(params.spec().codec) {
+            Some(codec) => starts_keyframe(codec, &packet.payload),
+            None => true,
+        });
         let targets = conn.targets.clone();
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
@@ -624,7 +742,13 @@ impl State {
             let Some(mid) = (if video { slot.video } else { slot.audio }) else {
                 continue;
             };
-            let tx = sub.tx.entry(mid).or_default();
+            let tx = sub.tx.entry(mid).or_insert_with(|| TxStream::new(now));
+            if let Some(key) = key
+                && !tx.takes_layer(index, ssrc, key)
+            {
+                continue;
+            }
+            tx.last_write = now;
             let out_pt = match tx.pt {
                 Some((from, out)) if from == (index, pt) => out,
                 _ => {
@@ -758,6 +882,104 @@ impl State {
         }
     }
 
+    /// Every [`LAYER_INTERVAL`]: measures each publisher stream's rate, chooses each
+    /// simulcast slot's layer from its subscriber's estimate (asking for a keyframe on a
+    /// layer to switch to) and tells each subscriber's estimator what it would like to send.
+    fn choose_layers(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.last_layers);
+        if elapsed < LAYER_INTERVAL {
+            return;
+        }
+        self.last_layers = now;
+        let ms = elapsed.as_millis().max(1) as u64;
+        // The layers of each simulcast publisher's video m-line, lowest first.
+        let mut published: Vec<(usize, Vec<(Ssrc, u64)>)> = Vec::new();
+        for (index, conn) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = conn else { continue };
+            let mut layers: HashMap<Mid, Vec<(Ssrc, u64)>> = HashMap::new();
+            for (ssrc, rx) in &mut conn.rx {
+                rx.rate_bps = rx.bytes * 8 * 1000 / ms;
+                rx.bytes = 0;
+                if rx.rid.is_some() {
+                    layers.entry(rx.mid).or_default().push((*ssrc, rx.rate_bps));
+                }
+            }
+            for (_, mut layers) in layers {
+                let rates: Vec<u64> = layers.iter().map(|l| l.1).collect();
+                let order = order_by_rate(&rates);
+                layers = order.into_iter().map(|i| layers[i]).collect();
+                published.push((index, layers));
+            }
+        }
+        // Each slot's wanted layer, and what each subscriber would like to receive.
+        let mut switches: Vec<(usize, Ssrc)> = Vec::new();
+        let mut wanted: HashMap<usize, u64> = HashMap::new();
+        for (from, layers) in &published {
+            let Some(targets) = self.conn(*from).map(|c| c.targets.clone()) else {
+                continue;
+            };
+            let rates: Vec<u64> = layers.iter().map(|l| l.1).collect();
+            for target in targets {
+                let Some(sub) = self.conn(target.index) else {
+                    continue;
+                };
+                if sub.key.generation != target.generation {
+                    continue;
+                }
+                let Some(mid) = sub.layout.slots.get(target.slot).and_then(|s| s.video) else {
+                    continue;
+                };
+                let (audio, video) = live_streams(sub, now);
+                let share = video_share(sub.estimate_bps, audio, video);
+                let Some(tx) = sub.tx.get_mut(&mid) else {
+                    continue;
+                };
+                let current = tx
+                    .layer
+                    .filter(|(p, _)| p == from)
+                    .and_then(|(_, ssrc)| layers.iter().position(|l| l.0 == ssrc));
+                *wanted.entry(target.index).or_default() += rates.last().copied().unwrap_or(0);
+                let Some(choice) = choose_layer(&rates, share, current) else {
+                    continue;
+                };
+                let ssrc = layers[choice].0;
+                if current == Some(choice) {
+                    tx.pending = None;
+                    continue;
+                }
+                match tx.pending {
+                    Some((p, s, at)) if (p, s) == (*from, ssrc) => {
+                        if now.duration_since(at) >= SWITCH_RETRY {
+                            tx.pending = Some((*from, ssrc, now));
+                            switches.push((*from, ssrc));
+                        }
+                    }
+                    _ => {
+                        tx.pending = Some((*from, ssrc, now));
+                        switches.push((*from, ssrc));
+                    }
+                }
+            }
+        }
+        for (from, ssrc) in switches {
+            self.request_layer_keyframe(from, ssrc, now);
+        }
+        // Let each estimator probe for twice the best layers (plus the audio): an estimate
+        // that only just covers a layer would drop it at the first dip.
+        for (index, video_bps) in wanted {
+            let Some(sub) = self.conn(index) else {
+                continue;
+            };
+            let (audio, _) = live_streams(sub, now);
+            let desired = 2 * (video_bps + crate::simulcast::AUDIO_RESERVE_BPS * audio as u64);
+            sub.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
+            self.drain(index);
+        }
+        self.handle_queue(now);
+    }
+
     fn flush(&mut self) {
         if !self.outbox.is_empty() {
             let _ = self.outbox.flush(self.fd, self.v6);
@@ -842,6 +1064,30 @@ impl State {
         self.drain(index);
         self.handle_queue(now);
         true
+    }
+}
+
+/// The audio and video streams a subscriber has been sent in the last [`TX_LIVE`].
+fn live_streams(sub: &Conn, now: Instant) -> (usize, usize) {
+    let (mut audio, mut video) = (0, 0);
+    for slot in &sub.layout.slots {
+        let live = |mid: Option<Mid>| {
+            mid.and_then(|m| sub.tx.get(&m))
+                .is_some_and(|tx| now.duration_since(tx.last_write) < TX_LIVE)
+        };
+        audio += usize::from(live(slot.audio));
+        video += usize::from(live(slot.video));
+    }
+    (audio, video)
+}
+
+/// The codecs whose keyframes [`starts_keyframe`] finds.
+fn video_codec(codec: Codec) -> Option<VideoCodec> {
+    match codec {
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        Codec::Vp9 => Some(VideoCodec::Vp9),
+        Codec::H264 => Some(VideoCodec::H264),
+        _ => None,
     }
 }
 
