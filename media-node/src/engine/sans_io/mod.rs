@@ -99,6 +99,8 @@ pub(crate) enum Command {
         rtc: Box<Rtc>,
         layout: Layout,
         offered: Instant,
+        /// Whether the connection estimates its downlink (see [`SansIoEngine::open`]).
+        estimates: bool,
     },
     /// Answer a new offer on a connection.
     Renegotiate {
@@ -235,12 +237,16 @@ impl Engine for SansIoEngine {
     ) -> Result<Opened, JoinError> {
         let offered = Instant::now();
         let rejected = |e: &dyn std::fmt::Display| JoinError::Rejected(e.to_string());
+        // A client that publishes simulcast gets a downlink estimate (transport-cc), which
+        // chooses the layers it receives. Others get none: str0m's estimator comes with a pacer
+        // that holds packets to the estimate, which only delays a stream that cannot change
+        // its bitrate, and without an estimate a slot gets a publisher's best layer.
+        let estimates = offer.contains("\na=simulcast:");
         let offer = SdpOffer::from_sdp_string(&offer).map_err(|e| rejected(&e))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
-            // The estimate towards each participant chooses its simulcast layers.
-            .enable_bwe(Some(worker::INITIAL_ESTIMATE))
+            .enable_bwe(estimates.then_some(worker::INITIAL_ESTIMATE))
             .build(offered);
         let internal = |e: str0m::error::IceError| JoinError::Internal(format!("candidate: {e}"));
         rtc.add_local_candidate(Candidate::host(self.udp_addr, "udp").map_err(internal)?);
@@ -271,6 +277,7 @@ impl Engine for SansIoEngine {
             rtc: Box::new(rtc),
             layout,
             offered,
+            estimates,
         })?;
         Ok(Opened { answer, slots })
     }

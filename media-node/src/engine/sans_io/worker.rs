@@ -48,6 +48,8 @@ const MAX_HOLD: Duration = Duration::from_secs(2);
 const MAX_BATCHES_PER_ROUND: usize = 16;
 /// A subscriber's bandwidth estimate before its first transport-cc feedback.
 pub(crate) const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
+/// What a connection without an estimator counts as: room for a publisher's best layers.
+const NO_ESTIMATE_BPS: u64 = 100_000_000;
 /// How often simulcast layers are measured and chosen.
 const LAYER_INTERVAL: Duration = Duration::from_millis(500);
 /// A keyframe request for a layer switch is repeated if no keyframe came this long.
@@ -148,8 +150,10 @@ struct Conn {
     offered: Instant,
     connected: bool,
     last_heard: Instant,
-    /// The bandwidth estimate towards this participant (transport-cc), bits per second.
+    /// The bandwidth estimate towards this participant (transport-cc), bits per second, if
+    /// it `estimates` (else [`NO_ESTIMATE_BPS`]).
     estimate_bps: u64,
+    estimates: bool,
     /// The earliest timer entry in the heap for this connection.
     scheduled: Option<Instant>,
     next_timeout: Instant,
@@ -364,7 +368,8 @@ impl State {
                 rtc,
                 layout,
                 offered,
-            } => self.adopt(conn, *rtc, layout, offered, now),
+                estimates,
+            } => self.adopt(conn, *rtc, layout, offered, estimates, now),
             Command::Renegotiate { conn, offer, reply } => {
                 let answer = self.renegotiate(&conn, *offer, now);
                 let _ = reply.send(answer);
@@ -389,6 +394,7 @@ impl State {
         mut rtc: Rtc,
         layout: Layout,
         offered: Instant,
+        estimates: bool,
         now: Instant,
     ) {
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
@@ -411,7 +417,12 @@ impl State {
             offered,
             connected: false,
             last_heard: now,
-            estimate_bps: INITIAL_ESTIMATE.as_u64(),
+            estimate_bps: if estimates {
+                INITIAL_ESTIMATE.as_u64()
+            } else {
+                NO_ESTIMATE_BPS
+            },
+            estimates,
             scheduled: None,
             next_timeout: now,
         });
@@ -967,7 +978,7 @@ impl State {
         // Let each estimator probe for twice the best layers (plus the audio): an estimate
         // that only just covers a layer would drop it at the first dip.
         for (index, video_bps) in wanted {
-            let Some(sub) = self.conn(index) else {
+            let Some(sub) = self.conn(index).filter(|c| c.estimates) else {
                 continue;
             };
             let (audio, _) = live_streams(sub, now);
