@@ -39,8 +39,6 @@ use webrtc_util::Conn;
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long shutdown waits for each server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Tries at binding TCP on the port the kernel picked for UDP (when the port is 0).
-const SAME_PORT_TRIES: usize = 20;
 /// Socket buffer asked for on the UDP listener (the kernel caps it at `rmem_max`/`wmem_max`).
 const UDP_BUFFER: usize = 4 << 20;
 
@@ -158,25 +156,12 @@ async fn bind_turn_port<U>(
     port: u16,
     bind_udp: impl Fn(SocketAddr) -> io::Result<(U, SocketAddr)>,
 ) -> Result<(U, TcpListener), RelayError> {
-    let wanted = SocketAddr::new(ip, port);
-    if port != 0 {
-        let (udp, _) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
-        let tcp = bind_tcp(wanted).map_err(bind_error("tcp", wanted))?;
-        return Ok((udp, tcp));
-    }
-    let mut last = None;
-    for _ in 0..SAME_PORT_TRIES {
-        let (udp, addr) = bind_udp(wanted).map_err(bind_error("udp", wanted))?;
-        match bind_tcp(addr) {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last = Some((addr, e)),
+    fleet_udp::bind_twin_ports(SocketAddr::new(ip, port), bind_udp, bind_tcp).map_err(|e| {
+        RelayError::Bind {
+            transport: e.transport,
+            addr: e.addr,
+            source: e.source,
         }
-    }
-    let (addr, source) = last.unwrap_or_else(|| (wanted, io::Error::other("no port tried")));
-    Err(RelayError::Bind {
-        transport: "tcp",
-        addr,
-        source,
     })
 }
 

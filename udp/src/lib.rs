@@ -3,12 +3,16 @@
 //! own address) with `sendmmsg`, and an [`Outbox`] gathers datagrams for one socket from many
 //! sources to send them together. The TURN node's fast relay path and the media node's engine
 //! use them so that a burst of packets costs one system call each way instead of one per packet.
+//! [`twin`] binds a UDP socket and a TCP listener on one port number, as both nodes listen.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod twin;
+pub use twin::{TwinBindError, bind_twin_ports};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;

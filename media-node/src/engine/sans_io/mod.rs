@@ -184,9 +184,8 @@ impl SansIoEngine {
     pub fn start(config: &EngineConfig, events: EventSender) -> anyhow::Result<Self> {
         static CRYPTO: std::sync::Once = std::sync::Once::new();
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
-        let socket = bind_media_socket(config)?;
+        let (socket, listener) = bind_media_socket(config)?;
         let udp_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
-        let listener = bind_tcp_listener(socket.local_addr()?)?;
         let waker = Arc::new(Waker::new()?);
         let counters = Arc::new(Counters::default());
         let (commands, commands_rx) = mpsc::channel();
@@ -320,32 +319,45 @@ impl Engine for SansIoEngine {
     }
 }
 
-/// The media socket: non-blocking, of the advertised address's family (dual-stack for IPv6),
-/// with GRO and a large receive buffer.
-fn bind_media_socket(config: &EngineConfig) -> anyhow::Result<std::net::UdpSocket> {
+/// The media socket and its ICE-TCP twin on the same port number: non-blocking, of the
+/// advertised address's family (dual-stack for IPv6); the UDP socket with GRO and large buffers.
+fn bind_media_socket(
+    config: &EngineConfig,
+) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = if config.public_ip.is_ipv6() {
         SocketAddr::from(([0u16; 8], config.media_port))
     } else {
         SocketAddr::from(([0u8; 4], config.media_port))
     };
-    let bind = || -> std::io::Result<Socket> {
+    let bind_udp = |addr: SocketAddr| -> std::io::Result<(Socket, SocketAddr)> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(false)?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        Ok(socket)
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        Ok((socket, bound))
     };
-    let socket = bind()
-        .map_err(|e| anyhow::anyhow!("cannot bind media UDP port {}: {e}", config.media_port))?;
+    let (socket, listener) = fleet_udp::bind_twin_ports(addr, bind_udp, bind_tcp_listener)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind the media port {} on {}: {}",
+                e.addr.port(),
+                e.transport.to_uppercase(),
+                e.source
+            )
+        })?;
     fleet_udp::enlarge_receive_buffer(socket.as_raw_fd(), MEDIA_SOCKET_BUFFER);
     if let Err(e) = socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER) {
         tracing::warn!(error = %e, "cannot set the media socket's send buffer size");
     }
     fleet_udp::enable_gro(socket.as_raw_fd());
-    Ok(socket.into())
+    Ok((socket.into(), listener))
 }
 
 /// The m-lines an answer names (its `a=mid` lines), in order.
@@ -375,22 +387,17 @@ pub(crate) fn ensure_send_streams(rtc: &mut Rtc, answer: &str) {
 }
 
 /// The ICE-TCP listener on the media socket's port and address (non-blocking).
-fn bind_tcp_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+fn bind_tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let bind = || -> std::io::Result<Socket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(false)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        Ok(socket)
-    };
-    bind()
-        .map(Into::into)
-        .map_err(|e| anyhow::anyhow!("cannot listen on media TCP port {}: {e}", addr.port()))
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
