@@ -65,6 +65,17 @@ fn received_width(stats: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// What each tab receives of the other's layers, for the log.
+fn widths(stats: &[Value; 2]) -> String {
+    format!(
+        "tab 1 receives {} of {:?}, tab 2 receives {} of {:?}",
+        received_width(&stats[0]),
+        layer_widths(&stats[1]),
+        received_width(&stats[1]),
+        layer_widths(&stats[0])
+    )
+}
+
 /// Polls both tabs until `pred(tab 1, tab 2)` holds; the last stats otherwise.
 async fn wait_both(
     browser: &Browser,
@@ -126,14 +137,7 @@ async fn simulcast_call() {
     .unwrap_or_else(|s| {
         panic!("each tab receives the other above its lowest simulcast layer: {s:#?}")
     });
-    eprintln!(
-        "unthrottled ({:?}): tab 1 receives {} of {:?}, tab 2 receives {} of {:?}",
-        started.elapsed(),
-        received_width(&stats[0]),
-        layer_widths(&stats[1]),
-        received_width(&stats[1]),
-        layer_widths(&stats[0])
-    );
+    eprintln!("unthrottled ({:?}): {}", started.elapsed(), widths(&stats));
 
     // Tab 1's downlink becomes weak: the node's packets to its port are policed.
     let tab1_port = stats[0]["transport"]["port"]
@@ -173,12 +177,9 @@ async fn simulcast_call() {
         }
     };
     eprintln!(
-        "throttled, after {:?}: tab 1 receives {} of {:?}, tab 2 receives {} of {:?}",
+        "throttled, after {:?}: {}",
         throttled.elapsed(),
-        received_width(&stats[0]),
-        layer_widths(&stats[1]),
-        received_width(&stats[1]),
-        layer_widths(&stats[0])
+        widths(&stats)
     );
     // The policer did drop the node's excess towards tab 1, and tab 1 keeps decoding.
     assert!(

@@ -50,15 +50,6 @@ pub fn choose_layer(rates: &[u64], share_bps: u64, current: Option<usize>) -> Op
     }
 }
 
-/// Orders a publisher's layers from the lowest to the highest by their arrival rates (the
-/// order their stream ids were offered in is the publisher's choice, not a rule): the indices
-/// of `rates` sorted by rate, ties kept in their given order.
-pub fn order_by_rate(rates: &[u64]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..rates.len()).collect();
-    order.sort_by_key(|&i| rates[i]);
-    order
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,11 +91,5 @@ mod tests {
         assert_eq!(choose_layer(&[0, 0], 1_000_000, Some(1)), Some(1));
         assert_eq!(choose_layer(&[0, 0], 1_000_000, None), Some(0));
         assert_eq!(choose_layer(&[], 1_000_000, None), None);
-    }
-
-    #[test]
-    fn layers_are_ordered_by_rate() {
-        assert_eq!(order_by_rate(&[1_500_000, 150_000, 500_000]), vec![1, 2, 0]);
-        assert_eq!(order_by_rate(&[0, 0]), vec![0, 1]);
     }
 }

@@ -1,7 +1,13 @@
 //! The I/O thread: the media socket, every connection's `Rtc`, their timers and the
-//! forwarding between them. One round is a `poll` on the socket and the waker (with the
-//! nearest timer as its timeout), then the commands, every datagram queued (in `recvmmsg`
-//! batches), the timers due, and one `sendmmsg` flush of everything the round produced.
+//! forwarding between them. One round is an `epoll_wait` on the UDP socket, the waker, the
+//! ICE-TCP listener and its connections (with the nearest timer as its timeout), then the
+//! commands, TCP events, every datagram queued (in `recvmmsg` batches), the timers due, the
+//! simulcast layer choice, and one `sendmmsg` flush of everything the round produced; after a
+//! round that found only a few datagrams the thread lets more gather (0.5 ms) first.
+//!
+//! By job: this module routes packets to connections and runs them; [`forward`] carries a
+//! publisher's packets to its subscribers; [`layers`] chooses simulcast layers; [`tcp_io`]
+//! serves ICE-TCP connections.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -14,19 +20,21 @@ use std::time::{Duration, Instant};
 
 use fleet_udp::{Outbox, RecvBatch};
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::format::{Codec, PayloadParams};
+use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
+mod forward;
+mod layers;
+mod tcp_io;
+
 use super::rewrite::StreamRewrite;
-use super::tcp::{ReadOutcome, TcpSide};
+use super::tcp::TcpSide;
 use super::{Command, Layout, Waker, stun};
 use crate::engine::{ConnKey, Counters, EngineEvent, EventSender, Route};
 use crate::meter::SeqTracker;
-use crate::simulcast::keyframe::{VideoCodec, starts_keyframe};
-use crate::simulcast::{choose_layer, order_by_rate, video_share};
 
 /// A connection that has not connected this long after its offer ends.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,16 +61,6 @@ const MAX_BATCHES_PER_ROUND: usize = 16;
 pub(crate) const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
 /// What a connection without an estimator counts as: room for a publisher's best layers.
 const NO_ESTIMATE_BPS: u64 = 100_000_000;
-/// How often simulcast layers are measured and chosen.
-const LAYER_INTERVAL: Duration = Duration::from_millis(500);
-/// A keyframe request for a layer switch is repeated if no keyframe came this long.
-const SWITCH_RETRY: Duration = Duration::from_secs(1);
-/// At most one keyframe request per publisher stream in this interval.
-const PLI_MIN_INTERVAL: Duration = Duration::from_millis(300);
-/// A subscriber's outgoing stream counts as live (for its share of the estimate) this long
-/// after its last packet.
-const TX_LIVE: Duration = Duration::from_secs(2);
-
 /// A publisher's incoming stream.
 struct RxStream {
     kind: MediaKind,
@@ -100,26 +98,6 @@ impl TxStream {
             last_write: now,
         }
     }
-
-    /// Whether a packet of simulcast layer `ssrc` of publisher `from` goes out on this stream
-    /// (`key`: it starts a keyframe); switches layers at a keyframe of the pending one.
-    fn takes_layer(&mut self, from: usize, ssrc: Ssrc, key: bool) -> bool {
-        if self.layer == Some((from, ssrc)) {
-            return true;
-        }
-        if !key {
-            return false;
-        }
-        match self.pending {
-            Some((p, s, _)) if (p, s) == (from, ssrc) => {}
-            // The slot's first layer of this publisher: whichever keyframe comes first.
-            None if self.layer.is_none_or(|(p, _)| p != from) => {}
-            _ => return false,
-        }
-        self.layer = Some((from, ssrc));
-        self.pending = None;
-        true
-    }
 }
 
 /// A resolved route: the subscriber's index and generation, and its slot.
@@ -147,7 +125,8 @@ struct Conn {
     layout: Layout,
     ufrag: String,
     addrs: Vec<SocketAddr>,
-    targets: Vec<Target>,
+    /// Where this participant's media goes (shared, so forwarding a packet does not copy it).
+    targets: Arc<[Target]>,
     rx: HashMap<Ssrc, RxStream>,
     tx: HashMap<Mid, TxStream>,
     offered: Instant,
@@ -428,7 +407,7 @@ impl State {
             layout,
             ufrag,
             addrs: Vec::new(),
-            targets: Vec::new(),
+            targets: Arc::from([]),
             rx: HashMap::new(),
             tx: HashMap::new(),
             offered,
@@ -493,7 +472,7 @@ impl State {
         if let Some(&index) = self.by_key.get(publisher)
             && let Some(conn) = self.conn(index)
         {
-            conn.targets = targets;
+            conn.targets = targets.into();
         }
     }
 
@@ -529,25 +508,6 @@ impl State {
         self.handle_queue(now);
     }
 
-    /// Asks a publisher for a keyframe on one stream, at most every [`PLI_MIN_INTERVAL`].
-    fn request_layer_keyframe(&mut self, index: usize, ssrc: Ssrc, now: Instant) {
-        let Some(conn) = self.conn(index) else { return };
-        let Some(rx) = conn.rx.get_mut(&ssrc) else {
-            return;
-        };
-        if rx
-            .last_pli
-            .is_some_and(|t| now.duration_since(t) < PLI_MIN_INTERVAL)
-        {
-            return;
-        }
-        rx.last_pli = Some(now);
-        if let Some(stream) = conn.rtc.direct_api().stream_rx(&ssrc) {
-            stream.request_keyframe(KeyframeRequestKind::Pli);
-        }
-        self.drain(index);
-    }
-
     /// Removes a connection and everything that routes to it by index.
     fn remove(&mut self, index: usize) -> Option<ConnKey> {
         let mut conn = self.conns.get_mut(index)?.take()?;
@@ -581,26 +541,10 @@ impl State {
         }) else {
             return;
         };
-        let Ok(contents) = data.try_into() else {
+        if !self.feed(index, Protocol::Udp, source, data, now) {
             return;
-        };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
+        }
         let Some(conn) = self.conn(index) else { return };
-        if !conn.rtc.accepts(&input) {
-            return;
-        }
-        if let Err(e) = conn.rtc.handle_input(input) {
-            tracing::debug!(error = %e, "a datagram was refused by its connection");
-        }
-        conn.last_heard = now;
         let learn = known.is_none() && conn.addrs.len() < MAX_ADDRS;
         if learn {
             conn.addrs.push(source);
@@ -608,6 +552,43 @@ impl State {
         }
         self.drain(index);
         self.handle_queue(now);
+    }
+
+    /// Hands one packet from `source` (over `proto`) to connection `index`; false when the
+    /// connection is gone or the packet is not its own (another's STUN credentials, no DTLS or
+    /// SRTP context of its). A packet it takes counts as hearing from the participant.
+    fn feed(
+        &mut self,
+        index: usize,
+        proto: Protocol,
+        source: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> bool {
+        let Ok(contents) = data.try_into() else {
+            return false;
+        };
+        let destination = self.local;
+        let Some(conn) = self.conn(index) else {
+            return false;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if !conn.rtc.accepts(&input) {
+            return false;
+        }
+        if let Err(e) = conn.rtc.handle_input(input) {
+            tracing::debug!(error = %e, ?proto, "a packet was refused by its connection");
+        }
+        conn.last_heard = now;
+        true
     }
 
     /// Polls connection `index` until it wants a timeout: datagrams to the outbox, events to
@@ -691,149 +672,6 @@ impl State {
         }
     }
 
-    /// Counts a publisher's packet and writes it to every subscriber slot it is routed to.
-    fn forward(&mut self, index: usize, packet: RtpPacket, now: Instant) {
-        let counters = self.counters.clone();
-        let Some(conn) = self.conn(index) else { return };
-        let ssrc = packet.header.ssrc;
-        if !conn.rx.contains_key(&ssrc) {
-            let Some((mid, rid)) = conn
-                .rtc
-                .direct_api()
-                .stream_rx(&ssrc)
-                .map(|s| (s.mid(), s.rid()))
-            else {
-                return;
-            };
-            let Some(&(_, kind)) = conn.layout.incoming.iter().find(|(m, _)| *m == mid) else {
-                return;
-            };
-            conn.rx.insert(
-                ssrc,
-                RxStream {
-                    kind,
-                    mid,
-                    rid: rid.filter(|_| kind == MediaKind::Video),
-                    seq: SeqTracker::default(),
-                    params: None,
-                    bytes: 0,
-                    rate_bps: 0,
-                    last_pli: None,
-                },
-            );
-            counters.tracks.fetch_add(1, Ordering::Relaxed);
-        }
-        let pt = packet.header.payload_type;
-        let codec = conn.rtc.codec_config().find(|p| p.pt() == pt).copied();
-        let Some(rx) = conn.rx.get_mut(&ssrc) else {
-            return;
-        };
-        let size = packet.payload.len() as u64 + 12;
-        rx.bytes += size;
-        counters.packets_in.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_in.fetch_add(size, Ordering::Relaxed);
-        let expected = rx.seq.observe(packet.header.sequence_number);
-        counters
-            .packets_expected
-            .fetch_add(expected, Ordering::Relaxed);
-        if rx.params.is_none_or(|(seen, _)| seen != pt) {
-            rx.params = codec.map(|c| (pt, c));
-        }
-        let Some((_, params)) = rx.params else {
-            return;
-        };
-        let video = rx.kind == MediaKind::Video;
-        // A simulcast layer goes to the slots that take that layer; switches happen where a
-        // keyframe starts (a codec this node cannot parse switches anywhere, and the keyframe
-        // asked for at the switch repairs the picture).
-        let key = rx.rid.map(|_| match video_codec(params.spec().codec) {
-            Some(codec) => starts_keyframe(codec, &packet.payload),
-            None => true,
-        });
-        let targets = conn.targets.clone();
-        let ext = ExtensionValues {
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            video_orientation: packet.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
-        for target in targets {
-            let Some(sub) = self.conn(target.index) else {
-                continue;
-            };
-            if sub.key.generation != target.generation {
-                continue;
-            }
-            let Some(slot) = sub.layout.slots.get(target.slot) else {
-                continue;
-            };
-            let Some(mid) = (if video { slot.video } else { slot.audio }) else {
-                continue;
-            };
-            let tx = sub.tx.entry(mid).or_insert_with(|| TxStream::new(now));
-            if let Some(key) = key
-                && !tx.takes_layer(index, ssrc, key)
-            {
-                continue;
-            }
-            tx.last_write = now;
-            let out_pt = match tx.pt {
-                Some((from, out)) if from == (index, pt) => out,
-                _ => {
-                    let out = sub.rtc.codec_config().match_params(params).map(|p| p.pt());
-                    tx.pt = Some(((index, pt), out));
-                    out
-                }
-            };
-            let Some(out_pt) = out_pt else {
-                continue;
-            };
-            let (seq, ts) = tx
-                .rewrite
-                .rewrite(*ssrc, *packet.seq_no, packet.header.timestamp);
-            let write = RtpWrite::new(
-                out_pt,
-                seq.into(),
-                ts,
-                packet.timestamp,
-                packet.payload.clone(),
-            )
-            .marker(packet.header.marker)
-            .ext_vals(ext.clone())
-            .nackable(video);
-            if let Some(held) = &mut sub.held {
-                // An ICE restart is under way: the old path may be gone already.
-                if held.packets.len() < MAX_HELD {
-                    held.packets.push((mid, write, size));
-                }
-                continue;
-            }
-            if write_rtp(sub, mid, write) {
-                counters.packets_out.fetch_add(1, Ordering::Relaxed);
-                counters.bytes_out.fetch_add(size, Ordering::Relaxed);
-            }
-            self.drain(target.index);
-        }
-    }
-
-    /// Writes what was held during an ICE restart once the new path is up (or drops it when
-    /// the restart took too long).
-    fn release_held(&mut self, index: usize, now: Instant) {
-        let counters = self.counters.clone();
-        let Some(conn) = self.conn(index) else { return };
-        let Some(held) = conn.held.take() else { return };
-        if now.duration_since(held.since) > MAX_HOLD {
-            return;
-        }
-        for (mid, write, size) in held.packets {
-            if write_rtp(conn, mid, write) {
-                counters.packets_out.fetch_add(1, Ordering::Relaxed);
-                counters.bytes_out.fetch_add(size, Ordering::Relaxed);
-            }
-        }
-        self.drain(index);
-    }
-
     /// Feeds due timeouts to their connections.
     fn fire_timers(&mut self, now: Instant) {
         while let Some(&Reverse((at, index))) = self.timers.peek() {
@@ -910,104 +748,6 @@ impl State {
         }
     }
 
-    /// Every [`LAYER_INTERVAL`]: measures each publisher stream's rate, chooses each
-    /// simulcast slot's layer from its subscriber's estimate (asking for a keyframe on a
-    /// layer to switch to) and tells each subscriber's estimator what it would like to send.
-    fn choose_layers(&mut self, now: Instant) {
-        let elapsed = now.duration_since(self.last_layers);
-        if elapsed < LAYER_INTERVAL {
-            return;
-        }
-        self.last_layers = now;
-        let ms = elapsed.as_millis().max(1) as u64;
-        // The layers of each simulcast publisher's video m-line, lowest first.
-        let mut published: Vec<(usize, Vec<(Ssrc, u64)>)> = Vec::new();
-        for (index, conn) in self.conns.iter_mut().enumerate() {
-            let Some(conn) = conn else { continue };
-            let mut layers: HashMap<Mid, Vec<(Ssrc, u64)>> = HashMap::new();
-            for (ssrc, rx) in &mut conn.rx {
-                rx.rate_bps = rx.bytes * 8 * 1000 / ms;
-                rx.bytes = 0;
-                if rx.rid.is_some() {
-                    layers.entry(rx.mid).or_default().push((*ssrc, rx.rate_bps));
-                }
-            }
-            for (_, mut layers) in layers {
-                let rates: Vec<u64> = layers.iter().map(|l| l.1).collect();
-                let order = order_by_rate(&rates);
-                layers = order.into_iter().map(|i| layers[i]).collect();
-                published.push((index, layers));
-            }
-        }
-        // Each slot's wanted layer, and what each subscriber would like to receive.
-        let mut switches: Vec<(usize, Ssrc)> = Vec::new();
-        let mut wanted: HashMap<usize, u64> = HashMap::new();
-        for (from, layers) in &published {
-            let Some(targets) = self.conn(*from).map(|c| c.targets.clone()) else {
-                continue;
-            };
-            let rates: Vec<u64> = layers.iter().map(|l| l.1).collect();
-            for target in targets {
-                let Some(sub) = self.conn(target.index) else {
-                    continue;
-                };
-                if sub.key.generation != target.generation {
-                    continue;
-                }
-                let Some(mid) = sub.layout.slots.get(target.slot).and_then(|s| s.video) else {
-                    continue;
-                };
-                let (audio, video) = live_streams(sub, now);
-                let share = video_share(sub.estimate_bps, audio, video);
-                let Some(tx) = sub.tx.get_mut(&mid) else {
-                    continue;
-                };
-                let current = tx
-                    .layer
-                    .filter(|(p, _)| p == from)
-                    .and_then(|(_, ssrc)| layers.iter().position(|l| l.0 == ssrc));
-                *wanted.entry(target.index).or_default() += rates.last().copied().unwrap_or(0);
-                let Some(choice) = choose_layer(&rates, share, current) else {
-                    continue;
-                };
-                let ssrc = layers[choice].0;
-                if current == Some(choice) {
-                    tx.pending = None;
-                    continue;
-                }
-                match tx.pending {
-                    Some((p, s, at)) if (p, s) == (*from, ssrc) => {
-                        if now.duration_since(at) >= SWITCH_RETRY {
-                            tx.pending = Some((*from, ssrc, now));
-                            switches.push((*from, ssrc));
-                        }
-                    }
-                    _ => {
-                        tx.pending = Some((*from, ssrc, now));
-                        switches.push((*from, ssrc));
-                    }
-                }
-            }
-        }
-        for (from, ssrc) in switches {
-            self.request_layer_keyframe(from, ssrc, now);
-        }
-        // Let each estimator probe for twice the best layers (plus the audio): an estimate
-        // that only just covers a layer would drop it at the first dip.
-        for (index, video_bps) in wanted {
-            let Some(sub) = self.conn(index).filter(|c| c.estimates) else {
-                continue;
-            };
-            let (audio, _) = live_streams(sub, now);
-            let desired = 2 * (video_bps + crate::simulcast::AUDIO_RESERVE_BPS * audio as u64);
-            sub.rtc
-                .bwe()
-                .set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
-            self.drain(index);
-        }
-        self.handle_queue(now);
-    }
-
     fn flush(&mut self) {
         if !self.outbox.is_empty() {
             let _ = self.outbox.flush(self.fd, self.v6);
@@ -1017,114 +757,4 @@ impl State {
             let _ = epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, fd, token, write);
         }
     }
-
-    /// Takes the TCP connections waiting on the listener.
-    fn accept_tcp(&mut self, now: Instant) {
-        for (index, fd) in self.tcp.accept(now) {
-            let token = TCP_BASE + index as u64;
-            if epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, token, false).is_err() {
-                self.tcp.close(index);
-            }
-        }
-    }
-
-    /// Reads a TCP connection and hands its frames to the WebRTC connection it carries (the
-    /// first frame must be a STUN request that binds it to one); closes it on EOF, error or a
-    /// first frame that binds it to none.
-    fn read_tcp(&mut self, index: usize, now: Instant) {
-        let mut frames = std::mem::take(&mut self.frames);
-        let mut open = self.tcp.read(index, &mut frames) == ReadOutcome::Open;
-        for frame in frames.drain(..) {
-            if open && !self.on_tcp_frame(index, &frame, now) {
-                open = false;
-            }
-        }
-        self.frames = frames;
-        if !open {
-            self.tcp.close(index);
-        }
-    }
-
-    fn on_tcp_frame(&mut self, tcp_index: usize, frame: &[u8], now: Instant) -> bool {
-        let Some(tcp) = self.tcp.get_mut(tcp_index) else {
-            return false;
-        };
-        let (peer, bound) = (tcp.peer, tcp.bound);
-        let target = match bound {
-            Some((index, generation)) => Some((index, generation)),
-            None => stun::binding_request_ufrag(frame)
-                .and_then(|u| self.by_ufrag.get(u).copied())
-                .and_then(|i| self.conn(i).map(|c| (i, c.key.generation))),
-        };
-        let Some((index, generation)) = target else {
-            return false;
-        };
-        let Ok(contents) = frame.try_into() else {
-            return bound.is_some();
-        };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Tcp,
-                source: peer,
-                destination: self.local,
-                contents,
-            },
-        );
-        let Some(conn) = self.conn(index) else {
-            return false;
-        };
-        if conn.key.generation != generation {
-            return false;
-        }
-        if !conn.rtc.accepts(&input) {
-            return bound.is_some();
-        }
-        if let Err(e) = conn.rtc.handle_input(input) {
-            tracing::debug!(error = %e, "a TCP frame was refused by its connection");
-        }
-        conn.last_heard = now;
-        if bound.is_none()
-            && let Some(tcp) = self.tcp.get_mut(tcp_index)
-        {
-            tcp.bound = Some((index, generation));
-        }
-        self.drain(index);
-        self.handle_queue(now);
-        true
-    }
-}
-
-/// The audio and video streams a subscriber has been sent in the last [`TX_LIVE`].
-fn live_streams(sub: &Conn, now: Instant) -> (usize, usize) {
-    let (mut audio, mut video) = (0, 0);
-    for slot in &sub.layout.slots {
-        let live = |mid: Option<Mid>| {
-            mid.and_then(|m| sub.tx.get(&m))
-                .is_some_and(|tx| now.duration_since(tx.last_write) < TX_LIVE)
-        };
-        audio += usize::from(live(slot.audio));
-        video += usize::from(live(slot.video));
-    }
-    (audio, video)
-}
-
-/// The codecs whose keyframes [`starts_keyframe`] finds.
-fn video_codec(codec: Codec) -> Option<VideoCodec> {
-    match codec {
-        Codec::Vp8 => Some(VideoCodec::Vp8),
-        Codec::Vp9 => Some(VideoCodec::Vp9),
-        Codec::H264 => Some(VideoCodec::H264),
-        _ => None,
-    }
-}
-
-/// Writes one packet on `conn`'s stream of `mid`; false when it has no such stream.
-fn write_rtp(conn: &mut Conn, mid: Mid, write: RtpWrite) -> bool {
-    let mut api = conn.rtc.direct_api();
-    let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-        return false;
-    };
-    stream.write_rtp(write);
-    true
 }
