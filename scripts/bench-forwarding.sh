@@ -11,7 +11,7 @@
 # measured with < 1% loss. A run whose peers do not all connect fails the bench.
 #
 # Usage: scripts/bench-forwarding.sh [N ...]          (default 25 50 100 150)
-#        SECS=20 SERVERS=media-node,janus,media-node-webrtc scripts/bench-forwarding.sh 50
+#        SECS=20 SERVERS=media-node,janus,media-node-1 scripts/bench-forwarding.sh 50
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ",${SERVERS:-media-node,janus}," == *",janus,"* ]] && ! command -v janus >/dev/null; then

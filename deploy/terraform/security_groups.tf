@@ -32,12 +32,12 @@ locals {
   # What the app's clients and their peers reach, from anywhere.
   public_ingress = {
     media_udp = {
-      group = "media", protocol = "udp", from = var.ports.media_udp, to = var.ports.media_udp
-      description = "WebRTC media (ICE over one UDP port) from clients"
+      group = "media", protocol = "udp", from = var.ports.media_udp, to = var.ports.media_udp_last
+      description = "WebRTC media (ICE over UDP, one port per I/O worker) from clients"
     }
     media_ice_tcp = {
-      group = "media", protocol = "tcp", from = var.ports.media_udp, to = var.ports.media_udp
-      description = "WebRTC media over ICE-TCP (the media port's TCP twin) from clients without UDP"
+      group = "media", protocol = "tcp", from = var.ports.media_udp, to = var.ports.media_udp_last
+      description = "WebRTC media over ICE-TCP (the media ports' TCP twins) from clients without UDP"
     }
     media_signaling = {
       group = "media", protocol = "tcp", from = var.ports.node_http_tcp, to = var.ports.node_http_tcp

@@ -67,6 +67,8 @@ variable "ports" {
     api_tcp       = number
     node_http_tcp = number
     media_udp     = number
+    # A media node's I/O workers serve media_udp, media_udp + 1, ... up to this.
+    media_udp_last = number
     turn          = number
     turn_tls      = number
     relay_min     = number

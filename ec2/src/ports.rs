@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::tags;
 
 pub use fleet_proto::deploy::{
-    API_TCP, LINK_UDP, MEDIA_UDP, NODE_HTTP_TCP, RELAY_MAX, RELAY_MIN, TURN, TURN_TLS,
+    API_TCP, LINK_UDP, MEDIA_UDP, MEDIA_UDP_LAST, NODE_HTTP_TCP, RELAY_MAX, RELAY_MIN, TURN,
+    TURN_TLS,
 };
 
 /// What Terraform must agree with: the tag keys and the ports, as
@@ -27,6 +28,7 @@ pub fn deploy_constants() -> Value {
             "api_tcp": API_TCP,
             "node_http_tcp": NODE_HTTP_TCP,
             "media_udp": MEDIA_UDP,
+            "media_udp_last": MEDIA_UDP_LAST,
             "turn": TURN,
             "turn_tls": TURN_TLS,
             "relay_min": RELAY_MIN,

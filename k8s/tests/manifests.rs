@@ -269,6 +269,12 @@ fn every_overlay_builds_and_agrees_with_the_code() {
                     assert_eq!(port_named(c, "media"), deploy::MEDIA_UDP);
                     // ICE-TCP: the same port number over TCP.
                     assert_eq!(port_named(c, "media-tcp"), deploy::MEDIA_UDP);
+                    // Every other I/O worker's port, over UDP and TCP.
+                    for i in 1..deploy::MEDIA_PORTS {
+                        let port = deploy::MEDIA_UDP + i;
+                        assert_eq!(port_named(c, &format!("media-{i}")), port);
+                        assert_eq!(port_named(c, &format!("media-tcp-{i}")), port);
+                    }
                 }
                 NodeKind::Turn => {
                     assert_eq!(var("TURN_PORT"), deploy::TURN.to_string());

@@ -17,7 +17,6 @@ use crate::meter::Totals;
 use crate::offer::OfferSummary;
 
 pub mod sans_io;
-pub mod webrtc_rs;
 
 /// One participant's connection: a rejoin gets a new generation, so events of a replaced
 /// connection are told apart from the current one's.
@@ -88,6 +87,23 @@ pub struct EngineTotals {
     pub tracks: u64,
 }
 
+impl std::ops::Add for EngineTotals {
+    type Output = EngineTotals;
+
+    fn add(self, other: EngineTotals) -> EngineTotals {
+        EngineTotals {
+            totals: Totals {
+                bytes_in: self.totals.bytes_in + other.totals.bytes_in,
+                bytes_out: self.totals.bytes_out + other.totals.bytes_out,
+                packets_in: self.totals.packets_in + other.totals.packets_in,
+                packets_expected: self.totals.packets_expected + other.totals.packets_expected,
+            },
+            packets_out: self.packets_out + other.packets_out,
+            tracks: self.tracks + other.tracks,
+        }
+    }
+}
+
 /// A WebRTC engine: connections, their media and the packets between them.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -109,8 +125,8 @@ pub trait Engine: Send + Sync + 'static {
     fn request_keyframe(&self, publisher: &ConnKey);
     /// The running totals.
     fn totals(&self) -> EngineTotals;
-    /// The advertised media address.
-    fn udp_addr(&self) -> SocketAddr;
+    /// The advertised media addresses, one per I/O worker (a connection is offered one).
+    fn udp_addrs(&self) -> Vec<SocketAddr>;
 }
 
 /// Packet and byte counters shared by an engine's forwarding paths.
@@ -148,32 +164,22 @@ impl Counters {
 pub struct EngineConfig {
     /// The advertised IP (host candidates).
     pub public_ip: std::net::IpAddr,
-    /// UDP port for all media (0 = pick one).
+    /// The first media port (UDP and its ICE-TCP twin): worker i has port `media_port + i`
+    /// (0 = pick a free one for each).
     pub media_port: u16,
+    /// I/O workers (threads), each with its own port and sessions.
+    pub workers: usize,
 }
 
-/// Which engine a media node runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum EngineKind {
-    /// str0m 0.25 driven by our own batched UDP loop ([`sans_io`]).
-    #[default]
-    SansIo,
-    /// webrtc 0.17 with its tokio tasks ([`webrtc_rs`]).
-    Webrtc,
-}
-
-/// Starts the chosen engine; its events arrive on the returned receiver.
-pub async fn start(
-    kind: EngineKind,
+/// Starts the engine (str0m on the node's own batched UDP loop, [`sans_io`]); its events
+/// arrive on the returned receiver.
+pub fn start(
     config: &EngineConfig,
 ) -> anyhow::Result<(
     Box<dyn Engine>,
     tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
 )> {
     let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine: Box<dyn Engine> = match kind {
-        EngineKind::SansIo => Box::new(sans_io::SansIoEngine::start(config, events)?),
-        EngineKind::Webrtc => Box::new(webrtc_rs::WebrtcEngine::start(config, events).await?),
-    };
+    let engine: Box<dyn Engine> = Box::new(sans_io::SansIoEngine::start(config, events)?);
     Ok((engine, events_rx))
 }

@@ -5,14 +5,15 @@
 //!
 //! The SFU is split by job: [`room`] is the pure core (who is in a session, which slot carries
 //! whom, the keyframe-request throttle), [`meter`] the pure traffic meters, [`sfu`] the façade
-//! (sessions, admission, drain, reports) and [`engine`] the WebRTC engines behind it:
-//! [`engine::sans_io`] (str0m driven by the node's own batched UDP loop, the default) and
-//! [`engine::webrtc_rs`] (the `webrtc` 0.17 crate, kept for comparison).
+//! (sessions, admission, drain, reports) and [`engine`] the WebRTC engine behind it,
+//! [`engine::sans_io`]: str0m driven by the node's own batched UDP loop (the first engine, on the
+//! `webrtc` 0.17 crate, was removed once this one passed every test; `docs/engine-research.md`
+//! has the measurements that chose it).
 //!
 //! Everything it shares with the TURN node (session state, drain rules, HTTP health/metrics,
 //! the controller link) lives in `fleet_node`; this crate maps its command line onto that and
 //! advertises `http://<public-ip>:<http-port>` as its address. May depend on: `fleet-node`,
-//! `fleet-proto`, `fleet-udp`, str0m, webrtc 0.17; never on the controller.
+//! `fleet-proto`, `fleet-udp`, str0m, sdp; never on the controller.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,17 +48,20 @@ pub struct Args {
         required_unless_present = "boot_token"
     )]
     pub join_secret: Option<String>,
-    /// UDP port carrying all media (ICE UDP mux); 0 picks a free one.
+    /// The first media port (ICE over UDP, and ICE-TCP on the same number): I/O worker i
+    /// serves port `media-port + i`; 0 picks a free one for each.
     #[arg(long, default_value_t = 0)]
     pub media_port: u16,
+    /// I/O workers (threads), each with its own media port and its own sessions (all of a
+    /// session's participants on one); 0 = one per CPU, at most
+    /// [`MEDIA_PORTS`](fleet_proto::deploy::MEDIA_PORTS) (the ports deployments open).
+    #[arg(long, default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=i64::from(fleet_proto::deploy::MEDIA_PORTS)))]
+    pub media_workers: u16,
     /// Most participants in one session.
     #[arg(long, default_value_t = 6,
         value_parser = clap::value_parser!(u64).range(2..=64))]
     pub max_participants: u64,
-    /// The WebRTC engine: `sans-io` (str0m on the node's own batched UDP loop) or `webrtc`
-    /// (the webrtc 0.17 crate's tasks).
-    #[arg(long, value_enum, default_value_t)]
-    pub engine: engine::EngineKind,
 }
 
 impl Args {
@@ -83,9 +87,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let engine_config = engine::EngineConfig {
         public_ip: args.node.public_ip,
         media_port: args.media_port,
+        workers: media_workers(args.media_workers),
     };
-    let (engine, events_rx) = engine::start(args.engine, &engine_config).await?;
-    tracing::info!(engine = ?args.engine, udp = %engine.udp_addr(), "media engine started");
+    let (engine, events_rx) = engine::start(&engine_config)?;
+    tracing::info!(udp = ?engine.udp_addrs(), "media engine started");
     let sfu = sfu::Sfu::start(
         sfu::SfuConfig {
             node_id,
@@ -110,6 +115,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Installs the process-wide tracing subscriber (stderr, `RUST_LOG`, default `info`); a second
 /// call, or a subscriber installed by someone else, is left alone.
+/// The I/O workers for `--media-workers`: as asked, or one per CPU this process may use, at
+/// most the ports deployments open.
+fn media_workers(asked: u16) -> usize {
+    let cap = usize::from(fleet_proto::deploy::MEDIA_PORTS);
+    match asked {
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(cap),
+        n => usize::from(n),
+    }
+}
+
 pub fn init_process() {
     fleet_node::init_tracing();
 }
@@ -153,6 +170,14 @@ mod tests {
         assert!(!with(&["--public-ip", "nope"]));
         assert!(!with(&["--max-participants", "1"]));
         assert!(with(&["--media-port", "40000"]));
+        assert!(with(&["--media-workers", "2"]));
+        let past = (fleet_proto::deploy::MEDIA_PORTS + 1).to_string();
+        assert!(
+            !with(&["--media-workers", &past]),
+            "more than deployments open"
+        );
+        assert!((1..=usize::from(fleet_proto::deploy::MEDIA_PORTS)).contains(&media_workers(0)));
+        assert_eq!(media_workers(3), 3);
     }
 
     #[test]

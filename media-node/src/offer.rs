@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 
-use webrtc::sdp::description::session::SessionDescription;
+use sdp::description::session::SessionDescription;
 
 /// The largest offer accepted.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;

@@ -100,7 +100,7 @@ pub struct Sfu {
 impl std::fmt::Debug for Sfu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sfu")
-            .field("udp_addr", &self.engine.udp_addr())
+            .field("udp_addrs", &self.engine.udp_addrs())
             .finish_non_exhaustive()
     }
 }
@@ -128,9 +128,9 @@ impl Sfu {
         sfu
     }
 
-    /// The advertised media address.
-    pub fn udp_addr(&self) -> SocketAddr {
-        self.engine.udp_addr()
+    /// The advertised media addresses, one per I/O worker.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.engine.udp_addrs()
     }
 
     /// Checks a bearer join token for `participant` joining `session` (once per request).
@@ -376,6 +376,7 @@ impl DataPlane for Sfu {
     }
 
     fn announce(&self) -> Vec<String> {
-        vec![format!("MEDIA udp={}", self.engine.udp_addr())]
+        let addrs: Vec<String> = self.udp_addrs().iter().map(|a| a.to_string()).collect();
+        vec![format!("MEDIA udp={}", addrs.join(","))]
     }
 }

@@ -10,8 +10,13 @@ pub const API_TCP: u16 = 8080;
 /// Each node's HTTP server: a media node's signaling (WHIP-style offers), and every node's
 /// health and metrics.
 pub const NODE_HTTP_TCP: u16 = 8443;
-/// A media node's media (ICE over one UDP port).
+/// A media node's first media port (ICE over UDP, and ICE-TCP on the same number).
 pub const MEDIA_UDP: u16 = 7882;
+/// Media ports from [`MEDIA_UDP`] on: a media node's I/O worker i serves `MEDIA_UDP + i`, and
+/// a node runs at most this many workers.
+pub const MEDIA_PORTS: u16 = 4;
+/// A media node's last media port.
+pub const MEDIA_UDP_LAST: u16 = MEDIA_UDP + MEDIA_PORTS - 1;
 /// TURN over UDP and TCP.
 pub const TURN: u16 = 3478;
 /// TURN over TLS.

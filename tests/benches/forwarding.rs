@@ -3,10 +3,10 @@
 //!
 //! For each N given and each server in turn (fresh for every run):
 //!
-//! - `media-node`: a controller and one media node (the sans-I/O engine, the default); N 1:1
+//! - `media-node`: a controller and one media node (one I/O worker per CPU, its default); N 1:1
 //!   sessions placed by the controller, 2N peers joining with their join tokens. Each peer's
 //!   packets are forwarded to the other peer of its session.
-//! - `media-node-webrtc`: the same with `--engine webrtc` (the first engine), for reference.
+//! - `media-node-1`: the same with one I/O worker (`--media-workers 1`).
 //! - `janus`: Janus 1.1 (Debian `janus`) with only its HTTP transport and EchoTest plugin; 2N
 //!   peers each attach an EchoTest handle, whose packets Janus sends back to them. An echo is
 //!   one receive and one send per packet, like a 1:1 forward, at the same packet rate.
@@ -129,18 +129,12 @@ impl Drop for Server {
     }
 }
 
-async fn start_media(engine: &str) -> Result<Server, String> {
+async fn start_media(flags: &[&str]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let controller = Controller::start(dir.path(), ControllerOptions::default())
         .map_err(|e| format!("controller: {e}"))?;
     let node = controller
-        .node_with_args(
-            "media-node",
-            "m-bench",
-            "eu-west-1",
-            1_000_000,
-            &["--engine", engine],
-        )
+        .node_with_args("media-node", "m-bench", "eu-west-1", 1_000_000, flags)
         .map_err(|e| format!("media node: {e}"))?;
     controller
         .wait_nodes(&["m-bench"], "serving", Duration::from_secs(20))
@@ -358,8 +352,8 @@ async fn join(server: &Server, sessions: usize) -> Result<Vec<SwarmPeer>, String
 
 async fn run(name: &str, sessions: usize, window: Duration) -> Result<Figures, String> {
     let mut server = match name {
-        "media-node" => start_media("sans-io").await?,
-        "media-node-webrtc" => start_media("webrtc").await?,
+        "media-node" => start_media(&[]).await?,
+        "media-node-1" => start_media(&["--media-workers", "1"]).await?,
         "janus" => start_janus().await?,
         other => return Err(format!("unknown server {other}")),
     };

@@ -29,10 +29,15 @@ fn browser_ice_tcp_call_connects_when_udp_to_the_media_node_is_blocked() {
 async fn call_with_udp_blocked() {
     let started = Instant::now();
     let chromedriver = chromedriver();
-    // The firewall: UDP to the media port never arrives (TCP to the same port does).
+    // The firewall: UDP to the media ports (one per I/O worker) never arrives (TCP to the same
+    // ports does).
     let port = MEDIA_PORT.to_string();
+    let ports = format!(
+        "{MEDIA_PORT}-{}",
+        MEDIA_PORT + fleet_proto::deploy::MEDIA_PORTS - 1
+    );
     let firewall = Firewall::new("icetcp");
-    firewall.add(&["udp", "dport", &port, "counter", "drop"]);
+    firewall.add(&["udp", "dport", &ports, "counter", "drop"]);
 
     let dir = tempfile::tempdir().unwrap();
     let c = Controller::start(dir.path(), ControllerOptions::default()).unwrap();

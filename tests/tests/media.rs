@@ -578,6 +578,123 @@ async fn group() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_on_two_io_workers_each_carry_their_own_call() {
+    tokio::time::timeout(Duration::from_secs(90), two_workers())
+        .await
+        .expect("two-worker test finished in time");
+}
+
+/// A node with two I/O workers: a second session goes to the idle worker (its own media port),
+/// both calls carry their media to their own peers only, and the node's report adds up both
+/// workers' counters.
+async fn two_workers() {
+    let PlacedCall {
+        _dir,
+        c,
+        node: _node,
+        session,
+        sid,
+        base,
+    } = placed_call("m-workers", &["--media-workers", "2"]).await;
+    let (status, second) = c
+        .create_session(json!({"participants": [
+            {"id": "therapist-2", "ip": IP_LONDON}, {"id": "client-3", "ip": IP_LONDON}]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["media"]["node_id"], "m-workers");
+    let sid2 = second["session_id"].as_str().unwrap().to_owned();
+    let sessions = [
+        (&sid, &session, [b'a', b'b']),
+        (&sid2, &second, [b'c', b'd']),
+    ];
+    let mut peers = Vec::new();
+    for (sid, session, tags) in sessions {
+        for (i, tag) in tags.into_iter().enumerate() {
+            let grant = &session["participants"][i];
+            let peer = Peer::new().await;
+            peer.join(
+                &participant_url(&base, sid, grant["id"].as_str().unwrap()),
+                grant["join_token"].as_str().unwrap(),
+            )
+            .await;
+            peers.push((peer, tag));
+        }
+    }
+    let mut ports = Vec::new();
+    for (p, _) in &peers {
+        p.wait_connected().await;
+        let answer = p.pc.remote_description().await.unwrap().sdp;
+        ports.push(media_port_and_ufrag(&answer).0.port());
+    }
+    assert_eq!(
+        ports[0], ports[1],
+        "a session's participants share a worker"
+    );
+    assert_eq!(
+        ports[2], ports[3],
+        "a session's participants share a worker"
+    );
+    assert_ne!(
+        ports[0], ports[2],
+        "the second session is on the other worker: {ports:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let [p0, p1, p2, p3] = [&peers[0], &peers[1], &peers[2], &peers[3]];
+    tokio::join!(
+        p0.0.send(p0.1, 0),
+        p1.0.send(p1.1, 0),
+        p2.0.send(p2.1, 0),
+        p3.0.send(p3.1, 0)
+    );
+    // Each peer gets its partner's packets (the other peer of its session) and nobody else's.
+    let partner = |tag: u8| match tag {
+        b'a' => b'b',
+        b'b' => b'a',
+        b'c' => b'd',
+        _ => b'c',
+    };
+    let want = usize::from(PACKETS) * 95 / 100;
+    let all = eventually(Duration::from_secs(10), || {
+        let ok = peers.iter().all(|(p, own)| {
+            let counts = p.counts_by_tag();
+            counts.len() == 1
+                && counts
+                    .get(&partner(*own))
+                    .is_some_and(|c| c.0 >= want && c.1 >= want)
+        });
+        async move { ok.then_some(()) }
+    })
+    .await;
+    for (p, own) in &peers {
+        eprintln!("peer {} received {:?}", *own as char, p.counts_by_tag());
+    }
+    assert!(
+        all.is_some(),
+        "each peer receives its partner's audio and video only"
+    );
+    // The report counts both workers: four participants, eight tracks, every packet.
+    let load = eventually(Duration::from_secs(10), || async {
+        let nodes = c.nodes().await.ok()?;
+        let node = nodes.iter().find(|n| n["id"] == "m-workers")?.clone();
+        let load = node["load"].clone();
+        (load["participants"] == 4
+            && load["tracks"] == 8
+            && load["packets_out"].as_u64()? >= 4 * 2 * want as u64)
+            .then_some(load)
+    })
+    .await;
+    assert!(
+        load.is_some(),
+        "node reports both workers' participants, tracks and packets: {:?}",
+        c.nodes().await
+    );
+    for (p, _) in &peers {
+        let _ = p.pc.close().await;
+    }
+}
+
 /// The media node's UDP address and the ICE ufrag it gave one connection, from its answer.
 fn media_port_and_ufrag(answer: &str) -> (std::net::SocketAddr, String) {
     let candidate = answer

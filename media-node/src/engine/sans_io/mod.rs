@@ -1,15 +1,18 @@
 //! The engine on str0m 0.25, a sans-I/O WebRTC core (RTP mode, ICE-lite) driven by a loop of
-//! our own: one I/O thread owns the media UDP socket and every connection, reads with
-//! `recvmmsg` (and GRO), sends with `sendmmsg` (and GSO), keeps the connections' timers in one
-//! heap, and forwards each packet from the publisher's connection to its subscribers' in the
-//! same pass: no task, channel hop, lock or socket call per packet.
+//! our own. Each I/O worker is a thread that owns one media UDP port (and its ICE-TCP twin) and
+//! every connection of the sessions pinned to it ([`pins`]: all of a session's participants on
+//! one worker, a new session on the least loaded); it reads with `recvmmsg` (and GRO), sends with
+//! `sendmmsg` (and GSO), keeps its connections' timers in one heap, and forwards each packet
+//! from the publisher's connection to its subscribers' in the same pass: no task, channel hop,
+//! lock or socket call per packet, and nothing shared between workers but atomic counters of
+//! their own. A connection is offered its worker's port as its candidates.
 //!
 //! Datagrams are routed to a connection by their source address, or, for one not seen yet, by
 //! the local ICE username fragment of a STUN Binding request ([`stun`]); the connection checks
 //! the request's integrity before the address is learnt. Anything else is dropped unread.
 //!
 //! The async side ([`SansIoEngine`]) parses the offer and makes the connection's `Rtc` and
-//! answer on the caller's task, then hands the connection to the I/O thread with a command;
+//! answer on the caller's task, then hands the connection to its worker with a command;
 //! routes, keyframe requests, renegotiations and hang-ups are commands too, and the thread is
 //! woken for them through an eventfd.
 //!
@@ -21,10 +24,10 @@
 //! outgoing stream stays continuous across changes of source ([`rewrite`]). NACK/RTX and
 //! receiver/sender reports are str0m's, per leg.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use str0m::change::SdpOffer;
@@ -35,7 +38,9 @@ use str0m::{Candidate, Rtc};
 use super::{ConnKey, Counters, Engine, EngineConfig, EngineTotals, EventSender, Opened, Route};
 use crate::admission::JoinError;
 use crate::offer::OfferSummary;
+use pins::Pins;
 
+mod pins;
 mod rewrite;
 mod stun;
 mod tcp;
@@ -163,52 +168,15 @@ impl Waker {
     }
 }
 
-/// The str0m engine's handle.
-pub struct SansIoEngine {
+/// One I/O thread: its commands, its waker, its counters and its advertised media address.
+struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     counters: Arc<Counters>,
     udp_addr: SocketAddr,
 }
 
-impl std::fmt::Debug for SansIoEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SansIoEngine")
-            .field("udp_addr", &self.udp_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SansIoEngine {
-    /// Binds the media UDP port and starts the I/O thread.
-    pub fn start(config: &EngineConfig, events: EventSender) -> anyhow::Result<Self> {
-        static CRYPTO: std::sync::Once = std::sync::Once::new();
-        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
-        let (socket, listener) = bind_media_socket(config)?;
-        let udp_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
-        let waker = Arc::new(Waker::new()?);
-        let counters = Arc::new(Counters::default());
-        let (commands, commands_rx) = mpsc::channel();
-        let worker = worker::Worker::new(
-            socket,
-            tcp::TcpSide::new(listener),
-            udp_addr,
-            commands_rx,
-            waker.clone(),
-            counters.clone(),
-            events,
-        )?;
-        std::thread::Builder::new()
-            .name("media-io".into())
-            .spawn(move || worker.run())?;
-        Ok(SansIoEngine {
-            commands,
-            waker,
-            counters,
-            udp_addr,
-        })
-    }
-
+impl WorkerHandle {
     fn send(&self, command: Command) -> Result<(), JoinError> {
         self.commands
             .send(command)
@@ -218,20 +186,89 @@ impl SansIoEngine {
     }
 }
 
-impl Drop for SansIoEngine {
-    fn drop(&mut self) {
-        // The thread sees the channel closed when it wakes.
-        self.waker.wake();
+/// The str0m engine's handle: its I/O workers and which sessions live on which.
+pub struct SansIoEngine {
+    workers: Vec<WorkerHandle>,
+    pins: Mutex<Pins>,
+}
+
+impl std::fmt::Debug for SansIoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SansIoEngine")
+            .field("udp_addrs", &self.udp_addrs())
+            .finish_non_exhaustive()
     }
 }
 
-#[async_trait::async_trait]
-impl Engine for SansIoEngine {
-    async fn open(
+impl SansIoEngine {
+    /// Binds each worker's media port (and its TCP twin) and starts its I/O thread.
+    pub fn start(config: &EngineConfig, events: EventSender) -> anyhow::Result<Self> {
+        static CRYPTO: std::sync::Once = std::sync::Once::new();
+        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+        let count = config.workers.max(1);
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count {
+            // A fixed port gives worker i the i-th port from it; port 0 picks one for each.
+            let port = match config.media_port {
+                0 => 0,
+                first => u16::try_from(i)
+                    .ok()
+                    .and_then(|i| first.checked_add(i))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("media ports {first} + {count} workers pass 65535")
+                    })?,
+            };
+            let (socket, listener) = bind_media_socket(config.public_ip, port)?;
+            let udp_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
+            let waker = Arc::new(Waker::new()?);
+            let counters = Arc::new(Counters::default());
+            let (commands, commands_rx) = mpsc::channel();
+            let worker = worker::Worker::new(
+                socket,
+                tcp::TcpSide::new(listener),
+                udp_addr,
+                commands_rx,
+                waker.clone(),
+                counters.clone(),
+                events.clone(),
+            )?;
+            std::thread::Builder::new()
+                .name(format!("media-io-{i}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                commands,
+                waker,
+                counters,
+                udp_addr,
+            });
+        }
+        Ok(SansIoEngine {
+            workers,
+            pins: Mutex::new(Pins::new(count)),
+        })
+    }
+
+    fn pins(&self) -> std::sync::MutexGuard<'_, Pins> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker `conn`'s session lives on, if it has connections.
+    fn worker_of(&self, conn: &ConnKey) -> Option<&WorkerHandle> {
+        let worker = self.pins().worker_of(&conn.session)?;
+        self.workers.get(worker)
+    }
+
+    /// Each worker's advertised media address.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.udp_addr).collect()
+    }
+
+    /// Makes `conn`'s `Rtc` and answer on `worker`'s address and hands it to the worker.
+    fn open_on(
         &self,
+        worker: &WorkerHandle,
         conn: &ConnKey,
-        offer: String,
-        _summary: &OfferSummary,
+        offer: &str,
         max_slots: usize,
     ) -> Result<Opened, JoinError> {
         let offered = Instant::now();
@@ -241,18 +278,18 @@ impl Engine for SansIoEngine {
         // that holds packets to the estimate, which only delays a stream that cannot change
         // its bitrate, and without an estimate a slot gets a publisher's best layer.
         let estimates = offer.contains("\na=simulcast:");
-        let offer = SdpOffer::from_sdp_string(&offer).map_err(|e| rejected(&e))?;
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| rejected(&e))?;
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .enable_bwe(estimates.then_some(worker::INITIAL_ESTIMATE))
             .build(offered);
         let internal = |e: str0m::error::IceError| JoinError::Internal(format!("candidate: {e}"));
-        rtc.add_local_candidate(Candidate::host(self.udp_addr, "udp").map_err(internal)?);
+        rtc.add_local_candidate(Candidate::host(worker.udp_addr, "udp").map_err(internal)?);
         // ICE-TCP: the passive candidate on the TCP twin of the media port (RFC 6544).
         let tcp = Candidate::builder()
             .tcp()
-            .host(self.udp_addr)
+            .host(worker.udp_addr)
             .tcptype(TcpType::Passive)
             .build()
             .map_err(internal)?;
@@ -271,7 +308,7 @@ impl Engine for SansIoEngine {
             .collect();
         let layout = Layout::of(&added, max_slots);
         let slots = layout.slots.len();
-        self.send(Command::Adopt {
+        worker.send(Command::Adopt {
             conn: conn.clone(),
             rtc: Box::new(rtc),
             layout,
@@ -280,12 +317,40 @@ impl Engine for SansIoEngine {
         })?;
         Ok(Opened { answer, slots })
     }
+}
+
+impl Drop for SansIoEngine {
+    fn drop(&mut self) {
+        // Each thread sees its channel closed when it wakes.
+        for worker in &self.workers {
+            worker.waker.wake();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for SansIoEngine {
+    async fn open(
+        &self,
+        conn: &ConnKey,
+        offer: String,
+        _summary: &OfferSummary,
+        max_slots: usize,
+    ) -> Result<Opened, JoinError> {
+        let index = self.pins().pin(conn);
+        let opened = self.open_on(&self.workers[index], conn, &offer, max_slots);
+        if opened.is_err() {
+            self.pins().release(conn);
+        }
+        opened
+    }
 
     async fn renegotiate(&self, conn: &ConnKey, offer: String) -> Result<String, JoinError> {
         let offer =
             SdpOffer::from_sdp_string(&offer).map_err(|e| JoinError::Rejected(e.to_string()))?;
+        let worker = self.worker_of(conn).ok_or(JoinError::NotFound)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(Command::Renegotiate {
+        worker.send(Command::Renegotiate {
             conn: conn.clone(),
             offer: Box::new(offer),
             reply,
@@ -296,39 +361,50 @@ impl Engine for SansIoEngine {
     }
 
     fn close(&self, conn: &ConnKey) {
-        let _ = self.send(Command::Close(conn.clone()));
+        let worker = self.pins().release(conn);
+        if let Some(worker) = worker.and_then(|w| self.workers.get(w)) {
+            let _ = worker.send(Command::Close(conn.clone()));
+        }
     }
 
     fn set_routes(&self, publisher: &ConnKey, routes: Vec<Route>) {
-        let _ = self.send(Command::SetRoutes {
-            publisher: publisher.clone(),
-            routes,
-        });
+        if let Some(worker) = self.worker_of(publisher) {
+            let _ = worker.send(Command::SetRoutes {
+                publisher: publisher.clone(),
+                routes,
+            });
+        }
     }
 
     fn request_keyframe(&self, publisher: &ConnKey) {
-        let _ = self.send(Command::Keyframe(publisher.clone()));
+        if let Some(worker) = self.worker_of(publisher) {
+            let _ = worker.send(Command::Keyframe(publisher.clone()));
+        }
     }
 
     fn totals(&self) -> EngineTotals {
-        self.counters.totals()
+        self.workers
+            .iter()
+            .map(|w| w.counters.totals())
+            .fold(EngineTotals::default(), |sum, t| sum + t)
     }
 
-    fn udp_addr(&self) -> SocketAddr {
-        self.udp_addr
+    fn udp_addrs(&self) -> Vec<SocketAddr> {
+        SansIoEngine::udp_addrs(self)
     }
 }
 
 /// The media socket and its ICE-TCP twin on the same port number: non-blocking, of the
 /// advertised address's family (dual-stack for IPv6); the UDP socket with GRO and large buffers.
 fn bind_media_socket(
-    config: &EngineConfig,
+    public_ip: IpAddr,
+    port: u16,
 ) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let addr = if config.public_ip.is_ipv6() {
-        SocketAddr::from(([0u16; 8], config.media_port))
+    let addr = if public_ip.is_ipv6() {
+        SocketAddr::from(([0u16; 8], port))
     } else {
-        SocketAddr::from(([0u8; 4], config.media_port))
+        SocketAddr::from(([0u8; 4], port))
     };
     let bind_udp = |addr: SocketAddr| -> std::io::Result<(Socket, SocketAddr)> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
